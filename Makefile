@@ -1,0 +1,23 @@
+# The verbs everyone runs. `make test` is what CI runs.
+GO ?= go
+
+.PHONY: test vet fmt-check bench bench-peers cover lint
+
+test: fmt-check vet
+	$(GO) test -race -count=1 -timeout 8m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Benchmarks of this package (run by hand; not part of CI).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 . | tee bench.txt
+
+cover:
+	$(GO) test -race -coverprofile=cover.out ./... && $(GO) tool cover -func=cover.out | tail -1
+
+lint: vet fmt-check

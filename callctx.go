@@ -1,0 +1,109 @@
+package eventbus
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
+
+// CallInfo describes the handler call a context belongs to.
+type CallInfo struct {
+	Pool    Pool
+	Type    EventType
+	Handler string // the handler's name
+	Index   int    // its position in the chain
+	Attempt int    // attempt number, from 1
+	EventID uint64 // unique per accepted event in this process
+}
+
+// CallInfoFrom returns the CallInfo of a handler's context, or false when
+// ctx is not (derived from) one.
+func CallInfoFrom(ctx context.Context) (CallInfo, bool) {
+	c := callOf(ctx)
+	if c == nil {
+		return CallInfo{}, false
+	}
+	return c.info, true
+}
+
+type callKey struct{}
+
+// callCtx is the context of one handler attempt. It takes its values from
+// the producer's context (without its cancellation) and its cancellation
+// from the bus's abort signal. Each attempt gets its own callCtx, never
+// reused, so a context kept by a handler stays valid; they are carved from
+// per-worker slabs so that a dispatch does not allocate.
+type callCtx struct {
+	bus     *Bus
+	values  context.Context // producer's context, wrapped WithoutCancel; may be nil
+	info    CallInfo
+	running atomic.Bool // the handler has not returned yet
+}
+
+func (c *callCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *callCtx) Done() <-chan struct{}       { return c.bus.life.AbortContext().Done() }
+func (c *callCtx) Err() error                  { return c.bus.life.AbortContext().Err() }
+
+func (c *callCtx) Value(key any) any {
+	if _, ok := key.(callKey); ok {
+		return c
+	}
+	if c.values == nil {
+		return nil
+	}
+	return c.values.Value(key)
+}
+
+// AfterFunc lets the context package attach derived contexts to the bus's
+// abort signal without a goroutine each.
+func (c *callCtx) AfterFunc(f func()) (stop func() bool) {
+	return context.AfterFunc(c.bus.life.AbortContext(), f)
+}
+
+func (c *callCtx) String() string { return "eventbus.handlerContext(" + c.info.Handler + ")" }
+
+// callOf finds the callCtx ctx is or derives from.
+func callOf(ctx context.Context) *callCtx {
+	if ctx == nil {
+		return nil
+	}
+	if c, ok := ctx.(*callCtx); ok {
+		return c
+	}
+	if ctx == context.Background() {
+		return nil
+	}
+	c, _ := ctx.Value(callKey{}).(*callCtx)
+	return c
+}
+
+// valuesOf returns what a handler context should take its values from for
+// an event added with ctx: nothing for Background, the same source for a
+// handler's own context (so chains of follow-on events stay flat), and ctx
+// without its cancellation otherwise.
+func valuesOf(ctx context.Context) context.Context {
+	if ctx == nil || ctx == context.Background() {
+		return nil
+	}
+	if c, ok := ctx.(*callCtx); ok {
+		return c.values
+	}
+	return context.WithoutCancel(ctx)
+}
+
+// ctxSlab hands out callCtx values carved from larger blocks, one block
+// allocation per slabSize handler calls.
+type ctxSlab struct {
+	buf []callCtx
+}
+
+const slabSize = 256
+
+func (s *ctxSlab) next() *callCtx {
+	if len(s.buf) == 0 {
+		s.buf = make([]callCtx, slabSize)
+	}
+	c := &s.buf[0]
+	s.buf = s.buf[1:]
+	return c
+}

@@ -1,0 +1,58 @@
+package eventbus
+
+import (
+	"hash/maphash"
+
+	"github.com/imbus/eventbus/internal/engine"
+)
+
+// newChannelPool builds the channel pool: storage and fan-out, keyed by
+// channel, with opt-in merging of adjacent events (WithBatch).
+func newChannelPool(b *Bus, cfg PoolConfig, batch *[256]int) *pool {
+	seed := b.seed
+	p := newPool(b, PoolChannel, cfg, func(ev Event) (uint64, error) {
+		c := ev.(*ChannelContext)
+		return channelKey(seed, c.ChannelID, c.ChannelType), nil
+	})
+	p.batch = batch
+	return p
+}
+
+// channelKey is the ordering key of a channel, shared by the channel and
+// pusher pools.
+func channelKey(seed maphash.Seed, id string, typ uint8) uint64 {
+	return maphash.String(seed, id) ^ (uint64(typ)+1)*connIDSalt
+}
+
+// BatchLimit returns the WithBatch limit of it's type (0: no batching).
+func (p *pool) BatchLimit(it *engine.Item[Event]) int {
+	if p.batch == nil {
+		return 0
+	}
+	return p.batch[it.Event.Type()]
+}
+
+// Mergeable reports whether next continues head's batch: same type, same
+// channel. The engine has already checked that the keys are equal.
+func (p *pool) Mergeable(head, next *engine.Item[Event]) bool {
+	h, ok1 := head.Event.(*ChannelContext)
+	n, ok2 := next.Event.(*ChannelContext)
+	return ok1 && ok2 && h.EventType == n.EventType &&
+		h.ChannelID == n.ChannelID && h.ChannelType == n.ChannelType
+}
+
+// Merge builds the batch's event: a new ChannelContext whose Messages are
+// those of every original event, in order, in a new slice.
+func (p *pool) Merge(u *engine.Unit[Event]) {
+	first := u.Items[0].Event.(*ChannelContext)
+	n := 0
+	for i := range u.Items {
+		n += len(u.Items[i].Event.(*ChannelContext).Messages)
+	}
+	msgs := make([]*Message, 0, n)
+	for i := range u.Items {
+		msgs = append(msgs, u.Items[i].Event.(*ChannelContext).Messages...)
+	}
+	u.Event = &ChannelContext{EventType: first.EventType, ChannelID: first.ChannelID,
+		ChannelType: first.ChannelType, Messages: msgs}
+}

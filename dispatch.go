@@ -1,0 +1,187 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/imbus/eventbus/internal/engine"
+)
+
+// Run runs a unit's chain from u.Index: the engine calls it on the worker
+// that owns the unit's shard. The chain is loaded on the first attempt and
+// kept for every retry.
+func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
+	obs := p.bus.observer
+	if obs == nil {
+		return p.run(wid, u)
+	}
+	start := time.Now()
+	v := p.run(wid, u)
+	if v.Outcome != engine.Dead { // dead letters are observed in DeadLetter
+		p.observe(u, v, time.Since(start))
+	}
+	return v
+}
+
+func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
+	ch, _ := u.Chain.(*chain)
+	if ch == nil {
+		ch = p.bus.chains[u.Event.Type()].Load()
+		if ch == nil || len(ch.handlers) == 0 {
+			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
+		}
+		u.Chain, u.Index, u.Attempt = ch, 0, 1
+	}
+	for u.Index < len(ch.handlers) {
+		if p.bus.life.Aborted() {
+			return engine.Verdict{Outcome: engine.Dead, Err: closedErr(u.Err)}
+		}
+		h := &ch.handlers[u.Index]
+		err, timedOut := p.call(wid, u, h)
+		if err != nil {
+			return p.failed(u, h, err, timedOut)
+		}
+		u.Index++
+		u.Attempt = 1
+	}
+	return engine.Verdict{Outcome: engine.Handled}
+}
+
+// call runs one attempt of one handler with a fresh handler context.
+func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
+	c := p.slabs[wid].next()
+	c.bus = p.bus
+	c.values = u.Items[0].Ctx
+	c.info = CallInfo{Pool: p.kind, Type: u.Event.Type(), Handler: h.name,
+		Index: u.Index, Attempt: u.Attempt, EventID: u.Items[0].ID}
+	if p.cfg.HandlerTimeout > 0 {
+		return p.callWithTimeout(c, h, u.Event)
+	}
+	return invoke(c, c, h, u.Event), false
+}
+
+// invoke calls the handler, turning a panic into a *PanicError. The context
+// stops counting as a running handler's once it returns (or exits).
+func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event) (err error) {
+	c.running.Store(true)
+	defer func() {
+		c.running.Store(false)
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return h.call(ctx, ev)
+}
+
+func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bool) {
+	d := p.cfg.HandlerTimeout
+	ctx, cancel := context.WithTimeout(c, d)
+	defer cancel()
+	// A handler that ignores its context cannot be stopped; say so once it
+	// has overstayed twice its timeout.
+	slow := time.AfterFunc(2*d, func() {
+		p.bus.log.Warn("eventbus: handler still running after twice its timeout",
+			"pool", string(p.kind), "type", p.bus.TypeName(c.info.Type),
+			"handler", c.info.Handler, "timeout", d)
+	})
+	defer slow.Stop()
+	err := invoke(ctx, c, h, ev)
+	return err, err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
+}
+
+// failed turns a handler's error into a verdict: stop, retry or give up.
+func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOut bool) engine.Verdict {
+	if errors.Is(err, ErrStopChain) {
+		return engine.Verdict{Outcome: engine.Stopped, Err: err}
+	}
+	u.Err = err
+	var pe *PanicError
+	v := engine.Verdict{Failed: true, Panicked: errors.As(err, &pe), TimedOut: timedOut}
+	policy := p.retry
+	if h.retry != nil {
+		policy = h.retry.withDefaults()
+	}
+	switch {
+	case IsPermanent(err) || u.Attempt >= policy.MaxAttempts:
+		v.Outcome, v.Err = engine.Dead, err
+	case p.bus.life.Aborted():
+		v.Outcome, v.Err = engine.Dead, closedErr(err)
+	default:
+		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
+		u.Attempt++
+	}
+	level := slog.LevelWarn
+	if v.Panicked {
+		level = slog.LevelError
+	}
+	attrs := []any{"pool", string(p.kind), "type", p.bus.TypeName(u.Event.Type()),
+		"handler", h.name, "attempt", u.Attempt, "err", err}
+	if v.Outcome == engine.Retry {
+		attrs = append(attrs, "retry_in", v.Delay)
+	}
+	if v.Panicked && pe.Stack != nil {
+		attrs = append(attrs, "stack", string(pe.Stack))
+	}
+	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", attrs...)
+	return v
+}
+
+// Goexited reports a runtime.Goexit in the current handler as a panic.
+func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
+	err := &PanicError{Value: "runtime.Goexit called by handler"}
+	ch, _ := u.Chain.(*chain)
+	if ch == nil || u.Index >= len(ch.handlers) {
+		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}
+	}
+	return p.failed(u, &ch.handlers[u.Index], err, false)
+}
+
+func closedErr(last error) error {
+	if last == nil {
+		return ErrClosed
+	}
+	return errors.Join(ErrClosed, last)
+}
+
+// DeadLetter hands each original event of u to the sink.
+func (p *pool) DeadLetter(u *engine.Unit[Event], err error) {
+	b := p.bus
+	name, attempts := "", 0
+	if ch, _ := u.Chain.(*chain); ch != nil && u.Index < len(ch.handlers) {
+		name, attempts = ch.handlers[u.Index].name, u.Attempt
+	}
+	now := time.Now()
+	for i := range u.Items {
+		ev := u.Items[i].Event
+		b.log.Warn("eventbus: dead letter", "pool", string(p.kind), "type", b.TypeName(ev.Type()),
+			"handler", name, "attempts", attempts, "err", err)
+		b.safely("dead-letter sink", func() {
+			b.sink.DeadLetter(&DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: name, Time: now})
+		})
+	}
+	if b.observer != nil {
+		p.observe(u, engine.Verdict{Outcome: engine.Dead, Err: err}, 0)
+	}
+}
+
+func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, took time.Duration) {
+	o := Observation{Pool: p.kind, Type: u.Event.Type(), Events: len(u.Items),
+		Queued: p.eng.Queued(&u.Items[0]), InHandler: took, Attempt: u.Attempt}
+	switch v.Outcome {
+	case engine.Handled:
+		o.Outcome = OutcomeHandled
+	case engine.Stopped:
+		o.Outcome, o.Err = OutcomeStopped, v.Err
+	case engine.Retry:
+		o.Outcome, o.Err, o.Attempt = OutcomeRetried, u.Err, u.Attempt-1
+	case engine.Dead:
+		o.Outcome, o.Err = OutcomeDeadLettered, v.Err
+	}
+	if ch, _ := u.Chain.(*chain); ch != nil && v.Outcome != engine.Handled && u.Index < len(ch.handlers) {
+		o.Handler = ch.handlers[u.Index].name
+	}
+	p.bus.safely("observer", func() { p.bus.observer.Observe(o) })
+}

@@ -1,0 +1,426 @@
+// Package eventbus is an in-process event bus for instant-messaging
+// servers. See doc.go for the model.
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/imbus/eventbus/internal/engine"
+	"github.com/imbus/eventbus/internal/goid"
+)
+
+// Emitter adds events. Handlers that emit follow-on events should depend on
+// it rather than on *Bus, so tests can pass an eventbustest.Recorder.
+type Emitter interface {
+	AddEvent(ctx context.Context, ev Event) error
+}
+
+// Bus routes events to three pools of workers and runs their handler
+// chains. Build one with New; all methods are safe for concurrent use.
+type Bus struct {
+	cfg      config
+	log      *slog.Logger
+	sink     DeadLetterSink
+	observer Observer
+	admit    func(context.Context, Event) error
+	seed     maphash.Seed
+
+	// mu guards types before Start, the registry's writers and lifecycle
+	// transitions. Readers of chains use the atomic pointers only.
+	mu     sync.Mutex
+	types  [256]typeInfo
+	chains [256]atomic.Pointer[chain]
+	mws    []Middleware
+	regSeq uint64
+	batch  [256]int
+
+	state   atomic.Int32
+	life    *engine.Lifecycle
+	pools   [3]*pool
+	engines []*engine.Engine[Event]
+
+	closeMu  sync.Mutex    // one Close at a time
+	finished chan struct{} // closed once Close has drained or given up
+}
+
+type typeInfo struct {
+	pool Pool // "" when not defined
+	name string
+}
+
+const (
+	stateNew int32 = iota
+	stateStarted
+	stateClosed
+)
+
+// New returns a bus configured by opts. It checks every option and starts
+// no goroutine; register handlers, then call Start.
+func New(opts ...Option) (*Bus, error) {
+	var cfg config
+	for _, o := range opts {
+		if o != nil {
+			o.apply(&cfg)
+		}
+	}
+	if err := errors.Join(cfg.errs...); err != nil {
+		return nil, err
+	}
+	for i, pc := range cfg.pools {
+		if err := pc.validate(poolsByIndex[i]); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.retry.validate("WithRetry"); err != nil {
+		return nil, err
+	}
+	cfg.retry = cfg.retry.withDefaults()
+	b := &Bus{cfg: cfg, log: cfg.logger, sink: cfg.sink, observer: cfg.observer,
+		admit: cfg.admit, seed: maphash.MakeSeed(), finished: make(chan struct{})}
+	if b.log == nil {
+		b.log = slog.Default()
+	}
+	if b.sink == nil {
+		b.sink = NewDeadLetterRing(1024)
+	}
+	for t := range b.types {
+		if et := EventType(t); et.builtin() {
+			b.types[t] = typeInfo{pool: rangePool(et), name: et.String()}
+		}
+	}
+	b.life = engine.NewLifecycle()
+	b.pools[0] = newUserPool(b, cfg.pools[0])
+	b.pools[1] = newChannelPool(b, cfg.pools[1], &b.batch)
+	b.pools[2] = newPusherPool(b, cfg.pools[2])
+	for _, p := range b.pools {
+		b.engines = append(b.engines, p.eng)
+	}
+	return b, nil
+}
+
+// Define declares event type t, without a built-in meaning, for pool p,
+// under name. Types 1–29 must be declared in the pool of their range
+// (ErrWrongPool); 30–255 may go to any pool. Define must be called before
+// Start.
+func (b *Bus) Define(t EventType, p Pool, name string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.state.Load() != stateNew:
+		return fmt.Errorf("%w: Define(%d) must come before Start", ErrStarted, t)
+	case t == EventUnknown:
+		return fmt.Errorf("%w: type 0 is reserved", ErrUnknownEventType)
+	case t.builtin():
+		return fmt.Errorf("eventbus: Define(%d): %v is built in", t, t)
+	case p.index() < 0:
+		return fmt.Errorf("eventbus: Define(%d): unknown pool %q", t, p)
+	case rangePool(t) != "" && rangePool(t) != p:
+		return fmt.Errorf("%w: Define(%d): types %s belong to the %s pool", ErrWrongPool, t, rangeOf(t), rangePool(t))
+	case b.types[t].pool != "":
+		return fmt.Errorf("eventbus: Define(%d): already defined as %q", t, b.types[t].name)
+	}
+	if name == "" {
+		name = t.String()
+	}
+	b.types[t] = typeInfo{pool: p, name: name}
+	return nil
+}
+
+func rangeOf(t EventType) string {
+	switch rangePool(t) {
+	case PoolUser:
+		return "1–9"
+	case PoolChannel:
+		return "10–19"
+	}
+	return "20–29"
+}
+
+// TypeName returns the name of t: a built-in name, the name given to
+// Define, or "EventType(n)".
+func (b *Bus) TypeName(t EventType) string {
+	if b.state.Load() == stateNew {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+	}
+	return b.typeNameLocked(t)
+}
+
+func (b *Bus) typeNameLocked(t EventType) string {
+	if n := b.types[t].name; n != "" {
+		return n
+	}
+	return t.String()
+}
+
+// Start checks the configuration against the defined types and starts the
+// workers. Handlers may be registered before or after.
+func (b *Bus) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state.Load() {
+	case stateStarted:
+		return ErrStarted
+	case stateClosed:
+		return ErrClosed
+	}
+	for t, n := range b.cfg.batch {
+		if b.types[t].pool != PoolChannel {
+			return fmt.Errorf("%w: WithBatch(%v): batching is for channel-pool types", ErrWrongPool, b.typeNameLocked(t))
+		}
+		b.batch[t] = n
+	}
+	b.state.Store(stateStarted)
+	for _, e := range b.engines {
+		e.Start()
+	}
+	return nil
+}
+
+// AddEvent queues ev for its pool and returns; a worker runs its handler
+// chain later. Events with the same key run one at a time, in the order
+// they were added.
+//
+// Called from outside a handler, AddEvent waits while the event's shard
+// holds QueueSize events, until ctx ends (the error then wraps both
+// ErrQueueFull and ctx's error) or the bus closes (ErrClosed). Called with
+// a running handler's ctx, it adds a follow-on event: it never waits,
+// ignores ctx's cancellation and is accepted while the bus drains.
+//
+// The handler's context will carry ctx's values. AddEvent allocates nothing
+// when ctx is context.Background() or a handler's context.
+func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
+	return b.add(ctx, ev, true)
+}
+
+// TryAddEvent is AddEvent that never waits: ErrQueueFull when the shard is
+// full. It takes no context, so it is never a follow-on add.
+func (b *Bus) TryAddEvent(ev Event) error {
+	return b.add(nil, ev, false)
+}
+
+func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
+	if b.state.Load() == stateNew {
+		return ErrNotStarted
+	}
+	p, t, err := b.route(ev)
+	if err != nil {
+		return err
+	}
+	var c *callCtx
+	if ctx != nil {
+		if c = callOf(ctx); c != nil && (c.bus != b || !c.running.Load()) {
+			c = nil
+		}
+	}
+	if c == nil && b.life.Closing() {
+		return ErrClosed
+	}
+	if ch := b.chains[t].Load(); ch == nil || len(ch.handlers) == 0 {
+		return fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t))
+	}
+	if b.admit != nil {
+		actx := ctx
+		if actx == nil {
+			actx = context.Background()
+		}
+		if err := b.admit(actx, ev); err != nil {
+			p.rejected.Add(1)
+			return err
+		}
+	}
+	key, err := p.key(ev)
+	if err != nil {
+		return err
+	}
+	it := engine.Item[Event]{Event: ev, Ctx: valuesOf(ctx), Key: key}
+	if b.observer != nil {
+		it.Added = p.eng.Since()
+	}
+	var waitCtx context.Context
+	if wait {
+		waitCtx = ctx
+		if waitCtx == nil {
+			waitCtx = context.Background()
+		}
+	}
+	switch _, res := p.eng.Push(it, c != nil, waitCtx); res {
+	case engine.Accepted:
+		return nil
+	case engine.Full:
+		return ErrQueueFull
+	case engine.Cancelled:
+		return fmt.Errorf("%w: %w", ErrQueueFull, ctx.Err())
+	default:
+		return ErrClosed
+	}
+}
+
+// route finds the pool of ev and checks its type.
+func (b *Bus) route(ev Event) (*pool, EventType, error) {
+	var t EventType
+	var want Pool
+	switch e := ev.(type) {
+	case *UserContext:
+		if e == nil {
+			return nil, 0, ErrNilEvent
+		}
+		t, want = e.EventType, PoolUser
+	case *ChannelContext:
+		if e == nil {
+			return nil, 0, ErrNilEvent
+		}
+		t, want = e.EventType, PoolChannel
+	case *PushContext:
+		if e == nil {
+			return nil, 0, ErrNilEvent
+		}
+		t, want = e.EventType, PoolPusher
+	default:
+		return nil, 0, ErrNilEvent
+	}
+	info := &b.types[t]
+	if info.pool == "" {
+		return nil, 0, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+	}
+	if info.pool != want {
+		return nil, 0, fmt.Errorf("%w: %v is a %s event, not a %s one", ErrWrongPool, info.name, info.pool, want)
+	}
+	return b.pools[want.index()], t, nil
+}
+
+// WaitIdle returns nil once, at some instant after the call, no event in
+// any pool was queued, in flight or waiting for a retry. Follow-on events
+// are counted before their handler returns, so a flow of events is idle
+// only when all of it is done. WaitIdle does not stop producers. It returns
+// ErrNotStarted before Start, nil after Close, ctx's error when ctx ends,
+// and ErrInsideHandler when called from a handler.
+func (b *Bus) WaitIdle(ctx context.Context) error {
+	switch b.state.Load() {
+	case stateNew:
+		return ErrNotStarted
+	case stateClosed:
+		return nil
+	}
+	if b.inHandler(ctx) {
+		return ErrInsideHandler
+	}
+	return engine.WaitIdle(ctx, b.life, b.finished, b.engines...)
+}
+
+// inHandler reports whether the caller is a handler of this bus: by its
+// context, or by being one of the bus's worker goroutines.
+func (b *Bus) inHandler(ctx context.Context) bool {
+	if c := callOf(ctx); c != nil && c.bus == b && c.running.Load() {
+		return true
+	}
+	id := goid.Get()
+	for _, e := range b.engines {
+		if e.IsWorker(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close shuts the bus down gracefully, like http.Server.Shutdown:
+//
+//  1. From now on, outside AddEvent and TryAddEvent calls, including those
+//     already waiting for room, return ErrClosed.
+//  2. Every pool keeps running until nothing is queued, in flight or
+//     waiting for a retry anywhere in the bus; follow-on events are still
+//     accepted and retries run their course.
+//  3. The workers exit and Close returns nil.
+//
+// If ctx ends first, handler contexts are cancelled, workers exit once
+// their current handler returns, events not handled go to the dead-letter
+// sink with ErrClosed, and Close returns a *CloseError. A later Close waits,
+// bounded by its ctx, for workers still inside a handler, and returns nil
+// once all have exited. Close from inside a handler returns
+// ErrInsideHandler at once.
+func (b *Bus) Close(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if b.inHandler(ctx) {
+		return ErrInsideHandler
+	}
+	b.closeMu.Lock()
+	defer b.closeMu.Unlock()
+	b.mu.Lock()
+	prev := b.state.Swap(stateClosed)
+	b.mu.Unlock()
+	switch {
+	case prev == stateNew:
+		b.life.BeginClose()
+		b.life.Stop()
+		closeOnce(b.finished)
+		return nil
+	case isClosed(b.finished):
+		return b.waitWorkers(ctx)
+	}
+
+	b.life.BeginClose()
+	for _, e := range b.engines {
+		e.Barrier()
+	}
+	err := engine.WaitIdle(ctx, b.life, nil, b.engines...)
+	if err == nil {
+		b.life.Stop()
+		if err = b.waitWorkers(ctx); err == nil {
+			closeOnce(b.finished)
+			return nil
+		}
+	}
+	b.life.Abort()
+	left := 0
+	for _, e := range b.engines {
+		left += e.Abort()
+	}
+	closeOnce(b.finished)
+	return &CloseError{Left: left, Err: ctx.Err()}
+}
+
+// waitWorkers waits for every worker goroutine to exit, bounded by ctx.
+func (b *Bus) waitWorkers(ctx context.Context) error {
+	for _, e := range b.engines {
+		select {
+		case <-e.Exited():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func closeOnce(ch chan struct{}) {
+	if !isClosed(ch) {
+		close(ch)
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// safely runs user code (a sink, an observer) on a worker, recovering and
+// logging a panic so that it cannot kill the worker.
+func (b *Bus) safely(what string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			b.log.Error("eventbus: "+what+" panicked", "panic", r)
+		}
+	}()
+	f()
+}

@@ -1,0 +1,270 @@
+package eventbus
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+)
+
+// EventContext is the set of event context types a handler can take.
+type EventContext interface {
+	UserContext | ChannelContext | PushContext
+}
+
+// Handler handles one event of a pool. Returning nil passes the event to
+// the next handler of the chain; ErrStopChain ends the chain on purpose;
+// Permanent(err) sends the event to the dead-letter sink; any other error
+// (or a panic, or a timeout) retries the event from this handler.
+//
+// ctx carries the values of the context given to AddEvent, the bus's
+// shutdown signal, the attempt's timeout and the CallInfo; it is meant for
+// the duration of the call. Events added with ctx while the handler runs
+// are follow-on events: they never wait and keep per-key order.
+type Handler[C EventContext] func(ctx context.Context, ev *C) error
+
+// HandlerFunc is a handler with its context type erased, as middleware sees it.
+type HandlerFunc func(ctx context.Context, ev Event) error
+
+// Middleware wraps one attempt of one handler. See Bus.Use.
+type Middleware func(next HandlerFunc) HandlerFunc
+
+// handlerEntry is one handler in a chain.
+type handlerEntry struct {
+	id    uint64
+	name  string
+	fn    HandlerFunc  // the handler itself
+	call  HandlerFunc  // fn inside the middleware in force when the chain was built
+	retry *RetryPolicy // overrides the pool's policy when set
+}
+
+// chain is an immutable list of handlers; updates replace it whole, so a
+// dispatch reads it with one atomic load and keeps it for every attempt.
+type chain struct {
+	handlers []handlerEntry
+}
+
+// HandlerOption configures Register.
+type HandlerOption interface {
+	applyHandler(*handlerOptions)
+}
+
+type handlerOptions struct {
+	name    string
+	replace string
+	first   bool
+	retry   *RetryPolicy
+}
+
+type handlerOptionFunc func(*handlerOptions)
+
+func (f handlerOptionFunc) applyHandler(o *handlerOptions) { f(o) }
+
+// WithName names the handler; names are unique per event type. The default
+// is the function's name followed by "#n".
+func WithName(name string) HandlerOption {
+	return handlerOptionFunc(func(o *handlerOptions) { o.name = name })
+}
+
+// Replace puts the new handler in the place of the handler named name, in
+// one atomic step: every event sees either the old handler or the new one,
+// never neither. Without WithName the new handler takes over the old name.
+// If no handler has that name, Register fails with ErrNoHandler.
+func Replace(name string) HandlerOption {
+	return handlerOptionFunc(func(o *handlerOptions) { o.replace = name })
+}
+
+// First puts the handler at the head of the chain instead of its end.
+func First() HandlerOption {
+	return handlerOptionFunc(func(o *handlerOptions) { o.first = true })
+}
+
+// WithHandlerRetry sets the retry policy used when this handler fails,
+// overriding the pool's and the bus's.
+func WithHandlerRetry(p RetryPolicy) HandlerOption {
+	return handlerOptionFunc(func(o *handlerOptions) { o.retry = &p })
+}
+
+// Registration is a registered handler; Unregister removes it.
+type Registration struct {
+	bus  *Bus
+	typ  EventType
+	id   uint64
+	name string
+}
+
+// Name returns the handler's name.
+func (r *Registration) Name() string { return r.name }
+
+// Unregister removes the handler from its chain. It returns at once and is
+// idempotent; events whose chain had already started may still call the
+// handler. It does nothing once the handler was replaced.
+func (r *Registration) Unregister() {
+	if r == nil || r.bus == nil {
+		return
+	}
+	r.bus.removeHandler(r.typ, func(h *handlerEntry) bool { return h.id == r.id })
+}
+
+// Register adds h to the chain of event type t. The handler's context type
+// must be that of t's pool (ErrWrongPool); t must be built in or defined
+// (ErrUnknownEventType). Register is safe at any time, also while events
+// flow: events that start after it returns see the new chain.
+func Register[C EventContext](b *Bus, t EventType, h Handler[C], opts ...HandlerOption) (*Registration, error) {
+	if b == nil {
+		return nil, fmt.Errorf("eventbus: Register on a nil *Bus")
+	}
+	if h == nil {
+		return nil, ErrNilHandler
+	}
+	var want Pool
+	switch any((*C)(nil)).(type) {
+	case *UserContext:
+		want = PoolUser
+	case *ChannelContext:
+		want = PoolChannel
+	case *PushContext:
+		want = PoolPusher
+	}
+	var o handlerOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applyHandler(&o)
+		}
+	}
+	if o.retry != nil {
+		if err := o.retry.validate("WithHandlerRetry"); err != nil {
+			return nil, err
+		}
+	}
+	fn := HandlerFunc(func(ctx context.Context, ev Event) error {
+		c, _ := any(ev).(*C)
+		return h(ctx, c)
+	})
+	return b.addHandler(t, want, fn, funcName(h), o)
+}
+
+func funcName(fn any) string {
+	name := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name()
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		name = name[i+1:]
+	}
+	return name
+}
+
+func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string, o handlerOptions) (*Registration, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pool := b.types[t].pool
+	if pool == "" {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+	}
+	if pool != want {
+		return nil, fmt.Errorf("%w: %v is a %s event, the handler takes a %s context", ErrWrongPool, b.typeNameLocked(t), pool, want)
+	}
+	var old []handlerEntry
+	if c := b.chains[t].Load(); c != nil {
+		old = c.handlers
+	}
+	at := -1
+	if o.replace != "" {
+		for i := range old {
+			if old[i].name == o.replace {
+				at = i
+			}
+		}
+		if at < 0 {
+			return nil, fmt.Errorf("%w: no handler named %q to replace", ErrNoHandler, o.replace)
+		}
+		if o.name == "" {
+			o.name = o.replace
+		}
+	}
+	b.regSeq++
+	name := o.name
+	if name == "" {
+		name = defName + "#" + strconv.FormatUint(b.regSeq, 10)
+	}
+	for i := range old {
+		if old[i].name == name && i != at {
+			return nil, fmt.Errorf("%w: %q for %v", ErrDuplicateName, name, b.typeNameLocked(t))
+		}
+	}
+	e := handlerEntry{id: b.regSeq, name: name, fn: fn, retry: o.retry}
+	e.call = wrap(fn, b.mws)
+	hs := make([]handlerEntry, 0, len(old)+1)
+	switch {
+	case at >= 0:
+		hs = append(hs, old...)
+		hs[at] = e
+	case o.first:
+		hs = append(append(hs, e), old...)
+	default:
+		hs = append(append(hs, old...), e)
+	}
+	b.chains[t].Store(&chain{handlers: hs})
+	return &Registration{bus: b, typ: t, id: e.id, name: name}, nil
+}
+
+// UnregisterHandler removes the handler named name from the chain of t and
+// reports whether there was one. Like Registration.Unregister, it returns
+// at once; chains already started may still call the handler.
+func (b *Bus) UnregisterHandler(t EventType, name string) bool {
+	return b.removeHandler(t, func(h *handlerEntry) bool { return h.name == name })
+}
+
+func (b *Bus) removeHandler(t EventType, match func(*handlerEntry) bool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := b.chains[t].Load()
+	if c == nil {
+		return false
+	}
+	for i := range c.handlers {
+		if match(&c.handlers[i]) {
+			hs := make([]handlerEntry, 0, len(c.handlers)-1)
+			hs = append(append(hs, c.handlers[:i]...), c.handlers[i+1:]...)
+			b.chains[t].Store(&chain{handlers: hs})
+			return true
+		}
+	}
+	return false
+}
+
+// Use adds middleware around every handler attempt. The first middleware
+// given to Use runs outermost. Use is safe at any time; events that start
+// after it returns run through the new middleware, events already started
+// keep the chain they began with.
+func (b *Bus) Use(mw ...Middleware) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range mw {
+		if m != nil {
+			b.mws = append(b.mws, m)
+		}
+	}
+	for t := range b.chains {
+		c := b.chains[t].Load()
+		if c == nil {
+			continue
+		}
+		hs := make([]handlerEntry, len(c.handlers))
+		for i, h := range c.handlers {
+			h.call = wrap(h.fn, b.mws)
+			hs[i] = h
+		}
+		b.chains[t].Store(&chain{handlers: hs})
+	}
+}
+
+// wrap applies mws to fn so that mws[0] runs outermost.
+func wrap(fn HandlerFunc, mws []Middleware) HandlerFunc {
+	for i := len(mws) - 1; i >= 0; i-- {
+		if next := mws[i](fn); next != nil {
+			fn = next
+		}
+	}
+	return fn
+}

@@ -1,0 +1,287 @@
+// Package engine is the machinery shared by the bus's three pools: sharded
+// FIFOs of bounded capacity, one worker goroutine per shard, parking of keys
+// that wait for a retry, batching hooks, idle detection and shutdown.
+//
+// The engine knows nothing about handlers or event types: a Dispatcher runs
+// the work and says what became of it. Everything here is generic only so
+// that the root package can plug its Event type in without an import cycle.
+package engine
+
+import (
+	"context"
+	"math/bits"
+	"sync/atomic"
+	"time"
+)
+
+// Item is one accepted event in a shard's FIFO.
+type Item[E any] struct {
+	Event E
+	// Ctx is the producer's context, kept only for its values; nil when the
+	// producer passed context.Background().
+	Ctx   context.Context
+	Key   uint64
+	ID    uint64
+	Added time.Duration // since the engine's epoch; 0 when not timed
+	taken bool          // merged into an earlier unit of the same batch
+}
+
+// Unit is what a dispatcher runs: one item, or several merged into one
+// event. Chain, Index and Attempt belong to the dispatcher and survive
+// retries, so a retry resumes where the last attempt failed.
+type Unit[E any] struct {
+	Items   []Item[E]
+	Event   E   // what handlers see: Items[0].Event, or the merged event
+	Chain   any // the dispatcher's snapshot of the handler chain
+	Index   int // next handler to run
+	Attempt int // attempt number for that handler, from 1
+	Err     error
+}
+
+// Key is the ordering key shared by all items of the unit.
+func (u *Unit[E]) Key() uint64 { return u.Items[0].Key }
+
+// Outcome is what became of a unit after a run.
+type Outcome uint8
+
+const (
+	Handled Outcome = iota // the chain ran to its end
+	Stopped                // a handler ended the chain on purpose
+	Retry                  // run again after Verdict.Delay; the key waits
+	Dead                   // give up: dead-letter every item with Verdict.Err
+)
+
+// Verdict is a dispatcher's report on one run of a unit.
+type Verdict struct {
+	Outcome Outcome
+	Delay   time.Duration // for Retry
+	Err     error         // for Dead
+
+	// Kind of the failure that ended the run, if any; used for counters.
+	Failed, Panicked, TimedOut bool
+}
+
+// Dispatcher runs units for an engine. All methods are called from worker
+// goroutines, except DeadLetter which Abort also calls.
+type Dispatcher[E any] interface {
+	// Run runs the unit from u.Index on.
+	Run(worker int, u *Unit[E]) Verdict
+	// Goexited is called instead of returning from Run when a handler
+	// called runtime.Goexit; it reports that as a failure of the current
+	// handler. The worker goroutine is replaced afterwards.
+	Goexited(worker int, u *Unit[E]) Verdict
+	// BatchLimit says how many adjacent items of it's key may be merged
+	// with it (0 or 1: none).
+	BatchLimit(it *Item[E]) int
+	// Mergeable says whether next may join a unit started by head. Both
+	// have the same Key; returning false ends the unit.
+	Mergeable(head, next *Item[E]) bool
+	// Merge builds u.Event from u.Items (len > 1).
+	Merge(u *Unit[E])
+	// DeadLetter hands every item of u to the dead-letter sink with err.
+	DeadLetter(u *Unit[E], err error)
+}
+
+// Config sizes an engine.
+type Config struct {
+	Shards    int
+	QueueSize int // per shard
+	Tag       uint64
+	// ErrClosed is the error dead letters carry when the bus aborts.
+	ErrClosed error
+	// SampleEvery makes workers time one unit in SampleEvery for latency
+	// quantiles (0 = 64).
+	SampleEvery int
+}
+
+// PushResult says why Push refused an item.
+type PushResult uint8
+
+const (
+	Accepted  PushResult = iota
+	Full                 // no room and the caller does not wait
+	Closed               // the bus refuses outside adds, or the shard stopped
+	Cancelled            // the waiting context ended
+)
+
+// Engine is one pool's shards and workers.
+type Engine[E any] struct {
+	cfg     Config
+	d       Dispatcher[E]
+	life    *Lifecycle
+	shards  []*shard[E]
+	workers []*worker[E]
+	epoch   time.Time
+
+	running atomic.Int32
+	exited  chan struct{}
+}
+
+// New builds an engine; Start launches its workers.
+func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
+	if cfg.SampleEvery <= 0 {
+		cfg.SampleEvery = 64
+	}
+	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: time.Now(), exited: make(chan struct{})}
+	e.shards = make([]*shard[E], cfg.Shards)
+	e.workers = make([]*worker[E], cfg.Shards)
+	for i := range e.shards {
+		s := &shard[E]{idx: uint64(i), wake: make(chan struct{}, 1)}
+		e.shards[i] = s
+		e.workers[i] = newWorker(e, s, i)
+	}
+	return e
+}
+
+// Start launches one worker per shard.
+func (e *Engine[E]) Start() {
+	e.running.Add(int32(len(e.workers)))
+	for _, w := range e.workers {
+		go w.run()
+	}
+}
+
+// Since returns the time since the engine's epoch, for Item.Added.
+func (e *Engine[E]) Since() time.Duration { return time.Since(e.epoch) }
+
+// Queued returns how long an item has waited since it was added.
+func (e *Engine[E]) Queued(it *Item[E]) time.Duration {
+	if it.Added == 0 {
+		return 0
+	}
+	return e.Since() - it.Added
+}
+
+// shardFor maps a key to its shard. Keys are mixed first so that poorly
+// spread keys (small integers) still use every shard.
+func (e *Engine[E]) shardFor(key uint64) *shard[E] {
+	hi, _ := bits.Mul64(mix(key), uint64(len(e.shards)))
+	return e.shards[hi]
+}
+
+// mix is the splitmix64 finaliser.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// Push appends it to its key's shard.
+//
+// inside marks a follow-on add made by a running handler: it goes on the
+// FIFO whatever the capacity and even while the bus is closing. Otherwise,
+// while the shard holds QueueSize items, Push waits for room until wait
+// ends, or returns Full at once when wait is nil.
+func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64, PushResult) {
+	s := e.shardFor(it.Key)
+	s.mu.Lock()
+	for {
+		if s.stopped || (!inside && e.life.closing.Load()) {
+			s.mu.Unlock()
+			return 0, Closed
+		}
+		if inside || s.occupied < e.cfg.QueueSize {
+			break
+		}
+		if wait == nil {
+			s.mu.Unlock()
+			return 0, Full
+		}
+		if s.space == nil {
+			s.space = make(chan struct{})
+		}
+		space := s.space
+		s.spaceWaiters++
+		s.mu.Unlock()
+		var res PushResult
+		select {
+		case <-space:
+		case <-wait.Done():
+			res = Cancelled
+		case <-e.life.closingCh:
+			res = Closed
+		}
+		s.mu.Lock()
+		s.spaceWaiters--
+		if res != Accepted {
+			s.mu.Unlock()
+			return 0, res
+		}
+	}
+	s.seq++
+	it.ID = s.seq<<20 | s.idx<<4 | e.cfg.Tag
+	s.items = append(s.items, it)
+	s.occupied++
+	s.enqCount.Store(s.enqCount.Load() + 1)
+	wake := s.sleeping
+	s.sleeping = false
+	s.mu.Unlock()
+	if wake {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return it.ID, Accepted
+}
+
+// Abort makes the engine give up: every shard stops taking items, what is
+// still in the FIFOs goes to the dead-letter sink, and workers drop what
+// they hold once their current handler returns. It returns how many events
+// had not finished. The Lifecycle must be aborted first.
+func (e *Engine[E]) Abort() (left int) {
+	for _, s := range e.shards {
+		s.mu.Lock()
+		stolen := s.items
+		s.items = nil
+		s.stopped = true
+		n := len(stolen)
+		s.occupied -= n
+		s.doneCount.Store(s.doneCount.Load() + uint64(n))
+		left += s.occupied + n
+		s.mu.Unlock()
+		if n > 0 {
+			s.deadLettered.Add(uint64(n))
+			e.d.DeadLetter(&Unit[E]{Items: stolen, Event: stolen[0].Event}, e.cfg.ErrClosed)
+		}
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return left
+}
+
+// Exited is closed once every worker goroutine has returned.
+func (e *Engine[E]) Exited() <-chan struct{} { return e.exited }
+
+func (e *Engine[E]) exit() {
+	if e.running.Add(-1) == 0 {
+		close(e.exited)
+	}
+}
+
+// IsWorker reports whether the goroutine with the given id is one of the
+// engine's workers.
+func (e *Engine[E]) IsWorker(id int64) bool {
+	for _, w := range e.workers {
+		if w.goid.Load() == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Barrier waits until every add that passed the closing check has put its
+// item in a FIFO, by taking each shard's lock once. Call it after
+// Lifecycle.BeginClose and before waiting for idle.
+func (e *Engine[E]) Barrier() {
+	for _, s := range e.shards {
+		s.mu.Lock()
+		//nolint:staticcheck // an empty critical section is the point
+		s.mu.Unlock()
+	}
+}

@@ -1,0 +1,116 @@
+package engine
+
+import (
+	"math/bits"
+	"sync/atomic"
+	"time"
+)
+
+// Snapshot is an engine's counters at one moment. Gauges are read shard by
+// shard, so under load they are approximate; at rest they are exact and
+// Added = Handled + Stopped + DeadLettered + Queued + InFlight + Retrying.
+type Snapshot struct {
+	Workers                              int
+	Queued, InFlight, Retrying, Overflow int64
+	Added, Handled, Stopped, Failed      uint64
+	Retried, DeadLettered, Panics        uint64
+	Timeouts                             uint64
+	P50, P99, Max                        time.Duration
+}
+
+// Snapshot reads the engine's counters.
+func (e *Engine[E]) Snapshot() Snapshot {
+	snap := Snapshot{Workers: len(e.workers)}
+	var hist [histBuckets]uint64
+	for i, s := range e.shards {
+		w := e.workers[i]
+		p := &w.pub
+		// Outcome counters first: a worker publishes them before it
+		// publishes completions, so they are never behind occupied.
+		snap.Handled += p.handled.Load()
+		snap.Stopped += p.stopped.Load()
+		snap.DeadLettered += p.deadLettered.Load() + s.deadLettered.Load()
+		snap.Failed += p.failed.Load()
+		snap.Retried += p.retried.Load()
+		snap.Panics += p.panics.Load()
+		snap.Timeouts += p.timeouts.Load()
+		retrying, followers := p.retrying.Load(), p.followers.Load()
+
+		s.mu.Lock()
+		queued, occupied := int64(len(s.items)), int64(s.occupied)
+		added := s.enqCount.Load()
+		s.mu.Unlock()
+
+		snap.Added += added
+		snap.Queued += queued + followers
+		snap.Retrying += retrying
+		snap.InFlight += max(0, occupied-queued-followers-retrying)
+		snap.Overflow += max(0, occupied-int64(e.cfg.QueueSize))
+		w.lat.addTo(&hist)
+		snap.Max = max(snap.Max, time.Duration(w.lat.max.Load()))
+	}
+	snap.P50 = quantile(&hist, 0.50)
+	snap.P99 = quantile(&hist, 0.99)
+	return snap
+}
+
+// histogram is a log-linear latency histogram: four buckets per power of
+// two (at most 12.5% error), updated with atomics by its one worker.
+type histogram struct {
+	counts [histBuckets]atomic.Uint64
+	max    atomic.Int64
+}
+
+const histBuckets = 65 * 4
+
+func bucketOf(d time.Duration) int {
+	ns := uint64(max(d, 0))
+	if ns < 4 {
+		return int(ns)
+	}
+	b := bits.Len64(ns) // >= 3
+	sub := (ns >> (b - 3)) & 3
+	return b*4 + int(sub)
+}
+
+// bucketValue returns the middle of bucket i.
+func bucketValue(i int) time.Duration {
+	if i < 4 {
+		return time.Duration(i)
+	}
+	b, sub := i/4, uint64(i%4)
+	lo := (4 + sub) << (b - 3)
+	return time.Duration(lo + (uint64(1)<<(b-3))/2)
+}
+
+func (h *histogram) record(d time.Duration) {
+	h.counts[bucketOf(d)].Add(1)
+	if int64(d) > h.max.Load() {
+		h.max.Store(int64(d))
+	}
+}
+
+func (h *histogram) addTo(dst *[histBuckets]uint64) {
+	for i := range h.counts {
+		dst[i] += h.counts[i].Load()
+	}
+}
+
+func quantile(h *[histBuckets]uint64, q float64) time.Duration {
+	var total uint64
+	for _, c := range h {
+		total += c
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(total-1)) + 1
+	var seen uint64
+	for i, c := range h {
+		seen += c
+		if seen >= rank {
+			return bucketValue(i)
+		}
+	}
+	return 0
+}

@@ -1,0 +1,403 @@
+package engine
+
+import (
+	"errors"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/imbus/eventbus/internal/goid"
+)
+
+// worker owns one shard: it drains the FIFO a batch at a time, runs units,
+// parks keys whose unit waits for a retry and runs them again when due.
+//
+// All of a worker's state lives here rather than on its goroutine's stack,
+// so that when a handler calls runtime.Goexit a new goroutine can carry on
+// exactly where the old one stopped.
+type worker[E any] struct {
+	e  *Engine[E]
+	s  *shard[E]
+	id int
+
+	batch []Item[E] // items in hand, swapped out of the shard
+	pos   int       // next item of batch to run
+	group []Item[E] // scratch for merged units
+	unit  Unit[E]   // scratch for the unit being run
+
+	parked map[uint64]*parkedKey[E]
+	due    dueHeap
+	timer  *time.Timer
+
+	// set while execute runs a parked unit, for Goexit recovery
+	curPK  *parkedKey[E]
+	curKey uint64
+
+	done   int      // completions not yet published to the shard
+	local  counters // counts not yet published
+	pub    published
+	sample int
+	lat    histogram
+
+	goid atomic.Int64
+}
+
+// parkedKey holds, in order, the units of one key that wait behind a
+// failed unit: the head is the one to retry, the rest arrived after it.
+type parkedKey[E any] struct {
+	units    []*Unit[E]
+	retrying bool // the head has failed and waits for its retry time
+}
+
+type counters struct {
+	handled, stopped, deadLettered, failed, retried, panics, timeouts uint64
+}
+
+// published mirrors counters for Stats readers.
+type published struct {
+	handled, stopped, deadLettered, failed, retried, panics, timeouts atomic.Uint64
+	retrying, followers                                               atomic.Int64
+}
+
+func newWorker[E any](e *Engine[E], s *shard[E], id int) *worker[E] {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &worker[E]{
+		e: e, s: s, id: id,
+		parked: make(map[uint64]*parkedKey[E]),
+		timer:  t,
+		sample: e.cfg.SampleEvery - 1, // time the very first unit
+	}
+}
+
+func (w *worker[E]) run() {
+	defer w.e.exit()
+	w.goid.Store(goid.Get())
+	for w.next() {
+	}
+	w.goid.Store(0)
+}
+
+// next runs one item of the batch in hand, or fetches the next batch. It
+// returns false when the worker must exit.
+func (w *worker[E]) next() bool {
+	if w.e.life.aborted.Load() {
+		w.abortAll()
+		return false
+	}
+	if w.pos < len(w.batch) {
+		w.step()
+		return true
+	}
+	return w.refill()
+}
+
+// step runs the next item of the batch, or parks it behind its key.
+func (w *worker[E]) step() {
+	it := &w.batch[w.pos]
+	w.pos++
+	if it.taken {
+		return
+	}
+	if len(w.parked) > 0 {
+		if pk, ok := w.parked[it.Key]; ok {
+			pk.units = append(pk.units, &Unit[E]{Items: []Item[E]{*it}, Event: it.Event})
+			w.pub.followers.Add(1)
+			return
+		}
+	}
+	u := &w.unit
+	*u = Unit[E]{Items: w.batch[w.pos-1 : w.pos : w.pos], Event: it.Event}
+	if limit := w.e.d.BatchLimit(it); limit > 1 {
+		w.gather(it, limit, u)
+	}
+	w.curPK = nil
+	v := w.execute(u)
+	w.settle(u, v)
+	if len(u.Items) > 1 {
+		clear(w.group)
+	}
+	*u = Unit[E]{}
+}
+
+// scanWindow bounds how far ahead gather looks for items of the same key.
+const scanWindow = 4096
+
+// gather merges into u the items of head's key that follow it in the batch,
+// up to limit, stopping at the first one the dispatcher will not merge.
+// Items of other keys are skipped: merging them ahead changes no key's order.
+func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
+	w.group = append(w.group[:0], *head)
+	end := min(len(w.batch), w.pos+scanWindow)
+	for j := w.pos; j < end && len(w.group) < limit; j++ {
+		it := &w.batch[j]
+		if it.taken || it.Key != head.Key {
+			continue
+		}
+		if !w.e.d.Mergeable(head, it) {
+			break
+		}
+		w.group = append(w.group, *it)
+		it.taken = true
+	}
+	if len(w.group) > 1 {
+		u.Items = w.group
+		w.e.d.Merge(u)
+	}
+}
+
+// execute runs u through the dispatcher, timing one run in SampleEvery. If a
+// handler calls runtime.Goexit, the deferred function settles u as failed
+// and starts a goroutine to replace this one.
+func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		v = w.e.d.Goexited(w.id, u)
+		if w.curPK != nil {
+			w.settleParked(w.curKey, w.curPK, u, v, time.Now())
+		} else {
+			w.settle(u, v)
+			if len(u.Items) > 1 {
+				clear(w.group)
+			}
+		}
+		w.e.running.Add(1)
+		go w.run()
+	}()
+	w.sample++
+	if w.sample >= w.e.cfg.SampleEvery {
+		w.sample = 0
+		start := time.Now()
+		v = w.e.d.Run(w.id, u)
+		w.lat.record(time.Since(start))
+	} else {
+		v = w.e.d.Run(w.id, u)
+	}
+	returned = true
+	return v
+}
+
+func (w *worker[E]) count(v Verdict) {
+	if v.Failed {
+		w.local.failed++
+	}
+	if v.Panicked {
+		w.local.panics++
+	}
+	if v.TimedOut {
+		w.local.timeouts++
+	}
+	if v.Outcome == Retry {
+		w.local.retried++
+	}
+}
+
+// settle records the verdict of a unit taken from the batch.
+func (w *worker[E]) settle(u *Unit[E], v Verdict) {
+	w.count(v)
+	if v.Outcome != Retry {
+		w.finish(u, v)
+		return
+	}
+	parked := &Unit[E]{Items: slices.Clone(u.Items), Event: u.Event,
+		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err}
+	w.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
+	w.pub.retrying.Add(int64(len(parked.Items)))
+	w.due.push(time.Now().Add(v.Delay), u.Key())
+}
+
+// settleParked records the verdict of the head unit of a parked key.
+func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Verdict, now time.Time) {
+	w.count(v)
+	n := int64(len(u.Items))
+	if v.Outcome == Retry {
+		if !pk.retrying {
+			pk.retrying = true
+			w.pub.followers.Add(-n)
+			w.pub.retrying.Add(n)
+		}
+		w.due.push(now.Add(v.Delay), key)
+		return
+	}
+	w.finish(u, v)
+	if pk.retrying {
+		w.pub.retrying.Add(-n)
+	} else {
+		w.pub.followers.Add(-n)
+	}
+	pk.retrying = false
+	pk.units[0] = nil
+	pk.units = pk.units[1:]
+	if len(pk.units) == 0 {
+		delete(w.parked, key)
+		return
+	}
+	w.due.push(now, key) // the next unit of the key runs now
+}
+
+// finish counts a unit that reached an end and hands dead ones to the sink.
+func (w *worker[E]) finish(u *Unit[E], v Verdict) {
+	n := uint64(len(u.Items))
+	switch v.Outcome {
+	case Handled:
+		w.local.handled += n
+	case Stopped:
+		w.local.stopped += n
+	case Dead:
+		w.local.deadLettered += n
+		w.e.d.DeadLetter(u, v.Err)
+	}
+	w.done += len(u.Items)
+}
+
+// runDue runs the parked units whose time has come.
+func (w *worker[E]) runDue(now time.Time) {
+	for len(w.due) > 0 && !w.due[0].at.After(now) {
+		if w.e.life.aborted.Load() {
+			return
+		}
+		key := w.due.pop()
+		pk := w.parked[key]
+		if pk == nil {
+			continue
+		}
+		u := pk.units[0]
+		w.curPK, w.curKey = pk, key
+		v := w.execute(u)
+		w.curPK = nil
+		w.settleParked(key, pk, u, v, now)
+	}
+}
+
+// refill publishes what the worker finished and takes the next batch,
+// sleeping until there is one. It returns false when the worker must exit.
+func (w *worker[E]) refill() bool {
+	clear(w.batch)
+	w.batch, w.pos = w.batch[:0], 0
+	s, l := w.s, w.e.life
+	for {
+		if len(w.due) > 0 {
+			if now := time.Now(); !w.due[0].at.After(now) {
+				w.runDue(now)
+			}
+		}
+		if l.aborted.Load() {
+			w.abortAll()
+			return false
+		}
+		s.mu.Lock()
+		s.sleeping = false
+		w.publishLocked()
+		if len(s.items) > 0 {
+			w.batch, s.items = s.items, w.batch
+			s.mu.Unlock()
+			return true
+		}
+		idle := s.occupied == 0
+		if idle && l.stopping() {
+			s.stopped = true
+			s.mu.Unlock()
+			return false
+		}
+		s.sleeping = true
+		s.mu.Unlock()
+		if idle {
+			l.notifyIdle()
+		}
+		var retry <-chan time.Time
+		if len(w.due) > 0 {
+			w.timer.Reset(time.Until(w.due[0].at))
+			retry = w.timer.C
+		}
+		stop := l.stopCh
+		if !idle {
+			stop = nil // parked units remain: stopping must wait for them
+		}
+		select {
+		case <-s.wake:
+		case <-retry:
+		case <-stop:
+		case <-l.abortCtx.Done():
+		}
+		w.timer.Stop()
+	}
+}
+
+// publishLocked makes the worker's completions and counts visible and
+// wakes producers waiting for room. s.mu must be held.
+func (w *worker[E]) publishLocked() {
+	if w.done == 0 {
+		return
+	}
+	w.flush()
+	s := w.s
+	s.occupied -= w.done
+	s.doneCount.Store(s.doneCount.Load() + uint64(w.done))
+	w.done = 0
+	if s.space != nil && s.occupied < w.e.cfg.QueueSize {
+		close(s.space)
+		s.space = nil
+	}
+}
+
+func (w *worker[E]) flush() {
+	p, c := &w.pub, &w.local
+	add := func(a *atomic.Uint64, n *uint64) {
+		if *n != 0 {
+			a.Add(*n)
+			*n = 0
+		}
+	}
+	add(&p.handled, &c.handled)
+	add(&p.stopped, &c.stopped)
+	add(&p.deadLettered, &c.deadLettered)
+	add(&p.failed, &c.failed)
+	add(&p.retried, &c.retried)
+	add(&p.panics, &c.panics)
+	add(&p.timeouts, &c.timeouts)
+}
+
+// abortAll dead-letters everything the worker holds or could still take,
+// stops the shard and publishes the result.
+func (w *worker[E]) abortAll() {
+	closed := w.e.cfg.ErrClosed
+	for ; w.pos < len(w.batch); w.pos++ {
+		it := &w.batch[w.pos]
+		if it.taken {
+			continue
+		}
+		w.finish(&Unit[E]{Items: []Item[E]{*it}, Event: it.Event}, Verdict{Outcome: Dead, Err: closed})
+	}
+	clear(w.batch)
+	w.batch, w.pos = w.batch[:0], 0
+	for key, pk := range w.parked {
+		for _, u := range pk.units {
+			err := closed
+			if u.Err != nil {
+				err = errors.Join(closed, u.Err)
+			}
+			w.finish(u, Verdict{Outcome: Dead, Err: err})
+		}
+		delete(w.parked, key)
+	}
+	w.pub.retrying.Store(0)
+	w.pub.followers.Store(0)
+	w.due = w.due[:0]
+
+	s := w.s
+	s.mu.Lock()
+	stolen := s.items
+	s.items = nil
+	s.stopped = true
+	s.mu.Unlock()
+	for i := range stolen {
+		w.finish(&Unit[E]{Items: stolen[i : i+1], Event: stolen[i].Event}, Verdict{Outcome: Dead, Err: closed})
+	}
+	s.mu.Lock()
+	w.publishLocked()
+	s.mu.Unlock()
+	w.flush()
+}

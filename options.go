@@ -1,0 +1,158 @@
+package eventbus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+// Option configures New.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// PoolConfig configures one pool. Zero fields take the defaults.
+type PoolConfig struct {
+	// Workers is the number of worker goroutines, each owning one shard
+	// (one FIFO). Default: GOMAXPROCS, at least 4.
+	Workers int
+	// QueueSize is the capacity of each shard. Outside adds wait (AddEvent)
+	// or fail (TryAddEvent) while a shard holds that many events. Default 1024.
+	QueueSize int
+	// HandlerTimeout bounds each handler attempt by cancelling its context;
+	// 0 means no timeout.
+	HandlerTimeout time.Duration
+	// Retry overrides the bus's retry policy for this pool.
+	Retry *RetryPolicy
+	// KeyFunc overrides the pool's ordering key. Events with equal keys run
+	// one at a time in add order.
+	KeyFunc func(Event) uint64
+}
+
+const defaultQueueSize = 1024
+
+func (c PoolConfig) validate(pool Pool) error {
+	where := "With" + poolTitle(pool) + "Pool"
+	switch {
+	case c.Workers < 0:
+		return fmt.Errorf("eventbus: %s: PoolConfig.Workers is negative (%d)", where, c.Workers)
+	case c.QueueSize < 0:
+		return fmt.Errorf("eventbus: %s: PoolConfig.QueueSize is negative (%d)", where, c.QueueSize)
+	case c.HandlerTimeout < 0:
+		return fmt.Errorf("eventbus: %s: PoolConfig.HandlerTimeout is negative (%v)", where, c.HandlerTimeout)
+	}
+	if c.Retry != nil {
+		return c.Retry.validate(where)
+	}
+	return nil
+}
+
+func (c PoolConfig) withDefaults() PoolConfig {
+	if c.Workers == 0 {
+		c.Workers = max(runtime.GOMAXPROCS(0), 4)
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = defaultQueueSize
+	}
+	return c
+}
+
+func poolTitle(p Pool) string {
+	switch p {
+	case PoolUser:
+		return "User"
+	case PoolChannel:
+		return "Channel"
+	case PoolPusher:
+		return "Pusher"
+	}
+	return string(p)
+}
+
+type config struct {
+	pools    [3]PoolConfig
+	retry    RetryPolicy
+	batch    map[EventType]int
+	sink     DeadLetterSink
+	admit    func(context.Context, Event) error
+	logger   *slog.Logger
+	observer Observer
+	errs     []error
+}
+
+// WithUserPool configures the user pool.
+func WithUserPool(c PoolConfig) Option {
+	return optionFunc(func(cfg *config) { cfg.pools[0] = c })
+}
+
+// WithChannelPool configures the channel pool.
+func WithChannelPool(c PoolConfig) Option {
+	return optionFunc(func(cfg *config) { cfg.pools[1] = c })
+}
+
+// WithPusherPool configures the pusher pool.
+func WithPusherPool(c PoolConfig) Option {
+	return optionFunc(func(cfg *config) { cfg.pools[2] = c })
+}
+
+// WithRetry sets the bus-wide retry policy. PoolConfig.Retry and
+// WithHandlerRetry override it.
+func WithRetry(p RetryPolicy) Option {
+	return optionFunc(func(cfg *config) { cfg.retry = p })
+}
+
+// WithBatch lets a channel-pool worker merge up to n events of type t that
+// are adjacent in one key's order into one *ChannelContext, owned by the
+// bus, whose Messages are those of the events in order. Events' own slices
+// are never written. A batch is retried as a unit; if it fails for good,
+// each original event goes to the dead-letter sink. Stats count original
+// events. t must be a channel-pool type (checked by Start for types defined
+// later); n must be at least 1.
+func WithBatch(t EventType, n int) Option {
+	return optionFunc(func(cfg *config) {
+		if n < 1 {
+			cfg.errs = append(cfg.errs, fmt.Errorf("eventbus: WithBatch(%v): n must be at least 1, got %d", t, n))
+			return
+		}
+		if p := rangePool(t); t == EventUnknown || (p != "" && p != PoolChannel) {
+			cfg.errs = append(cfg.errs, fmt.Errorf("%w: WithBatch(%v): batching is for channel-pool types", ErrWrongPool, t))
+			return
+		}
+		if cfg.batch == nil {
+			cfg.batch = make(map[EventType]int)
+		}
+		cfg.batch[t] = n
+	})
+}
+
+// WithDeadLetter sets where events the bus gives up on go. The default
+// keeps the last 1024 in a DeadLetterRing. Every dead letter is also
+// logged at Warn level.
+func WithDeadLetter(sink DeadLetterSink) Option {
+	return optionFunc(func(cfg *config) { cfg.sink = sink })
+}
+
+// WithAdmit sets a function that runs before every add (follow-on events
+// included: CallInfoFrom(ctx) tells them apart). Its error is returned to
+// the caller and the event is not added; the pool counts it as Rejected.
+// Use it for rate limits and quotas.
+func WithAdmit(admit func(ctx context.Context, ev Event) error) Option {
+	return optionFunc(func(cfg *config) { cfg.admit = admit })
+}
+
+// WithLogger sets the logger for failures, panics, slow handlers and dead
+// letters; nothing is logged per successful event. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(cfg *config) { cfg.logger = l })
+}
+
+// WithObserver sets a hook told about every run of a chain.
+func WithObserver(obs Observer) Option {
+	return optionFunc(func(cfg *config) { cfg.observer = obs })
+}

@@ -1,0 +1,45 @@
+package eventbus
+
+import (
+	"sync/atomic"
+
+	"github.com/imbus/eventbus/internal/engine"
+)
+
+// pool is what the three pools share: configuration, the engine that owns
+// shards and workers, and the dispatch of handler chains (dispatch.go).
+// user_pool.go, channel_pool.go and pusher_pool.go hold what differs.
+type pool struct {
+	bus   *Bus
+	kind  Pool
+	cfg   PoolConfig
+	retry RetryPolicy
+	key   func(Event) (uint64, error)
+	// batch holds WithBatch limits by event type; nil when the pool does
+	// not batch.
+	batch *[256]int
+	eng   *engine.Engine[Event]
+	slabs []ctxSlab // one per worker, used only by that worker
+
+	rejected atomic.Uint64
+}
+
+func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error)) *pool {
+	cfg = cfg.withDefaults()
+	p := &pool{bus: b, kind: kind, cfg: cfg, retry: b.cfg.retry, key: key}
+	if cfg.Retry != nil {
+		p.retry = cfg.Retry.withDefaults()
+	}
+	if cfg.KeyFunc != nil {
+		kf := cfg.KeyFunc
+		p.key = func(ev Event) (uint64, error) { return kf(ev), nil }
+	}
+	p.slabs = make([]ctxSlab, cfg.Workers)
+	p.eng = engine.New[Event](engine.Config{
+		Shards:    cfg.Workers,
+		QueueSize: cfg.QueueSize,
+		Tag:       uint64(kind.index()),
+		ErrClosed: ErrClosed,
+	}, p, b.life)
+	return p
+}

@@ -1,0 +1,49 @@
+package eventbus
+
+import "time"
+
+// Stats is a snapshot of the bus's counters, per pool.
+type Stats struct {
+	User, Channel, Pusher PoolStats
+}
+
+// PoolStats are one pool's counters. Gauges are read shard by shard and are
+// approximate under load; at rest they are exact and
+// Added = Handled + Stopped + DeadLettered + Queued + InFlight + Retrying.
+type PoolStats struct {
+	Workers int
+	// Gauges: events waiting in a FIFO (or behind a parked key), taken by a
+	// worker, waiting to be retried, and above the shards' capacity (added
+	// by handlers, which never wait).
+	Queued, InFlight, Retrying, Overflow int64
+	// Added events were accepted. Each ends Handled, Stopped or
+	// DeadLettered. Failed counts failed attempts, Retried the retries they
+	// caused; Panics and Timeouts are failed attempts of those kinds.
+	// Rejected counts adds refused by the WithAdmit function.
+	Added, Handled, Stopped, Failed, Retried, DeadLettered, Panics, Timeouts, Rejected uint64
+	// Latency of one pass of the chain, from a sample of runs.
+	Latency LatencyStats
+}
+
+// LatencyStats are quantiles of handler-chain latency.
+type LatencyStats struct {
+	P50, P99, Max time.Duration
+}
+
+// Stats returns the counters of every pool. It takes each shard's lock
+// briefly and may be called at any time.
+func (b *Bus) Stats() Stats {
+	return Stats{User: b.pools[0].stats(), Channel: b.pools[1].stats(), Pusher: b.pools[2].stats()}
+}
+
+func (p *pool) stats() PoolStats {
+	s := p.eng.Snapshot()
+	return PoolStats{
+		Workers: s.Workers,
+		Queued:  s.Queued, InFlight: s.InFlight, Retrying: s.Retrying, Overflow: s.Overflow,
+		Added: s.Added, Handled: s.Handled, Stopped: s.Stopped, Failed: s.Failed,
+		Retried: s.Retried, DeadLettered: s.DeadLettered, Panics: s.Panics,
+		Timeouts: s.Timeouts, Rejected: p.rejected.Load(),
+		Latency: LatencyStats{P50: s.P50, P99: s.P99, Max: s.Max},
+	}
+}
