@@ -19,14 +19,26 @@ type CallInfo struct {
 // CallInfoFrom returns the CallInfo of a handler's context, or false when
 // ctx is not (derived from) one.
 func CallInfoFrom(ctx context.Context) (CallInfo, bool) {
-	c := callOf(ctx)
-	if c == nil {
+	if c := callOf(ctx); c != nil {
+		return c.info, true
+	}
+	if ctx == nil {
 		return CallInfo{}, false
 	}
-	return c.info, true
+	info, ok := ctx.Value(callInfoKey{}).(CallInfo)
+	return info, ok
+}
+
+// ContextWithCallInfo returns a copy of ctx that CallInfoFrom reads info
+// from. It is for running handlers outside a bus, in tests (see the
+// eventbustest package); a bus gives handlers their CallInfo itself.
+func ContextWithCallInfo(ctx context.Context, info CallInfo) context.Context {
+	return context.WithValue(ctx, callInfoKey{}, info)
 }
 
 type callKey struct{}
+
+type callInfoKey struct{}
 
 // callCtx is the context of one handler attempt. It takes its values from
 // the producer's context (without its cancellation) and its cancellation
