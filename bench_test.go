@@ -1,0 +1,433 @@
+package eventbus_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+)
+
+// Benchmarks of this package. Each reports ns/event and events/s; run with
+// -benchmem for allocations. Timed regions end when every event has been
+// handled (WaitIdle), so they measure add → handled, not just add.
+//
+//	go test -run '^$' -bench . -benchmem -count 6 . | tee new.txt
+//	benchstat old.txt new.txt
+
+func reportRate(b *testing.B, events int, elapsed time.Duration) {
+	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(events), "ns/event")
+	b.ReportMetric(float64(events)/elapsed.Seconds(), "events/s")
+}
+
+// benchBus builds a started bus whose OnSend handler counts calls.
+func benchBus(b *testing.B, opts ...eventbus.Option) (*eventbus.Bus, *atomic.Int64) {
+	b.Helper()
+	bus := newBus(b, opts...)
+	var handled atomic.Int64
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		handled.Add(1)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		b.Fatal(err)
+	}
+	return bus, &handled
+}
+
+func userEvents(n int) []*eventbus.UserContext {
+	evs := make([]*eventbus.UserContext, n)
+	for i := range evs {
+		evs[i] = userEvent(eventbus.EventOnSend, "user-"+strconv.Itoa(i))
+	}
+	return evs
+}
+
+func waitIdle(b *testing.B, bus *eventbus.Bus) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := bus.WaitIdle(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAdd measures add → handled with one producer, for one key and
+// for many keys: the cost must not grow with the number of keys.
+func BenchmarkAdd(b *testing.B) {
+	for _, keys := range []int{1, 1_000, 100_000} {
+		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+			bus, handled := benchBus(b)
+			evs := userEvents(keys)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for i := range b.N {
+				if err := bus.AddEvent(ctx, evs[i%keys]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			waitIdle(b, bus)
+			reportRate(b, b.N, time.Since(start))
+			b.StopTimer()
+			if handled.Load() != int64(b.N) {
+				b.Fatalf("handled %d of %d", handled.Load(), b.N)
+			}
+		})
+	}
+}
+
+// BenchmarkProducers measures add → handled with 1, 8 and 64 producer
+// goroutines, each adding events of its own 64 keys.
+func BenchmarkProducers(b *testing.B) {
+	for _, producers := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("producers=%d", producers), func(b *testing.B) {
+			bus, handled := benchBus(b)
+			evs := userEvents(producers * 64)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for p := range producers {
+				n := b.N / producers
+				if p < b.N%producers {
+					n++
+				}
+				mine := evs[p*64 : (p+1)*64]
+				wg.Go(func() {
+					for i := range n {
+						if err := bus.AddEvent(ctx, mine[i%64]); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			waitIdle(b, bus)
+			reportRate(b, b.N, time.Since(start))
+			b.StopTimer()
+			if handled.Load() != int64(b.N) {
+				b.Fatalf("handled %d of %d", handled.Load(), b.N)
+			}
+		})
+	}
+}
+
+// BenchmarkTryAddFull measures TryAddEvent refusing an event because its
+// shard is full: the cost of back-pressure for a producer that never waits.
+func BenchmarkTryAddFull(b *testing.B) {
+	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer close(release)
+	ev := userEvent(eventbus.EventOnSend, "u")
+	if err := bus.TryAddEvent(ev); err != nil { // in flight, blocked
+		b.Fatal(err)
+	}
+	<-started // the shard now holds QueueSize (1) events
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		if err := bus.TryAddEvent(ev); err != eventbus.ErrQueueFull {
+			b.Fatalf("got %v, want ErrQueueFull", err)
+		}
+	}
+	reportRate(b, b.N, time.Since(start))
+}
+
+// BenchmarkFollowOn measures a handler that emits one follow-on event into
+// the channel pool with its own context, per event.
+func BenchmarkFollowOn(b *testing.B) {
+	bus := newBus(b)
+	var handled atomic.Int64
+	ch := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "c"}
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		return bus.AddEvent(ctx, ch)
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, err = eventbus.Register(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		handled.Add(1)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		b.Fatal(err)
+	}
+	ev := userEvent(eventbus.EventOnSend, "u")
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		if err := bus.AddEvent(ctx, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitIdle(b, bus)
+	reportRate(b, b.N, time.Since(start))
+	b.StopTimer()
+	if handled.Load() != int64(b.N) {
+		b.Fatalf("handled %d of %d", handled.Load(), b.N)
+	}
+}
+
+// flowWork is the work both the bus flow and the channel baseline do per
+// message: a sequence number per channel, then one push per subscriber.
+type flowWork struct {
+	seq       map[string]uint64 // touched by one goroutine per channel shard
+	delivered atomic.Int64
+}
+
+// BenchmarkFlow measures the full IM flow, OnSend → ChannelDistribute
+// (batched) → PushOnline to 10 subscribers, against a hand-written
+// pipeline of channels and goroutines doing the same work.
+func BenchmarkFlow(b *testing.B) {
+	const channels, subscribers = 64, 10
+	subs := make([]string, subscribers)
+	for i := range subs {
+		subs[i] = "s" + strconv.Itoa(i)
+	}
+	msgs := make([]*eventbus.Message, channels)
+	sends := make([]*eventbus.UserContext, channels)
+	for i := range msgs {
+		msgs[i] = &eventbus.Message{ChannelID: "g" + strconv.Itoa(i), ChannelType: 2, Payload: []byte("hi")}
+		sends[i] = &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: "u" + strconv.Itoa(i)}, Frame: msgs[i]}
+	}
+
+	b.Run("bus", func(b *testing.B) {
+		bus := newBus(b, eventbus.WithBatch(eventbus.EventChannelDistribute, 64))
+		var pushed atomic.Int64
+		seqs := make([]uint64, channels) // one channel per shard key: no race
+		index := make(map[string]int, channels)
+		for i, m := range msgs {
+			index[m.ChannelID] = i
+		}
+		pushes := make([]*eventbus.PushContext, channels)
+		dists := make([]*eventbus.ChannelContext, channels)
+		for i, m := range msgs {
+			pushes[i] = &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m, Subscribers: subs}
+			dists[i] = &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: m.ChannelID, ChannelType: 2, Messages: msgs[i : i+1]}
+		}
+		must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			m := ev.Frame.(*eventbus.Message)
+			return bus.AddEvent(ctx, dists[index[m.ChannelID]])
+		}))
+		must(b, regChannel(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			i := index[ev.ChannelID]
+			for range ev.Messages {
+				seqs[i]++
+				if err := bus.AddEvent(ctx, pushes[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+		must(b, regPush(bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+			pushed.Add(int64(len(ev.Subscribers)))
+			return nil
+		}))
+		must(b, bus.Start())
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := time.Now()
+		for i := range b.N {
+			if err := bus.AddEvent(ctx, sends[i%channels]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		waitIdle(b, bus)
+		reportRate(b, b.N, time.Since(start))
+		b.StopTimer()
+		if pushed.Load() != int64(b.N*subscribers) {
+			b.Fatalf("pushed %d, want %d", pushed.Load(), b.N*subscribers)
+		}
+	})
+
+	b.Run("chan-baseline", func(b *testing.B) {
+		shards := max(4, runtime.GOMAXPROCS(0))
+		var pushed atomic.Int64
+		var userWG, chanWG, pushWG, done sync.WaitGroup
+		userQ := make([]chan *eventbus.UserContext, shards)
+		chanQ := make([]chan *eventbus.Message, shards)
+		pushQ := make([]chan *eventbus.Message, shards)
+		index := make(map[string]int, channels)
+		for i, m := range msgs {
+			index[m.ChannelID] = i
+		}
+		seqs := make([]uint64, channels) // each channel is on one goroutine
+		for s := range shards {
+			userQ[s] = make(chan *eventbus.UserContext, 1024)
+			chanQ[s] = make(chan *eventbus.Message, 1024)
+			pushQ[s] = make(chan *eventbus.Message, 1024)
+		}
+		for s := range shards {
+			userWG.Go(func() {
+				for ev := range userQ[s] {
+					m := ev.Frame.(*eventbus.Message)
+					chanQ[index[m.ChannelID]%shards] <- m
+				}
+			})
+			chanWG.Go(func() {
+				for m := range chanQ[s] {
+					seqs[index[m.ChannelID]]++
+					pushQ[index[m.ChannelID]%shards] <- m
+				}
+			})
+			pushWG.Go(func() {
+				for range pushQ[s] {
+					pushed.Add(subscribers)
+					done.Done()
+				}
+			})
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		start := time.Now()
+		done.Add(b.N)
+		for i := range b.N {
+			userQ[i%channels%shards] <- sends[i%channels]
+		}
+		done.Wait()
+		reportRate(b, b.N, time.Since(start))
+		b.StopTimer()
+		for _, stage := range []struct {
+			close func()
+			wg    *sync.WaitGroup
+		}{
+			{func() { closeAll(userQ) }, &userWG},
+			{func() { closeAll(chanQ) }, &chanWG},
+			{func() { closeAll(pushQ) }, &pushWG},
+		} {
+			stage.close()
+			stage.wg.Wait()
+		}
+		if pushed.Load() != int64(b.N*subscribers) {
+			b.Fatalf("pushed %d, want %d", pushed.Load(), b.N*subscribers)
+		}
+	})
+}
+
+func closeAll[T any](chs []chan T) {
+	for _, c := range chs {
+		close(c)
+	}
+}
+
+func must(b *testing.B, err error) {
+	b.Helper()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+func regUser(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.UserContext]) error {
+	_, err := eventbus.Register(bus, t, h)
+	return err
+}
+
+func regChannel(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.ChannelContext]) error {
+	_, err := eventbus.Register(bus, t, h)
+	return err
+}
+
+func regPush(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.PushContext]) error {
+	_, err := eventbus.Register(bus, t, h)
+	return err
+}
+
+// BenchmarkIdleLatency measures the time from AddEvent on an idle bus to
+// the start of the handler, one event at a time, against a goroutine
+// waiting on a channel. It reports p50 and p99 in nanoseconds.
+func BenchmarkIdleLatency(b *testing.B) {
+	b.Run("bus", func(b *testing.B) {
+		bus := newBus(b)
+		var sent time.Time
+		lat := make([]time.Duration, 0, b.N)
+		got := make(chan struct{})
+		must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			lat = append(lat, time.Since(sent))
+			got <- struct{}{}
+			return nil
+		}))
+		must(b, bus.Start())
+		ev := userEvent(eventbus.EventOnSend, "u")
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			sent = time.Now()
+			if err := bus.AddEvent(ctx, ev); err != nil {
+				b.Fatal(err)
+			}
+			<-got
+			waitIdle(b, bus) // the worker is asleep again before the next add
+		}
+		b.StopTimer()
+		reportLatency(b, lat)
+	})
+	b.Run("chan-baseline", func(b *testing.B) {
+		var sent time.Time
+		lat := make([]time.Duration, 0, b.N)
+		in := make(chan *eventbus.UserContext, 1)
+		got := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for range in {
+				lat = append(lat, time.Since(sent))
+				got <- struct{}{}
+			}
+		})
+		ev := userEvent(eventbus.EventOnSend, "u")
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			sent = time.Now()
+			in <- ev
+			<-got
+		}
+		b.StopTimer()
+		close(in)
+		wg.Wait()
+		reportLatency(b, lat)
+	})
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
