@@ -111,7 +111,6 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		v.Outcome, v.Err = engine.Dead, closedErr(err)
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
-		u.Attempt++
 	}
 	level := slog.LevelWarn
 	if v.Panicked {
@@ -126,6 +125,9 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		attrs = append(attrs, "stack", string(pe.Stack))
 	}
 	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", attrs...)
+	if v.Outcome == engine.Retry {
+		u.Attempt++ // the unit now describes the attempt to come
+	}
 	return v
 }
 

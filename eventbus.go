@@ -45,7 +45,7 @@ type Bus struct {
 	pools   [3]*pool
 	engines []*engine.Engine[Event]
 
-	closeMu  sync.Mutex    // one Close at a time
+	closing  chan struct{} // holds a token while a Close runs: one at a time
 	finished chan struct{} // closed once Close has drained or given up
 }
 
@@ -82,7 +82,8 @@ func New(opts ...Option) (*Bus, error) {
 	}
 	cfg.retry = cfg.retry.withDefaults()
 	b := &Bus{cfg: cfg, log: cfg.logger, sink: cfg.sink, observer: cfg.observer,
-		admit: cfg.admit, seed: maphash.MakeSeed(), finished: make(chan struct{})}
+		admit: cfg.admit, seed: maphash.MakeSeed(),
+		closing: make(chan struct{}, 1), finished: make(chan struct{})}
 	if b.log == nil {
 		b.log = slog.Default()
 	}
@@ -302,11 +303,11 @@ func (b *Bus) route(ev Event) (*pool, EventType, error) {
 // ErrNotStarted before Start, nil after Close, ctx's error when ctx ends,
 // and ErrInsideHandler when called from a handler.
 func (b *Bus) WaitIdle(ctx context.Context) error {
-	switch b.state.Load() {
-	case stateNew:
-		return ErrNotStarted
-	case stateClosed:
+	if isClosed(b.finished) {
 		return nil
+	}
+	if b.state.Load() == stateNew {
+		return ErrNotStarted
 	}
 	if b.inHandler(ctx) {
 		return ErrInsideHandler
@@ -351,8 +352,12 @@ func (b *Bus) Close(ctx context.Context) error {
 	if b.inHandler(ctx) {
 		return ErrInsideHandler
 	}
-	b.closeMu.Lock()
-	defer b.closeMu.Unlock()
+	select {
+	case b.closing <- struct{}{}:
+		defer func() { <-b.closing }()
+	case <-ctx.Done():
+		return &CloseError{Left: b.unfinished(), Err: ctx.Err()}
+	}
 	b.mu.Lock()
 	prev := b.state.Swap(stateClosed)
 	b.mu.Unlock()
@@ -370,13 +375,15 @@ func (b *Bus) Close(ctx context.Context) error {
 	for _, e := range b.engines {
 		e.Barrier()
 	}
-	err := engine.WaitIdle(ctx, b.life, nil, b.engines...)
-	if err == nil {
+	if engine.WaitIdle(ctx, b.life, nil, b.engines...) == nil {
+		// Nothing is in flight, so no worker is inside a handler: they
+		// all exit at once.
 		b.life.Stop()
-		if err = b.waitWorkers(ctx); err == nil {
-			closeOnce(b.finished)
-			return nil
+		for _, e := range b.engines {
+			<-e.Exited()
 		}
+		closeOnce(b.finished)
+		return nil
 	}
 	b.life.Abort()
 	left := 0
@@ -393,10 +400,20 @@ func (b *Bus) waitWorkers(ctx context.Context) error {
 		select {
 		case <-e.Exited():
 		case <-ctx.Done():
-			return ctx.Err()
+			return &CloseError{Left: b.unfinished(), Err: ctx.Err()}
 		}
 	}
 	return nil
+}
+
+// unfinished counts accepted events that have not finished.
+func (b *Bus) unfinished() int {
+	n := 0
+	for _, p := range b.pools {
+		s := p.eng.Snapshot()
+		n += int(s.Queued + s.InFlight + s.Retrying)
+	}
+	return n
 }
 
 func closeOnce(ch chan struct{}) {

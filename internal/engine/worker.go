@@ -156,8 +156,9 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 			return
 		}
 		v = w.e.d.Goexited(w.id, u)
-		if w.curPK != nil {
-			w.settleParked(w.curKey, w.curPK, u, v, time.Now())
+		if pk := w.curPK; pk != nil {
+			w.curPK = nil
+			w.settleParked(w.curKey, pk, u, v, time.Now())
 		} else {
 			w.settle(u, v)
 			if len(u.Items) > 1 {
