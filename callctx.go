@@ -20,7 +20,7 @@ type CallInfo struct {
 // ctx is not (derived from) one.
 func CallInfoFrom(ctx context.Context) (CallInfo, bool) {
 	if c := callOf(ctx); c != nil {
-		return c.info, true
+		return c.info(), true
 	}
 	if ctx == nil {
 		return CallInfo{}, false
@@ -45,16 +45,30 @@ type callInfoKey struct{}
 // from the bus's abort signal. Each attempt gets its own callCtx, never
 // reused, so a context kept by a handler stays valid; they are carved from
 // per-worker slabs so that a dispatch does not allocate.
+//
+// It is kept small (one slab block serves many calls): CallInfo is built
+// from it on demand.
 type callCtx struct {
-	bus     *Bus
+	pool    *pool
 	values  context.Context // producer's context, wrapped WithoutCancel; may be nil
-	info    CallInfo
+	handler *handlerEntry
+	eventID uint64
+	index   int32
+	attempt int32
+	typ     EventType
 	running atomic.Bool // the handler has not returned yet
 }
 
+func (c *callCtx) info() CallInfo {
+	return CallInfo{Pool: c.pool.kind, Type: c.typ, Handler: c.handler.name,
+		Index: int(c.index), Attempt: int(c.attempt), EventID: c.eventID}
+}
+
+func (c *callCtx) bus() *Bus { return c.pool.bus }
+
 func (c *callCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c *callCtx) Done() <-chan struct{}       { return c.bus.life.AbortContext().Done() }
-func (c *callCtx) Err() error                  { return c.bus.life.AbortContext().Err() }
+func (c *callCtx) Done() <-chan struct{}       { return c.bus().life.AbortContext().Done() }
+func (c *callCtx) Err() error                  { return c.bus().life.AbortContext().Err() }
 
 func (c *callCtx) Value(key any) any {
 	if _, ok := key.(callKey); ok {
@@ -69,10 +83,10 @@ func (c *callCtx) Value(key any) any {
 // AfterFunc lets the context package attach derived contexts to the bus's
 // abort signal without a goroutine each.
 func (c *callCtx) AfterFunc(f func()) (stop func() bool) {
-	return context.AfterFunc(c.bus.life.AbortContext(), f)
+	return context.AfterFunc(c.bus().life.AbortContext(), f)
 }
 
-func (c *callCtx) String() string { return "eventbus.handlerContext(" + c.info.Handler + ")" }
+func (c *callCtx) String() string { return "eventbus.handlerContext(" + c.handler.name + ")" }
 
 // callOf finds the callCtx ctx is or derives from.
 func callOf(ctx context.Context) *callCtx {

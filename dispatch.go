@@ -53,10 +53,9 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 // call runs one attempt of one handler with a fresh handler context.
 func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
 	c := p.slabs[wid].next()
-	c.bus = p.bus
-	c.values = u.Items[0].Ctx
-	c.info = CallInfo{Pool: p.kind, Type: u.Event.Type(), Handler: h.name,
-		Index: u.Index, Attempt: u.Attempt, EventID: u.Items[0].ID}
+	c.pool, c.values, c.handler = p, u.Items[0].Ctx, h
+	c.eventID, c.typ = u.Items[0].ID, u.Event.Type()
+	c.index, c.attempt = int32(u.Index), int32(u.Attempt)
 	if p.cfg.HandlerTimeout > 0 {
 		return p.callWithTimeout(c, h, u.Event)
 	}
@@ -84,8 +83,8 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bo
 	// has overstayed twice its timeout.
 	slow := time.AfterFunc(2*d, func() {
 		p.bus.log.Warn("eventbus: handler still running after twice its timeout",
-			"pool", string(p.kind), "type", p.bus.TypeName(c.info.Type),
-			"handler", c.info.Handler, "timeout", d)
+			"pool", string(p.kind), "type", p.bus.TypeName(c.typ),
+			"handler", h.name, "timeout", d)
 	})
 	defer slow.Stop()
 	err := invoke(ctx, c, h, ev)

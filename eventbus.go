@@ -216,7 +216,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	}
 	var c *callCtx
 	if ctx != nil {
-		if c = callOf(ctx); c != nil && (c.bus != b || !c.running.Load()) {
+		if c = callOf(ctx); c != nil && (c.bus() != b || !c.running.Load()) {
 			c = nil
 		}
 	}
@@ -318,7 +318,7 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 // inHandler reports whether the caller is a handler of this bus: by its
 // context, or by being one of the bus's worker goroutines.
 func (b *Bus) inHandler(ctx context.Context) bool {
-	if c := callOf(ctx); c != nil && c.bus == b && c.running.Load() {
+	if c := callOf(ctx); c != nil && c.bus() == b && c.running.Load() {
 		return true
 	}
 	id := goid.Get()
