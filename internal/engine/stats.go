@@ -49,8 +49,9 @@ func (e *Engine[E]) Snapshot() Snapshot {
 		w.lat.addTo(&hist)
 		snap.Max = max(snap.Max, time.Duration(w.lat.max.Load()))
 	}
-	snap.P50 = quantile(&hist, 0.50)
-	snap.P99 = quantile(&hist, 0.99)
+	// Buckets report their middle value: never above what was seen.
+	snap.P50 = min(quantile(&hist, 0.50), snap.Max)
+	snap.P99 = min(quantile(&hist, 0.99), snap.Max)
 	return snap
 }
 

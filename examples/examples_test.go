@@ -1,0 +1,144 @@
+package examples_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// goTool returns the go command of the toolchain running the test.
+func goTool(t *testing.T) string {
+	t.Helper()
+	name := "go"
+	if runtime.GOOS == "windows" {
+		name += ".exe"
+	}
+	if p := filepath.Join(runtime.GOROOT(), "bin", name); fileExists(p) {
+		return p
+	}
+	p, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command found")
+	}
+	return p
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// TestExamples builds every demo once and runs each, checking the lines
+// that show it worked, so that a broken demo fails CI.
+func TestExamples(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, goTool(t), "build", "-o", dir+string(filepath.Separator), "./im", "./abtest", "./retry")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	tests := []struct {
+		name string
+		want []string
+	}{
+		{"im", []string{
+			`mallory  <- CONNACK auth failed`,
+			`alice    <- SENDACK alice-2 g1 rejected: banned word "spam"`,
+			`bob      <- RECV g1 seq=2 id=2 from alice "lunch at noon?"`,
+			`carol    <~ offline push: g1 seq=3 from bob "yes, noon"`,
+			`RECV acknowledged: 6, waiting for RECVACK: 0`,
+			`every receiver saw each channel in sequence order: true`,
+			"  user           4     24       22        2       0        0     0       0         0\n",
+			"  channel        4      4        4        0       0        0     0       0         0\n",
+			"  pusher         4      8        8        0       0        0     0       0         0\n",
+			`added = handled + stopped + dead): true`,
+			"bus closed cleanly\n",
+		}},
+		{"abtest", []string{
+			"A + B: 20000\n",
+			"handled (Stats.User): 20000 of 20000 added\n",
+			"seen by exactly one variant: 20000\n",
+			"seen by two variants: 0\n",
+			"per-user order kept: true\n",
+			"lost: 0\n",
+		}},
+		{"retry", []string{
+			"store        attempt 3: orders stored\n",
+			"(key parked, not the worker): true\n",
+			"offline-push attempt 3: apns: 503 service unavailable\n",
+			"dead letter: type=OnSend handler=decode attempts=1 permanent=true err=malformed SEND frame\n",
+			"dead letter: type=PushOffline handler=offline-push attempts=3 permanent=false err=apns: 503 service unavailable\n",
+			"channel  added=3 handled=3 failed=2 retried=2 deadlettered=0\n",
+			"bus closed cleanly\n",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			out := runDemo(t, filepath.Join(dir, tt.name))
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q", w)
+				}
+			}
+			if t.Failed() {
+				t.Logf("output:\n%s", out)
+			}
+		})
+	}
+
+	// The im demo promises the same output on every run, latencies aside.
+	t.Run("im-deterministic", func(t *testing.T) {
+		t.Parallel()
+		bin := filepath.Join(dir, "im")
+		if a, b := stable(runDemo(t, bin)), stable(runDemo(t, bin)); a != b {
+			t.Errorf("two runs differ:\n%s\n----\n%s", a, b)
+		}
+	})
+}
+
+// runDemo runs a built demo with a 60 s limit and returns its stdout. Any
+// stderr output (the demos log only unexpected failures) fails the test.
+func runDemo(t *testing.T, bin string) string {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		bin += ".exe"
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(bin), err, &stdout, &stderr)
+	}
+	if stderr.Len() > 0 {
+		t.Errorf("%s wrote to stderr:\n%s", filepath.Base(bin), &stderr)
+	}
+	return stdout.String()
+}
+
+// stable drops the lines that legitimately vary between runs.
+func stable(out string) string {
+	var keep []string
+	for line := range strings.Lines(out) {
+		if !strings.Contains(line, "latency") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "")
+}
