@@ -1,5 +1,3 @@
-// Package eventbus is an in-process event bus for instant-messaging
-// servers. See doc.go for the model.
 package eventbus
 
 import (

@@ -1,0 +1,126 @@
+// Package eventbus is an in-process event bus for instant-messaging
+// servers, after the event-driven core of WuKongIM: the connection layer
+// turns client frames into user events; user handlers validate a sent
+// message and turn it into a channel event; channel handlers store it and
+// fan it out as push events; pusher handlers deliver it online or hand it
+// to offline push.
+//
+//	bus, _ := eventbus.New() // errors elided here; see Example
+//	eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+//		return nil // validate, then emit a ChannelDistribute event
+//	})
+//	bus.Start()
+//	bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: msg})
+//	bus.Close(ctx)
+//
+// # Pools
+//
+// Three pools of workers run the three kinds of work, isolated from each
+// other: their own goroutines, queues and configuration ([PoolConfig],
+// given with [WithUserPool], [WithChannelPool] and [WithPusherPool]), so a
+// slow database in the channel pool never stalls connection handling. An
+// event's number decides its pool: 1–9 user ([UserContext]), 10–19 channel
+// ([ChannelContext]), 20–29 pusher ([PushContext]). Numbers without a
+// built-in meaning are declared with [Bus.Define] before Start; 30–255 may
+// go to any pool.
+//
+// # Keys and ordering
+//
+// Every event has a key: the user's UID for a user event (the connection's
+// ID before login), the channel (ChannelID, ChannelType) for channel and
+// push events; [PoolConfig].KeyFunc may override it. Events with the same
+// key are handled one at a time, in the order they were added, through the
+// whole chain and across retries. Different keys run in parallel: a key
+// hashes to a shard owned by one worker goroutine, with one FIFO and no
+// global lock. [WithBatch] lets the channel pool merge adjacent events of
+// one key into one.
+//
+// # Chains and results
+//
+// [Register] adds a [Handler] to the chain of an event type; the handler's
+// context type must be that of the type's pool. Each handler's result
+// decides what comes next:
+//
+//   - nil: the next handler runs; after the last, the event is Handled.
+//   - [ErrStopChain], or an error wrapping it (an audit rejection): the
+//     chain ends on purpose; the event is Stopped and not retried.
+//   - [Permanent](err): no retry; the event goes to the dead-letter sink.
+//   - any other error, a panic ([PanicError]) or a timeout
+//     ([PoolConfig].HandlerTimeout): the event is retried from the handler
+//     that failed.
+//
+// Chains can change while events flow: [WithName], [First], [Replace] (an
+// atomic swap in place), [Registration.Unregister] and
+// [Bus.UnregisterHandler]. An event reads its chain once, when it starts,
+// and keeps it for every attempt. [Bus.Use] adds [Middleware] around every
+// attempt of every handler. A handler's context carries the values, not
+// the cancellation, of the context given to AddEvent, the bus's shutdown
+// signal, the attempt's timeout and a [CallInfo] ([CallInfoFrom]).
+//
+// # Follow-on events
+//
+// A handler that calls AddEvent with the context it was given adds a
+// follow-on event: the add never waits, ignores the context's cancellation,
+// keeps per-key order, and is accepted while the bus drains, so flows that
+// loop back (pusher to user) cannot deadlock. A follow-on event is counted
+// before its handler returns, so [Bus.WaitIdle] waits for whole flows.
+// Handlers that emit should depend on the [Emitter] interface rather than
+// on *Bus, so that tests can hand them a recorder.
+//
+// # Back-pressure
+//
+// Each shard holds at most QueueSize events. While it is full, AddEvent
+// from outside a handler waits for room, bounded by its context (the error
+// then wraps [ErrQueueFull] and the context's error), and
+// [Bus.TryAddEvent] fails at once with ErrQueueFull. Follow-on events above
+// capacity are accepted and show as Overflow in [Bus.Stats]. [WithAdmit]
+// can refuse events before they are queued (rate limits); refusals count as
+// Rejected. Nothing is dropped silently: every accepted event ends Handled,
+// Stopped or DeadLettered, and at rest
+// Added = Handled + Stopped + DeadLettered + Queued + InFlight + Retrying.
+//
+// # Retries and dead letters
+//
+// A failed handler is retried after a backoff under a [RetryPolicy]
+// (default: 3 attempts, 10 ms doubling up to 1 s, ±20% jitter), set with
+// [WithRetry], [PoolConfig].Retry or [WithHandlerRetry]. Waiting for a
+// retry parks the key, not the worker: the shard's other keys go on, later
+// events of that key wait. When the last attempt fails, the event goes to
+// the [DeadLetterSink] set with [WithDeadLetter] (by default a
+// [DeadLetterRing] of the last 1024) and is logged at Warn through
+// [WithLogger]. Nothing is logged per successful event; [WithObserver]
+// feeds metrics systems with every outcome.
+//
+// # Lifecycle
+//
+// [New] checks every option and starts no goroutine. Define types and
+// Register handlers, then [Bus.Start] the workers; handlers may also be
+// registered later. [Bus.Close] shuts down like http.Server.Shutdown:
+// outside adds fail with [ErrClosed] at once; queued events, follow-on
+// events and retries run their course; then the workers exit and Close
+// returns nil. If its context ends first, handler contexts are cancelled,
+// what was not handled goes to the dead-letter sink with ErrClosed, and
+// Close returns a [*CloseError] saying how many events were left. Close
+// and WaitIdle called from inside a handler return [ErrInsideHandler]
+// instead of deadlocking.
+//
+// # Testing
+//
+// Package [github.com/imbus/eventbus/eventbustest] is the test kit, in the
+// spirit of net/http/httptest: MockConn records the frames a handler
+// writes; Recorder is an Emitter that records follow-on events; Run passes
+// one event through a handler or a chain, synchronously, with the chain
+// rules above and no bus; NewBus gives a test a started bus that is closed
+// when the test ends and fails it on events left behind or unexpected dead
+// letters.
+//
+// # Examples
+//
+// Example shows the quick start; ExampleRegister a chain with an audit
+// that rejects; ExampleEmitter the OnSend → ChannelDistribute → PushOnline
+// flow of follow-on events; ExampleReplace hot-plugging; ExampleBus_Use
+// middleware and a retry; ExampleWithDeadLetter retries, Permanent and dead
+// letters; ExampleBus_TryAddEvent back-pressure; ExampleBus_Close the
+// drain; ExampleBus_Define an event type of your own. The eventbustest
+// examples test a handler with a MockConn and a Recorder.
+package eventbus

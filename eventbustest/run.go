@@ -1,0 +1,134 @@
+package eventbustest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/imbus/eventbus"
+)
+
+// Result is what became of an event that Run passed through a chain.
+type Result struct {
+	// Ran is how many handlers were called, the one that ended the chain
+	// included.
+	Ran int
+	// Err is what ended the chain early: the error of the handler that
+	// returned one (ErrStopChain and Permanent errors included), a
+	// *eventbus.PanicError, eventbus.ErrNoHandler for an empty chain, or
+	// eventbus.ErrNilEvent / eventbus.ErrNilHandler for bad input. It is
+	// nil when every handler returned nil.
+	Err error
+	// Stopped reports that Err is, or wraps, eventbus.ErrStopChain: a bus
+	// would count the event as Stopped and not retry it.
+	Stopped bool
+	// Panic is set when a handler panicked (or returned an error wrapping
+	// a *eventbus.PanicError, which a bus counts the same way); Err holds
+	// the same error.
+	Panic *eventbus.PanicError
+	// Handler is the name of the handler that ended the chain early, as
+	// its CallInfo gave it; "" when the chain ran to its end.
+	Handler string
+}
+
+// Handled reports whether every handler ran and returned nil, as a bus
+// would count the event as Handled.
+func (r Result) Handled() bool { return r.Err == nil }
+
+var lastEventID atomic.Uint64
+
+// Run passes ev through handlers, in order, on the calling goroutine, with
+// the chain semantics of a bus and without starting one: nil goes on to
+// the next handler; an error that is or wraps eventbus.ErrStopChain ends
+// the chain as Stopped; any other error ends it with Err; a panic is
+// recovered into a *eventbus.PanicError. Run makes a single attempt: it
+// reports a failure but does not retry it.
+//
+// Each handler gets ctx with a CallInfo (eventbus.ContextWithCallInfo) as a
+// bus would give it: the pool of C, ev's type, the handler's name (its
+// function's name followed by "#" and its position from 1, like a bus's
+// default name), Index from 0, Attempt 1, and an EventID unique to this
+// Run. A nil ctx means context.Background().
+//
+// Run does not check ev's type against a pool; that takes a bus (Define).
+// Because handlers run on the caller's goroutine, a handler that calls
+// t.FailNow ends the test as usual (a bus would report that
+// runtime.Goexit as a *eventbus.PanicError). Handlers that emit follow-on
+// events should be built on an eventbus.Emitter; pass them a Recorder.
+func Run[C eventbus.EventContext](ctx context.Context, ev *C, handlers ...eventbus.Handler[C]) Result {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if ev == nil {
+		return Result{Err: eventbus.ErrNilEvent}
+	}
+	if len(handlers) == 0 {
+		return Result{Err: eventbus.ErrNoHandler}
+	}
+	info := eventbus.CallInfo{
+		Pool:    poolOf[C](),
+		Type:    any(ev).(eventbus.Event).Type(),
+		Attempt: 1,
+		EventID: lastEventID.Add(1),
+	}
+	for i, h := range handlers {
+		info.Index = i
+		info.Handler = handlerName(h, i)
+		if h == nil {
+			return Result{Ran: i, Err: fmt.Errorf("%w: handler %d of %d", eventbus.ErrNilHandler, i+1, len(handlers)),
+				Handler: info.Handler}
+		}
+		err := call(eventbus.ContextWithCallInfo(ctx, info), h, ev)
+		if err == nil {
+			continue
+		}
+		res := Result{Ran: i + 1, Err: err, Handler: info.Handler,
+			Stopped: errors.Is(err, eventbus.ErrStopChain)}
+		errors.As(err, &res.Panic)
+		return res
+	}
+	return Result{Ran: len(handlers)}
+}
+
+// call runs h, turning a panic into a *eventbus.PanicError.
+func call[C eventbus.EventContext](ctx context.Context, h eventbus.Handler[C], ev *C) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &eventbus.PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return h(ctx, ev)
+}
+
+func poolOf[C eventbus.EventContext]() eventbus.Pool {
+	switch any((*C)(nil)).(type) {
+	case *eventbus.UserContext:
+		return eventbus.PoolUser
+	case *eventbus.ChannelContext:
+		return eventbus.PoolChannel
+	}
+	return eventbus.PoolPusher
+}
+
+// handlerName names the handler at index i the way a bus names a handler
+// registered without WithName: function name, "#", a sequence number.
+func handlerName[C eventbus.EventContext](h eventbus.Handler[C], i int) string {
+	seq := "#" + strconv.Itoa(i+1)
+	if h == nil {
+		return "nil" + seq
+	}
+	name := "?"
+	if f := runtime.FuncForPC(reflect.ValueOf(h).Pointer()); f != nil {
+		name = f.Name()
+	}
+	if j := strings.LastIndexByte(name, '/'); j >= 0 {
+		name = name[j+1:]
+	}
+	return name + seq
+}
