@@ -339,9 +339,12 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 //
 // If ctx ends first, handler contexts are cancelled, workers exit once
 // their current handler returns, events not handled go to the dead-letter
-// sink with ErrClosed, and Close returns a *CloseError. A later Close waits,
-// bounded by its ctx, for workers still inside a handler, and returns nil
-// once all have exited. Close from inside a handler returns
+// sink with ErrClosed, and Close returns a *CloseError. Events still queued
+// are dead-lettered before Close returns; those a worker already holds
+// behind a handler that has not returned are dead-lettered when it returns.
+// A later Close waits, bounded by its ctx, for workers still inside a
+// handler, and returns nil once all have exited (so after it, every dead
+// letter has been delivered). Close from inside a handler returns
 // ErrInsideHandler at once.
 func (b *Bus) Close(ctx context.Context) error {
 	if ctx == nil {
