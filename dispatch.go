@@ -14,14 +14,15 @@ import (
 // that owns the unit's shard. The chain is loaded on the first attempt and
 // kept for every retry.
 func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
-	obs := p.bus.observer
-	if obs == nil {
+	if p.bus.observer == nil {
 		return p.run(wid, u)
 	}
+	queued := p.eng.Queued(&u.Items[0])
 	start := time.Now()
 	v := p.run(wid, u)
+	u.Took = time.Since(start)
 	if v.Outcome != engine.Dead { // dead letters are observed in DeadLetter
-		p.observe(u, v, time.Since(start))
+		p.observe(u, v, queued)
 	}
 	return v
 }
@@ -34,6 +35,8 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
 		}
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
+	} else {
+		u.Attempt++ // a retry of the handler at u.Index
 	}
 	for u.Index < len(ch.handlers) {
 		if p.bus.life.Aborted() {
@@ -124,9 +127,6 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		attrs = append(attrs, "stack", string(pe.Stack))
 	}
 	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", attrs...)
-	if v.Outcome == engine.Retry {
-		u.Attempt++ // the unit now describes the attempt to come
-	}
 	return v
 }
 
@@ -137,7 +137,11 @@ func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
 	if ch == nil || u.Index >= len(ch.handlers) {
 		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}
 	}
-	return p.failed(u, &ch.handlers[u.Index], err, false)
+	v := p.failed(u, &ch.handlers[u.Index], err, false)
+	if p.bus.observer != nil && v.Outcome != engine.Dead {
+		p.observe(u, v, p.eng.Queued(&u.Items[0]))
+	}
+	return v
 }
 
 func closedErr(last error) error {
@@ -164,20 +168,22 @@ func (p *pool) DeadLetter(u *engine.Unit[Event], err error) {
 		})
 	}
 	if b.observer != nil {
-		p.observe(u, engine.Verdict{Outcome: engine.Dead, Err: err}, 0)
+		p.observe(u, engine.Verdict{Outcome: engine.Dead, Err: err}, p.eng.Queued(&u.Items[0]))
 	}
 }
 
-func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, took time.Duration) {
+// observe reports one run of u (u.Took long, after waiting queued) to the
+// observer.
+func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, queued time.Duration) {
 	o := Observation{Pool: p.kind, Type: u.Event.Type(), Events: len(u.Items),
-		Queued: p.eng.Queued(&u.Items[0]), InHandler: took, Attempt: u.Attempt}
+		Queued: queued, InHandler: u.Took, Attempt: u.Attempt}
 	switch v.Outcome {
 	case engine.Handled:
 		o.Outcome = OutcomeHandled
 	case engine.Stopped:
 		o.Outcome, o.Err = OutcomeStopped, v.Err
 	case engine.Retry:
-		o.Outcome, o.Err, o.Attempt = OutcomeRetried, u.Err, u.Attempt-1
+		o.Outcome, o.Err = OutcomeRetried, u.Err
 	case engine.Dead:
 		o.Outcome, o.Err = OutcomeDeadLettered, v.Err
 	}

@@ -36,6 +36,8 @@ type Unit[E any] struct {
 	Index   int // next handler to run
 	Attempt int // attempt number for that handler, from 1
 	Err     error
+	// Took is how long the last run took, when the dispatcher measures it.
+	Took time.Duration
 }
 
 // Key is the ordering key shared by all items of the unit.

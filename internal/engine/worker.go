@@ -158,7 +158,7 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 		v = w.e.d.Goexited(w.id, u)
 		if pk := w.curPK; pk != nil {
 			w.curPK = nil
-			w.settleParked(w.curKey, pk, u, v, time.Now())
+			w.settleParked(w.curKey, pk, u, v)
 		} else {
 			w.settle(u, v)
 			if len(u.Items) > 1 {
@@ -211,7 +211,7 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 }
 
 // settleParked records the verdict of the head unit of a parked key.
-func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Verdict, now time.Time) {
+func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Verdict) {
 	w.count(v)
 	n := int64(len(u.Items))
 	if v.Outcome == Retry {
@@ -220,7 +220,7 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 			w.pub.followers.Add(-n)
 			w.pub.retrying.Add(n)
 		}
-		w.due.push(now.Add(v.Delay), key)
+		w.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
 		return
 	}
 	w.finish(u, v)
@@ -236,7 +236,7 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 		delete(w.parked, key)
 		return
 	}
-	w.due.push(now, key) // the next unit of the key runs now
+	w.due.push(time.Time{}, key) // the next unit of the key is due at once
 }
 
 // finish counts a unit that reached an end and hands dead ones to the sink.
@@ -269,7 +269,7 @@ func (w *worker[E]) runDue(now time.Time) {
 		w.curPK, w.curKey = pk, key
 		v := w.execute(u)
 		w.curPK = nil
-		w.settleParked(key, pk, u, v, now)
+		w.settleParked(key, pk, u, v)
 	}
 }
 

@@ -1,0 +1,483 @@
+package eventbus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCloseDrainsUnderLoad proves Close's contract (DESIGN §5) while 64
+// producers add events: every add that returned nil is handled exactly
+// once, every refused one got ErrClosed, the follow-ons that handlers emit
+// while the bus drains are accepted and handled, and at the end the stats
+// identity holds with nothing left.
+//
+// "load": producers run free and Close starts after 2000 events were
+// handled. "back-pressure": every shard is full (handlers held at a gate),
+// so all producers wait in AddEvent when Close starts; the gate opens only
+// once Close has refused them.
+func TestCloseDrainsUnderLoad(t *testing.T) {
+	for _, gated := range []bool{false, true} {
+		name := "load"
+		if gated {
+			name = "back-pressure"
+		}
+		t.Run(name, func(t *testing.T) {
+			const (
+				producers   = 64
+				perProducer = 500
+				total       = producers * perProducer
+				workers     = 4
+				queueSize   = 4
+			)
+			sink := &sinkRecorder{}
+			bus := newBus(t, eventbus.WithDeadLetter(sink),
+				eventbus.WithUserPool(eventbus.PoolConfig{Workers: workers, QueueSize: queueSize}),
+				eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 2, QueueSize: queueSize}))
+
+			gate := make(chan struct{})
+			openGate := sync.OnceFunc(func() { close(gate) })
+			t.Cleanup(openGate)
+			if !gated {
+				openGate()
+			}
+			var (
+				userCount = make([]atomic.Int32, total)
+				chanCount = make([]atomic.Int32, total)
+				handled   atomic.Int64
+				enough    = make(chan struct{})
+				emitErrs  coreErrs
+			)
+			coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				<-gate
+				id := ev.Frame.(int)
+				userCount[id].Add(1)
+				// Follow-ons must be accepted while the bus drains.
+				emitErrs.add(bus.AddEvent(ctx, coreChan(eventbus.EventChannelStore, fmt.Sprintf("c%d", id%8),
+					&eventbus.Message{MessageID: int64(id)})))
+				if handled.Add(1) == 2000 {
+					close(enough)
+				}
+				return nil
+			})
+			coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+				chanCount[ev.Messages[0].MessageID].Add(1)
+				return nil
+			})
+			coreStart(t, bus)
+
+			var (
+				accepted    = make([]atomic.Bool, total)
+				nAccepted   atomic.Int64
+				full        = make(chan struct{}) // every shard holds queueSize events
+				refused     = make(chan error, producers)
+				wg          sync.WaitGroup
+				ctx         = deadline(t, 30*time.Second)
+				unexpectedE coreErrs
+			)
+			for p := range producers {
+				wg.Go(func() {
+					for i := range perProducer {
+						id := p*perProducer + i
+						err := bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
+							Conn: &testConn{uid: fmt.Sprintf("load-%d", id%97)}, Frame: id})
+						if err != nil {
+							if !errors.Is(err, eventbus.ErrClosed) {
+								unexpectedE.add(fmt.Errorf("event %d: %w", id, err))
+							}
+							refused <- err
+							return
+						}
+						accepted[id].Store(true)
+						if nAccepted.Add(1) == workers*queueSize {
+							close(full)
+						}
+					}
+				})
+			}
+
+			if gated {
+				// Handlers hold every shard's first event at the gate, so
+				// exactly workers*queueSize adds succeed and every producer
+				// then waits for room.
+				coreRecv(t, full, 10*time.Second, "all shards to fill up")
+			} else {
+				coreRecv(t, enough, 10*time.Second, "2000 events to be handled")
+			}
+			closed := make(chan error, 1)
+			go func() {
+				closed <- bus.Close(deadline(t, 30*time.Second))
+			}()
+			if gated {
+				// A producer refused proves Close has begun; only then may
+				// the handlers go on.
+				coreRecv(t, refused, 10*time.Second, "a waiting producer to be refused")
+				openGate()
+			}
+			require.NoError(t, coreRecv(t, closed, 30*time.Second, "Close to return"), "Close must drain")
+			coreWaitGroup(t, &wg, 10*time.Second, "producers to return")
+			unexpectedE.requireNone(t, "refused adds must get ErrClosed")
+			emitErrs.requireNone(t, "follow-on adds during Close")
+
+			var nAcc int
+			for id := range total {
+				u, c := userCount[id].Load(), chanCount[id].Load()
+				if accepted[id].Load() {
+					nAcc++
+					require.EqualValues(t, 1, u, "accepted event %d handled %d times", id, u)
+					require.EqualValues(t, 1, c, "follow-on of event %d handled %d times", id, c)
+				} else {
+					require.Zero(t, u, "refused event %d was handled", id)
+					require.Zero(t, c, "refused event %d had a follow-on", id)
+				}
+			}
+			require.Equal(t, nAccepted.Load(), int64(nAcc))
+			if gated {
+				assert.Equal(t, workers*queueSize, nAcc, "accepted adds with every shard full")
+				assert.Len(t, refused, producers-1, "every waiting producer is refused") // one was received above
+			}
+			assert.Empty(t, sink.all(), "no dead letters in a clean Close")
+
+			st := bus.Stats()
+			assert.Equal(t, uint64(nAcc), st.User.Added)
+			assert.Equal(t, uint64(nAcc), st.User.Handled)
+			assert.Equal(t, uint64(nAcc), st.Channel.Added)
+			assert.Equal(t, uint64(nAcc), st.Channel.Handled)
+			coreAtRest(t, "user", st.User)
+			coreAtRest(t, "channel", st.Channel)
+
+			require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed)
+			require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed)
+			require.NoError(t, bus.WaitIdle(deadline(t, time.Second)))
+			require.NoError(t, bus.Close(deadline(t, time.Second)), "a second Close after a clean one")
+		})
+	}
+}
+
+// closeBlockedBus builds a bus with one user worker whose handler blocks,
+// for the event of uid "blocker", until release is closed (ignoring its
+// context, as a careless handler does). It returns the bus, the blocked
+// handler's context once it has started, the release func and the sink.
+func closeBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, func(), *sinkRecorder, *atomic.Int64) {
+	t.Helper()
+	sink := &sinkRecorder{}
+	bus := newBus(t, eventbus.WithDeadLetter(sink),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 64}))
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	started := make(chan context.Context, 1)
+	var handled atomic.Int64
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Conn.UID() == "blocker" {
+			started <- ctx
+			<-release
+		}
+		handled.Add(1)
+		return nil
+	})
+	coreStart(t, bus)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "blocker")))
+	hctx := coreRecv(t, started, 5*time.Second, "the blocking handler to start")
+	for i := range queued {
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("queued-%d", i))))
+	}
+	return bus, hctx, unblock, sink, &handled
+}
+
+// TestCloseTimeoutDeadLettersAndLaterCloseWaits proves the give-up path of
+// Close (DESIGN §5): when ctx ends while a handler blocks, Close returns a
+// *CloseError counting the unfinished events and wrapping ctx's error, the
+// handler's context is cancelled, the queued events go to the dead-letter
+// sink with ErrClosed, adds are refused; a later Close is bounded by its
+// ctx while the handler still blocks and returns nil once it has returned.
+func TestCloseTimeoutDeadLettersAndLaterCloseWaits(t *testing.T) {
+	const queued = 5
+	bus, hctx, unblock, sink, handled := closeBlockedBus(t, queued)
+
+	err := bus.Close(deadline(t, 20*time.Millisecond))
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, queued+1, ce.Left, "unfinished events: the blocked one and the queued ones")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	select {
+	case <-hctx.Done():
+	default:
+		t.Fatal("the blocked handler's context was not cancelled by the failed Close")
+	}
+	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed)
+
+	// The handler still blocks: a later Close waits for it, bounded by ctx.
+	err = bus.Close(deadline(t, 20*time.Millisecond))
+	require.ErrorAs(t, err, &ce, "Close while a worker is still inside a handler")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+
+	unblock()
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)), "Close once the handler has returned")
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)), "Close again")
+	require.NoError(t, bus.WaitIdle(deadline(t, time.Second)), "WaitIdle after Close")
+
+	letters := sink.all()
+	require.Len(t, letters, queued)
+	seen := map[string]bool{}
+	for _, l := range letters {
+		assert.ErrorIs(t, l.Err, eventbus.ErrClosed)
+		uid := l.Event.(*eventbus.UserContext).Conn.UID()
+		assert.NotEqual(t, "blocker", uid)
+		seen[uid] = true
+	}
+	assert.Len(t, seen, queued, "each queued event dead-lettered once")
+	assert.EqualValues(t, 1, handled.Load(), "only the blocked event ran")
+
+	st := bus.Stats().User
+	assert.Equal(t, uint64(queued+1), st.Added)
+	assert.Equal(t, uint64(1), st.Handled, "the blocked event ends with its handler's result")
+	assert.Equal(t, uint64(queued), st.DeadLettered)
+	coreAtRest(t, "user", st)
+}
+
+// TestCloseWithExpiredContextStillCloses: Close with a context that has
+// already ended still closes the bus (like http.Server.Shutdown): adds are
+// refused, queued events are dead-lettered with ErrClosed and a
+// *CloseError is returned. Repeated so that a race between "ctx done" and
+// "begin closing" cannot pass by luck.
+func TestCloseWithExpiredContextStillCloses(t *testing.T) {
+	for i := range 16 {
+		bus, hctx, unblock, sink, _ := closeBlockedBus(t, 3)
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+
+		err := bus.Close(expired)
+		var ce *eventbus.CloseError
+		require.ErrorAs(t, err, &ce, "round %d", i)
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, 4, ce.Left, "round %d: unfinished events", i)
+		require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed,
+			"round %d: Close with an expired ctx must still close the bus", i)
+		select {
+		case <-hctx.Done():
+		default:
+			t.Fatalf("round %d: handler context not cancelled", i)
+		}
+		unblock()
+		require.NoError(t, bus.Close(deadline(t, 5*time.Second)), "round %d", i)
+		letters := sink.all()
+		require.Len(t, letters, 3, "round %d", i)
+		for _, l := range letters {
+			assert.ErrorIs(t, l.Err, eventbus.ErrClosed)
+		}
+	}
+}
+
+// TestCloseErrorLeftCountsOnlyUnfinished: CloseError.Left is "how many
+// accepted events had not finished". Events the worker had already handled
+// earlier in the same batch as the blocked one are finished and must not
+// count.
+func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
+	sink := &sinkRecorder{}
+	bus := newBus(t, eventbus.WithDeadLetter(sink),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 64}))
+	gate, stuck := make(chan struct{}), make(chan struct{})
+	openGate := sync.OnceFunc(func() { close(gate) })
+	unstick := sync.OnceFunc(func() { close(stuck) })
+	t.Cleanup(openGate)
+	t.Cleanup(unstick)
+	started := make(chan string, 2)
+	var handled atomic.Int64
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		switch uid := ev.Conn.UID(); uid {
+		case "gate":
+			started <- uid
+			<-gate
+		case "stuck":
+			started <- uid
+			<-stuck
+		}
+		handled.Add(1)
+		return nil
+	})
+	coreStart(t, bus)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "gate")))
+	require.Equal(t, "gate", coreRecv(t, started, 5*time.Second, "the gate handler"))
+	// Queued behind the gate, these are taken by the worker together.
+	for i := range 4 {
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("fast-%d", i))))
+	}
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "stuck")))
+	openGate()
+	require.Equal(t, "stuck", coreRecv(t, started, 5*time.Second, "the stuck handler"))
+	require.EqualValues(t, 5, handled.Load(), "gate and the four fast events are done")
+
+	err := bus.Close(deadline(t, 20*time.Millisecond))
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 1, ce.Left, "only the stuck event is unfinished (5 were handled)")
+
+	unstick()
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	assert.Empty(t, sink.all())
+	st := bus.Stats().User
+	assert.Equal(t, uint64(6), st.Handled)
+	coreAtRest(t, "user", st)
+}
+
+// TestCloseFromInsideHandler: Close (and WaitIdle) called by a handler
+// returns ErrInsideHandler at once instead of waiting for its own event,
+// whether given the handler's context or another one; the bus is unharmed.
+func TestCloseFromInsideHandler(t *testing.T) {
+	bus := newBus(t)
+	type result struct {
+		byCtx, byGoroutine, waitIdle error
+		took                         time.Duration
+	}
+	results := make(chan result, 1)
+	var handled atomic.Int64
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Conn.UID() == "closer" {
+			start := time.Now()
+			var r result
+			// Bounded, so that a bus that does deadlock fails the test
+			// instead of hanging it.
+			c1, cancel1 := context.WithTimeout(ctx, 2*time.Second)
+			r.byCtx = bus.Close(c1)
+			cancel1()
+			c2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+			r.byGoroutine = bus.Close(c2)
+			r.waitIdle = bus.WaitIdle(c2)
+			cancel2()
+			r.took = time.Since(start)
+			results <- r
+		}
+		handled.Add(1)
+		return nil
+	})
+	coreStart(t, bus)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "closer")))
+	r := coreRecv(t, results, 10*time.Second, "the closing handler")
+	assert.ErrorIs(t, r.byCtx, eventbus.ErrInsideHandler, "Close(handler ctx)")
+	assert.ErrorIs(t, r.byGoroutine, eventbus.ErrInsideHandler, "Close(other ctx) on the handler's goroutine")
+	assert.ErrorIs(t, r.waitIdle, eventbus.ErrInsideHandler, "WaitIdle from a handler")
+	assert.Less(t, r.took, time.Second, "the calls must return at once")
+
+	// The bus still runs and still closes.
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "after")))
+	coreIdle(t, bus, 5*time.Second)
+	assert.EqualValues(t, 2, handled.Load())
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+}
+
+// TestCloseTwiceAndAddAfterClose: Close twice returns nil; adds after Close
+// get ErrClosed; Start after Close fails.
+func TestCloseTwiceAndAddAfterClose(t *testing.T) {
+	bus := newBus(t)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	coreStart(t, bus)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")))
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
+	require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
+	require.Error(t, bus.Start(), "Start after Close")
+	st := bus.Stats().User
+	assert.Equal(t, uint64(1), st.Handled)
+	coreAtRest(t, "user", st)
+}
+
+// TestCloseBeforeStart: a bus closed before Start is closed for good; a
+// second Close returns nil at once, as after any clean Close.
+func TestCloseBeforeStart(t *testing.T) {
+	// Built without newBus, whose cleanup Close would wait out its own
+	// timeout if this test found the bug it looks for.
+	bus, err := eventbus.New(eventbus.WithLogger(quiet))
+	require.NoError(t, err)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	require.NoError(t, bus.Close(deadline(t, time.Second)))
+	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
+	require.ErrorIs(t, bus.Start(), eventbus.ErrClosed)
+	require.NoError(t, bus.WaitIdle(deadline(t, time.Second)))
+	require.NoError(t, bus.Close(deadline(t, 500*time.Millisecond)), "second Close of a bus closed before Start")
+}
+
+// TestWaitIdleSemantics proves DESIGN §4.11: ErrNotStarted before Start;
+// nil on an idle bus; ctx's error while a handler is busy; follow-on events
+// (also across pools) are counted before their parent returns, so WaitIdle
+// never returns between parent and child; nil after Close.
+func TestWaitIdleSemantics(t *testing.T) {
+	bus := newBus(t)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	started := make(chan struct{}, 1)
+	var hops atomic.Int64
+	// Each hop counts itself and passes on one hop less.
+	relayUser := func(ctx context.Context, ev *eventbus.UserContext) error {
+		hops.Add(1)
+		left := ev.Frame.(int64)
+		if left <= 0 {
+			return nil
+		}
+		return bus.AddEvent(ctx, coreChan(eventbus.EventChannelDistribute, "relay", &eventbus.Message{MessageID: left - 1}))
+	}
+	// A relay across pools: OnSend -> ChannelDistribute -> PushOnline ->
+	// RecvAck -> ChannelDistribute ... until the hop count runs out.
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Conn.UID() == "busy" {
+			started <- struct{}{}
+			<-release
+			return nil
+		}
+		return relayUser(ctx, ev)
+	})
+	coreRegister(t, bus, eventbus.EventRecvAck, relayUser)
+	coreRegister(t, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		hops.Add(1)
+		left := ev.Messages[0].MessageID
+		if left <= 0 {
+			return nil
+		}
+		return bus.AddEvent(ctx, corePush(eventbus.EventPushOnline, "relay", left-1))
+	})
+	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+		hops.Add(1)
+		if ev.Message.MessageID <= 0 {
+			return nil
+		}
+		return bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck,
+			Conn: &testConn{uid: "relay"}, Frame: ev.Message.MessageID - 1})
+	})
+
+	require.ErrorIs(t, bus.WaitIdle(deadline(t, time.Second)), eventbus.ErrNotStarted)
+	coreStart(t, bus)
+	require.NoError(t, bus.WaitIdle(deadline(t, time.Second)), "an idle bus")
+
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "busy")))
+	coreRecv(t, started, 5*time.Second, "the busy handler")
+	require.ErrorIs(t, bus.WaitIdle(deadline(t, 20*time.Millisecond)), context.DeadlineExceeded)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, bus.WaitIdle(cancelled), context.Canceled)
+	unblock()
+	coreIdle(t, bus, 5*time.Second)
+
+	// Each relay of n hops starts with OnSend and ends when the count runs
+	// out; WaitIdle must not return before the last hop.
+	for round := range 20 {
+		hops.Store(0)
+		const n = 30
+		ev := &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: "relay"}, Frame: int64(n)}
+		require.NoError(t, bus.AddEvent(context.Background(), ev))
+		coreIdle(t, bus, 5*time.Second)
+		require.EqualValues(t, n+1, hops.Load(), "round %d: WaitIdle returned before the relay ended", round)
+	}
+
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	require.NoError(t, bus.WaitIdle(cancelled), "WaitIdle after Close, even with an ended ctx")
+}

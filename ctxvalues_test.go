@@ -1,0 +1,126 @@
+package eventbus_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type traceKey struct{}
+
+type hopKey struct{}
+
+// ctxSeen is what one handler of the flow saw in its context.
+type ctxSeen struct {
+	pool        eventbus.Pool
+	trace, hop  any
+	err         error
+	done        bool
+	hasDeadline bool
+}
+
+func seeCtx(ctx context.Context) ctxSeen {
+	info, _ := eventbus.CallInfoFrom(ctx)
+	s := ctxSeen{pool: info.Pool, trace: ctx.Value(traceKey{}), hop: ctx.Value(hopKey{}), err: ctx.Err()}
+	select {
+	case <-ctx.Done():
+		s.done = true
+	default:
+	}
+	_, s.hasDeadline = ctx.Deadline()
+	return s
+}
+
+func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
+	// OnSend -> ChannelDistribute -> PushOnline: every hop sees the producer's
+	// trace id; none sees the producer's cancellation or deadline.
+	b := newBus(t)
+	cancelled := make(chan struct{})
+	seen := make(chan ctxSeen, 3)
+	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		<-cancelled // run only once the producer's context is dead
+		seen <- seeCtx(ctx)
+		return b.AddEvent(ctx, &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute,
+			ChannelID: "g1", ChannelType: 2, Messages: []*eventbus.Message{{ChannelID: "g1", ChannelType: 2}}})
+	})
+	relReg(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		seen <- seeCtx(ctx)
+		// A context derived from the handler's still counts as a follow-on
+		// add and brings its own values along.
+		hop := context.WithValue(ctx, hopKey{}, "distributed")
+		return b.AddEvent(hop, &eventbus.PushContext{EventType: eventbus.EventPushOnline,
+			Message: ev.Messages[0], Subscribers: []string{"bob"}})
+	})
+	relReg(t, b, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+		seen <- seeCtx(ctx)
+		return nil
+	})
+	relStart(t, b)
+
+	base, cancelBase := context.WithTimeout(context.Background(), time.Hour)
+	producer, cancel := context.WithCancel(context.WithValue(base, traceKey{}, "trace-42"))
+	require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "alice")))
+	cancel()
+	cancelBase()
+	require.Error(t, producer.Err())
+	close(cancelled)
+
+	want := []struct {
+		pool eventbus.Pool
+		hop  any
+	}{{eventbus.PoolUser, nil}, {eventbus.PoolChannel, nil}, {eventbus.PoolPusher, "distributed"}}
+	for _, w := range want {
+		s := relRecv(t, seen, 5*time.Second, string(w.pool)+" handler")
+		assert.Equal(t, w.pool, s.pool)
+		assert.Equal(t, "trace-42", s.trace, "%s handler sees the producer's value", w.pool)
+		assert.Equal(t, w.hop, s.hop, "%s handler", w.pool)
+		assert.NoError(t, s.err, "%s handler's ctx is not cancelled with the producer's", w.pool)
+		assert.False(t, s.done, "%s handler's Done is open", w.pool)
+		assert.False(t, s.hasDeadline, "%s handler has no producer deadline", w.pool)
+	}
+	relIdle(t, b, 5*time.Second)
+	st := b.Stats()
+	assert.EqualValues(t, 1, st.User.Handled)
+	assert.EqualValues(t, 1, st.Channel.Handled)
+	assert.EqualValues(t, 1, st.Pusher.Handled)
+}
+
+func TestHandlerCtxValuesSurviveRetry(t *testing.T) {
+	b := newBus(t, eventbus.WithRetry(fastPolicy(2)))
+	seen := make(chan ctxSeen, 2)
+	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		seen <- seeCtx(ctx)
+		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 1 {
+			return errBoom
+		}
+		return nil
+	})
+	relStart(t, b)
+	producer, cancel := context.WithCancel(context.WithValue(context.Background(), traceKey{}, "trace-7"))
+	require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "alice")))
+	cancel()
+	for i := range 2 {
+		s := relRecv(t, seen, 5*time.Second, "attempt")
+		assert.Equal(t, "trace-7", s.trace, "attempt %d", i+1)
+		assert.NoError(t, s.err, "attempt %d", i+1)
+	}
+}
+
+func TestHandlerCtxFromBackgroundHasNoValues(t *testing.T) {
+	b := newBus(t)
+	seen := make(chan ctxSeen, 1)
+	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		seen <- seeCtx(ctx)
+		return nil
+	})
+	relStart(t, b)
+	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "alice")))
+	s := relRecv(t, seen, 5*time.Second, "handler")
+	assert.Nil(t, s.trace)
+	assert.NoError(t, s.err)
+	assert.Equal(t, eventbus.PoolUser, s.pool, "CallInfo is still there")
+}

@@ -1,0 +1,217 @@
+package eventbus_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var errPanicValue = errors.New("panic value that is an error")
+
+// panicPool describes, for one pool, how to register a handler that misbehaves
+// on "bad" events and how to build events; used by the panic and Goexit
+// tests.
+type panicPool struct {
+	name     string
+	stats    func(eventbus.Stats) eventbus.PoolStats
+	register func(t *testing.T, bus *eventbus.Bus, h func(ctx context.Context, bad bool) error) string
+	event    func(key string, bad bool) eventbus.Event
+}
+
+func panicPools() []panicPool {
+	return []panicPool{
+		{
+			name:  "user",
+			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.User },
+			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
+				return coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+					return h(ctx, ev.Frame == "bad")
+				}, eventbus.WithName("user-handler")).Name()
+			},
+			event: func(key string, bad bool) eventbus.Event {
+				ev := userEvent(eventbus.EventOnSend, key)
+				if bad {
+					ev.Frame = "bad"
+				}
+				return ev
+			},
+		},
+		{
+			name:  "channel",
+			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.Channel },
+			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
+				return coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+					return h(ctx, ev.Messages[0].ClientMsgNo == "bad")
+				}, eventbus.WithName("channel-handler")).Name()
+			},
+			event: func(key string, bad bool) eventbus.Event {
+				m := &eventbus.Message{ChannelID: key}
+				if bad {
+					m.ClientMsgNo = "bad"
+				}
+				return coreChan(eventbus.EventChannelStore, key, m)
+			},
+		},
+		{
+			name:  "pusher",
+			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.Pusher },
+			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
+				return coreRegister(t, bus, eventbus.EventPushOffline, func(ctx context.Context, ev *eventbus.PushContext) error {
+					return h(ctx, ev.Message.ClientMsgNo == "bad")
+				}, eventbus.WithName("pusher-handler")).Name()
+			},
+			event: func(key string, bad bool) eventbus.Event {
+				ev := corePush(eventbus.EventPushOffline, key, 1)
+				if bad {
+					ev.Message.ClientMsgNo = "bad"
+				}
+				return ev
+			},
+		},
+	}
+}
+
+// TestPanicInHandlerOfEachPool proves that a panicking handler, in every
+// pool, becomes a *PanicError (value and stack) counted in that pool's
+// Panics and Failed, reaches the dead-letter sink (no retry with
+// MaxAttempts 1), and that the bus — including the panicking event's own
+// key and worker — keeps working.
+func TestPanicInHandlerOfEachPool(t *testing.T) {
+	for _, pl := range panicPools() {
+		for _, value := range []any{"boom", errPanicValue} {
+			t.Run(fmt.Sprintf("%s/%T", pl.name, value), func(t *testing.T) {
+				sink := &sinkRecorder{}
+				one := eventbus.PoolConfig{Workers: 1}
+				bus := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 1}),
+					eventbus.WithUserPool(one), eventbus.WithChannelPool(one), eventbus.WithPusherPool(one))
+				var handled atomic.Int64
+				name := pl.register(t, bus, func(ctx context.Context, bad bool) error {
+					if bad {
+						panic(value)
+					}
+					handled.Add(1)
+					return nil
+				})
+				coreStart(t, bus)
+
+				bad := pl.event("k0", true)
+				require.NoError(t, bus.AddEvent(context.Background(), bad))
+				for i := range 10 {
+					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i%3), false)))
+				}
+				coreIdle(t, bus, 10*time.Second)
+				require.EqualValues(t, 10, handled.Load(), "events after the panic, same key and others")
+
+				st := pl.stats(bus.Stats())
+				assert.Equal(t, uint64(1), st.Panics)
+				assert.Equal(t, uint64(1), st.Failed)
+				assert.Equal(t, uint64(1), st.DeadLettered)
+				assert.Equal(t, uint64(10), st.Handled)
+				assert.Zero(t, st.Retried)
+				coreAtRest(t, pl.name, st)
+
+				letters := sink.all()
+				require.Len(t, letters, 1)
+				l := letters[0]
+				assert.Same(t, bad, l.Event)
+				assert.Equal(t, name, l.Handler)
+				assert.Equal(t, 1, l.Attempts)
+				var pe *eventbus.PanicError
+				require.ErrorAs(t, l.Err, &pe)
+				assert.Equal(t, value, pe.Value)
+				assert.True(t, bytes.Contains(pe.Stack, []byte("panic_test.go")), "stack should show the panicking handler:\n%s", pe.Stack)
+				if err, ok := value.(error); ok {
+					assert.ErrorIs(t, l.Err, err, "PanicError unwraps to an error value")
+				}
+
+				// Still working afterwards.
+				for i := range 5 {
+					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i), false)))
+				}
+				coreIdle(t, bus, 10*time.Second)
+				assert.EqualValues(t, 15, handled.Load())
+			})
+		}
+	}
+}
+
+// TestGoexitInHandlerDoesNotKillBus: a handler calling runtime.Goexit (as
+// t.FailNow does) is reported as a *PanicError and the pool carries on:
+// later events of the same worker and key are handled, and a retried
+// attempt after a Goexit also runs. goleak (TestMain) checks that the
+// replaced worker goroutines are all gone after Close.
+func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
+	for _, pl := range panicPools() {
+		t.Run(pl.name+"/dead-letter", func(t *testing.T) {
+			sink := &sinkRecorder{}
+			one := eventbus.PoolConfig{Workers: 1}
+			bus := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 1}),
+				eventbus.WithUserPool(one), eventbus.WithChannelPool(one), eventbus.WithPusherPool(one))
+			var handled atomic.Int64
+			pl.register(t, bus, func(ctx context.Context, bad bool) error {
+				if bad {
+					runtime.Goexit()
+				}
+				handled.Add(1)
+				return nil
+			})
+			coreStart(t, bus)
+			for round := range 3 { // several Goexits: each replaced worker works too
+				require.NoError(t, bus.AddEvent(context.Background(), pl.event("k0", true)))
+				for i := range 6 {
+					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i%2), false)))
+				}
+				coreIdle(t, bus, 10*time.Second)
+				require.EqualValues(t, 6*(round+1), handled.Load(), "round %d", round)
+			}
+			st := pl.stats(bus.Stats())
+			assert.Equal(t, uint64(3), st.Panics)
+			assert.Equal(t, uint64(3), st.DeadLettered)
+			assert.Equal(t, uint64(18), st.Handled)
+			coreAtRest(t, pl.name, st)
+			letters := sink.all()
+			require.Len(t, letters, 3)
+			for _, l := range letters {
+				var pe *eventbus.PanicError
+				assert.ErrorAs(t, l.Err, &pe)
+			}
+			require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+		})
+	}
+
+	t.Run("user/retried", func(t *testing.T) {
+		bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}),
+			eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, Jitter: -1}))
+		var order []string // one worker, one key: no concurrent access
+		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			info, _ := eventbus.CallInfoFrom(ctx)
+			if ev.Frame == "bad" && info.Attempt < 3 {
+				runtime.Goexit() // from the first run and from a parked retry
+			}
+			order = append(order, fmt.Sprintf("%v#%d", ev.Frame, info.Attempt))
+			return nil
+		})
+		coreStart(t, bus)
+		for _, f := range []string{"bad", "next-1", "next-2"} {
+			require.NoError(t, bus.AddEvent(context.Background(),
+				&eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: "same"}, Frame: f}))
+		}
+		coreIdle(t, bus, 10*time.Second)
+		require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+		assert.Equal(t, []string{"bad#3", "next-1#1", "next-2#1"}, order, "retried in place, key order kept")
+		st := bus.Stats().User
+		assert.Equal(t, uint64(2), st.Panics)
+		assert.Equal(t, uint64(2), st.Retried)
+		assert.Equal(t, uint64(3), st.Handled)
+		coreAtRest(t, "user", st)
+	})
+}

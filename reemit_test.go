@@ -1,0 +1,163 @@
+package eventbus_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// reemitFrame is the Frame of the re-emit tests' user events.
+type reemitFrame struct {
+	tree, depth int
+}
+
+// TestReemitIntoOwnPoolWithTinyQueue proves that follow-on events never
+// deadlock (DESIGN §4.5): with one worker and QueueSize 1, every handler
+// emits two events into its own pool, one with its own key and one with
+// another key, down to depth 9, while outside producers wait for room.
+// Every event of every tree is handled; the follow-ons show as Overflow.
+func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
+	const (
+		trees    = 4
+		maxDepth = 9
+		perTree  = 1<<(maxDepth+1) - 1
+		total    = trees * perTree
+	)
+	bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
+
+	var (
+		handled     atomic.Int64
+		perTreeSeen [trees]atomic.Int64
+		emitErrs    coreErrs
+		maxOverflow atomic.Int64
+	)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		f := ev.Frame.(reemitFrame)
+		perTreeSeen[f.tree].Add(1)
+		if f.depth < maxDepth {
+			child := reemitFrame{tree: f.tree, depth: f.depth + 1}
+			other := fmt.Sprintf("reemit-%d-%d", f.tree, f.depth+1)
+			emitErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: ev.Conn, Frame: child}))
+			emitErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
+				Conn: &testConn{uid: other}, Frame: child}))
+			if o := bus.Stats().User.Overflow; o > maxOverflow.Load() {
+				maxOverflow.Store(o) // one worker: no concurrent writer
+			}
+		}
+		handled.Add(1)
+		return nil
+	})
+	coreStart(t, bus)
+
+	var wg sync.WaitGroup
+	var addErrs coreErrs
+	ctx := deadline(t, 30*time.Second)
+	for tree := range trees {
+		wg.Go(func() {
+			addErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
+				Conn: &testConn{uid: fmt.Sprintf("root-%d", tree)}, Frame: reemitFrame{tree: tree}}))
+		})
+	}
+	coreWaitGroup(t, &wg, 30*time.Second, "outside adds of the roots")
+	addErrs.requireNone(t, "outside AddEvent")
+	coreIdle(t, bus, 30*time.Second)
+	emitErrs.requireNone(t, "follow-on AddEvent")
+
+	require.Equal(t, int64(total), handled.Load())
+	for tree := range trees {
+		assert.Equal(t, int64(perTree), perTreeSeen[tree].Load(), "events of tree %d", tree)
+	}
+	assert.Positive(t, maxOverflow.Load(), "follow-ons above QueueSize should show as Overflow")
+	st := bus.Stats().User
+	assert.Equal(t, uint64(total), st.Added)
+	assert.Equal(t, uint64(total), st.Handled)
+	coreAtRest(t, "user", st)
+}
+
+// TestReemitPusherUserCycle proves that cycles across pools are legal
+// (DESIGN §4.5): PushOnline emits RecvAck into the user pool, RecvAck emits
+// PushOnline back, for many rounds and several conversations at once, with
+// one worker and QueueSize 1 in both pools and outside producers competing
+// for room. No round is lost and nothing deadlocks.
+func TestReemitPusherUserCycle(t *testing.T) {
+	const (
+		cycles = 6
+		rounds = 300
+		noise  = 200 // outside adds into both pools while the cycles run
+	)
+	tiny := eventbus.PoolConfig{Workers: 1, QueueSize: 1}
+	bus := newBus(t, eventbus.WithUserPool(tiny), eventbus.WithPusherPool(tiny))
+
+	var (
+		pushRounds, ackRounds [cycles]atomic.Int64
+		noiseSeen             atomic.Int64
+		emitErrs              coreErrs
+	)
+	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+		if ev.Message.MessageID < 0 {
+			noiseSeen.Add(1)
+			return nil
+		}
+		c, round := int(ev.Message.MessageSeq), ev.Message.MessageID
+		if pushRounds[c].Add(1) != round+1 {
+			emitErrs.add(fmt.Errorf("cycle %d: push round %d out of order", c, round))
+		}
+		if round < rounds-1 {
+			emitErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck,
+				Conn: &testConn{uid: fmt.Sprintf("cycle-%d", c)}, Frame: [2]int64{int64(c), round}}))
+		}
+		return nil
+	})
+	coreRegister(t, bus, eventbus.EventRecvAck, func(ctx context.Context, ev *eventbus.UserContext) error {
+		f, ok := ev.Frame.([2]int64)
+		if !ok {
+			noiseSeen.Add(1)
+			return nil
+		}
+		c, round := int(f[0]), f[1]
+		if ackRounds[c].Add(1) != round+1 {
+			emitErrs.add(fmt.Errorf("cycle %d: ack round %d out of order", c, round))
+		}
+		m := &eventbus.Message{MessageID: round + 1, MessageSeq: uint64(c),
+			ChannelID: fmt.Sprintf("cycle-%d", c), ChannelType: 1}
+		emitErrs.add(bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m}))
+		return nil
+	})
+	coreStart(t, bus)
+
+	var wg sync.WaitGroup
+	var addErrs coreErrs
+	ctx := deadline(t, 30*time.Second)
+	for c := range cycles {
+		wg.Go(func() {
+			m := &eventbus.Message{MessageID: 0, MessageSeq: uint64(c), ChannelID: fmt.Sprintf("cycle-%d", c), ChannelType: 1}
+			addErrs.add(bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m}))
+		})
+	}
+	wg.Go(func() {
+		for i := range noise {
+			addErrs.add(bus.AddEvent(ctx, corePush(eventbus.EventPushOnline, fmt.Sprintf("noise-%d", i%5), -1)))
+			addErrs.add(bus.AddEvent(ctx, userEvent(eventbus.EventRecvAck, fmt.Sprintf("noise-%d", i%7))))
+		}
+	})
+	coreWaitGroup(t, &wg, 30*time.Second, "outside adds")
+	addErrs.requireNone(t, "outside AddEvent")
+	coreIdle(t, bus, 30*time.Second)
+	emitErrs.requireNone(t, "the cycle's handlers")
+
+	for c := range cycles {
+		assert.Equal(t, int64(rounds), pushRounds[c].Load(), "push rounds of cycle %d", c)
+		assert.Equal(t, int64(rounds-1), ackRounds[c].Load(), "ack rounds of cycle %d", c)
+	}
+	assert.Equal(t, int64(2*noise), noiseSeen.Load())
+	st := bus.Stats()
+	coreAtRest(t, "user", st.User)
+	coreAtRest(t, "pusher", st.Pusher)
+}
