@@ -21,3 +21,7 @@ cover:
 	$(GO) test -race -coverprofile=cover.out ./... && $(GO) tool cover -func=cover.out | tail -1
 
 lint: vet fmt-check
+
+# Side-by-side comparison with peers (own module; ~15 minutes; run by hand).
+bench-peers:
+	cd benchmarks && $(GO) test -run '^$$' -bench . -benchmem -count 6 | tee new.txt && ./table.sh new.txt
