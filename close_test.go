@@ -162,11 +162,11 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 	}
 }
 
-// closeBlockedBus builds a bus with one user worker whose handler blocks,
+// coreBlockedBus builds a bus with one user worker whose handler blocks,
 // for the event of uid "blocker", until release is closed (ignoring its
 // context, as a careless handler does). It returns the bus, the blocked
 // handler's context once it has started, the release func and the sink.
-func closeBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, func(), *sinkRecorder, *atomic.Int64) {
+func coreBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, func(), *sinkRecorder, *atomic.Int64) {
 	t.Helper()
 	sink := &sinkRecorder{}
 	bus := newBus(t, eventbus.WithDeadLetter(sink),
@@ -201,7 +201,7 @@ func closeBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, 
 // ctx while the handler still blocks and returns nil once it has returned.
 func TestCloseTimeoutDeadLettersAndLaterCloseWaits(t *testing.T) {
 	const queued = 5
-	bus, hctx, unblock, sink, handled := closeBlockedBus(t, queued)
+	bus, hctx, unblock, sink, handled := coreBlockedBus(t, queued)
 
 	err := bus.Close(deadline(t, 20*time.Millisecond))
 	var ce *eventbus.CloseError
@@ -251,7 +251,7 @@ func TestCloseTimeoutDeadLettersAndLaterCloseWaits(t *testing.T) {
 // "begin closing" cannot pass by luck.
 func TestCloseWithExpiredContextStillCloses(t *testing.T) {
 	for i := range 16 {
-		bus, hctx, unblock, sink, _ := closeBlockedBus(t, 3)
+		bus, hctx, unblock, sink, _ := coreBlockedBus(t, 3)
 		expired, cancel := context.WithCancel(context.Background())
 		cancel()
 

@@ -201,7 +201,6 @@ func TestHotPlugUnderLoadLosesNoEvent(t *testing.T) {
 	}
 	t.Logf("%d swaps, %d churn cycles; RecvAck: %d ran, %d found an empty chain, %d refused at add; %d middleware calls",
 		swaps.Load(), cycles.Load(), ran, emptyAtRun, nAckNoH.Load(), mwCalls.Load())
-	assert.Positive(t, ran, "some RecvAck events should have run")
 	assert.Positive(t, swaps.Load())
 
 	st := bus.Stats().User

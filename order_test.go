@@ -14,9 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// orderFrame is the Frame of the user events of the ordering tests: which
+// coreOrderFrame is the Frame of the user events of the ordering tests: which
 // user sent it and its position in that user's add order.
-type orderFrame struct {
+type coreOrderFrame struct {
 	user int
 	seq  int64
 }
@@ -51,11 +51,11 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 		chanIDs[c] = fmt.Sprintf("order-channel-%d", c)
 	}
 	var (
-		userChk    = [3]*seqCheck{newSeqCheck("OnSend#0", users), newSeqCheck("OnSend#1", users), newSeqCheck("OnSend#2", users)}
-		chanByUser = [2]*seqCheck{newSeqCheck("ChannelDistribute#0 by sender", users), newSeqCheck("ChannelDistribute#1 by sender", users)}
-		chanByChan = newSeqCheck("ChannelDistribute#0 by channel", channels) // also checks one at a time per channel
-		pushByUser = [2]*seqCheck{newSeqCheck("PushOnline#0 by sender", users), newSeqCheck("PushOnline#1 by sender", users)}
-		pushByChan = [2]*seqCheck{newSeqCheck("PushOnline#0 by channel", channels), newSeqCheck("PushOnline#1 by channel", channels)}
+		userChk    = [3]*coreSeqCheck{newCoreSeqCheck("OnSend#0", users), newCoreSeqCheck("OnSend#1", users), newCoreSeqCheck("OnSend#2", users)}
+		chanByUser = [2]*coreSeqCheck{newCoreSeqCheck("ChannelDistribute#0 by sender", users), newCoreSeqCheck("ChannelDistribute#1 by sender", users)}
+		chanByChan = newCoreSeqCheck("ChannelDistribute#0 by channel", channels) // also checks one at a time per channel
+		pushByUser = [2]*coreSeqCheck{newCoreSeqCheck("PushOnline#0 by sender", users), newCoreSeqCheck("PushOnline#1 by sender", users)}
+		pushByChan = [2]*coreSeqCheck{newCoreSeqCheck("PushOnline#0 by channel", channels), newCoreSeqCheck("PushOnline#1 by channel", channels)}
 		chanSeq    = make([]atomic.Int64, channels) // per-channel arrival count in ChannelDistribute#0
 		nextSeq    = make([]atomic.Uint64, channels)
 		emitErrs   coreErrs
@@ -63,7 +63,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 
 	for h := range 3 {
 		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-			f := ev.Frame.(orderFrame)
+			f := ev.Frame.(coreOrderFrame)
 			userChk[h].see(f.user, f.seq)
 			if h == 2 {
 				c := f.user % channels
@@ -117,7 +117,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 				u := rng.IntN(users)
 				userMu[u].Lock()
 				ev := &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conns[u],
-					Frame: orderFrame{user: u, seq: userSeq[u]}}
+					Frame: coreOrderFrame{user: u, seq: userSeq[u]}}
 				err := bus.AddEvent(ctx, ev)
 				if err == nil {
 					userSeq[u]++
@@ -261,9 +261,9 @@ func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 // hotplug, panic, badinput, registry). Prefixed "core"/"seq" to stay apart
 // from helpers of other test files.
 
-// seqCheck checks, per key, that a handler sees seq 0, 1, 2… in order and
+// coreSeqCheck checks, per key, that a handler sees seq 0, 1, 2… in order and
 // never two events of one key at the same time.
-type seqCheck struct {
+type coreSeqCheck struct {
 	name  string
 	last  []atomic.Int64
 	busy  []atomic.Int32
@@ -272,15 +272,15 @@ type seqCheck struct {
 	first []string
 }
 
-func newSeqCheck(name string, keys int) *seqCheck {
-	c := &seqCheck{name: name, last: make([]atomic.Int64, keys), busy: make([]atomic.Int32, keys)}
+func newCoreSeqCheck(name string, keys int) *coreSeqCheck {
+	c := &coreSeqCheck{name: name, last: make([]atomic.Int64, keys), busy: make([]atomic.Int32, keys)}
 	for i := range c.last {
 		c.last[i].Store(-1)
 	}
 	return c
 }
 
-func (c *seqCheck) see(key int, seq int64) {
+func (c *coreSeqCheck) see(key int, seq int64) {
 	if n := c.busy[key].Add(1); n != 1 {
 		c.fail("key %d: %d events in the handler at once", key, n)
 	}
@@ -291,7 +291,7 @@ func (c *seqCheck) see(key int, seq int64) {
 	c.busy[key].Add(-1)
 }
 
-func (c *seqCheck) fail(format string, args ...any) {
+func (c *coreSeqCheck) fail(format string, args ...any) {
 	c.bad.Add(1)
 	c.mu.Lock()
 	if len(c.first) < 5 {
@@ -302,7 +302,7 @@ func (c *seqCheck) fail(format string, args ...any) {
 
 // verify fails the test if an event was out of order or if a key's last
 // seq is not want(key).
-func (c *seqCheck) verify(t testing.TB, want func(key int) int64) {
+func (c *coreSeqCheck) verify(t testing.TB, want func(key int) int64) {
 	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()

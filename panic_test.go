@@ -15,20 +15,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var errPanicValue = errors.New("panic value that is an error")
+var errCorePanicValue = errors.New("panic value that is an error")
 
-// panicPool describes, for one pool, how to register a handler that misbehaves
+// corePanicPool describes, for one pool, how to register a handler that misbehaves
 // on "bad" events and how to build events; used by the panic and Goexit
 // tests.
-type panicPool struct {
+type corePanicPool struct {
 	name     string
 	stats    func(eventbus.Stats) eventbus.PoolStats
 	register func(t *testing.T, bus *eventbus.Bus, h func(ctx context.Context, bad bool) error) string
 	event    func(key string, bad bool) eventbus.Event
 }
 
-func panicPools() []panicPool {
-	return []panicPool{
+func corePanicPools() []corePanicPool {
+	return []corePanicPool{
 		{
 			name:  "user",
 			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.User },
@@ -86,8 +86,8 @@ func panicPools() []panicPool {
 // MaxAttempts 1), and that the bus — including the panicking event's own
 // key and worker — keeps working.
 func TestPanicInHandlerOfEachPool(t *testing.T) {
-	for _, pl := range panicPools() {
-		for _, value := range []any{"boom", errPanicValue} {
+	for _, pl := range corePanicPools() {
+		for _, value := range []any{"boom", errCorePanicValue} {
 			t.Run(fmt.Sprintf("%s/%T", pl.name, value), func(t *testing.T) {
 				sink := &sinkRecorder{}
 				one := eventbus.PoolConfig{Workers: 1}
@@ -150,7 +150,7 @@ func TestPanicInHandlerOfEachPool(t *testing.T) {
 // attempt after a Goexit also runs. goleak (TestMain) checks that the
 // replaced worker goroutines are all gone after Close.
 func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
-	for _, pl := range panicPools() {
+	for _, pl := range corePanicPools() {
 		t.Run(pl.name+"/dead-letter", func(t *testing.T) {
 			sink := &sinkRecorder{}
 			one := eventbus.PoolConfig{Workers: 1}

@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// reemitFrame is the Frame of the re-emit tests' user events.
-type reemitFrame struct {
+// coreReemitFrame is the Frame of the re-emit tests' user events.
+type coreReemitFrame struct {
 	tree, depth int
 }
 
@@ -39,10 +39,10 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 		maxOverflow atomic.Int64
 	)
 	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-		f := ev.Frame.(reemitFrame)
+		f := ev.Frame.(coreReemitFrame)
 		perTreeSeen[f.tree].Add(1)
 		if f.depth < maxDepth {
-			child := reemitFrame{tree: f.tree, depth: f.depth + 1}
+			child := coreReemitFrame{tree: f.tree, depth: f.depth + 1}
 			other := fmt.Sprintf("reemit-%d-%d", f.tree, f.depth+1)
 			emitErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: ev.Conn, Frame: child}))
 			emitErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
@@ -62,7 +62,7 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 	for tree := range trees {
 		wg.Go(func() {
 			addErrs.add(bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
-				Conn: &testConn{uid: fmt.Sprintf("root-%d", tree)}, Frame: reemitFrame{tree: tree}}))
+				Conn: &testConn{uid: fmt.Sprintf("root-%d", tree)}, Frame: coreReemitFrame{tree: tree}}))
 		})
 	}
 	coreWaitGroup(t, &wg, 30*time.Second, "outside adds of the roots")

@@ -1,0 +1,272 @@
+package eventbus_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// coreBadInputBus is a started bus with a handler for one type of each pool.
+func coreBadInputBus(t *testing.T, opts ...eventbus.Option) *eventbus.Bus {
+	t.Helper()
+	bus := newBus(t, opts...)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
+	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error { return nil })
+	coreStart(t, bus)
+	return bus
+}
+
+// TestBadInputEventsGiveTypedErrors: every malformed event is refused by
+// AddEvent and TryAddEvent with its sentinel error, never a panic, and
+// nothing is counted as added.
+func TestBadInputEventsGiveTypedErrors(t *testing.T) {
+	bus := coreBadInputBus(t)
+	conn := &testConn{uid: "u"}
+	cases := []struct {
+		name string
+		ev   eventbus.Event
+		want error
+	}{
+		{"nil event", nil, eventbus.ErrNilEvent},
+		{"typed nil *UserContext", (*eventbus.UserContext)(nil), eventbus.ErrNilEvent},
+		{"typed nil *ChannelContext", (*eventbus.ChannelContext)(nil), eventbus.ErrNilEvent},
+		{"typed nil *PushContext", (*eventbus.PushContext)(nil), eventbus.ErrNilEvent},
+		{"UserContext without Conn", &eventbus.UserContext{EventType: eventbus.EventOnSend}, eventbus.ErrNilEvent},
+		{"PushContext without Message", &eventbus.PushContext{EventType: eventbus.EventPushOnline, Subscribers: []string{"a"}}, eventbus.ErrNilEvent},
+		{"type 0", &eventbus.UserContext{EventType: eventbus.EventUnknown, Conn: conn}, eventbus.ErrUnknownEventType},
+		{"undeclared type in the user range", &eventbus.UserContext{EventType: 7, Conn: conn}, eventbus.ErrUnknownEventType},
+		{"undeclared type above 29", &eventbus.ChannelContext{EventType: 99, ChannelID: "c"}, eventbus.ErrUnknownEventType},
+		{"ChannelContext with a user type", &eventbus.ChannelContext{EventType: eventbus.EventOnSend, ChannelID: "c"}, eventbus.ErrWrongPool},
+		{"UserContext with a pusher type", &eventbus.UserContext{EventType: eventbus.EventPushOnline, Conn: conn}, eventbus.ErrWrongPool},
+		{"PushContext with a channel type", corePush(eventbus.EventChannelStore, "c", 1), eventbus.ErrWrongPool},
+		{"type without handler", userEvent(eventbus.EventConnClose, "u"), eventbus.ErrNoHandler},
+		{"channel type without handler", coreChan(eventbus.EventChannelDistribute, "c"), eventbus.ErrNoHandler},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			require.NotPanics(t, func() {
+				assert.ErrorIs(t, bus.AddEvent(context.Background(), c.ev), c.want, "AddEvent")
+				assert.ErrorIs(t, bus.TryAddEvent(c.ev), c.want, "TryAddEvent")
+			})
+		})
+	}
+	st := bus.Stats()
+	assert.Zero(t, st.User.Added+st.Channel.Added+st.Pusher.Added, "refused events are not added")
+}
+
+// TestBadInputRegister: Register refuses a nil handler, unknown types and
+// a context type of the wrong pool with typed errors, never a panic.
+func TestBadInputRegister(t *testing.T) {
+	bus := newBus(t)
+	okUser := func(ctx context.Context, ev *eventbus.UserContext) error { return nil }
+	var nilUser eventbus.Handler[eventbus.UserContext]
+
+	_, err := eventbus.Register[eventbus.UserContext](bus, eventbus.EventOnSend, nil)
+	assert.ErrorIs(t, err, eventbus.ErrNilHandler)
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, nilUser)
+	assert.ErrorIs(t, err, eventbus.ErrNilHandler, "typed nil handler")
+
+	_, err = eventbus.Register(bus, eventbus.EventUnknown, okUser)
+	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "type 0")
+	_, err = eventbus.Register(bus, 6, okUser)
+	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 6")
+	_, err = eventbus.Register(bus, 200, okUser)
+	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 200")
+
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
+	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "channel handler for a user type")
+	_, err = eventbus.Register(bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.PushContext) error { return nil })
+	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "push handler for a channel type")
+	_, err = eventbus.Register(bus, eventbus.EventPushOffline, okUser)
+	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "user handler for a pusher type")
+
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, okUser, eventbus.WithHandlerRetry(eventbus.RetryPolicy{MaxAttempts: -1}))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "MaxAttempts")
+
+	_, err = eventbus.Register(nil, eventbus.EventOnSend, okUser)
+	assert.Error(t, err, "Register on a nil *Bus")
+	require.NotPanics(t, func() {
+		_, err = eventbus.Register(bus, eventbus.EventOnSend, okUser, nil)
+	})
+	assert.NoError(t, err, "a nil HandlerOption is ignored")
+}
+
+// TestBadInputLifecycle: adds before Start get ErrNotStarted, after Close
+// ErrClosed.
+func TestBadInputLifecycle(t *testing.T) {
+	bus := newBus(t)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	ev := userEvent(eventbus.EventOnSend, "u")
+	require.ErrorIs(t, bus.AddEvent(context.Background(), ev), eventbus.ErrNotStarted)
+	require.ErrorIs(t, bus.TryAddEvent(ev), eventbus.ErrNotStarted)
+	coreStart(t, bus)
+	require.Error(t, bus.Start(), "Start twice")
+	require.NoError(t, bus.AddEvent(context.Background(), ev))
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	require.ErrorIs(t, bus.AddEvent(context.Background(), ev), eventbus.ErrClosed)
+	require.ErrorIs(t, bus.TryAddEvent(ev), eventbus.ErrClosed)
+}
+
+// TestBadInputNegativeConfig: New refuses negative PoolConfig and
+// RetryPolicy fields with an error naming the option and the field.
+func TestBadInputNegativeConfig(t *testing.T) {
+	type poolOpt struct {
+		option string
+		with   func(eventbus.PoolConfig) eventbus.Option
+	}
+	pools := []poolOpt{
+		{"WithUserPool", eventbus.WithUserPool},
+		{"WithChannelPool", eventbus.WithChannelPool},
+		{"WithPusherPool", eventbus.WithPusherPool},
+	}
+	for _, p := range pools {
+		for field, cfg := range map[string]eventbus.PoolConfig{
+			"Workers":        {Workers: -1},
+			"QueueSize":      {QueueSize: -1},
+			"HandlerTimeout": {HandlerTimeout: -time.Second},
+			"MaxAttempts":    {Retry: &eventbus.RetryPolicy{MaxAttempts: -1}},
+			"InitialBackoff": {Retry: &eventbus.RetryPolicy{InitialBackoff: -1}},
+			"MaxBackoff":     {Retry: &eventbus.RetryPolicy{MaxBackoff: -1}},
+		} {
+			t.Run(p.option+"/"+field, func(t *testing.T) {
+				var b *eventbus.Bus
+				var err error
+				require.NotPanics(t, func() { b, err = eventbus.New(eventbus.WithLogger(quiet), p.with(cfg)) })
+				require.Error(t, err)
+				assert.Nil(t, b)
+				assert.Contains(t, err.Error(), field)
+				assert.Contains(t, err.Error(), p.option)
+			})
+		}
+	}
+	for field, rp := range map[string]eventbus.RetryPolicy{
+		"MaxAttempts":    {MaxAttempts: -3},
+		"InitialBackoff": {InitialBackoff: -time.Millisecond},
+		"MaxBackoff":     {MaxBackoff: -time.Millisecond},
+	} {
+		t.Run("WithRetry/"+field, func(t *testing.T) {
+			b, err := eventbus.New(eventbus.WithLogger(quiet), eventbus.WithRetry(rp))
+			require.Error(t, err)
+			assert.Nil(t, b)
+			assert.Contains(t, err.Error(), field)
+			assert.Contains(t, err.Error(), "WithRetry")
+		})
+	}
+	t.Run("negative Jitter means none", func(t *testing.T) {
+		_, err := eventbus.New(eventbus.WithLogger(quiet), eventbus.WithRetry(eventbus.RetryPolicy{Jitter: -1}))
+		require.NoError(t, err)
+	})
+	t.Run("nil Option is ignored", func(t *testing.T) {
+		bus := newBus(t, nil)
+		require.NotNil(t, bus)
+	})
+}
+
+// TestBadInputAdmitRejection: the WithAdmit function's error goes back to
+// the caller (outside adds, TryAddEvent and follow-ons alike), the event is
+// not added, and the pool counts it as Rejected.
+func TestBadInputAdmitRejection(t *testing.T) {
+	errRate := errors.New("rate limited")
+	admitted := make(chan eventbus.Event, 16)
+	bus := newBus(t, eventbus.WithAdmit(func(ctx context.Context, ev eventbus.Event) error {
+		if u, ok := ev.(*eventbus.UserContext); ok && u.Conn.UID() == "spammer" {
+			return errRate
+		}
+		if c, ok := ev.(*eventbus.ChannelContext); ok && c.ChannelID == "spam" {
+			return errRate
+		}
+		admitted <- ev
+		return nil
+	}))
+	followOn := make(chan error, 1)
+	var mu sync.Mutex
+	var handled []string
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mu.Lock()
+		handled = append(handled, ev.Conn.UID())
+		mu.Unlock()
+		if ev.Conn.UID() == "emitter" {
+			followOn <- bus.AddEvent(ctx, coreChan(eventbus.EventChannelStore, "spam"))
+		}
+		return nil
+	})
+	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
+	coreStart(t, bus)
+
+	assert.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "spammer")), errRate)
+	assert.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "spammer")), errRate)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "emitter")))
+	assert.ErrorIs(t, coreRecv(t, followOn, 5*time.Second, "the follow-on add"), errRate)
+	coreIdle(t, bus, 5*time.Second)
+
+	assert.Equal(t, []string{"emitter"}, handled)
+	st := bus.Stats()
+	assert.Equal(t, uint64(2), st.User.Rejected)
+	assert.Equal(t, uint64(1), st.User.Added)
+	assert.Equal(t, uint64(1), st.Channel.Rejected)
+	assert.Zero(t, st.Channel.Added)
+	assert.Len(t, admitted, 1)
+}
+
+// TestBadInputFullShard: with the only worker busy and the shard holding
+// QueueSize events, TryAddEvent gets ErrQueueFull at once and AddEvent
+// waits until its ctx ends, then returns an error that is both
+// ErrQueueFull and ctx's error. Once the worker drains, adds succeed.
+func TestBadInputFullShard(t *testing.T) {
+	bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 2}))
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	started := make(chan struct{}, 1)
+	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Conn.UID() == "blocker" {
+			started <- struct{}{}
+			<-release
+		}
+		return nil
+	})
+	coreStart(t, bus)
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "blocker")))
+	coreRecv(t, started, 5*time.Second, "the blocking handler")
+	require.NoError(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "second")), "room for QueueSize events")
+
+	require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "third")), eventbus.ErrQueueFull)
+
+	start := time.Now()
+	err := bus.AddEvent(deadline(t, 30*time.Millisecond), userEvent(eventbus.EventOnSend, "third"))
+	assert.ErrorIs(t, err, eventbus.ErrQueueFull)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.GreaterOrEqual(t, time.Since(start), 30*time.Millisecond, "AddEvent waits for room until ctx ends")
+
+	cctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan error, 1)
+	go func() { waiting <- bus.AddEvent(cctx, userEvent(eventbus.EventOnSend, "fourth")) }()
+	cancel()
+	err = coreRecv(t, waiting, 5*time.Second, "AddEvent with a cancelled ctx")
+	assert.ErrorIs(t, err, eventbus.ErrQueueFull)
+	assert.ErrorIs(t, err, context.Canceled)
+
+	st := bus.Stats().User
+	assert.Equal(t, uint64(2), st.Added, "refused adds are not added")
+	assert.Equal(t, int64(2), st.Queued+st.InFlight)
+
+	// A waiting add gets in once the worker drains.
+	got := make(chan error, 1)
+	go func() { got <- bus.AddEvent(deadline(t, 10*time.Second), userEvent(eventbus.EventOnSend, "patient")) }()
+	unblock()
+	require.NoError(t, coreRecv(t, got, 10*time.Second, "the waiting add"))
+	coreIdle(t, bus, 5*time.Second)
+	require.NoError(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "later")))
+	coreIdle(t, bus, 5*time.Second)
+	st = bus.Stats().User
+	assert.Equal(t, uint64(4), st.Handled)
+	coreAtRest(t, "user", st)
+}
