@@ -224,6 +224,10 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if ch := b.chains[t].Load(); ch == nil || len(ch.handlers) == 0 {
 		return fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t))
 	}
+	key, err := p.key(ev)
+	if err != nil {
+		return err
+	}
 	if b.admit != nil {
 		actx := ctx
 		if actx == nil {
@@ -233,10 +237,6 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 			p.rejected.Add(1)
 			return err
 		}
-	}
-	key, err := p.key(ev)
-	if err != nil {
-		return err
 	}
 	it := engine.Item[Event]{Event: ev, Ctx: valuesOf(ctx), Key: key}
 	if b.observer != nil {
@@ -353,12 +353,18 @@ func (b *Bus) Close(ctx context.Context) error {
 	if b.inHandler(ctx) {
 		return ErrInsideHandler
 	}
+	// Take the token without looking at ctx first: an expired ctx must
+	// still close the bus (and then give up at once).
 	select {
 	case b.closing <- struct{}{}:
-		defer func() { <-b.closing }()
-	case <-ctx.Done():
-		return &CloseError{Left: b.unfinished(), Err: ctx.Err()}
+	default:
+		select {
+		case b.closing <- struct{}{}:
+		case <-ctx.Done():
+			return &CloseError{Left: b.unfinished(), Err: ctx.Err()}
+		}
 	}
+	defer func() { <-b.closing }()
 	b.mu.Lock()
 	prev := b.state.Swap(stateClosed)
 	b.mu.Unlock()
@@ -366,6 +372,9 @@ func (b *Bus) Close(ctx context.Context) error {
 	case prev == stateNew:
 		b.life.BeginClose()
 		b.life.Stop()
+		for _, e := range b.engines {
+			e.Discard()
+		}
 		closeOnce(b.finished)
 		return nil
 	case isClosed(b.finished):

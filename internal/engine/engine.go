@@ -217,7 +217,7 @@ func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64,
 	it.ID = s.seq<<20 | s.idx<<4 | e.cfg.Tag
 	s.items = append(s.items, it)
 	s.occupied++
-	s.enqCount.Store(s.enqCount.Load() + 1)
+	s.enqCount++
 	wake := s.sleeping
 	s.sleeping = false
 	s.mu.Unlock()
@@ -235,15 +235,18 @@ func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64,
 // they hold once their current handler returns. It returns how many events
 // had not finished. The Lifecycle must be aborted first.
 func (e *Engine[E]) Abort() (left int) {
-	for _, s := range e.shards {
+	for i, s := range e.shards {
+		w := e.workers[i]
 		s.mu.Lock()
 		stolen := s.items
 		s.items = nil
 		s.stopped = true
 		n := len(stolen)
 		s.occupied -= n
-		s.doneCount.Store(s.doneCount.Load() + uint64(n))
-		left += s.occupied + n
+		s.doneCount += uint64(n)
+		// Events the worker finished but has not yet subtracted from
+		// occupied are not left.
+		left += s.occupied - int(w.pub.finished()-w.pub.finishedPublished) + n
 		s.mu.Unlock()
 		if n > 0 {
 			s.deadLettered.Add(uint64(n))
@@ -259,6 +262,17 @@ func (e *Engine[E]) Abort() (left int) {
 
 // Exited is closed once every worker goroutine has returned.
 func (e *Engine[E]) Exited() <-chan struct{} { return e.exited }
+
+// Discard marks an engine that will never start as exited.
+func (e *Engine[E]) Discard() {
+	if e.running.Load() == 0 {
+		select {
+		case <-e.exited:
+		default:
+			close(e.exited)
+		}
+	}
+}
 
 func (e *Engine[E]) exit() {
 	if e.running.Add(-1) == 0 {

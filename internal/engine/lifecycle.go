@@ -110,12 +110,16 @@ func Idle[E any](engines ...*Engine[E]) bool {
 	var done, enq uint64
 	for _, e := range engines {
 		for _, s := range e.shards {
-			done += s.doneCount.Load()
+			s.mu.Lock()
+			done += s.doneCount
+			s.mu.Unlock()
 		}
 	}
 	for _, e := range engines {
 		for _, s := range e.shards {
-			enq += s.enqCount.Load()
+			s.mu.Lock()
+			enq += s.enqCount
+			s.mu.Unlock()
 		}
 	}
 	return done == enq

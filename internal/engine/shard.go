@@ -22,8 +22,8 @@ type shard[E any] struct {
 	space        chan struct{} // closed when room frees up; made lazily
 	wake         chan struct{}
 
-	// Monotonic totals, written under mu, read without it.
-	enqCount, doneCount atomic.Uint64
+	// Monotonic totals of events accepted and completed (published).
+	enqCount, doneCount uint64
 	deadLettered        atomic.Uint64 // by Abort, outside the worker
 
 	_ [64]byte // keep neighbouring shards off this cache line

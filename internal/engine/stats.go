@@ -25,27 +25,28 @@ func (e *Engine[E]) Snapshot() Snapshot {
 	for i, s := range e.shards {
 		w := e.workers[i]
 		p := &w.pub
-		// Outcome counters first: a worker publishes them before it
-		// publishes completions, so they are never behind occupied.
-		snap.Handled += p.handled.Load()
-		snap.Stopped += p.stopped.Load()
-		snap.DeadLettered += p.deadLettered.Load() + s.deadLettered.Load()
+		s.mu.Lock()
+		queued, occupied := int64(len(s.items)), int64(s.occupied)
+		added := s.enqCount
+		// Finished events the occupancy still counts, until the worker
+		// publishes them with its next batch.
+		unpublished := int64(p.finished() - p.finishedPublished)
+		handled, stopped, dead := p.handled.Load(), p.stopped.Load(), p.deadLettered.Load()
+		retrying, followers := p.retrying.Load(), p.followers.Load()
+		s.mu.Unlock()
+
+		snap.Added += added
+		snap.Handled += handled
+		snap.Stopped += stopped
+		snap.DeadLettered += dead + s.deadLettered.Load()
 		snap.Failed += p.failed.Load()
 		snap.Retried += p.retried.Load()
 		snap.Panics += p.panics.Load()
 		snap.Timeouts += p.timeouts.Load()
-		retrying, followers := p.retrying.Load(), p.followers.Load()
-
-		s.mu.Lock()
-		queued, occupied := int64(len(s.items)), int64(s.occupied)
-		added := s.enqCount.Load()
-		s.mu.Unlock()
-
-		snap.Added += added
 		snap.Queued += queued + followers
 		snap.Retrying += retrying
-		snap.InFlight += max(0, occupied-queued-followers-retrying)
-		snap.Overflow += max(0, occupied-int64(e.cfg.QueueSize))
+		snap.InFlight += max(0, occupied-unpublished-queued-followers-retrying)
+		snap.Overflow += max(0, occupied-unpublished-int64(e.cfg.QueueSize))
 		w.lat.addTo(&hist)
 		snap.Max = max(snap.Max, time.Duration(w.lat.max.Load()))
 	}

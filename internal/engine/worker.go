@@ -33,8 +33,7 @@ type worker[E any] struct {
 	curPK  *parkedKey[E]
 	curKey uint64
 
-	done   int      // completions not yet published to the shard
-	local  counters // counts not yet published
+	done   int // completions not yet published to the shard's occupancy
 	pub    published
 	sample int
 	lat    histogram
@@ -49,14 +48,20 @@ type parkedKey[E any] struct {
 	retrying bool // the head has failed and waits for its retry time
 }
 
-type counters struct {
-	handled, stopped, deadLettered, failed, retried, panics, timeouts uint64
-}
-
-// published mirrors counters for Stats readers.
+// published holds a worker's counters for Stats readers. The worker updates
+// them as units finish (one atomic add per unit), so Stats stay live even
+// while a batch runs.
 type published struct {
 	handled, stopped, deadLettered, failed, retried, panics, timeouts atomic.Uint64
 	retrying, followers                                               atomic.Int64
+	// finishedPublished is how many finished events the shard's occupancy
+	// already accounts for; written under the shard's lock.
+	finishedPublished uint64
+}
+
+// finished returns how many events the worker has finished in all.
+func (p *published) finished() uint64 {
+	return p.handled.Load() + p.stopped.Load() + p.deadLettered.Load()
 }
 
 func newWorker[E any](e *Engine[E], s *shard[E], id int) *worker[E] {
@@ -182,17 +187,18 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 }
 
 func (w *worker[E]) count(v Verdict) {
-	if v.Failed {
-		w.local.failed++
+	if !v.Failed {
+		return
 	}
+	w.pub.failed.Add(1)
 	if v.Panicked {
-		w.local.panics++
+		w.pub.panics.Add(1)
 	}
 	if v.TimedOut {
-		w.local.timeouts++
+		w.pub.timeouts.Add(1)
 	}
 	if v.Outcome == Retry {
-		w.local.retried++
+		w.pub.retried.Add(1)
 	}
 }
 
@@ -244,12 +250,12 @@ func (w *worker[E]) finish(u *Unit[E], v Verdict) {
 	n := uint64(len(u.Items))
 	switch v.Outcome {
 	case Handled:
-		w.local.handled += n
+		w.pub.handled.Add(n)
 	case Stopped:
-		w.local.stopped += n
+		w.pub.stopped.Add(n)
 	case Dead:
-		w.local.deadLettered += n
 		w.e.d.DeadLetter(u, v.Err)
+		w.pub.deadLettered.Add(n)
 	}
 	w.done += len(u.Items)
 }
@@ -333,32 +339,15 @@ func (w *worker[E]) publishLocked() {
 	if w.done == 0 {
 		return
 	}
-	w.flush()
 	s := w.s
 	s.occupied -= w.done
-	s.doneCount.Store(s.doneCount.Load() + uint64(w.done))
+	s.doneCount += uint64(w.done)
+	w.pub.finishedPublished += uint64(w.done)
 	w.done = 0
 	if s.space != nil && s.occupied < w.e.cfg.QueueSize {
 		close(s.space)
 		s.space = nil
 	}
-}
-
-func (w *worker[E]) flush() {
-	p, c := &w.pub, &w.local
-	add := func(a *atomic.Uint64, n *uint64) {
-		if *n != 0 {
-			a.Add(*n)
-			*n = 0
-		}
-	}
-	add(&p.handled, &c.handled)
-	add(&p.stopped, &c.stopped)
-	add(&p.deadLettered, &c.deadLettered)
-	add(&p.failed, &c.failed)
-	add(&p.retried, &c.retried)
-	add(&p.panics, &c.panics)
-	add(&p.timeouts, &c.timeouts)
 }
 
 // abortAll dead-letters everything the worker holds or could still take,
@@ -400,5 +389,4 @@ func (w *worker[E]) abortAll() {
 	s.mu.Lock()
 	w.publishLocked()
 	s.mu.Unlock()
-	w.flush()
 }
