@@ -56,8 +56,14 @@ type callCtx struct {
 	index   int32
 	attempt int32
 	typ     EventType
-	running atomic.Bool // the handler has not returned yet
+	// returned is set once the handler returns. Slab memory starts zeroed,
+	// so a fresh context counts as running without a store.
+	returned atomic.Bool
 }
+
+// running reports whether the handler the context was made for has not
+// returned yet.
+func (c *callCtx) running() bool { return !c.returned.Load() }
 
 func (c *callCtx) info() CallInfo {
 	return CallInfo{Pool: c.pool.kind, Type: c.typ, Handler: c.handler.name,
@@ -96,23 +102,24 @@ func callOf(ctx context.Context) *callCtx {
 	if c, ok := ctx.(*callCtx); ok {
 		return c
 	}
-	if ctx == context.Background() {
-		return nil
-	}
 	c, _ := ctx.Value(callKey{}).(*callCtx)
 	return c
 }
 
 // valuesOf returns what a handler context should take its values from for
-// an event added with ctx: nothing for Background, the same source for a
-// handler's own context (so chains of follow-on events stay flat), and ctx
+// an event added with ctx: the same source for a handler's own context (so
+// chains of follow-on events stay flat), ctx itself when it can never be
+// cancelled (Background, or values on top of it: no allocation), and ctx
 // without its cancellation otherwise.
 func valuesOf(ctx context.Context) context.Context {
-	if ctx == nil || ctx == context.Background() {
+	if ctx == nil {
 		return nil
 	}
 	if c, ok := ctx.(*callCtx); ok {
 		return c.values
+	}
+	if ctx.Done() == nil {
+		return ctx
 	}
 	return context.WithoutCancel(ctx)
 }

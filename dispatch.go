@@ -68,9 +68,8 @@ func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error,
 // invoke calls the handler, turning a panic into a *PanicError. The context
 // stops counting as a running handler's once it returns (or exits).
 func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event) (err error) {
-	c.running.Store(true)
 	defer func() {
-		c.running.Store(false)
+		c.returned.Store(true)
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}

@@ -48,8 +48,9 @@ type Bus struct {
 }
 
 type typeInfo struct {
-	pool Pool // "" when not defined
-	name string
+	pool  Pool // "" when not defined
+	index int  // pool.index(), kept to route without comparing strings
+	name  string
 }
 
 const (
@@ -90,7 +91,7 @@ func New(opts ...Option) (*Bus, error) {
 	}
 	for t := range b.types {
 		if et := EventType(t); et.builtin() {
-			b.types[t] = typeInfo{pool: rangePool(et), name: et.String()}
+			b.types[t] = typeInfo{pool: rangePool(et), index: rangePool(et).index(), name: et.String()}
 		}
 	}
 	b.life = engine.NewLifecycle()
@@ -127,7 +128,7 @@ func (b *Bus) Define(t EventType, p Pool, name string) error {
 	if name == "" {
 		name = t.String()
 	}
-	b.types[t] = typeInfo{pool: p, name: name}
+	b.types[t] = typeInfo{pool: p, index: p.index(), name: name}
 	return nil
 }
 
@@ -214,7 +215,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	}
 	var c *callCtx
 	if ctx != nil {
-		if c = callOf(ctx); c != nil && (c.bus() != b || !c.running.Load()) {
+		if c = callOf(ctx); c != nil && (c.bus() != b || !c.running()) {
 			c = nil
 		}
 	}
@@ -264,23 +265,23 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 // route finds the pool of ev and checks its type.
 func (b *Bus) route(ev Event) (*pool, EventType, error) {
 	var t EventType
-	var want Pool
+	var want int
 	switch e := ev.(type) {
 	case *UserContext:
 		if e == nil {
 			return nil, 0, ErrNilEvent
 		}
-		t, want = e.EventType, PoolUser
+		t, want = e.EventType, 0
 	case *ChannelContext:
 		if e == nil {
 			return nil, 0, ErrNilEvent
 		}
-		t, want = e.EventType, PoolChannel
+		t, want = e.EventType, 1
 	case *PushContext:
 		if e == nil {
 			return nil, 0, ErrNilEvent
 		}
-		t, want = e.EventType, PoolPusher
+		t, want = e.EventType, 2
 	default:
 		return nil, 0, ErrNilEvent
 	}
@@ -288,10 +289,10 @@ func (b *Bus) route(ev Event) (*pool, EventType, error) {
 	if info.pool == "" {
 		return nil, 0, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
 	}
-	if info.pool != want {
-		return nil, 0, fmt.Errorf("%w: %v is a %s event, not a %s one", ErrWrongPool, info.name, info.pool, want)
+	if info.index != want {
+		return nil, 0, fmt.Errorf("%w: %v is a %s event, not a %s one", ErrWrongPool, info.name, info.pool, poolsByIndex[want])
 	}
-	return b.pools[want.index()], t, nil
+	return b.pools[want], t, nil
 }
 
 // WaitIdle returns nil once, at some instant after the call, no event in
@@ -316,7 +317,7 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 // inHandler reports whether the caller is a handler of this bus: by its
 // context, or by being one of the bus's worker goroutines.
 func (b *Bus) inHandler(ctx context.Context) bool {
-	if c := callOf(ctx); c != nil && c.bus() == b && c.running.Load() {
+	if c := callOf(ctx); c != nil && c.bus() == b && c.running() {
 		return true
 	}
 	id := goid.Get()

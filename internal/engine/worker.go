@@ -122,7 +122,6 @@ func (w *worker[E]) step() {
 	if len(u.Items) > 1 {
 		clear(w.group)
 	}
-	*u = Unit[E]{}
 }
 
 // scanWindow bounds how far ahead gather looks for items of the same key.
