@@ -250,7 +250,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 			waitCtx = context.Background()
 		}
 	}
-	switch _, res := p.eng.Push(it, c != nil, waitCtx); res {
+	switch p.eng.Push(it, c != nil, waitCtx) {
 	case engine.Accepted:
 		return nil
 	case engine.Full:

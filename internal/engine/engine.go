@@ -21,15 +21,14 @@ type Item[E any] struct {
 	// producer passed context.Background().
 	Ctx   context.Context
 	Key   uint64
-	ID    uint64
 	Added time.Duration // since the engine's epoch; 0 when not timed
-	taken bool          // merged into an earlier unit of the same batch
 }
 
 // Unit is what a dispatcher runs: one item, or several merged into one
 // event. Chain, Index and Attempt belong to the dispatcher and survive
 // retries, so a retry resumes where the last attempt failed.
 type Unit[E any] struct {
+	ID      uint64 // unique per unit in the process; assigned by the worker
 	Items   []Item[E]
 	Event   E   // what handlers see: Items[0].Event, or the merged event
 	Chain   any // the dispatcher's snapshot of the handler chain
@@ -177,20 +176,20 @@ func mix(x uint64) uint64 {
 // FIFO whatever the capacity and even while the bus is closing. Otherwise,
 // while the shard holds QueueSize items, Push waits for room until wait
 // ends, or returns Full at once when wait is nil.
-func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64, PushResult) {
+func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
 	s.mu.Lock()
 	for {
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
-			return 0, Closed
+			return Closed
 		}
 		if inside || s.occupied < e.cfg.QueueSize {
 			break
 		}
 		if wait == nil {
 			s.mu.Unlock()
-			return 0, Full
+			return Full
 		}
 		if s.space == nil {
 			s.space = make(chan struct{})
@@ -210,11 +209,9 @@ func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64,
 		s.spaceWaiters--
 		if res != Accepted {
 			s.mu.Unlock()
-			return 0, res
+			return res
 		}
 	}
-	s.seq++
-	it.ID = s.seq<<20 | s.idx<<4 | e.cfg.Tag
 	s.items = append(s.items, it)
 	s.occupied++
 	s.enqCount++
@@ -227,7 +224,7 @@ func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) (uint64,
 		default:
 		}
 	}
-	return it.ID, Accepted
+	return Accepted
 }
 
 // Abort makes the engine give up: every shard stops taking items, what is

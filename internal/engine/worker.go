@@ -22,6 +22,11 @@ type worker[E any] struct {
 
 	batch []Item[E] // items in hand, swapped out of the shard
 	pos   int       // next item of batch to run
+	// taken marks items of batch merged into an earlier unit; it is sized
+	// only once gather merges something (anyTaken).
+	taken    []bool
+	anyTaken bool
+	seq      uint64 // units started, for unit IDs
 	group []Item[E] // scratch for merged units
 	unit  Unit[E]   // scratch for the unit being run
 
@@ -101,18 +106,18 @@ func (w *worker[E]) next() bool {
 func (w *worker[E]) step() {
 	it := &w.batch[w.pos]
 	w.pos++
-	if it.taken {
+	if w.anyTaken && w.taken[w.pos-1] {
 		return
 	}
 	if len(w.parked) > 0 {
 		if pk, ok := w.parked[it.Key]; ok {
-			pk.units = append(pk.units, &Unit[E]{Items: []Item[E]{*it}, Event: it.Event})
+			pk.units = append(pk.units, &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event})
 			w.pub.followers.Add(1)
 			return
 		}
 	}
 	u := &w.unit
-	*u = Unit[E]{Items: w.batch[w.pos-1 : w.pos : w.pos], Event: it.Event}
+	*u = Unit[E]{ID: w.newID(), Items: w.batch[w.pos-1 : w.pos : w.pos], Event: it.Event}
 	if limit := w.e.d.BatchLimit(it); limit > 1 {
 		w.gather(it, limit, u)
 	}
@@ -122,6 +127,13 @@ func (w *worker[E]) step() {
 	if len(u.Items) > 1 {
 		clear(w.group)
 	}
+}
+
+// newID returns a process-unique unit ID: the worker's sequence number,
+// its shard and the engine's tag.
+func (w *worker[E]) newID() uint64 {
+	w.seq++
+	return w.seq<<20 | w.s.idx<<4 | w.e.cfg.Tag
 }
 
 // scanWindow bounds how far ahead gather looks for items of the same key.
@@ -135,14 +147,18 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 	end := min(len(w.batch), w.pos+scanWindow)
 	for j := w.pos; j < end && len(w.group) < limit; j++ {
 		it := &w.batch[j]
-		if it.taken || it.Key != head.Key {
+		if (w.anyTaken && w.taken[j]) || it.Key != head.Key {
 			continue
 		}
 		if !w.e.d.Mergeable(head, it) {
 			break
 		}
 		w.group = append(w.group, *it)
-		it.taken = true
+		if !w.anyTaken {
+			w.taken = append(w.taken[:0], make([]bool, len(w.batch))...)
+			w.anyTaken = true
+		}
+		w.taken[j] = true
 	}
 	if len(w.group) > 1 {
 		u.Items = w.group
@@ -208,7 +224,7 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 		w.finish(u, v)
 		return
 	}
-	parked := &Unit[E]{Items: slices.Clone(u.Items), Event: u.Event,
+	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
 		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err}
 	w.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
 	w.pub.retrying.Add(int64(len(parked.Items)))
@@ -283,6 +299,10 @@ func (w *worker[E]) runDue(now time.Time) {
 func (w *worker[E]) refill() bool {
 	clear(w.batch)
 	w.batch, w.pos = w.batch[:0], 0
+	if w.anyTaken {
+		clear(w.taken)
+		w.anyTaken = false
+	}
 	s, l := w.s, w.e.life
 	for {
 		if len(w.due) > 0 {
@@ -355,7 +375,7 @@ func (w *worker[E]) abortAll() {
 	closed := w.e.cfg.ErrClosed
 	for ; w.pos < len(w.batch); w.pos++ {
 		it := &w.batch[w.pos]
-		if it.taken {
+		if w.anyTaken && w.taken[w.pos] {
 			continue
 		}
 		w.finish(&Unit[E]{Items: []Item[E]{*it}, Event: it.Event}, Verdict{Outcome: Dead, Err: closed})
