@@ -26,9 +26,9 @@ type worker[E any] struct {
 	// only once gather merges something (anyTaken).
 	taken    []bool
 	anyTaken bool
-	seq      uint64 // units started, for unit IDs
-	group []Item[E] // scratch for merged units
-	unit  Unit[E]   // scratch for the unit being run
+	seq      uint64    // units started, for unit IDs
+	group    []Item[E] // scratch for merged units
+	unit     Unit[E]   // scratch for the unit being run
 
 	parked map[uint64]*parkedKey[E]
 	due    dueHeap
