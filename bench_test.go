@@ -86,6 +86,34 @@ func BenchmarkAdd(b *testing.B) {
 	}
 }
 
+// BenchmarkAddChanBaseline is the floor BenchmarkAdd/keys=1 is compared
+// with: one producer sends the same pre-allocated events on a buffered
+// channel (the bus's default shard capacity) to one goroutine that runs
+// the same handler body, and waits until all were handled.
+func BenchmarkAddChanBaseline(b *testing.B) {
+	ev := userEvent(eventbus.EventOnSend, "user-0")
+	in := make(chan *eventbus.UserContext, 1024)
+	done := make(chan struct{})
+	var handled atomic.Int64
+	n := int64(b.N)
+	go func() {
+		defer close(done)
+		for range in {
+			if handled.Add(1) == n {
+				return
+			}
+		}
+	}()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		in <- ev
+	}
+	<-done
+	reportRate(b, b.N, time.Since(start))
+}
+
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
 // goroutines, each adding events of its own 64 keys.
 func BenchmarkProducers(b *testing.B) {

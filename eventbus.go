@@ -308,6 +308,11 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 	if b.state.Load() == stateNew {
 		return ErrNotStarted
 	}
+	// A handler's own event is never idle, so checking for idle first is
+	// safe, and spares the idle case the goroutine-id lookup.
+	if engine.Idle(b.engines...) {
+		return nil
+	}
 	if b.inHandler(ctx) {
 		return ErrInsideHandler
 	}

@@ -2,10 +2,7 @@
 // path (worker start, Close) to tell whether a call comes from a bus worker.
 package goid
 
-import (
-	"runtime"
-	"strconv"
-)
+import "runtime"
 
 // Get returns the id of the calling goroutine, or 0 if it cannot be read.
 func Get() int64 {
@@ -17,14 +14,12 @@ func Get() int64 {
 	if len(b) < len(prefix) {
 		return 0
 	}
-	b = b[len(prefix):]
-	end := 0
-	for end < len(b) && b[end] >= '0' && b[end] <= '9' {
-		end++
-	}
-	id, err := strconv.ParseInt(string(b[:end]), 10, 64)
-	if err != nil {
-		return 0
+	var id int64
+	for _, c := range b[len(prefix):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		id = id*10 + int64(c-'0')
 	}
 	return id
 }
