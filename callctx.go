@@ -13,7 +13,7 @@ type CallInfo struct {
 	Handler string // the handler's name
 	Index   int    // its position in the chain
 	Attempt int    // attempt number, from 1
-	EventID uint64 // unique per accepted event in this process
+	EventID uint64 // unique per run unit in this process (a batch shares one)
 }
 
 // CallInfoFrom returns the CallInfo of a handler's context, or false when
@@ -64,6 +64,9 @@ type callCtx struct {
 // running reports whether the handler the context was made for has not
 // returned yet.
 func (c *callCtx) running() bool { return !c.returned.Load() }
+
+// Running implements engine.Parent.
+func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
 	return CallInfo{Pool: c.pool.kind, Type: c.typ, Handler: c.handler.name,

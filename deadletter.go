@@ -9,8 +9,8 @@ import (
 type DeadLetter struct {
 	Event    Event
 	Err      error     // the last error: a handler's, ErrNoHandler or ErrClosed
-	Attempts int       // attempts of the handler that failed last (0: never ran)
-	Handler  string    // name of that handler, "" if none ran
+	Attempts int       // attempts of the handler that failed last (0: none failed)
+	Handler  string    // name of that handler, "" if none failed
 	Time     time.Time // when the bus gave up
 }
 

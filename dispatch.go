@@ -29,18 +29,21 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 
 func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	ch, _ := u.Chain.(*chain)
-	if ch == nil {
+	retry := ch != nil
+	if !retry {
 		ch = p.bus.chains[u.Event.Type()].Load()
 		if ch == nil || len(ch.handlers) == 0 {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
 		}
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
-	} else {
-		u.Attempt++ // a retry of the handler at u.Index
 	}
 	for u.Index < len(ch.handlers) {
 		if p.bus.life.Aborted() {
 			return engine.Verdict{Outcome: engine.Dead, Err: closedErr(u.Err)}
+		}
+		if retry {
+			u.Attempt++ // the next attempt of the handler that failed
+			retry = false
 		}
 		h := &ch.handlers[u.Index]
 		err, timedOut := p.call(wid, u, h)
@@ -95,18 +98,20 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bo
 
 // failed turns a handler's error into a verdict: stop, retry or give up.
 func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOut bool) engine.Verdict {
-	if errors.Is(err, ErrStopChain) {
+	// A panic is a failure whatever its value: panic(ErrStopChain) does not
+	// stop the chain on purpose, panic(Permanent(err)) is retried.
+	pe, panicked := err.(*PanicError)
+	if !panicked && errors.Is(err, ErrStopChain) {
 		return engine.Verdict{Outcome: engine.Stopped, Err: err}
 	}
 	u.Err = err
-	var pe *PanicError
-	v := engine.Verdict{Failed: true, Panicked: errors.As(err, &pe), TimedOut: timedOut}
+	v := engine.Verdict{Failed: true, Panicked: panicked, TimedOut: timedOut}
 	policy := p.retry
 	if h.retry != nil {
 		policy = h.retry.withDefaults()
 	}
 	switch {
-	case IsPermanent(err) || u.Attempt >= policy.MaxAttempts:
+	case (!panicked && IsPermanent(err)) || u.Attempt >= policy.MaxAttempts:
 		v.Outcome, v.Err = engine.Dead, err
 	case p.bus.life.Aborted():
 		v.Outcome, v.Err = engine.Dead, closedErr(err)
@@ -133,8 +138,12 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
 	err := &PanicError{Value: "runtime.Goexit called by handler"}
 	ch, _ := u.Chain.(*chain)
-	if ch == nil || u.Index >= len(ch.handlers) {
+	if ch == nil {
 		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}
+	}
+	if u.Index >= len(ch.handlers) {
+		// The chain had ended: the Goexit came from the observer.
+		return engine.Verdict{Outcome: engine.Handled}
 	}
 	v := p.failed(u, &ch.handlers[u.Index], err, false)
 	if p.bus.observer != nil && v.Outcome != engine.Dead {
@@ -154,7 +163,7 @@ func closedErr(last error) error {
 func (p *pool) DeadLetter(u *engine.Unit[Event], err error) {
 	b := p.bus
 	name, attempts := "", 0
-	if ch, _ := u.Chain.(*chain); ch != nil && u.Index < len(ch.handlers) {
+	if ch, _ := u.Chain.(*chain); ch != nil && u.Err != nil && u.Index < len(ch.handlers) {
 		name, attempts = ch.handlers[u.Index].name, u.Attempt
 	}
 	now := time.Now()

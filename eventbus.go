@@ -250,7 +250,11 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 			waitCtx = context.Background()
 		}
 	}
-	switch p.eng.Push(it, c != nil, waitCtx) {
+	var parent engine.Parent
+	if c != nil {
+		parent = c
+	}
+	switch p.eng.Push(it, parent, waitCtx) {
 	case engine.Accepted:
 		return nil
 	case engine.Full:
@@ -302,6 +306,9 @@ func (b *Bus) route(ev Event) (*pool, EventType, error) {
 // ErrNotStarted before Start, nil after Close, ctx's error when ctx ends,
 // and ErrInsideHandler when called from a handler.
 func (b *Bus) WaitIdle(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	if isClosed(b.finished) {
 		return nil
 	}
@@ -398,6 +405,7 @@ func (b *Bus) Close(ctx context.Context) error {
 		for _, e := range b.engines {
 			<-e.Exited()
 		}
+		b.life.Release() // contexts kept by handlers end too
 		closeOnce(b.finished)
 		return nil
 	}

@@ -11,15 +11,25 @@ import (
 func newUserPool(b *Bus, cfg PoolConfig) *pool {
 	seed := b.seed
 	return newPool(b, PoolUser, cfg, func(ev Event) (uint64, error) {
-		conn := ev.(*UserContext).Conn
-		if conn == nil {
-			return 0, fmt.Errorf("%w: UserContext.Conn is nil", ErrNilEvent)
-		}
-		if uid := conn.UID(); uid != "" {
-			return maphash.String(seed, uid), nil
-		}
-		return uint64(conn.ID()) ^ connIDSalt, nil
+		return connKey(seed, ev.(*UserContext).Conn)
 	})
+}
+
+// connKey is the ordering key of a connection. A Conn whose methods panic
+// (a typed nil pointer, say) is bad input: it gets an error, not a panic.
+func connKey(seed maphash.Seed, conn Conn) (key uint64, err error) {
+	if conn == nil {
+		return 0, fmt.Errorf("%w: UserContext.Conn is nil", ErrNilEvent)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: UserContext.Conn panicked: %v", ErrNilEvent, r)
+		}
+	}()
+	if uid := conn.UID(); uid != "" {
+		return maphash.String(seed, uid), nil
+	}
+	return uint64(conn.ID()) ^ connIDSalt, nil
 }
 
 // connIDSalt keeps connection-id keys apart from small UID hashes.

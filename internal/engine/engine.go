@@ -160,6 +160,12 @@ func (e *Engine[E]) shardFor(key uint64) *shard[E] {
 	return e.shards[hi]
 }
 
+// idBlocks hands out blocks of unit IDs to workers, so that IDs are unique
+// in the process at the cost of one atomic add per idBlock units.
+var idBlocks atomic.Uint64
+
+const idBlock = 1 << 10
+
 // mix is the splitmix64 finaliser.
 func mix(x uint64) uint64 {
 	x ^= x >> 30
@@ -170,15 +176,26 @@ func mix(x uint64) uint64 {
 	return x
 }
 
+// Parent is the running handler a follow-on add comes from.
+type Parent interface {
+	// Running reports whether the handler has not returned yet.
+	Running() bool
+}
+
 // Push appends it to its key's shard.
 //
-// inside marks a follow-on add made by a running handler: it goes on the
-// FIFO whatever the capacity and even while the bus is closing. Otherwise,
-// while the shard holds QueueSize items, Push waits for room until wait
-// ends, or returns Full at once when wait is nil.
-func (e *Engine[E]) Push(it Item[E], inside bool, wait context.Context) PushResult {
+// A follow-on add, made by a handler (parent) that is still running when
+// the item goes on the FIFO, is accepted whatever the capacity and even
+// while the bus is closing: the parent's own event keeps the bus from
+// being idle until then. Otherwise, while the shard holds QueueSize items,
+// Push waits for room until wait ends, or returns Full at once when wait
+// is nil.
+func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
 	s.mu.Lock()
+	// Decided under the lock, at the moment of enqueue: a handler that
+	// returned meanwhile makes this an outside add.
+	inside := parent != nil && parent.Running()
 	for {
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
@@ -245,9 +262,9 @@ func (e *Engine[E]) Abort() (left int) {
 		// occupied are not left.
 		left += s.occupied - int(w.pub.finished()-w.pub.finishedPublished) + n
 		s.mu.Unlock()
-		if n > 0 {
-			s.deadLettered.Add(uint64(n))
-			e.d.DeadLetter(&Unit[E]{Items: stolen, Event: stolen[0].Event}, e.cfg.ErrClosed)
+		s.deadLettered.Add(uint64(n))
+		for i := range stolen {
+			e.d.DeadLetter(&Unit[E]{Items: stolen[i : i+1], Event: stolen[i].Event}, e.cfg.ErrClosed)
 		}
 		select {
 		case s.wake <- struct{}{}:

@@ -80,6 +80,10 @@ func (l *Lifecycle) Abort() {
 	l.abortCancel()
 }
 
+// Release cancels the abort context once the bus has drained, so that
+// contexts handlers kept (and contexts derived from them) end as well.
+func (l *Lifecycle) Release() { l.abortCancel() }
+
 // idleSignal returns a channel that is closed at the next idle notification.
 // The caller must hold a waiter registration (see WaitIdle).
 func (l *Lifecycle) idleSignal() <-chan struct{} {

@@ -26,7 +26,7 @@ type worker[E any] struct {
 	// only once gather merges something (anyTaken).
 	taken    []bool
 	anyTaken bool
-	seq      uint64    // units started, for unit IDs
+	seq      uint64    // last unit ID given; a new block starts at multiples of idBlock
 	group    []Item[E] // scratch for merged units
 	unit     Unit[E]   // scratch for the unit being run
 
@@ -80,12 +80,24 @@ func newWorker[E any](e *Engine[E], s *shard[E], id int) *worker[E] {
 	}
 }
 
+// run is the worker goroutine. If user code running on it (a handler, a
+// dead-letter sink, an observer) calls runtime.Goexit, the goroutine ends
+// without returning from next; the deferred function then starts another
+// one, which carries on from the state kept in w.
 func (w *worker[E]) run() {
-	defer w.e.exit()
+	returned := false
+	defer func() {
+		if !returned {
+			w.e.running.Add(1)
+			go w.run()
+		}
+		w.e.exit()
+	}()
 	w.goid.Store(goid.Get())
 	for w.next() {
 	}
 	w.goid.Store(0)
+	returned = true
 }
 
 // next runs one item of the batch in hand, or fetches the next batch. It
@@ -132,11 +144,14 @@ func (w *worker[E]) step() {
 	}
 }
 
-// newID returns a process-unique unit ID: the worker's sequence number,
-// its shard and the engine's tag.
+// newID returns a unit ID unique in the process, taken from the worker's
+// current block of IDs.
 func (w *worker[E]) newID() uint64 {
+	if w.seq%idBlock == 0 {
+		w.seq = (idBlocks.Add(1) - 1) * idBlock
+	}
 	w.seq++
-	return w.seq<<20 | w.s.idx<<4 | w.e.cfg.Tag
+	return w.seq
 }
 
 // scanWindow bounds how far ahead gather looks for items of the same key.
@@ -178,6 +193,8 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 		if returned {
 			return
 		}
+		// A handler called runtime.Goexit: settle u as failed; run's
+		// deferred function replaces the goroutine.
 		v = w.e.d.Goexited(w.id, u)
 		if pk := w.curPK; pk != nil {
 			w.curPK = nil
@@ -188,8 +205,6 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 				clear(w.group)
 			}
 		}
-		w.e.running.Add(1)
-		go w.run()
 	}()
 	w.sample++
 	if w.sample >= w.e.cfg.SampleEvery {
@@ -272,8 +287,11 @@ func (w *worker[E]) finish(u *Unit[E], v Verdict) {
 	case Stopped:
 		w.pub.stopped.Add(n)
 	case Dead:
-		w.e.d.DeadLetter(u, v.Err)
+		// Counted first: the sink is user code and may not return.
 		w.pub.deadLettered.Add(n)
+		w.done += len(u.Items)
+		w.e.d.DeadLetter(u, v.Err)
+		return
 	}
 	w.done += len(u.Items)
 }
@@ -302,6 +320,10 @@ func (w *worker[E]) runDue(now time.Time) {
 func (w *worker[E]) refill() bool {
 	clear(w.batch)
 	w.batch, w.pos = w.batch[:0], 0
+	// Drop the scratch unit's references, or an idle worker would keep
+	// its last event alive.
+	u := &w.unit
+	u.Items, u.Event, u.Chain, u.Err = nil, *new(E), nil, nil
 	if w.anyTaken {
 		clear(w.taken)
 		w.anyTaken = false
