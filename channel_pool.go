@@ -13,7 +13,7 @@ func newChannelPool(b *Bus, cfg PoolConfig, batch *[256]int) *pool {
 	p := newPool(b, PoolChannel, cfg, func(ev Event) (uint64, error) {
 		c := ev.(*ChannelContext)
 		return channelKey(seed, c.ChannelID, c.ChannelType), nil
-	})
+	}, len(b.cfg.batch) > 0)
 	p.batch = batch
 	return p
 }

@@ -24,7 +24,7 @@ type pool struct {
 	rejected atomic.Uint64
 }
 
-func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error)) *pool {
+func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error), batching bool) *pool {
 	cfg = cfg.withDefaults()
 	p := &pool{bus: b, kind: kind, cfg: cfg, retry: b.cfg.retry, key: key}
 	if cfg.Retry != nil {
@@ -36,6 +36,7 @@ func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error))
 	}
 	p.slabs = make([]ctxSlab, cfg.Workers)
 	p.eng = engine.New[Event](engine.Config{
+		Batching:  batching,
 		Shards:    cfg.Workers,
 		QueueSize: cfg.QueueSize,
 		Tag:       uint64(kind.index()),

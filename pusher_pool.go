@@ -12,5 +12,5 @@ func newPusherPool(b *Bus, cfg PoolConfig) *pool {
 			return 0, fmt.Errorf("%w: PushContext.Message is nil", ErrNilEvent)
 		}
 		return channelKey(seed, m.ChannelID, m.ChannelType), nil
-	})
+	}, false)
 }

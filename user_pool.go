@@ -12,7 +12,7 @@ func newUserPool(b *Bus, cfg PoolConfig) *pool {
 	seed := b.seed
 	return newPool(b, PoolUser, cfg, func(ev Event) (uint64, error) {
 		return connKey(seed, ev.(*UserContext).Conn)
-	})
+	}, false)
 }
 
 // connKey is the ordering key of a connection. A Conn whose methods panic

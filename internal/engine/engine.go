@@ -85,6 +85,9 @@ type Dispatcher[E any] interface {
 
 // Config sizes an engine.
 type Config struct {
+	// Batching makes workers ask the dispatcher for BatchLimit; without it
+	// no unit is ever merged.
+	Batching  bool
 	Shards    int
 	QueueSize int // per shard
 	Tag       uint64

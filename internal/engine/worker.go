@@ -133,12 +133,19 @@ func (w *worker[E]) step() {
 	u := &w.unit
 	u.ID, u.Items, u.Event = w.newID(), w.batch[w.pos-1:w.pos:w.pos], it.Event
 	u.Chain, u.Index, u.Attempt, u.Err, u.Took = nil, 0, 0, nil, 0
-	if limit := w.e.d.BatchLimit(it); limit > 1 {
-		w.gather(it, limit, u)
+	if w.e.cfg.Batching {
+		if limit := w.e.d.BatchLimit(it); limit > 1 {
+			w.gather(it, limit, u)
+		}
 	}
 	w.curPK = nil
 	v := w.execute(u)
-	w.settle(u, v)
+	if v.Outcome == Handled { // the common case, without settle's detour
+		w.pub.handled.Add(uint64(len(u.Items)))
+		w.done += len(u.Items)
+	} else {
+		w.settle(u, v)
+	}
 	if len(u.Items) > 1 {
 		clear(w.group)
 	}
