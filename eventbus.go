@@ -403,6 +403,9 @@ func (b *Bus) Close(ctx context.Context) error {
 		// all exit at once.
 		b.life.Stop()
 		for _, e := range b.engines {
+			e.WakeAll()
+		}
+		for _, e := range b.engines {
 			<-e.Exited()
 		}
 		b.life.Release() // contexts kept by handlers end too

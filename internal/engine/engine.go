@@ -269,12 +269,17 @@ func (e *Engine[E]) Abort() (left int) {
 		for i := range stolen {
 			e.d.DeadLetter(&Unit[E]{Items: stolen[i : i+1], Event: stolen[i].Event}, e.cfg.ErrClosed)
 		}
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
 	}
+	e.WakeAll()
 	return left
+}
+
+// WakeAll wakes every worker so that it sees a change of the Lifecycle
+// (Stop, Abort).
+func (e *Engine[E]) WakeAll() {
+	for _, w := range e.workers {
+		w.poke()
+	}
 }
 
 // Exited is closed once every worker goroutine has returned.

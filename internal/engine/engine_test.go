@@ -38,6 +38,7 @@ func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *c
 			tb.Error(err)
 		}
 		life.Stop()
+		e.WakeAll()
 		<-e.Exited()
 	})
 	return e, life, d

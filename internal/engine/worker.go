@@ -70,14 +70,14 @@ func (p *published) finished() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], s *shard[E], id int) *worker[E] {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return &worker[E]{
+	w := &worker[E]{
 		e: e, s: s, id: id,
 		parked: make(map[uint64]*parkedKey[E]),
-		timer:  t,
 		sample: e.cfg.SampleEvery - 1, // time the very first unit
 	}
+	w.timer = time.AfterFunc(time.Hour, w.poke)
+	w.timer.Stop()
+	return w
 }
 
 // run is the worker goroutine. If user code running on it (a handler, a
@@ -365,22 +365,24 @@ func (w *worker[E]) refill() bool {
 		if idle {
 			l.notifyIdle()
 		}
-		var retry <-chan time.Time
 		if len(w.due) > 0 {
 			w.timer.Reset(time.Until(w.due[0].at))
-			retry = w.timer.C
 		}
-		stop := l.stopCh
-		if !idle {
-			stop = nil // parked units remain: stopping must wait for them
-		}
-		select {
-		case <-s.wake:
-		case <-retry:
-		case <-stop:
-		case <-l.abortCtx.Done():
-		}
+		// One channel wakes the worker for everything: new items (a
+		// producer that saw sleeping), a retry coming due (the timer),
+		// Stop and Abort (Engine.WakeAll). A plain receive is quicker than
+		// a select over four channels, and every reason is checked again
+		// at the top of the loop, so a stray token costs one loop.
+		<-s.wake
 		w.timer.Stop()
+	}
+}
+
+// poke wakes the worker if it sleeps; it never blocks.
+func (w *worker[E]) poke() {
+	select {
+	case w.s.wake <- struct{}{}:
+	default:
 	}
 }
 
