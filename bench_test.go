@@ -114,6 +114,55 @@ func BenchmarkAddChanBaseline(b *testing.B) {
 	reportRate(b, b.N, time.Since(start))
 }
 
+// BenchmarkDrain measures the worker alone: events pile up in one shard
+// while its worker is held, then the timer runs while the worker drains
+// them in batches, handler included. Rounds of 64 Ki events keep memory
+// bounded.
+func BenchmarkDrain(b *testing.B) {
+	const round = 1 << 16
+	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: round + 1}))
+	var handled atomic.Int64
+	hold := make(chan chan struct{}, 1)
+	must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		handled.Add(1)
+		return nil
+	}))
+	must(b, regUser(bus, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+		release := <-hold
+		<-release
+		return nil
+	}))
+	must(b, bus.Start())
+	gate := userEvent(eventbus.EventConnect, "user-0")
+	ev := userEvent(eventbus.EventOnSend, "user-0")
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	var elapsed time.Duration
+	for done := 0; done < b.N; done += round {
+		n := min(round, b.N-done)
+		b.StopTimer()
+		release := make(chan struct{})
+		hold <- release
+		must(b, bus.AddEvent(ctx, gate)) // holds the worker
+		for range n {
+			if err := bus.AddEvent(ctx, ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		close(release)
+		waitIdle(b, bus)
+		elapsed += time.Since(start)
+	}
+	reportRate(b, b.N, elapsed)
+	b.StopTimer()
+	if handled.Load() != int64(b.N) {
+		b.Fatalf("handled %d of %d", handled.Load(), b.N)
+	}
+}
+
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
 // goroutines, each adding events of its own 64 keys.
 func BenchmarkProducers(b *testing.B) {
