@@ -20,7 +20,10 @@ bench:
 cover:
 	$(GO) test -race -coverprofile=cover.out ./... && $(GO) tool cover -func=cover.out | tail -1
 
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 lint: vet fmt-check
+	$(GO) run $(STATICCHECK) ./...
 
 # Side-by-side comparison with peers (own module; ~15 minutes; run by hand).
 bench-peers:

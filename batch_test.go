@@ -215,7 +215,7 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 	relStart(t, b)
 
 	gate.hold(t, b)
-	var broken, flaky []*eventbus.ChannelContext
+	var broken []*eventbus.ChannelContext
 	for seq := uint64(1); seq <= 3; seq++ {
 		c := newCallerEvent(eventbus.EventChannelStore, "broken", seq)
 		broken = append(broken, c.ev)
@@ -223,7 +223,6 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 	}
 	for seq := uint64(1); seq <= 2; seq++ {
 		c := newCallerEvent(eventbus.EventChannelStore, "flaky", seq)
-		flaky = append(flaky, c.ev)
 		relAdd(t, b, c.ev)
 	}
 	close(gate.release)

@@ -278,13 +278,6 @@ func BenchmarkFollowOn(b *testing.B) {
 	}
 }
 
-// flowWork is the work both the bus flow and the channel baseline do per
-// message: a sequence number per channel, then one push per subscriber.
-type flowWork struct {
-	seq       map[string]uint64 // touched by one goroutine per channel shard
-	delivered atomic.Int64
-}
-
 // BenchmarkFlow measures the full IM flow, OnSend → ChannelDistribute
 // (batched) → PushOnline to 10 subscribers, against a hand-written
 // pipeline of channels and goroutines doing the same work.

@@ -202,7 +202,7 @@ func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
 // TryAddEvent is AddEvent that never waits: ErrQueueFull when the shard is
 // full. It takes no context, so it is never a follow-on add.
 func (b *Bus) TryAddEvent(ev Event) error {
-	return b.add(nil, ev, false)
+	return b.add(context.Background(), ev, false)
 }
 
 func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
@@ -213,11 +213,12 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if err != nil {
 		return err
 	}
-	var c *callCtx
-	if ctx != nil {
-		if c = callOf(ctx); c != nil && (c.bus() != b || !c.running()) {
-			c = nil
-		}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	c := callOf(ctx)
+	if c != nil && (c.bus() != b || !c.running()) {
+		c = nil
 	}
 	if c == nil && b.life.Closing() {
 		return ErrClosed
@@ -230,11 +231,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 		return err
 	}
 	if b.admit != nil {
-		actx := ctx
-		if actx == nil {
-			actx = context.Background()
-		}
-		if err := b.admit(actx, ev); err != nil {
+		if err := b.admit(ctx, ev); err != nil {
 			p.rejected.Add(1)
 			return err
 		}
@@ -243,12 +240,9 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}
-	var waitCtx context.Context
+	var waitCtx context.Context // nil: never wait
 	if wait {
 		waitCtx = ctx
-		if waitCtx == nil {
-			waitCtx = context.Background()
-		}
 	}
 	var parent engine.Parent
 	if c != nil {

@@ -119,7 +119,8 @@ func TestRunBadInput(t *testing.T) {
 	assert.Equal(t, []string{"a"}, c.list())
 
 	// A nil ctx is Background.
-	res = eventbustest.Run(nil, onSend("u"), func(ctx context.Context, _ *eventbus.UserContext) error { //nolint:staticcheck // nil ctx on purpose
+	//lint:ignore SA1012 a nil ctx on purpose
+	res = eventbustest.Run(nil, onSend("u"), func(ctx context.Context, _ *eventbus.UserContext) error {
 		if ctx == nil {
 			return errors.New("nil ctx")
 		}

@@ -319,7 +319,7 @@ func (e *Engine[E]) IsWorker(id int64) bool {
 func (e *Engine[E]) Barrier() {
 	for _, s := range e.shards {
 		s.mu.Lock()
-		//nolint:staticcheck // an empty critical section is the point
+		//lint:ignore SA2001 an empty critical section is the point: it waits for the holder
 		s.mu.Unlock()
 	}
 }

@@ -58,9 +58,6 @@ func (l *Lifecycle) BeginClose() {
 	})
 }
 
-// ClosingChan is closed by BeginClose.
-func (l *Lifecycle) ClosingChan() <-chan struct{} { return l.closingCh }
-
 // Stop lets workers exit once their shard is empty.
 func (l *Lifecycle) Stop() { l.stopOnce.Do(func() { close(l.stopCh) }) }
 
