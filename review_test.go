@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"testing"
@@ -365,4 +366,72 @@ func TestReviewTypedNilConnIsBadInput(t *testing.T) {
 	err = bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn})
 	require.ErrorIs(t, err, eventbus.ErrNilEvent)
 	require.Zero(t, bus.Stats().User.Added)
+}
+
+// countingGoexitSink counts dead letters per event and calls runtime.Goexit
+// on the first one, as a sink using t.FailNow would.
+type countingGoexitSink struct {
+	once sync.Once
+	mu   sync.Mutex
+	seen map[eventbus.Event]int
+}
+
+func (s *countingGoexitSink) DeadLetter(d *eventbus.DeadLetter) {
+	s.mu.Lock()
+	s.seen[d.Event]++
+	s.mu.Unlock()
+	s.once.Do(runtime.Goexit)
+}
+
+// TestReviewGoexitInSinkDuringAbort: a sink that calls runtime.Goexit on a
+// worker, while the worker dead-letters what it holds after Close gave up,
+// neither loses nor repeats a dead letter: every event ends exactly once.
+func TestReviewGoexitInSinkDuringAbort(t *testing.T) {
+	sink := &countingGoexitSink{seen: map[eventbus.Event]int{}}
+	bus := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	first, second := newReviewGate(t), newReviewGate(t)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		switch ev.Frame {
+		case "first":
+			first.hold(ctx)
+		case "second":
+			second.hold(ctx)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	add := func(uid string, frame any) *eventbus.UserContext {
+		ev := userEvent(eventbus.EventOnSend, uid)
+		ev.Frame = frame
+		require.NoError(t, bus.AddEvent(context.Background(), ev))
+		return ev
+	}
+	add("u", "first")
+	reviewRecv(t, first.entered, 5*time.Second, "first handler start")
+	// These queue while the worker is held, so that it takes them all in
+	// its next batch: they are in its hands, not in the FIFO, when Close
+	// gives up during the second hold.
+	add("u", "second")
+	var queued []*eventbus.UserContext
+	for i := range 5 {
+		queued = append(queued, add(fmt.Sprint("k", i), nil))
+	}
+	first.open()
+	reviewRecv(t, second.entered, 5*time.Second, "second handler start")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, bus.Close(expired), &ce)
+	second.open()
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for i, ev := range queued {
+		assert.Equal(t, 1, sink.seen[ev], "queued event %d dead-lettered %d times", i, sink.seen[ev])
+	}
+	s := bus.Stats().User
+	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered, "%+v", s)
+	assert.Equal(t, uint64(len(queued)), s.DeadLettered)
 }

@@ -404,20 +404,43 @@ func (w *worker[E]) publishLocked() {
 }
 
 // abortAll dead-letters everything the worker holds or could still take,
-// stops the shard and publishes the result.
+// stops the shard and publishes the result. Each item leaves the worker's
+// state before the sink sees it, so that if the sink calls runtime.Goexit
+// the replacement goroutine carries on without repeating or losing one.
 func (w *worker[E]) abortAll() {
 	closed := w.e.cfg.ErrClosed
-	for ; w.pos < len(w.batch); w.pos++ {
-		it := &w.batch[w.pos]
-		if w.anyTaken && w.taken[w.pos] {
-			continue
+	s := w.s
+	for {
+		for w.pos < len(w.batch) {
+			i := w.pos
+			w.pos++
+			if w.anyTaken && w.taken[i] {
+				continue
+			}
+			it := w.batch[i]
+			w.finish(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, Verdict{Outcome: Dead, Err: closed})
 		}
-		w.finish(&Unit[E]{Items: []Item[E]{*it}, Event: it.Event}, Verdict{Outcome: Dead, Err: closed})
+		// Then whatever is still queued, unless Close's Abort took it.
+		s.mu.Lock()
+		s.stopped = true
+		queued := s.items
+		s.items = nil
+		s.mu.Unlock()
+		if len(queued) == 0 {
+			break
+		}
+		clear(w.batch)
+		w.batch, w.pos = queued, 0
+		if w.anyTaken {
+			clear(w.taken)
+			w.anyTaken = false
+		}
 	}
-	clear(w.batch)
-	w.batch, w.pos = w.batch[:0], 0
 	for key, pk := range w.parked {
-		for _, u := range pk.units {
+		for len(pk.units) > 0 {
+			u := pk.units[0]
+			pk.units[0] = nil
+			pk.units = pk.units[1:]
 			err := closed
 			if u.Err != nil {
 				err = errors.Join(closed, u.Err)
@@ -429,16 +452,6 @@ func (w *worker[E]) abortAll() {
 	w.pub.retrying.Store(0)
 	w.pub.followers.Store(0)
 	w.due = w.due[:0]
-
-	s := w.s
-	s.mu.Lock()
-	stolen := s.items
-	s.items = nil
-	s.stopped = true
-	s.mu.Unlock()
-	for i := range stolen {
-		w.finish(&Unit[E]{Items: stolen[i : i+1], Event: stolen[i].Event}, Verdict{Outcome: Dead, Err: closed})
-	}
 	s.mu.Lock()
 	w.publishLocked()
 	s.mu.Unlock()
