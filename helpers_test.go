@@ -66,3 +66,39 @@ func (s *sinkRecorder) all() []*eventbus.DeadLetter {
 func userEvent(t eventbus.EventType, uid string) *eventbus.UserContext {
 	return &eventbus.UserContext{EventType: t, Conn: &testConn{uid: uid}}
 }
+
+// obsRecorder keeps every observation.
+type obsRecorder struct {
+	mu  sync.Mutex
+	obs []eventbus.Observation
+}
+
+func (r *obsRecorder) Observe(o eventbus.Observation) {
+	r.mu.Lock()
+	r.obs = append(r.obs, o)
+	r.mu.Unlock()
+}
+
+func (r *obsRecorder) of(typ eventbus.EventType) []eventbus.Observation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []eventbus.Observation
+	for _, o := range r.obs {
+		if o.Type == typ {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (r *obsRecorder) outcome(out eventbus.Outcome) []eventbus.Observation {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var res []eventbus.Observation
+	for _, o := range r.obs {
+		if o.Outcome == out {
+			res = append(res, o)
+		}
+	}
+	return res
+}

@@ -3,7 +3,6 @@ package eventbus_test
 import (
 	"context"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,30 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// obsRecorder keeps every observation.
-type obsRecorder struct {
-	mu  sync.Mutex
-	obs []eventbus.Observation
-}
-
-func (r *obsRecorder) Observe(o eventbus.Observation) {
-	r.mu.Lock()
-	r.obs = append(r.obs, o)
-	r.mu.Unlock()
-}
-
-func (r *obsRecorder) of(typ eventbus.EventType) []eventbus.Observation {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []eventbus.Observation
-	for _, o := range r.obs {
-		if o.Type == typ {
-			out = append(out, o)
-		}
-	}
-	return out
-}
 
 // busyFor spins for d: a handler doing d of work.
 func busyFor(d time.Duration) {

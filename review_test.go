@@ -47,30 +47,6 @@ func (g *reviewGate) hold(ctx context.Context) {
 	<-g.release
 }
 
-// reviewObs keeps every observation.
-type reviewObs struct {
-	mu  sync.Mutex
-	obs []eventbus.Observation
-}
-
-func (r *reviewObs) Observe(o eventbus.Observation) {
-	r.mu.Lock()
-	r.obs = append(r.obs, o)
-	r.mu.Unlock()
-}
-
-func (r *reviewObs) outcome(out eventbus.Outcome) []eventbus.Observation {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var res []eventbus.Observation
-	for _, o := range r.obs {
-		if o.Outcome == out {
-			res = append(res, o)
-		}
-	}
-	return res
-}
-
 // chanSink sends every dead letter on a channel.
 type chanSink chan *eventbus.DeadLetter
 
@@ -179,7 +155,7 @@ func TestReviewFollowOnDecidedBeforeAdmit(t *testing.T) {
 // OutcomeDeadLettered observation with Events = 2 and the Type of the first
 // event only: the RecvAck dead letter is reported as an OnSend one.
 func TestReviewAbortObservesQueuedEventsAsOne(t *testing.T) {
-	obs := &reviewObs{}
+	obs := &obsRecorder{}
 	sink := &sinkRecorder{}
 	bus := newBus(t, eventbus.WithObserver(obs), eventbus.WithDeadLetter(sink),
 		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
