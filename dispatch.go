@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"runtime/debug"
 	"time"
 
@@ -86,7 +87,7 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bo
 	defer cancel()
 	// A handler that ignores its context cannot be stopped; say so once it
 	// has overstayed twice its timeout.
-	slow := time.AfterFunc(2*d, func() {
+	slow := time.AfterFunc(min(d, math.MaxInt64/2)*2, func() {
 		p.bus.log.Warn("eventbus: handler still running after twice its timeout",
 			"pool", string(p.kind), "type", p.bus.TypeName(c.typ),
 			"handler", h.name, "timeout", d)

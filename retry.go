@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -59,11 +60,21 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 func (p RetryPolicy) backoff(failed int) time.Duration {
 	d := p.InitialBackoff
 	for i := 1; i < failed && d < p.MaxBackoff; i++ {
+		if d > math.MaxInt64/2 {
+			d = math.MaxInt64
+			break
+		}
 		d *= 2
 	}
 	d = min(d, p.MaxBackoff)
 	if p.Jitter > 0 {
-		d += time.Duration((rand.Float64()*2 - 1) * p.Jitter * float64(d))
+		// In floating point, so that huge backoffs cannot overflow.
+		j := float64(d) * (1 + (rand.Float64()*2-1)*p.Jitter)
+		if j >= math.MaxInt64 { // float64(MaxInt64) is 2^63: out of range
+			d = math.MaxInt64
+		} else {
+			d = time.Duration(j)
+		}
 	}
 	return max(d, 0)
 }

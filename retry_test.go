@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -618,4 +619,43 @@ func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
 	assert.EqualValues(t, 1, s.DeadLettered)
 	relRest(t, "user", s)
 	relClose(t, b)
+}
+
+// TestRetryBackoffNeverOverflows: huge backoffs (centuries) stay positive
+// and capped, with jitter, instead of wrapping into an immediate retry.
+// With Jitter 1 half the draws push the wait above the largest Duration, so
+// 20 keys make a missed overflow a one-in-a-million event.
+func TestRetryBackoffNeverOverflows(t *testing.T) {
+	const keys = 20
+	huge := time.Duration(math.MaxInt64 - 1)
+	bus := newBus(t,
+		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 5, InitialBackoff: huge, MaxBackoff: huge, Jitter: 1}),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	attempts := make(chan int, 4*keys)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		attempts <- info.Attempt
+		return errors.New("fail")
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	for k := range keys {
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprint("u", k))))
+	}
+	for range keys {
+		require.Equal(t, 1, <-attempts)
+	}
+	// The retries wait (practically) forever; none may come at once.
+	// WaitIdle with a short deadline shows the events parked, not spinning.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, bus.WaitIdle(ctx), context.DeadlineExceeded)
+	require.Len(t, attempts, 0, "a retry came at once: the backoff overflowed")
+	require.Equal(t, int64(keys), bus.Stats().User.Retrying)
+	// Close gives up on the parked retries at once instead of waiting.
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelClose()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, bus.Close(closeCtx), &ce)
+	require.Equal(t, keys, ce.Left)
 }
