@@ -254,6 +254,8 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 	assert.EqualValues(t, 6, s.Added)
 	assert.EqualValues(t, 3, s.Handled, "gate + the two flaky originals")
 	assert.EqualValues(t, 3, s.DeadLettered)
+	assert.EqualValues(t, 3*2+2*1, s.Failed, "failed attempts count original events: broken 3×2, flaky 2×1")
+	assert.EqualValues(t, 3+2, s.Retried, "retries count original events")
 	relRest(t, "channel", s)
 }
 

@@ -18,7 +18,8 @@ type PoolStats struct {
 	Queued, InFlight, Retrying, Overflow int64
 	// Added events were accepted. Each ends Handled, Stopped or
 	// DeadLettered. Failed counts failed attempts, Retried the retries they
-	// caused; Panics and Timeouts are failed attempts of those kinds.
+	// caused; Panics and Timeouts are failed attempts of those kinds. All
+	// count original events: a failing batch of n events counts n.
 	// Rejected counts adds refused by the WithAdmit function.
 	Added, Handled, Stopped, Failed, Retried, DeadLettered, Panics, Timeouts, Rejected uint64
 	// Latency of one pass of the chain, from a sample of runs.

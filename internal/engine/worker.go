@@ -226,25 +226,27 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 	return v
 }
 
-func (w *worker[E]) count(v Verdict) {
+// count records the failure kind of a run, once per original event: a
+// failing batch of n events counts n failed attempts.
+func (w *worker[E]) count(v Verdict, n uint64) {
 	if !v.Failed {
 		return
 	}
-	w.pub.failed.Add(1)
+	w.pub.failed.Add(n)
 	if v.Panicked {
-		w.pub.panics.Add(1)
+		w.pub.panics.Add(n)
 	}
 	if v.TimedOut {
-		w.pub.timeouts.Add(1)
+		w.pub.timeouts.Add(n)
 	}
 	if v.Outcome == Retry {
-		w.pub.retried.Add(1)
+		w.pub.retried.Add(n)
 	}
 }
 
 // settle records the verdict of a unit taken from the batch.
 func (w *worker[E]) settle(u *Unit[E], v Verdict) {
-	w.count(v)
+	w.count(v, uint64(len(u.Items)))
 	if v.Outcome != Retry {
 		w.finish(u, v)
 		return
@@ -258,7 +260,7 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 
 // settleParked records the verdict of the head unit of a parked key.
 func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Verdict) {
-	w.count(v)
+	w.count(v, uint64(len(u.Items)))
 	n := int64(len(u.Items))
 	if v.Outcome == Retry {
 		if !pk.retrying {
