@@ -101,6 +101,11 @@ func New(opts ...Option) (*Bus, error) {
 	for _, p := range b.pools {
 		b.engines = append(b.engines, p.eng)
 	}
+	for _, d := range cfg.defines {
+		if err := b.Define(d.t, d.pool, d.name); err != nil {
+			return nil, err
+		}
+	}
 	return b, nil
 }
 

@@ -83,7 +83,14 @@ type config struct {
 	admit    func(context.Context, Event) error
 	logger   *slog.Logger
 	observer Observer
+	defines  []definition
 	errs     []error
+}
+
+type definition struct {
+	t    EventType
+	pool Pool
+	name string
 }
 
 // WithUserPool configures the user pool.
@@ -155,4 +162,11 @@ func WithLogger(l *slog.Logger) Option {
 // WithObserver sets a hook told about every run of a chain.
 func WithObserver(obs Observer) Option {
 	return optionFunc(func(cfg *config) { cfg.observer = obs })
+}
+
+// WithDefine declares event type t for pool p under name, as Bus.Define
+// does, when the bus is built: handy where the bus is started right away,
+// as eventbustest.NewBus does. New returns Define's error, if any.
+func WithDefine(t EventType, p Pool, name string) Option {
+	return optionFunc(func(cfg *config) { cfg.defines = append(cfg.defines, definition{t, p, name}) })
 }

@@ -339,3 +339,29 @@ func TestRegistryDefine(t *testing.T) {
 	defer mu.Unlock()
 	assert.ElementsMatch(t, []string{"pusher/Webhook", "user/Presence"}, handled)
 }
+
+// TestRegistryWithDefine: WithDefine declares a type when the bus is built,
+// with Define's rules and errors.
+func TestRegistryWithDefine(t *testing.T) {
+	bus := newBus(t, eventbus.WithDefine(42, eventbus.PoolChannel, "Archive"))
+	assert.Equal(t, "Archive", bus.TypeName(42))
+	got := make(chan string, 1)
+	_, err := eventbus.Register(bus, 42, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		got <- ev.ChannelID
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.ChannelContext{EventType: 42, ChannelID: "g1"}))
+	select {
+	case id := <-got:
+		assert.Equal(t, "g1", id)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the defined type's handler never ran")
+	}
+
+	_, err = eventbus.New(eventbus.WithDefine(12, eventbus.PoolUser, "Wrong"))
+	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "1–29 keep their range's pool")
+	_, err = eventbus.New(eventbus.WithDefine(eventbus.EventOnSend, eventbus.PoolUser, "Again"))
+	assert.Error(t, err, "built-in types cannot be redefined")
+}

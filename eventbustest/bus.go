@@ -50,8 +50,8 @@ type Bus struct {
 //     dead-letter report and no worker outlives the test (goleak).
 //
 // An invalid option or a failing Start ends the test with t.Fatalf.
-// Event types of your own must be defined before Start: use
-// NewUnstartedBus for them.
+// Event types of your own must be defined before Start: pass
+// eventbus.WithDefine among opts, or use NewUnstartedBus and Bus.Define.
 func NewBus(t testing.TB, opts ...eventbus.Option) *Bus {
 	t.Helper()
 	b := NewUnstartedBus(t, opts...)
