@@ -39,7 +39,6 @@ func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error),
 		Batching:  batching,
 		Shards:    cfg.Workers,
 		QueueSize: cfg.QueueSize,
-		Tag:       uint64(kind.index()),
 		ErrClosed: ErrClosed,
 	}, p, b.life)
 	return p

@@ -90,7 +90,6 @@ type Config struct {
 	Batching  bool
 	Shards    int
 	QueueSize int // per shard
-	Tag       uint64
 	// ErrClosed is the error dead letters carry when the bus aborts.
 	ErrClosed error
 	// SampleEvery makes workers time one unit in SampleEvery for latency
@@ -130,7 +129,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	e.shards = make([]*shard[E], cfg.Shards)
 	e.workers = make([]*worker[E], cfg.Shards)
 	for i := range e.shards {
-		s := &shard[E]{idx: uint64(i), wake: make(chan struct{}, 1)}
+		s := &shard[E]{wake: make(chan struct{}, 1)}
 		e.shards[i] = s
 		e.workers[i] = newWorker(e, s, i)
 	}

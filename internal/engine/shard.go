@@ -14,7 +14,6 @@ type shard[E any] struct {
 	// occupied counts items accepted and not yet completed: queued, in the
 	// worker's hands or parked for a retry. Capacity is checked against it.
 	occupied     int
-	idx          uint64
 	sleeping     bool // the worker waits on wake
 	stopped      bool // the worker is gone: refuse everything
 	spaceWaiters int
