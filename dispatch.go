@@ -153,6 +153,15 @@ func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
 	return v
 }
 
+// current returns the handler the unit is at (the one that failed or
+// stopped it), or nil when its chain has not started or has ended.
+func current(u *engine.Unit[Event]) *handlerEntry {
+	if ch, _ := u.Chain.(*chain); ch != nil && u.Index < len(ch.handlers) {
+		return &ch.handlers[u.Index]
+	}
+	return nil
+}
+
 func closedErr(last error) error {
 	if last == nil {
 		return ErrClosed
@@ -164,8 +173,8 @@ func closedErr(last error) error {
 func (p *pool) DeadLetter(u *engine.Unit[Event], err error) {
 	b := p.bus
 	name, attempts := "", 0
-	if ch, _ := u.Chain.(*chain); ch != nil && u.Err != nil && u.Index < len(ch.handlers) {
-		name, attempts = ch.handlers[u.Index].name, u.Attempt
+	if h := current(u); h != nil && u.Err != nil {
+		name, attempts = h.name, u.Attempt
 	}
 	now := time.Now()
 	for i := range u.Items {
@@ -196,8 +205,8 @@ func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, queued time.Dura
 	case engine.Dead:
 		o.Outcome, o.Err = OutcomeDeadLettered, v.Err
 	}
-	if ch, _ := u.Chain.(*chain); ch != nil && v.Outcome != engine.Handled && u.Index < len(ch.handlers) {
-		o.Handler = ch.handlers[u.Index].name
+	if h := current(u); h != nil && v.Outcome != engine.Handled {
+		o.Handler = h.name
 	}
 	p.bus.safely("observer", func() { p.bus.observer.Observe(o) })
 }
