@@ -26,6 +26,16 @@ func reportRate(b *testing.B, events int, elapsed time.Duration) {
 	b.ReportMetric(float64(events)/elapsed.Seconds(), "events/s")
 }
 
+// reportHandled ends a timed region that took elapsed: it reports the rate,
+// stops the timer and checks that handled counted all b.N events.
+func reportHandled(b *testing.B, elapsed time.Duration, handled *atomic.Int64) {
+	reportRate(b, b.N, elapsed)
+	b.StopTimer()
+	if handled.Load() != int64(b.N) {
+		b.Fatalf("handled %d of %d", handled.Load(), b.N)
+	}
+}
+
 // benchBus builds a started bus whose OnSend handler counts calls.
 func benchBus(b *testing.B, opts ...eventbus.Option) (*eventbus.Bus, *atomic.Int64) {
 	b.Helper()
@@ -74,11 +84,7 @@ func addAll(b *testing.B, bus *eventbus.Bus, handled *atomic.Int64, evs []*event
 		}
 	}
 	waitIdle(b, bus)
-	reportRate(b, b.N, time.Since(start))
-	b.StopTimer()
-	if handled.Load() != int64(b.N) {
-		b.Fatalf("handled %d of %d", handled.Load(), b.N)
-	}
+	reportHandled(b, time.Since(start), handled)
 }
 
 // BenchmarkAdd measures add → handled with one producer, for one key and
@@ -162,11 +168,7 @@ func BenchmarkDrain(b *testing.B) {
 		waitIdle(b, bus)
 		elapsed += time.Since(start)
 	}
-	reportRate(b, b.N, elapsed)
-	b.StopTimer()
-	if handled.Load() != int64(b.N) {
-		b.Fatalf("handled %d of %d", handled.Load(), b.N)
-	}
+	reportHandled(b, elapsed, &handled)
 }
 
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
@@ -198,11 +200,7 @@ func BenchmarkProducers(b *testing.B) {
 			}
 			wg.Wait()
 			waitIdle(b, bus)
-			reportRate(b, b.N, time.Since(start))
-			b.StopTimer()
-			if handled.Load() != int64(b.N) {
-				b.Fatalf("handled %d of %d", handled.Load(), b.N)
-			}
+			reportHandled(b, time.Since(start), handled)
 		})
 	}
 }
