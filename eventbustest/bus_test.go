@@ -58,10 +58,7 @@ func TestNewBusClosesAtCleanup(t *testing.T) {
 func TestNewBusReportsUnexpectedDeadLetters(t *testing.T) {
 	f := &fakeTB{}
 	b := eventbustest.NewBus(f, noRetry)
-	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
-	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
-	letters, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
-	require.NoError(t, err)
+	letters := deadLetterOne(t, b)
 	require.Len(t, letters, 1)
 	assert.Equal(t, "store", letters[0].Handler)
 	assert.Equal(t, 1, letters[0].Attempts)
@@ -80,10 +77,7 @@ func TestNewBusExpectedDeadLetters(t *testing.T) {
 	f := &fakeTB{}
 	b := eventbustest.NewBus(f, noRetry)
 	b.ExpectDeadLetters()
-	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
-	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
-	_, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
-	require.NoError(t, err)
+	deadLetterOne(t, b)
 	f.finish()
 	assert.Empty(t, f.errors())
 	assert.Empty(t, f.fatalErrors())
@@ -123,10 +117,7 @@ func TestNewBusLogsThroughT(t *testing.T) {
 	f := &fakeTB{}
 	b := eventbustest.NewBus(f, noRetry)
 	b.ExpectDeadLetters()
-	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
-	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
-	_, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
-	require.NoError(t, err)
+	deadLetterOne(t, b)
 	f.finish()
 	logs := joined(f.logLines())
 	assert.Contains(t, logs, `msg="eventbus: handler failed"`)
@@ -164,10 +155,7 @@ func TestNewBusKeepsUserLogger(t *testing.T) {
 	var c capture
 	b := eventbustest.NewBus(f, noRetry, eventbus.WithLogger(slog.New(&c)))
 	b.ExpectDeadLetters()
-	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
-	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
-	_, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
-	require.NoError(t, err)
+	deadLetterOne(t, b)
 	f.finish()
 	assert.Empty(t, f.logLines())
 	c.mu.Lock()
@@ -179,10 +167,7 @@ func TestNewBusOverridesDeadLetterSink(t *testing.T) {
 	ring := eventbus.NewDeadLetterRing(8)
 	b := eventbustest.NewBus(t, noRetry, eventbus.WithDeadLetter(ring))
 	b.ExpectDeadLetters()
-	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
-	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
-	_, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
-	require.NoError(t, err)
+	deadLetterOne(t, b)
 	assert.Zero(t, ring.Total(), "NewBus's sink replaces one given in opts, as documented")
 }
 
@@ -260,4 +245,15 @@ func TestSettleFailsWhenNotIdle(t *testing.T) {
 	b.Timeout = 0 // DefaultTimeout for the Close at cleanup
 	f.finish()
 	assert.Empty(t, f.errors())
+}
+
+// deadLetterOne registers a "store" handler that always fails on b, adds
+// one event and waits for its dead letter (NewBus's sink records it).
+func deadLetterOne(t *testing.T, b *eventbustest.Bus) []*eventbus.DeadLetter {
+	t.Helper()
+	register(t, b, "store", func(context.Context, *eventbus.UserContext) error { return errors.New("db down") })
+	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
+	letters, err := b.WaitDeadLetters(within(t, 5*time.Second), 1)
+	require.NoError(t, err)
+	return letters
 }
