@@ -171,6 +171,53 @@ func BenchmarkDrain(b *testing.B) {
 	reportHandled(b, elapsed, &handled)
 }
 
+// BenchmarkDrainBatched is BenchmarkDrain for the channel pool with
+// WithBatch: events of one channel pile up while the worker is held, then
+// it drains them merging up to batch adjacent events per handler call.
+// ns/event is per original event.
+func BenchmarkDrainBatched(b *testing.B) {
+	const round, batch = 1 << 16, 64
+	bus := newBus(b, eventbus.WithBatch(eventbus.EventChannelStore, batch),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1, QueueSize: round + 1}))
+	var handled atomic.Int64
+	hold := make(chan chan struct{}, 1)
+	must(b, regChannel(bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		handled.Add(int64(len(ev.Messages)))
+		return nil
+	}))
+	must(b, regChannel(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		release := <-hold
+		<-release
+		return nil
+	}))
+	must(b, bus.Start())
+	msg := []*eventbus.Message{{ChannelID: "g", ChannelType: 2, Payload: []byte("hi")}}
+	gate := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2}
+	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g", ChannelType: 2, Messages: msg}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	var elapsed time.Duration
+	for done := 0; done < b.N; done += round {
+		n := min(round, b.N-done)
+		b.StopTimer()
+		release := make(chan struct{})
+		hold <- release
+		must(b, bus.AddEvent(ctx, gate)) // holds the worker
+		for range n {
+			if err := bus.AddEvent(ctx, ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		close(release)
+		waitIdle(b, bus)
+		elapsed += time.Since(start)
+	}
+	reportHandled(b, elapsed, &handled)
+}
+
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
 // goroutines, each adding events of its own 64 keys.
 func BenchmarkProducers(b *testing.B) {

@@ -167,10 +167,34 @@ const scanWindow = 4096
 // gather merges into u the items of head's key that follow it in the batch,
 // up to limit, stopping at the first one the dispatcher will not merge.
 // Items of other keys are skipped: merging them ahead changes no key's order.
+//
+// A run of mergeable items right after head (one busy key) becomes the
+// unit as a sub-slice of the batch, with no copy; items found past an item
+// of another key are copied into w.group and marked taken.
 func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
-	w.group = append(w.group[:0], *head)
-	end := min(len(w.batch), w.pos+scanWindow)
-	for j := w.pos; j < end && len(w.group) < limit; j++ {
+	start := w.pos - 1 // head's index
+	end := min(len(w.batch), start+scanWindow)
+	j := w.pos
+	for j < end && j-start < limit {
+		it := &w.batch[j]
+		if (w.anyTaken && w.taken[j]) || it.Key != head.Key || !w.e.d.Mergeable(head, it) {
+			break
+		}
+		j++
+	}
+	if j == end || j-start == limit || w.batch[j].Key == head.Key {
+		// The run is the whole unit: limit reached, end of the window or a
+		// same-key item that does not merge (nothing after it may join).
+		if j-start > 1 {
+			u.Items = w.batch[start:j:j]
+			w.pos = j
+			w.e.d.Merge(u)
+		}
+		return
+	}
+	w.group = append(w.group[:0], w.batch[start:j]...)
+	w.pos = j
+	for ; j < end && len(w.group) < limit; j++ {
 		it := &w.batch[j]
 		if (w.anyTaken && w.taken[j]) || it.Key != head.Key {
 			continue
