@@ -218,12 +218,17 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if err != nil {
 		return err
 	}
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	c := callOf(ctx)
-	if c != nil && (c.bus() != b || !c.running()) {
-		c = nil
+	var c *callCtx
+	var values context.Context // nil: no values, the common case
+	switch ctx {
+	case nil:
+		ctx = background
+	case background:
+	default:
+		c, values = callOf(ctx), valuesOf(ctx)
+		if c != nil && (c.bus() != b || !c.running()) {
+			c = nil
+		}
 	}
 	if c == nil && b.life.Closing() {
 		return ErrClosed
@@ -241,7 +246,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 			return err
 		}
 	}
-	it := engine.Item[Event]{Event: ev, Ctx: valuesOf(ctx), Key: key}
+	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key}
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}
@@ -264,6 +269,10 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 		return ErrClosed
 	}
 }
+
+// background is compared with producers' contexts: the common case needs
+// neither a handler-context lookup nor values.
+var background = context.Background()
 
 // route finds the pool of ev and checks its type.
 func (b *Bus) route(ev Event) (*pool, EventType, error) {
