@@ -240,9 +240,10 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 	w.sample++
 	if w.sample >= w.e.cfg.SampleEvery {
 		w.sample = 0
-		start := time.Now()
+		// Monotonic readings only: time.Now also reads the wall clock.
+		start := w.e.Since()
 		v = w.e.d.Run(w.id, u)
-		w.lat.record(time.Since(start))
+		w.lat.record(w.e.Since() - start)
 	} else {
 		v = w.e.d.Run(w.id, u)
 	}
