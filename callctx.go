@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // CallInfo describes the handler call a context belongs to.
@@ -43,22 +44,58 @@ type callInfoKey struct{}
 // callCtx is the context of one handler attempt. It takes its values from
 // the producer's context (without its cancellation) and its cancellation
 // from the bus's abort signal. Each attempt gets its own callCtx, never
-// reused, so a context kept by a handler stays valid; they are carved from
-// per-worker slabs so that a dispatch does not allocate.
+// reused, so a context kept by a handler stays valid.
 //
-// It is kept small (one slab block serves many calls): CallInfo is built
-// from it on demand.
+// Contexts are carved from per-worker blocks (ctxBlock), so that a dispatch
+// does not allocate, and hold no pointer: what they share (the pool, the
+// producers' values) is in their block's header, and the handler's name is
+// found by its registration id. The garbage collector then never scans
+// them and storing them needs no write barrier, which is most of what a
+// handler context costs (see ctxBlock).
 type callCtx struct {
-	pool    *pool
-	values  context.Context // producer's context, wrapped WithoutCancel; may be nil
-	handler *handlerEntry
 	eventID uint64
+	handler uint64 // registration id of the handler: Bus.names has its name
 	index   int32
 	attempt int32
-	typ     EventType
-	// returned is set once the handler returns. Slab memory starts zeroed,
-	// so a fresh context counts as running without a store.
+	slot    uint32 // index in the block's ctxs, to find the block
+	// returned is set once the handler returns. Block memory starts
+	// zeroed, so a fresh context counts as running without a store.
 	returned atomic.Bool
+	typ      EventType
+}
+
+// ctxBlock is a block of handler contexts carved by one worker of one pool.
+// Its only pointers are the two header words, so the garbage collector
+// scans 16 bytes of it whatever its size. A handler that keeps a context
+// keeps its whole block alive (about 10 KiB).
+type ctxBlock struct {
+	pool *pool
+	// values holds the producers' contexts, by slot; made the first time
+	// a context of the block has values (most producers pass Background).
+	// Atomic: kept contexts of the block read it while the worker sets it.
+	values atomic.Pointer[[ctxBlockSize]context.Context]
+	ctxs   [ctxBlockSize]callCtx
+}
+
+const ctxBlockSize = 256
+
+// block returns the block c was carved from. c lies in block.ctxs at
+// c.slot, so the block starts at a fixed distance before c, inside the
+// same allocation.
+func (c *callCtx) block() *ctxBlock {
+	first := unsafe.Add(unsafe.Pointer(c), -int(c.slot)*int(unsafe.Sizeof(callCtx{})))
+	return (*ctxBlock)(unsafe.Add(first, -int(unsafe.Offsetof(ctxBlock{}.ctxs))))
+}
+
+func (c *callCtx) pool() *pool { return c.block().pool }
+
+// values returns the producer's context the handler takes its values from,
+// or nil.
+func (c *callCtx) values() context.Context {
+	if vs := c.block().values.Load(); vs != nil {
+		return vs[c.slot]
+	}
+	return nil
 }
 
 // running reports whether the handler the context was made for has not
@@ -69,11 +106,12 @@ func (c *callCtx) running() bool { return !c.returned.Load() }
 func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
-	return CallInfo{Pool: c.pool.kind, Type: c.typ, Handler: c.handler.name,
+	p := c.pool()
+	return CallInfo{Pool: p.kind, Type: c.typ, Handler: p.bus.handlerName(c.handler),
 		Index: int(c.index), Attempt: int(c.attempt), EventID: c.eventID}
 }
 
-func (c *callCtx) bus() *Bus { return c.pool.bus }
+func (c *callCtx) bus() *Bus { return c.pool().bus }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
 func (c *callCtx) Done() <-chan struct{}       { return c.bus().life.AbortContext().Done() }
@@ -83,10 +121,10 @@ func (c *callCtx) Value(key any) any {
 	if _, ok := key.(callKey); ok {
 		return c
 	}
-	if c.values == nil {
-		return nil
+	if v := c.values(); v != nil {
+		return v.Value(key)
 	}
-	return c.values.Value(key)
+	return nil
 }
 
 // AfterFunc lets the context package attach derived contexts to the bus's
@@ -95,7 +133,9 @@ func (c *callCtx) AfterFunc(f func()) (stop func() bool) {
 	return context.AfterFunc(c.bus().life.AbortContext(), f)
 }
 
-func (c *callCtx) String() string { return "eventbus.handlerContext(" + c.handler.name + ")" }
+func (c *callCtx) String() string {
+	return "eventbus.handlerContext(" + c.bus().handlerName(c.handler) + ")"
+}
 
 // callOf finds the callCtx ctx is or derives from.
 func callOf(ctx context.Context) *callCtx {
@@ -119,7 +159,7 @@ func valuesOf(ctx context.Context) context.Context {
 		return nil
 	}
 	if c, ok := ctx.(*callCtx); ok {
-		return c.values
+		return c.values()
 	}
 	if ctx.Done() == nil {
 		return ctx
@@ -127,19 +167,32 @@ func valuesOf(ctx context.Context) context.Context {
 	return context.WithoutCancel(ctx)
 }
 
-// ctxSlab hands out callCtx values carved from larger blocks, one block
-// allocation per slabSize handler calls.
+// ctxSlab hands out one worker's handler contexts, a block at a time.
 type ctxSlab struct {
-	buf []callCtx
+	block *ctxBlock
+	n     int // contexts of block handed out
 }
 
-const slabSize = 256
-
-func (s *ctxSlab) next() *callCtx {
-	if len(s.buf) == 0 {
-		s.buf = make([]callCtx, slabSize)
+// next returns a fresh context for a call of p's handler. values is the
+// producer's context (nil for none).
+func (s *ctxSlab) next(p *pool, values context.Context) *callCtx {
+	if s.block == nil || s.n == ctxBlockSize {
+		s.block, s.n = &ctxBlock{pool: p}, 0
 	}
-	c := &s.buf[0]
-	s.buf = s.buf[1:]
+	c := &s.block.ctxs[s.n]
+	c.slot = uint32(s.n)
+	s.n++
+	if values != nil {
+		s.setValues(c, values)
+	}
 	return c
+}
+
+func (s *ctxSlab) setValues(c *callCtx, values context.Context) {
+	vs := s.block.values.Load()
+	if vs == nil {
+		vs = new([ctxBlockSize]context.Context)
+		s.block.values.Store(vs)
+	}
+	vs[c.slot] = values
 }

@@ -2,6 +2,9 @@ package eventbus_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,4 +126,70 @@ func TestHandlerCtxFromBackgroundHasNoValues(t *testing.T) {
 	assert.Nil(t, s.trace)
 	assert.NoError(t, s.err)
 	assert.Equal(t, eventbus.PoolUser, s.pool, "CallInfo is still there")
+}
+
+// TestKeptHandlerContextsStayTheirOwn keeps every handler context and reads
+// them from other goroutines while later events are handled: contexts of
+// one block are handed out while earlier ones are read, some with producer
+// values and some without. Each kept context must still report its own
+// call, its own producer's values, and no longer count as running.
+func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
+	const events = 3000 // spans several context blocks
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 2}))
+	type kept struct {
+		ctx context.Context
+		ev  *eventbus.UserContext
+	}
+	keptCh := make(chan kept, events)
+	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		keptCh <- kept{ctx, ev}
+		return nil
+	}, eventbus.WithName("keeper"))
+	relStart(t, b)
+
+	want := make(map[*eventbus.UserContext]any, events) // event -> trace value, nil for Background
+	evs := make([]*eventbus.UserContext, events)
+	for i := range evs {
+		evs[i] = userEvent(eventbus.EventOnSend, fmt.Sprintf("u%d", i%7))
+		if i%3 != 0 {
+			want[evs[i]] = i
+		} else {
+			want[evs[i]] = nil
+		}
+	}
+	var readers sync.WaitGroup
+	var ids sync.Map
+	var bad atomic.Int64
+	for range 4 {
+		readers.Go(func() {
+			for k := range keptCh {
+				for range 3 { // read while the worker carves the contexts after it
+					info, ok := eventbus.CallInfoFrom(k.ctx)
+					if !ok || info.Handler != "keeper" || info.Pool != eventbus.PoolUser ||
+						info.Type != eventbus.EventOnSend || info.Attempt != 1 ||
+						k.ctx.Value(traceKey{}) != want[k.ev] {
+						bad.Add(1)
+					}
+				}
+				info, _ := eventbus.CallInfoFrom(k.ctx)
+				if _, dup := ids.LoadOrStore(info.EventID, true); dup {
+					bad.Add(1)
+				}
+			}
+		})
+	}
+	for _, ev := range evs {
+		ctx := context.Background()
+		if v := want[ev]; v != nil {
+			ctx = context.WithValue(ctx, traceKey{}, v)
+		}
+		require.NoError(t, b.AddEvent(ctx, ev))
+	}
+	relIdle(t, b, 10*time.Second)
+	close(keptCh)
+	readers.Wait()
+	assert.Zero(t, bad.Load(), "kept contexts reported another call's info or values")
+	n := 0
+	ids.Range(func(any, any) bool { n++; return true })
+	assert.Equal(t, events, n, "one unique EventID per event")
 }
