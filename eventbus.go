@@ -40,7 +40,7 @@ type Bus struct {
 	// handler contexts (which hold no pointers). It keeps one entry per
 	// Register call for the bus's life.
 	names sync.Map
-	batch  [256]int
+	batch [256]int
 
 	state   atomic.Int32
 	life    *engine.Lifecycle
