@@ -77,9 +77,14 @@ type workload struct {
 	counts []int                      // events each producer adds
 	next   []*eventbus.ChannelContext // follow-on event per key
 
-	last       []atomic.Uint64 // ordered: last position handled, per key
+	last []atomic.Uint64 // ordered: last position handled, per key
+	// The counters every handler writes sit on a cache line of their own,
+	// away from the fields producers read (false sharing would slow every
+	// peer's producers alike, and blur the comparison).
+	_          [64]byte
 	violations atomic.Int64
 	handled    atomic.Int64
+	_          [64]byte
 	done       chan struct{} // closed by the handler of the last event
 
 	errOnce sync.Once
