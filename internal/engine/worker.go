@@ -392,7 +392,8 @@ func (w *worker[E]) refill() bool {
 		if idle {
 			l.notifyIdle()
 		}
-		if len(w.due) > 0 {
+		armed := len(w.due) > 0
+		if armed {
 			w.timer.Reset(time.Until(w.due[0].at))
 		}
 		// One channel wakes the worker for everything: new items (a
@@ -401,7 +402,9 @@ func (w *worker[E]) refill() bool {
 		// a select over four channels, and every reason is checked again
 		// at the top of the loop, so a stray token costs one loop.
 		<-s.wake
-		w.timer.Stop()
+		if armed { // a wake-up with no retry waiting skips the timer's lock
+			w.timer.Stop()
+		}
 	}
 }
 
