@@ -56,6 +56,11 @@
 // attempt of every handler. A handler's context carries the values, not
 // the cancellation, of the context given to AddEvent, the bus's shutdown
 // signal, the attempt's timeout and a [CallInfo] ([CallInfoFrom]).
+// Handler contexts cost no allocation: they are carved from blocks of a few
+// hundred, so a context kept after its handler returns (by a goroutine the
+// handler started, say) stays valid but keeps its block, about 10 KiB,
+// alive. Code that lives long should keep only what it needs, e.g. the
+// values, in a context of its own.
 //
 // # Follow-on events
 //
