@@ -48,15 +48,14 @@ type callInfoKey struct{}
 //
 // Contexts are carved from per-worker blocks (ctxBlock), so that a dispatch
 // does not allocate, and hold no pointer: what they share (the pool, the
-// producers' values) is in their block's header, and the handler's name is
-// found by its registration id. The garbage collector then never scans
-// them and storing them needs no write barrier, which is most of what a
-// handler context costs (see ctxBlock).
+// handlers called, the producers' values) is in their block's header. The
+// garbage collector then never scans them and filling one needs no write
+// barrier, which is most of what a handler context costs.
 type callCtx struct {
 	eventID uint64
-	handler uint64 // registration id of the handler: Bus.names has its name
 	index   int32
 	attempt int32
+	handler uint32 // index in the block's handlers
 	slot    uint32 // index in the block's ctxs, to find the block
 	// returned is set once the handler returns. Block memory starts
 	// zeroed, so a fresh context counts as running without a store.
@@ -65,14 +64,20 @@ type callCtx struct {
 }
 
 // ctxBlock is a block of handler contexts carved by one worker of one pool.
-// Its only pointers are the two header words, so the garbage collector
-// scans 16 bytes of it whatever its size. A handler that keeps a context
-// keeps its whole block alive (about 10 KiB).
+// Its only pointers are the header words, so the garbage collector scans a
+// few words of it whatever its size. A handler that keeps a context keeps
+// its whole block alive (about 10 KiB).
+//
+// The lists in the header are read by kept contexts of the block while the
+// worker extends them, so each is published through an atomic pointer.
 type ctxBlock struct {
 	pool *pool
+	// handlers lists the handlers the block's contexts were made for, in
+	// the order of their first call; a new handler gets a new list (a
+	// block sees as many as the chains it runs have, usually a few).
+	handlers atomic.Pointer[[]*handlerEntry]
 	// values holds the producers' contexts, by slot; made the first time
 	// a context of the block has values (most producers pass Background).
-	// Atomic: kept contexts of the block read it while the worker sets it.
 	values atomic.Pointer[[ctxBlockSize]context.Context]
 	ctxs   [ctxBlockSize]callCtx
 }
@@ -88,6 +93,9 @@ func (c *callCtx) block() *ctxBlock {
 }
 
 func (c *callCtx) pool() *pool { return c.block().pool }
+
+// entry returns the handler the context was made for.
+func (c *callCtx) entry() *handlerEntry { return (*c.block().handlers.Load())[c.handler] }
 
 // values returns the producer's context the handler takes its values from,
 // or nil.
@@ -107,7 +115,7 @@ func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
 	p := c.pool()
-	return CallInfo{Pool: p.kind, Type: c.typ, Handler: p.bus.handlerName(c.handler),
+	return CallInfo{Pool: p.kind, Type: c.typ, Handler: c.entry().name,
 		Index: int(c.index), Attempt: int(c.attempt), EventID: c.eventID}
 }
 
@@ -134,7 +142,7 @@ func (c *callCtx) AfterFunc(f func()) (stop func() bool) {
 }
 
 func (c *callCtx) String() string {
-	return "eventbus.handlerContext(" + c.bus().handlerName(c.handler) + ")"
+	return "eventbus.handlerContext(" + c.entry().name + ")"
 }
 
 // callOf finds the callCtx ctx is or derives from.
@@ -171,21 +179,44 @@ func valuesOf(ctx context.Context) context.Context {
 type ctxSlab struct {
 	block *ctxBlock
 	n     int // contexts of block handed out
+	// the block's handler list as last published, and the index in it of
+	// the handler called last (chains of one handler never search)
+	handlers []*handlerEntry
+	last     uint32
 }
 
-// next returns a fresh context for a call of p's handler. values is the
+// next returns a fresh context for a call of p's handler h. values is the
 // producer's context (nil for none).
-func (s *ctxSlab) next(p *pool, values context.Context) *callCtx {
+func (s *ctxSlab) next(p *pool, h *handlerEntry, values context.Context) *callCtx {
 	if s.block == nil || s.n == ctxBlockSize {
-		s.block, s.n = &ctxBlock{pool: p}, 0
+		s.block, s.n, s.handlers = &ctxBlock{pool: p}, 0, nil
 	}
 	c := &s.block.ctxs[s.n]
 	c.slot = uint32(s.n)
 	s.n++
+	if int(s.last) >= len(s.handlers) || s.handlers[s.last] != h {
+		s.find(h)
+	}
+	c.handler = s.last
 	if values != nil {
 		s.setValues(c, values)
 	}
 	return c
+}
+
+// find points s.last at h in the block's handler list, adding it first if
+// it is not there. The list grows by copy, so kept contexts reading the
+// old one are not disturbed.
+func (s *ctxSlab) find(h *handlerEntry) {
+	for i, e := range s.handlers {
+		if e == h {
+			s.last = uint32(i)
+			return
+		}
+	}
+	hs := append(s.handlers[:len(s.handlers):len(s.handlers)], h)
+	s.block.handlers.Store(&hs)
+	s.handlers, s.last = hs, uint32(len(hs)-1)
 }
 
 func (s *ctxSlab) setValues(c *callCtx, values context.Context) {

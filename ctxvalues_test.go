@@ -137,14 +137,20 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	const events = 3000 // spans several context blocks
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 2}))
 	type kept struct {
-		ctx context.Context
-		ev  *eventbus.UserContext
+		ctx     context.Context
+		ev      *eventbus.UserContext
+		handler string
+		index   int
 	}
-	keptCh := make(chan kept, events)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-		keptCh <- kept{ctx, ev}
-		return nil
-	}, eventbus.WithName("keeper"))
+	keptCh := make(chan kept, 2*events)
+	// A chain of two: contexts of one block are made for both handlers,
+	// alternately.
+	for i, name := range []string{"keeper-a", "keeper-b"} {
+		relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			keptCh <- kept{ctx, ev, name, i}
+			return nil
+		}, eventbus.WithName(name))
+	}
 	relStart(t, b)
 
 	want := make(map[*eventbus.UserContext]any, events) // event -> trace value, nil for Background
@@ -160,20 +166,30 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	var readers sync.WaitGroup
 	var ids sync.Map
 	var bad atomic.Int64
+	check := func(k kept) {
+		info, ok := eventbus.CallInfoFrom(k.ctx)
+		if !ok || info.Handler != k.handler || info.Index != k.index || info.Pool != eventbus.PoolUser ||
+			info.Type != eventbus.EventOnSend || info.Attempt != 1 ||
+			k.ctx.Value(traceKey{}) != want[k.ev] {
+			bad.Add(1)
+		}
+	}
+	var mu sync.Mutex
+	var all []kept
 	for range 4 {
 		readers.Go(func() {
 			for k := range keptCh {
 				for range 3 { // read while the worker carves the contexts after it
-					info, ok := eventbus.CallInfoFrom(k.ctx)
-					if !ok || info.Handler != "keeper" || info.Pool != eventbus.PoolUser ||
-						info.Type != eventbus.EventOnSend || info.Attempt != 1 ||
-						k.ctx.Value(traceKey{}) != want[k.ev] {
+					check(k)
+				}
+				mu.Lock()
+				all = append(all, k)
+				mu.Unlock()
+				if k.index == 0 {
+					info, _ := eventbus.CallInfoFrom(k.ctx)
+					if _, dup := ids.LoadOrStore(info.EventID, true); dup {
 						bad.Add(1)
 					}
-				}
-				info, _ := eventbus.CallInfoFrom(k.ctx)
-				if _, dup := ids.LoadOrStore(info.EventID, true); dup {
-					bad.Add(1)
 				}
 			}
 		})
@@ -188,6 +204,12 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	relIdle(t, b, 10*time.Second)
 	close(keptCh)
 	readers.Wait()
+	// Unregistering changes nothing for contexts already made.
+	require.True(t, b.UnregisterHandler(eventbus.EventOnSend, "keeper-a"))
+	for _, k := range all {
+		check(k)
+	}
+	assert.Len(t, all, 2*events)
 	assert.Zero(t, bad.Load(), "kept contexts reported another call's info or values")
 	n := 0
 	ids.Range(func(any, any) bool { n++; return true })

@@ -59,8 +59,8 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 
 // call runs one attempt of one handler with a fresh handler context.
 func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
-	c := p.slabs[wid].next(p, u.Items[0].Ctx)
-	c.handler, c.eventID, c.typ = h.id, u.ID, u.Event.Type()
+	c := p.slabs[wid].next(p, h, u.Items[0].Ctx)
+	c.eventID, c.typ = u.ID, u.Event.Type()
 	c.index, c.attempt = int32(u.Index), int32(u.Attempt)
 	if p.cfg.HandlerTimeout > 0 {
 		return p.callWithTimeout(c, h, u.Event)

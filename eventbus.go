@@ -36,11 +36,7 @@ type Bus struct {
 	chains [256]atomic.Pointer[chain]
 	mws    []Middleware
 	regSeq uint64
-	// names maps handler registration ids to names, for the CallInfo of
-	// handler contexts (which hold no pointers). It keeps one entry per
-	// Register call for the bus's life.
-	names sync.Map
-	batch [256]int
+	batch  [256]int
 
 	state   atomic.Int32
 	life    *engine.Lifecycle
@@ -277,13 +273,6 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 // background is compared with producers' contexts: the common case needs
 // neither a handler-context lookup nor values.
 var background = context.Background()
-
-// handlerName returns the name of the handler registered with id.
-func (b *Bus) handlerName(id uint64) string {
-	name, _ := b.names.Load(id)
-	s, _ := name.(string)
-	return s
-}
 
 // route finds the pool of ev and checks its type.
 func (b *Bus) route(ev Event) (*pool, EventType, error) {

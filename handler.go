@@ -193,7 +193,6 @@ func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string,
 		}
 	}
 	e := handlerEntry{id: b.regSeq, name: name, fn: fn, retry: o.retry}
-	b.names.Store(e.id, name)
 	e.call = wrap(fn, b.mws)
 	hs := make([]handlerEntry, 0, len(old)+1)
 	switch {
