@@ -58,7 +58,7 @@
 // signal, the attempt's timeout and a [CallInfo] ([CallInfoFrom]).
 // Handler contexts cost no allocation: they are carved from blocks of a few
 // hundred, so a context kept after its handler returns (by a goroutine the
-// handler started, say) stays valid but keeps its block, about 10 KiB,
+// handler started, say) stays valid but keeps its block, 8 KiB,
 // alive. Code that lives long should keep only what it needs, e.g. the
 // values, in a context of its own.
 //
