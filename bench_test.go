@@ -137,96 +137,88 @@ func BenchmarkAddChanBaseline(b *testing.B) {
 	reportRate(b, b.N, time.Since(start))
 }
 
+// drainRound is how many events BenchmarkDrain and BenchmarkDrainBatched
+// pile up at a time: rounds keep memory bounded.
+const drainRound = 1 << 16
+
+// holder is a handler that holds its worker until the benchmark releases
+// it: drain benchmarks pile events up behind it.
+type holder chan chan struct{}
+
+func (h holder) hold(context.Context) error {
+	release := <-h
+	<-release
+	return nil
+}
+
+// drain is the timed part of the drain benchmarks: in rounds of drainRound,
+// it adds gate (whose handler is h.hold) and then events ev while the
+// worker is held, all untimed, and times the worker emptying the shard.
+func drain(b *testing.B, bus *eventbus.Bus, h holder, gate, ev eventbus.Event) time.Duration {
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	var elapsed time.Duration
+	for done := 0; done < b.N; done += drainRound {
+		n := min(drainRound, b.N-done)
+		b.StopTimer()
+		release := make(chan struct{})
+		h <- release
+		must(b, bus.AddEvent(ctx, gate)) // holds the worker
+		for range n {
+			if err := bus.AddEvent(ctx, ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		close(release)
+		waitIdle(b, bus)
+		elapsed += time.Since(start)
+	}
+	return elapsed
+}
+
 // BenchmarkDrain measures the worker alone: events pile up in one shard
 // while its worker is held, then the timer runs while the worker drains
-// them in batches, handler included. Rounds of 64 Ki events keep memory
-// bounded.
+// them in batches, handler included.
 func BenchmarkDrain(b *testing.B) {
-	const round = 1 << 16
-	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: round + 1}))
+	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: drainRound + 1}))
 	handled := &new(paddedCounter).n
-	hold := make(chan chan struct{}, 1)
+	h := make(holder, 1)
 	must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		handled.Add(1)
 		return nil
 	}))
 	must(b, regUser(bus, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
-		release := <-hold
-		<-release
-		return nil
+		return h.hold(ctx)
 	}))
 	must(b, bus.Start())
-	gate := userEvent(eventbus.EventConnect, "user-0")
-	ev := userEvent(eventbus.EventOnSend, "user-0")
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.ResetTimer()
-	var elapsed time.Duration
-	for done := 0; done < b.N; done += round {
-		n := min(round, b.N-done)
-		b.StopTimer()
-		release := make(chan struct{})
-		hold <- release
-		must(b, bus.AddEvent(ctx, gate)) // holds the worker
-		for range n {
-			if err := bus.AddEvent(ctx, ev); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.StartTimer()
-		start := time.Now()
-		close(release)
-		waitIdle(b, bus)
-		elapsed += time.Since(start)
-	}
+	elapsed := drain(b, bus, h, userEvent(eventbus.EventConnect, "user-0"), userEvent(eventbus.EventOnSend, "user-0"))
 	reportHandled(b, elapsed, handled)
 }
 
 // BenchmarkDrainBatched is BenchmarkDrain for the channel pool with
 // WithBatch: events of one channel pile up while the worker is held, then
-// it drains them merging up to batch adjacent events per handler call.
+// it drains them merging up to 64 adjacent events per handler call.
 // ns/event is per original event.
 func BenchmarkDrainBatched(b *testing.B) {
-	const round, batch = 1 << 16, 64
-	bus := newBus(b, eventbus.WithBatch(eventbus.EventChannelStore, batch),
-		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1, QueueSize: round + 1}))
+	bus := newBus(b, eventbus.WithBatch(eventbus.EventChannelStore, 64),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1, QueueSize: drainRound + 1}))
 	handled := &new(paddedCounter).n
-	hold := make(chan chan struct{}, 1)
+	h := make(holder, 1)
 	must(b, regChannel(bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		handled.Add(int64(len(ev.Messages)))
 		return nil
 	}))
 	must(b, regChannel(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
-		release := <-hold
-		<-release
-		return nil
+		return h.hold(ctx)
 	}))
 	must(b, bus.Start())
 	msg := []*eventbus.Message{{ChannelID: "g", ChannelType: 2, Payload: []byte("hi")}}
 	gate := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2}
 	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g", ChannelType: 2, Messages: msg}
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.ResetTimer()
-	var elapsed time.Duration
-	for done := 0; done < b.N; done += round {
-		n := min(round, b.N-done)
-		b.StopTimer()
-		release := make(chan struct{})
-		hold <- release
-		must(b, bus.AddEvent(ctx, gate)) // holds the worker
-		for range n {
-			if err := bus.AddEvent(ctx, ev); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.StartTimer()
-		start := time.Now()
-		close(release)
-		waitIdle(b, bus)
-		elapsed += time.Since(start)
-	}
-	reportHandled(b, elapsed, handled)
+	reportHandled(b, drain(b, bus, h, gate, ev), handled)
 }
 
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
