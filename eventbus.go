@@ -420,10 +420,13 @@ func (b *Bus) Close(ctx context.Context) error {
 		closeOnce(b.finished)
 		return nil
 	}
+	// Count what is left before handler contexts are cancelled: a handler
+	// that returns on cancellation lets its worker dead-letter its events
+	// at once, and a count taken after would miss them.
+	left := b.unfinished()
 	b.life.Abort()
-	left := 0
 	for _, e := range b.engines {
-		left += e.Abort()
+		e.Abort()
 	}
 	closeOnce(b.finished)
 	return &CloseError{Left: left, Err: ctx.Err()}

@@ -248,11 +248,11 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 
 // Abort makes the engine give up: every shard stops taking items, what is
 // still in the FIFOs goes to the dead-letter sink, and workers drop what
-// they hold once their current handler returns. It returns how many events
-// had not finished. The Lifecycle must be aborted first.
-func (e *Engine[E]) Abort() (left int) {
-	for i, s := range e.shards {
-		w := e.workers[i]
+// they hold once their current handler returns. The Lifecycle must be
+// aborted first. (What was left is counted before that, with Snapshot:
+// once handler contexts are cancelled, workers finish events at once.)
+func (e *Engine[E]) Abort() {
+	for _, s := range e.shards {
 		s.mu.Lock()
 		stolen := s.items
 		s.items = nil
@@ -260,9 +260,6 @@ func (e *Engine[E]) Abort() (left int) {
 		n := len(stolen)
 		s.occupied -= n
 		s.doneCount += uint64(n)
-		// Events the worker finished but has not yet subtracted from
-		// occupied are not left.
-		left += s.occupied - int(w.pub.finished()-w.pub.finishedPublished) + n
 		s.mu.Unlock()
 		s.deadLettered.Add(uint64(n))
 		for i := range stolen {
@@ -270,7 +267,6 @@ func (e *Engine[E]) Abort() (left int) {
 		}
 	}
 	e.WakeAll()
-	return left
 }
 
 // WakeAll wakes every worker so that it sees a change of the Lifecycle
