@@ -86,7 +86,9 @@ func TestNewBusExpectedDeadLetters(t *testing.T) {
 func TestNewBusReportsLeftEvents(t *testing.T) {
 	f := &fakeTB{}
 	b := eventbustest.NewBus(f)
-	b.Timeout = 50 * time.Millisecond
+	// Also bounds the cleanup's second Close, which waits for the worker
+	// to leave the cancelled handler: not too short for a loaded machine.
+	b.Timeout = 250 * time.Millisecond
 	started := make(chan struct{}, 2)
 	register(t, b, "stuck", func(ctx context.Context, ev *eventbus.UserContext) error {
 		started <- struct{}{}
