@@ -51,7 +51,13 @@ func (p *pool) Merge(u *engine.Unit[Event]) {
 	}
 	msgs := make([]*Message, 0, n)
 	for i := range u.Items {
-		msgs = append(msgs, u.Items[i].Event.(*ChannelContext).Messages...)
+		// One message, the common case, is one store: appending a slice
+		// goes through the runtime's typed copy.
+		if ms := u.Items[i].Event.(*ChannelContext).Messages; len(ms) == 1 {
+			msgs = append(msgs, ms[0])
+		} else {
+			msgs = append(msgs, ms...)
+		}
 	}
 	u.Event = &ChannelContext{EventType: first.EventType, ChannelID: first.ChannelID,
 		ChannelType: first.ChannelType, Messages: msgs}
