@@ -32,13 +32,21 @@ func (p *pool) BatchLimit(it *engine.Item[Event]) int {
 	return p.batch[it.Event.Type()]
 }
 
-// Mergeable reports whether next continues head's batch: same type, same
-// channel. The engine has already checked that the keys are equal.
-func (p *pool) Mergeable(head, next *engine.Item[Event]) bool {
-	h, ok1 := head.Event.(*ChannelContext)
-	n, ok2 := next.Event.(*ChannelContext)
-	return ok1 && ok2 && h.EventType == n.EventType &&
-		h.ChannelID == n.ChannelID && h.ChannelType == n.ChannelType
+// Mergeable returns how many of next continue head's batch, in order:
+// same type, same channel. The engine has already checked that the keys
+// are equal.
+func (p *pool) Mergeable(head *engine.Item[Event], next []engine.Item[Event]) int {
+	h, ok := head.Event.(*ChannelContext)
+	if !ok {
+		return 0
+	}
+	for i := range next {
+		n, ok := next[i].Event.(*ChannelContext)
+		if !ok || n.EventType != h.EventType || n.ChannelID != h.ChannelID || n.ChannelType != h.ChannelType {
+			return i
+		}
+	}
+	return len(next)
 }
 
 // Merge builds the batch's event: a new ChannelContext whose Messages are

@@ -74,9 +74,10 @@ type Dispatcher[E any] interface {
 	// BatchLimit says how many adjacent items of it's key may be merged
 	// with it (0 or 1: none).
 	BatchLimit(it *Item[E]) int
-	// Mergeable says whether next may join a unit started by head. Both
-	// have the same Key; returning false ends the unit.
-	Mergeable(head, next *Item[E]) bool
+	// Mergeable says how many of next, in order, may join a unit started
+	// by head: the index of the first that may not, or len(next). All have
+	// head's Key.
+	Mergeable(head *Item[E], next []Item[E]) int
 	// Merge builds u.Event from u.Items (len > 1).
 	Merge(u *Unit[E])
 	// DeadLetter hands every item of u to the dead-letter sink with err.

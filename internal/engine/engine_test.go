@@ -20,11 +20,11 @@ func (d *countDispatcher) Run(int, *Unit[int]) Verdict {
 	d.n.Add(1)
 	return Verdict{}
 }
-func (d *countDispatcher) Goexited(int, *Unit[int]) Verdict { return Verdict{Outcome: Dead} }
-func (d *countDispatcher) BatchLimit(*Item[int]) int        { return 0 }
-func (d *countDispatcher) Mergeable(_, _ *Item[int]) bool   { return false }
-func (d *countDispatcher) Merge(*Unit[int])                 {}
-func (d *countDispatcher) DeadLetter(_ *Unit[int], _ error) {}
+func (d *countDispatcher) Goexited(int, *Unit[int]) Verdict      { return Verdict{Outcome: Dead} }
+func (d *countDispatcher) BatchLimit(*Item[int]) int             { return 0 }
+func (d *countDispatcher) Mergeable(*Item[int], []Item[int]) int { return 0 }
+func (d *countDispatcher) Merge(*Unit[int])                      {}
+func (d *countDispatcher) DeadLetter(_ *Unit[int], _ error)      {}
 
 func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *countDispatcher) {
 	d := &countDispatcher{}

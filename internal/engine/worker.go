@@ -176,15 +176,17 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 	end := min(len(w.batch), start+scanWindow)
 	j := w.pos
 	for j < end && j-start < limit {
-		it := &w.batch[j]
-		if (w.anyTaken && w.taken[j]) || it.Key != head.Key || !w.e.d.Mergeable(head, it) {
+		if (w.anyTaken && w.taken[j]) || w.batch[j].Key != head.Key {
 			break
 		}
 		j++
 	}
-	if j == end || j-start == limit || w.batch[j].Key == head.Key {
-		// The run is the whole unit: limit reached, end of the window or a
-		// same-key item that does not merge (nothing after it may join).
+	// One dispatcher call for the whole run of head's key.
+	if k := w.pos + w.e.d.Mergeable(head, w.batch[w.pos:j]); k < j || j == end ||
+		j-start == limit || w.batch[j].Key == head.Key {
+		// The run is the whole unit: a same-key item that does not merge
+		// (nothing after it may join), limit reached or end of the window.
+		j = min(j, k)
 		if j-start > 1 {
 			u.Items = w.batch[start:j:j]
 			w.pos = j
@@ -199,7 +201,7 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 		if (w.anyTaken && w.taken[j]) || it.Key != head.Key {
 			continue
 		}
-		if !w.e.d.Mergeable(head, it) {
+		if w.e.d.Mergeable(head, w.batch[j:j+1]) == 0 {
 			break
 		}
 		w.group = append(w.group, *it)
