@@ -53,11 +53,9 @@ func (p *pool) Mergeable(head *engine.Item[Event], next []engine.Item[Event]) in
 // those of every original event, in order, in a new slice.
 func (p *pool) Merge(u *engine.Unit[Event]) {
 	first := u.Items[0].Event.(*ChannelContext)
-	n := 0
-	for i := range u.Items {
-		n += len(u.Items[i].Event.(*ChannelContext).Messages)
-	}
-	msgs := make([]*Message, 0, n)
+	// Room for one message per event, the common case; events with more
+	// grow the slice as append does.
+	msgs := make([]*Message, 0, len(u.Items))
 	for i := range u.Items {
 		// One message, the common case, is one store: appending a slice
 		// goes through the runtime's typed copy.
