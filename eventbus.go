@@ -447,9 +447,8 @@ func (b *Bus) waitWorkers(ctx context.Context) error {
 // unfinished counts accepted events that have not finished.
 func (b *Bus) unfinished() int {
 	n := 0
-	for _, p := range b.pools {
-		s := p.eng.Snapshot()
-		n += int(s.Queued + s.InFlight + s.Retrying)
+	for _, e := range b.engines {
+		n += e.Unfinished()
 	}
 	return n
 }

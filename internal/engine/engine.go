@@ -250,8 +250,8 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 // Abort makes the engine give up: every shard stops taking items, what is
 // still in the FIFOs goes to the dead-letter sink, and workers drop what
 // they hold once their current handler returns. The Lifecycle must be
-// aborted first. (What was left is counted before that, with Snapshot:
-// once handler contexts are cancelled, workers finish events at once.)
+// aborted first. (Count what is left before that, with Unfinished: once
+// handler contexts are cancelled, workers finish events at once.)
 func (e *Engine[E]) Abort() {
 	for _, s := range e.shards {
 		s.mu.Lock()
@@ -268,6 +268,22 @@ func (e *Engine[E]) Abort() {
 		}
 	}
 	e.WakeAll()
+}
+
+// Unfinished returns how many accepted events have not finished: queued,
+// in a worker's hands or waiting for a retry. Each shard is read under its
+// lock, so the count is exact for each shard at the moment it is read.
+func (e *Engine[E]) Unfinished() int {
+	n := 0
+	for i, s := range e.shards {
+		p := &e.workers[i].pub
+		s.mu.Lock()
+		// Events the worker finished but has not yet subtracted from
+		// occupied are not unfinished.
+		n += s.occupied - int(p.finished()-p.finishedPublished)
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // WakeAll wakes every worker so that it sees a change of the Lifecycle
