@@ -80,8 +80,8 @@ func (e *PanicError) Unwrap() error {
 // drained.
 type CloseError struct {
 	// Left is how many accepted events had not finished when Close gave up.
-	// Those not inside a handler then go to the dead-letter sink with
-	// ErrClosed; those inside one end with that handler's result.
+	// Those then go to the dead-letter sink with ErrClosed, except the ones
+	// a worker is running, which end with their handler's result.
 	Left int
 	// Err is the context's error.
 	Err error

@@ -420,10 +420,14 @@ func (b *Bus) Close(ctx context.Context) error {
 		closeOnce(b.finished)
 		return nil
 	}
-	// Count what is left before handler contexts are cancelled: a handler
-	// that returns on cancellation lets its worker dead-letter its events
-	// at once, and a count taken after would miss them.
-	left := b.unfinished()
+	// Stop every shard and count what is left before handler contexts are
+	// cancelled: a handler that returns on cancellation lets its worker
+	// dead-letter its events at once, and a count taken after would miss
+	// them; a shard still open would take follow-on events after its count.
+	left := 0
+	for _, e := range b.engines {
+		left += e.Halt()
+	}
 	b.life.Abort()
 	for _, e := range b.engines {
 		e.Abort()

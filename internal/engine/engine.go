@@ -250,8 +250,7 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 // Abort makes the engine give up: every shard stops taking items, what is
 // still in the FIFOs goes to the dead-letter sink, and workers drop what
 // they hold once their current handler returns. The Lifecycle must be
-// aborted first. (Count what is left before that, with Unfinished: once
-// handler contexts are cancelled, workers finish events at once.)
+// aborted first, and the engine halted before that (see Halt).
 func (e *Engine[E]) Abort() {
 	for _, s := range e.shards {
 		s.mu.Lock()
@@ -273,11 +272,23 @@ func (e *Engine[E]) Abort() {
 // Unfinished returns how many accepted events have not finished: queued,
 // in a worker's hands or waiting for a retry. Each shard is read under its
 // lock, so the count is exact for each shard at the moment it is read.
-func (e *Engine[E]) Unfinished() int {
+func (e *Engine[E]) Unfinished() int { return e.count(false) }
+
+// Halt makes every shard refuse all adds, follow-on ones included, and
+// returns how many accepted events had not finished then (see Unfinished).
+// Close calls it when it gives up, before handler contexts are cancelled:
+// stopping and counting under the same lock leaves no add uncounted, and
+// no handler has yet been told to return early.
+func (e *Engine[E]) Halt() int { return e.count(true) }
+
+func (e *Engine[E]) count(halt bool) int {
 	n := 0
 	for i, s := range e.shards {
 		p := &e.workers[i].pub
 		s.mu.Lock()
+		if halt {
+			s.stopped = true
+		}
 		// Events the worker finished but has not yet subtracted from
 		// occupied are not unfinished.
 		n += s.occupied - int(p.finished()-p.finishedPublished)
