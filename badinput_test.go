@@ -16,10 +16,10 @@ import (
 func coreBadInputBus(t *testing.T, opts ...eventbus.Option) *eventbus.Bus {
 	t.Helper()
 	bus := newBus(t, opts...)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
-	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
-	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error { return nil })
-	coreStart(t, bus)
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
+	mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error { return nil })
+	mustStart(t, bus)
 	return bus
 }
 
@@ -103,11 +103,11 @@ func TestBadInputRegister(t *testing.T) {
 // ErrClosed.
 func TestBadInputLifecycle(t *testing.T) {
 	bus := newBus(t)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
 	ev := userEvent(eventbus.EventOnSend, "u")
 	require.ErrorIs(t, bus.AddEvent(context.Background(), ev), eventbus.ErrNotStarted)
 	require.ErrorIs(t, bus.TryAddEvent(ev), eventbus.ErrNotStarted)
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.Error(t, bus.Start(), "Start twice")
 	require.NoError(t, bus.AddEvent(context.Background(), ev))
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
@@ -189,7 +189,7 @@ func TestBadInputAdmitRejection(t *testing.T) {
 	followOn := make(chan error, 1)
 	var mu sync.Mutex
 	var handled []string
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		mu.Lock()
 		handled = append(handled, ev.Conn.UID())
 		mu.Unlock()
@@ -198,14 +198,14 @@ func TestBadInputAdmitRejection(t *testing.T) {
 		}
 		return nil
 	})
-	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
-	coreStart(t, bus)
+	mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
+	mustStart(t, bus)
 
 	assert.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "spammer")), errRate)
 	assert.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "spammer")), errRate)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "emitter")))
-	assert.ErrorIs(t, coreRecv(t, followOn, 5*time.Second, "the follow-on add"), errRate)
-	coreIdle(t, bus, 5*time.Second)
+	assert.ErrorIs(t, recvWithin(t, followOn, 5*time.Second, "the follow-on add"), errRate)
+	idleWithin(t, bus, 5*time.Second)
 
 	assert.Equal(t, []string{"emitter"}, handled)
 	st := bus.Stats()
@@ -226,16 +226,16 @@ func TestBadInputFullShard(t *testing.T) {
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock)
 	started := make(chan struct{}, 1)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Conn.UID() == "blocker" {
 			started <- struct{}{}
 			<-release
 		}
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "blocker")))
-	coreRecv(t, started, 5*time.Second, "the blocking handler")
+	recvWithin(t, started, 5*time.Second, "the blocking handler")
 	require.NoError(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "second")), "room for QueueSize events")
 
 	require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "third")), eventbus.ErrQueueFull)
@@ -250,7 +250,7 @@ func TestBadInputFullShard(t *testing.T) {
 	waiting := make(chan error, 1)
 	go func() { waiting <- bus.AddEvent(cctx, userEvent(eventbus.EventOnSend, "fourth")) }()
 	cancel()
-	err = coreRecv(t, waiting, 5*time.Second, "AddEvent with a cancelled ctx")
+	err = recvWithin(t, waiting, 5*time.Second, "AddEvent with a cancelled ctx")
 	assert.ErrorIs(t, err, eventbus.ErrQueueFull)
 	assert.ErrorIs(t, err, context.Canceled)
 
@@ -262,11 +262,11 @@ func TestBadInputFullShard(t *testing.T) {
 	got := make(chan error, 1)
 	go func() { got <- bus.AddEvent(deadline(t, 10*time.Second), userEvent(eventbus.EventOnSend, "patient")) }()
 	unblock()
-	require.NoError(t, coreRecv(t, got, 10*time.Second, "the waiting add"))
-	coreIdle(t, bus, 5*time.Second)
+	require.NoError(t, recvWithin(t, got, 10*time.Second, "the waiting add"))
+	idleWithin(t, bus, 5*time.Second)
 	require.NoError(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "later")))
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	st = bus.Stats().User
 	assert.Equal(t, uint64(4), st.Handled)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }

@@ -21,7 +21,7 @@ type batchGate struct {
 
 func newBatchGate(t testing.TB, b *eventbus.Bus, other eventbus.Handler[eventbus.ChannelContext]) *batchGate {
 	g := &batchGate{entered: make(chan struct{}), release: make(chan struct{})}
-	relReg(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		if ev.ChannelID != "gate" {
 			if other != nil {
 				return other(ctx, ev)
@@ -39,7 +39,7 @@ func newBatchGate(t testing.TB, b *eventbus.Bus, other eventbus.Handler[eventbus
 func (g *batchGate) hold(t testing.TB, b *eventbus.Bus) {
 	t.Helper()
 	relAdd(t, b, &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "gate"})
-	relRecv(t, g.entered, 5*time.Second, "gate handler")
+	recvWithin(t, g.entered, 5*time.Second, "gate handler")
 }
 
 // callerEvent is a ChannelStore event whose one message sits in a caller
@@ -123,7 +123,7 @@ func TestBatchMergesAdjacentEventsOfOneKey(t *testing.T) {
 		mu.Unlock()
 		return nil
 	})
-	relReg(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		log.record(ctx, ev)
 		if ev.ChannelID == "A" {
 			mu.Lock()
@@ -138,7 +138,7 @@ func TestBatchMergesAdjacentEventsOfOneKey(t *testing.T) {
 		}
 		return nil
 	}, eventbus.WithName("store"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	gate.hold(t, b)
 	// A1 A2 B1 A3 D(A) A4 A5 A6 A7 A8 A9, all queued behind the gate.
@@ -158,7 +158,7 @@ func TestBatchMergesAdjacentEventsOfOneKey(t *testing.T) {
 		a = append(a, add(newCallerEvent(eventbus.EventChannelStore, "A", seq)))
 	}
 	close(gate.release)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	calls := log.all()
 	var got [][]uint64
@@ -192,7 +192,7 @@ func TestBatchMergesAdjacentEventsOfOneKey(t *testing.T) {
 	s := b.Stats().Channel
 	assert.EqualValues(t, 12, s.Added, "gate + 11 original events")
 	assert.EqualValues(t, 12, s.Handled, "Stats count original events")
-	relRest(t, "channel", s)
+	atRest(t, "channel", s)
 	obs.mu.Lock()
 	assert.ElementsMatch(t, []int{3, 1, 4, 2}, obs.events, "observations count the events of each batch")
 	obs.mu.Unlock()
@@ -204,7 +204,7 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 		eventbus.WithRetry(fastPolicy(2)), eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1}))
 	var log batchLog
 	gate := newBatchGate(t, b, nil)
-	relReg(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		log.record(ctx, ev)
 		info, _ := eventbus.CallInfoFrom(ctx)
 		if ev.ChannelID == "broken" || info.Attempt == 1 {
@@ -212,7 +212,7 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 		}
 		return nil
 	}, eventbus.WithName("store"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	gate.hold(t, b)
 	var broken []*eventbus.ChannelContext
@@ -226,7 +226,7 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 		relAdd(t, b, c.ev)
 	}
 	close(gate.release)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	byChannel := map[string][]batchCall{}
 	for _, c := range log.all() {
@@ -256,7 +256,7 @@ func TestBatchRetriedAsUnitAndDeadLettersOriginals(t *testing.T) {
 	assert.EqualValues(t, 3, s.DeadLettered)
 	assert.EqualValues(t, 3*2+2*1, s.Failed, "failed attempts count original events: broken 3×2, flaky 2×1")
 	assert.EqualValues(t, 3+2, s.Retried, "retries count original events")
-	relRest(t, "channel", s)
+	atRest(t, "channel", s)
 }
 
 func TestBatchOnlyForChannelTypes(t *testing.T) {

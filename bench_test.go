@@ -41,16 +41,11 @@ func benchBus(b *testing.B, opts ...eventbus.Option) (*eventbus.Bus, *atomic.Int
 	b.Helper()
 	bus := newBus(b, opts...)
 	handled := &new(paddedCounter).n
-	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		handled.Add(1)
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := bus.Start(); err != nil {
-		b.Fatal(err)
-	}
+	mustStart(b, bus)
 	return bus, handled
 }
 
@@ -186,14 +181,14 @@ func BenchmarkDrain(b *testing.B) {
 	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: drainRound + 1}))
 	handled := &new(paddedCounter).n
 	h := make(holder, 1)
-	must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		handled.Add(1)
 		return nil
-	}))
-	must(b, regUser(bus, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+	})
+	mustRegister(b, bus, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return h.hold(ctx)
-	}))
-	must(b, bus.Start())
+	})
+	mustStart(b, bus)
 	elapsed := drain(b, bus, h, userEvent(eventbus.EventConnect, "user-0"), userEvent(eventbus.EventOnSend, "user-0"))
 	reportHandled(b, elapsed, handled)
 }
@@ -207,14 +202,14 @@ func BenchmarkDrainBatched(b *testing.B) {
 		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1, QueueSize: drainRound + 1}))
 	handled := &new(paddedCounter).n
 	h := make(holder, 1)
-	must(b, regChannel(bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(b, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		handled.Add(int64(len(ev.Messages)))
 		return nil
-	}))
-	must(b, regChannel(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	})
+	mustRegister(b, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		return h.hold(ctx)
-	}))
-	must(b, bus.Start())
+	})
+	mustStart(b, bus)
 	msg := []*eventbus.Message{{ChannelID: "g", ChannelType: 2, Payload: []byte("hi")}}
 	gate := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2}
 	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g", ChannelType: 2, Messages: msg}
@@ -261,7 +256,7 @@ func BenchmarkTryAddFull(b *testing.B) {
 	bus := newBus(b, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
-	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		select {
 		case started <- struct{}{}:
 		default:
@@ -269,12 +264,7 @@ func BenchmarkTryAddFull(b *testing.B) {
 		<-release
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := bus.Start(); err != nil {
-		b.Fatal(err)
-	}
+	mustStart(b, bus)
 	defer close(release)
 	ev := userEvent(eventbus.EventOnSend, "u")
 	if err := bus.TryAddEvent(ev); err != nil { // in flight, blocked
@@ -298,22 +288,14 @@ func BenchmarkFollowOn(b *testing.B) {
 	bus := newBus(b)
 	handled := &new(paddedCounter).n
 	ch := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "c"}
-	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return bus.AddEvent(ctx, ch)
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, err = eventbus.Register(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(b, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		handled.Add(1)
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := bus.Start(); err != nil {
-		b.Fatal(err)
-	}
+	mustStart(b, bus)
 	addAll(b, bus, handled, []*eventbus.UserContext{userEvent(eventbus.EventOnSend, "u")})
 }
 
@@ -347,11 +329,11 @@ func BenchmarkFlow(b *testing.B) {
 			pushes[i] = &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m, Subscribers: subs}
 			dists[i] = &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: m.ChannelID, ChannelType: 2, Messages: msgs[i : i+1]}
 		}
-		must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			m := ev.Frame.(*eventbus.Message)
 			return bus.AddEvent(ctx, dists[index[m.ChannelID]])
-		}))
-		must(b, regChannel(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		})
+		mustRegister(b, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 			i := index[ev.ChannelID]
 			for range ev.Messages {
 				seqs[i]++
@@ -360,12 +342,12 @@ func BenchmarkFlow(b *testing.B) {
 				}
 			}
 			return nil
-		}))
-		must(b, regPush(bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+		})
+		mustRegister(b, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 			pushed.Add(int64(len(ev.Subscribers)))
 			return nil
-		}))
-		must(b, bus.Start())
+		})
+		mustStart(b, bus)
 		ctx := context.Background()
 		b.ReportAllocs()
 		b.ResetTimer()
@@ -460,21 +442,6 @@ func must(b *testing.B, err error) {
 	}
 }
 
-func regUser(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.UserContext]) error {
-	_, err := eventbus.Register(bus, t, h)
-	return err
-}
-
-func regChannel(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.ChannelContext]) error {
-	_, err := eventbus.Register(bus, t, h)
-	return err
-}
-
-func regPush(bus *eventbus.Bus, t eventbus.EventType, h eventbus.Handler[eventbus.PushContext]) error {
-	_, err := eventbus.Register(bus, t, h)
-	return err
-}
-
 // BenchmarkIdleLatency measures the time from AddEvent on an idle bus to
 // the start of the handler, one event at a time, against a goroutine
 // waiting on a channel. It reports p50 and p99 in nanoseconds.
@@ -484,12 +451,12 @@ func BenchmarkIdleLatency(b *testing.B) {
 		var sent time.Time
 		lat := make([]time.Duration, 0, b.N)
 		got := make(chan struct{})
-		must(b, regUser(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(b, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			lat = append(lat, time.Since(sent))
 			got <- struct{}{}
 			return nil
-		}))
-		must(b, bus.Start())
+		})
+		mustStart(b, bus)
 		ev := userEvent(eventbus.EventOnSend, "u")
 		ctx := context.Background()
 		b.ReportAllocs()

@@ -57,7 +57,7 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 				enough    = make(chan struct{})
 				emitErrs  coreErrs
 			)
-			coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 				<-gate
 				id := ev.Frame.(int)
 				userCount[id].Add(1)
@@ -69,11 +69,11 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 				}
 				return nil
 			})
-			coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 				chanCount[ev.Messages[0].MessageID].Add(1)
 				return nil
 			})
-			coreStart(t, bus)
+			mustStart(t, bus)
 
 			var (
 				accepted    = make([]atomic.Bool, total)
@@ -109,9 +109,9 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 				// Handlers hold every shard's first event at the gate, so
 				// exactly workers*queueSize adds succeed and every producer
 				// then waits for room.
-				coreRecv(t, full, 10*time.Second, "all shards to fill up")
+				recvWithin(t, full, 10*time.Second, "all shards to fill up")
 			} else {
-				coreRecv(t, enough, 10*time.Second, "2000 events to be handled")
+				recvWithin(t, enough, 10*time.Second, "2000 events to be handled")
 			}
 			closed := make(chan error, 1)
 			go func() {
@@ -120,10 +120,10 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 			if gated {
 				// A producer refused proves Close has begun; only then may
 				// the handlers go on.
-				coreRecv(t, refused, 10*time.Second, "a waiting producer to be refused")
+				recvWithin(t, refused, 10*time.Second, "a waiting producer to be refused")
 				openGate()
 			}
-			require.NoError(t, coreRecv(t, closed, 30*time.Second, "Close to return"), "Close must drain")
+			require.NoError(t, recvWithin(t, closed, 30*time.Second, "Close to return"), "Close must drain")
 			coreWaitGroup(t, &wg, 10*time.Second, "producers to return")
 			unexpectedE.requireNone(t, "refused adds must get ErrClosed")
 			emitErrs.requireNone(t, "follow-on adds during Close")
@@ -152,8 +152,8 @@ func TestCloseDrainsUnderLoad(t *testing.T) {
 			assert.Equal(t, uint64(nAcc), st.User.Handled)
 			assert.Equal(t, uint64(nAcc), st.Channel.Added)
 			assert.Equal(t, uint64(nAcc), st.Channel.Handled)
-			coreAtRest(t, "user", st.User)
-			coreAtRest(t, "channel", st.Channel)
+			atRest(t, "user", st.User)
+			atRest(t, "channel", st.Channel)
 
 			require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed)
 			require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "late")), eventbus.ErrClosed)
@@ -177,7 +177,7 @@ func coreBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, f
 	t.Cleanup(unblock)
 	started := make(chan context.Context, 1)
 	var handled atomic.Int64
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Conn.UID() == "blocker" {
 			started <- ctx
 			<-release
@@ -185,9 +185,9 @@ func coreBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, f
 		handled.Add(1)
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "blocker")))
-	hctx := coreRecv(t, started, 5*time.Second, "the blocking handler to start")
+	hctx := recvWithin(t, started, 5*time.Second, "the blocking handler to start")
 	for i := range queued {
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("queued-%d", i))))
 	}
@@ -242,7 +242,7 @@ func TestCloseTimeoutDeadLettersAndLaterCloseWaits(t *testing.T) {
 	assert.Equal(t, uint64(queued+1), st.Added)
 	assert.Equal(t, uint64(1), st.Handled, "the blocked event ends with its handler's result")
 	assert.Equal(t, uint64(queued), st.DeadLettered)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }
 
 // TestCloseWithExpiredContextStillCloses: Close with a context that has
@@ -293,7 +293,7 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	t.Cleanup(unstick)
 	started := make(chan string, 2)
 	var handled atomic.Int64
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		switch uid := ev.Conn.UID(); uid {
 		case "gate":
 			started <- uid
@@ -305,16 +305,16 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 		handled.Add(1)
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "gate")))
-	require.Equal(t, "gate", coreRecv(t, started, 5*time.Second, "the gate handler"))
+	require.Equal(t, "gate", recvWithin(t, started, 5*time.Second, "the gate handler"))
 	// Queued behind the gate, these are taken by the worker together.
 	for i := range 4 {
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("fast-%d", i))))
 	}
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "stuck")))
 	openGate()
-	require.Equal(t, "stuck", coreRecv(t, started, 5*time.Second, "the stuck handler"))
+	require.Equal(t, "stuck", recvWithin(t, started, 5*time.Second, "the stuck handler"))
 	require.EqualValues(t, 5, handled.Load(), "gate and the four fast events are done")
 
 	err := bus.Close(deadline(t, 20*time.Millisecond))
@@ -327,7 +327,7 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	assert.Empty(t, sink.all())
 	st := bus.Stats().User
 	assert.Equal(t, uint64(6), st.Handled)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }
 
 // TestCloseFromInsideHandler: Close (and WaitIdle) called by a handler
@@ -341,7 +341,7 @@ func TestCloseFromInsideHandler(t *testing.T) {
 	}
 	results := make(chan result, 1)
 	var handled atomic.Int64
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Conn.UID() == "closer" {
 			start := time.Now()
 			var r result
@@ -360,9 +360,9 @@ func TestCloseFromInsideHandler(t *testing.T) {
 		handled.Add(1)
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "closer")))
-	r := coreRecv(t, results, 10*time.Second, "the closing handler")
+	r := recvWithin(t, results, 10*time.Second, "the closing handler")
 	assert.ErrorIs(t, r.byCtx, eventbus.ErrInsideHandler, "Close(handler ctx)")
 	assert.ErrorIs(t, r.byGoroutine, eventbus.ErrInsideHandler, "Close(other ctx) on the handler's goroutine")
 	assert.ErrorIs(t, r.waitIdle, eventbus.ErrInsideHandler, "WaitIdle from a handler")
@@ -370,7 +370,7 @@ func TestCloseFromInsideHandler(t *testing.T) {
 
 	// The bus still runs and still closes.
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "after")))
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	assert.EqualValues(t, 2, handled.Load())
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 }
@@ -379,8 +379,8 @@ func TestCloseFromInsideHandler(t *testing.T) {
 // get ErrClosed; Start after Close fails.
 func TestCloseTwiceAndAddAfterClose(t *testing.T) {
 	bus := newBus(t)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
-	coreStart(t, bus)
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	mustStart(t, bus)
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")))
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
@@ -389,7 +389,7 @@ func TestCloseTwiceAndAddAfterClose(t *testing.T) {
 	require.Error(t, bus.Start(), "Start after Close")
 	st := bus.Stats().User
 	assert.Equal(t, uint64(1), st.Handled)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }
 
 // TestCloseBeforeStart: a bus closed before Start is closed for good; a
@@ -399,7 +399,7 @@ func TestCloseBeforeStart(t *testing.T) {
 	// timeout if this test found the bug it looks for.
 	bus, err := eventbus.New(eventbus.WithLogger(quiet))
 	require.NoError(t, err)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
 	require.NoError(t, bus.Close(deadline(t, time.Second)))
 	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
 	require.ErrorIs(t, bus.Start(), eventbus.ErrClosed)
@@ -429,7 +429,7 @@ func TestWaitIdleSemantics(t *testing.T) {
 	}
 	// A relay across pools: OnSend -> ChannelDistribute -> PushOnline ->
 	// RecvAck -> ChannelDistribute ... until the hop count runs out.
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Conn.UID() == "busy" {
 			started <- struct{}{}
 			<-release
@@ -437,8 +437,8 @@ func TestWaitIdleSemantics(t *testing.T) {
 		}
 		return relayUser(ctx, ev)
 	})
-	coreRegister(t, bus, eventbus.EventRecvAck, relayUser)
-	coreRegister(t, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, bus, eventbus.EventRecvAck, relayUser)
+	mustRegister(t, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		hops.Add(1)
 		left := ev.Messages[0].MessageID
 		if left <= 0 {
@@ -446,7 +446,7 @@ func TestWaitIdleSemantics(t *testing.T) {
 		}
 		return bus.AddEvent(ctx, corePush(eventbus.EventPushOnline, "relay", left-1))
 	})
-	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 		hops.Add(1)
 		if ev.Message.MessageID <= 0 {
 			return nil
@@ -456,17 +456,17 @@ func TestWaitIdleSemantics(t *testing.T) {
 	})
 
 	require.ErrorIs(t, bus.WaitIdle(deadline(t, time.Second)), eventbus.ErrNotStarted)
-	coreStart(t, bus)
+	mustStart(t, bus)
 	require.NoError(t, bus.WaitIdle(deadline(t, time.Second)), "an idle bus")
 
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "busy")))
-	coreRecv(t, started, 5*time.Second, "the busy handler")
+	recvWithin(t, started, 5*time.Second, "the busy handler")
 	require.ErrorIs(t, bus.WaitIdle(deadline(t, 20*time.Millisecond)), context.DeadlineExceeded)
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.ErrorIs(t, bus.WaitIdle(cancelled), context.Canceled)
 	unblock()
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 
 	// Each relay of n hops starts with OnSend and ends when the count runs
 	// out; WaitIdle must not return before the last hop.
@@ -475,7 +475,7 @@ func TestWaitIdleSemantics(t *testing.T) {
 		const n = 30
 		ev := &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: "relay"}, Frame: int64(n)}
 		require.NoError(t, bus.AddEvent(context.Background(), ev))
-		coreIdle(t, bus, 5*time.Second)
+		idleWithin(t, bus, 5*time.Second)
 		require.EqualValues(t, n+1, hops.Load(), "round %d: WaitIdle returned before the relay ended", round)
 	}
 
@@ -494,15 +494,15 @@ func TestCloseErrorLeftWithHandlersThatHonourCancellation(t *testing.T) {
 		bus := newBus(t, eventbus.WithDeadLetter(sink),
 			eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 		started := make(chan string, 2)
-		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			started <- ev.Conn.UID()
 			<-ctx.Done()
 			return ctx.Err()
 		})
-		coreStart(t, bus)
+		mustStart(t, bus)
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u"))) // queued behind
-		coreRecv(t, started, 5*time.Second, "the first handler")
+		recvWithin(t, started, 5*time.Second, "the first handler")
 
 		err := bus.Close(deadline(t, 20*time.Millisecond))
 		var ce *eventbus.CloseError
@@ -526,7 +526,7 @@ func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 		followOn := userEvent(eventbus.EventOnConnect, "u")
 		var accepted atomic.Int64
 		started := make(chan string, 1)
-		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			started <- "loop"
 			for ctx.Err() == nil {
 				if bus.AddEvent(ctx, followOn) == nil {
@@ -536,12 +536,12 @@ func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 			}
 			return ctx.Err()
 		})
-		coreRegister(t, bus, eventbus.EventOnConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, bus, eventbus.EventOnConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 			return nil
 		})
-		coreStart(t, bus)
+		mustStart(t, bus)
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
-		coreRecv(t, started, 5*time.Second, "the looping handler")
+		recvWithin(t, started, 5*time.Second, "the looping handler")
 
 		err := bus.Close(deadline(t, 20*time.Millisecond))
 		var ce *eventbus.CloseError
@@ -553,6 +553,6 @@ func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 		}
 		require.EqualValues(t, accepted.Load()+1, len(letters), "round %d: every accepted event is dead-lettered", round)
 		require.Equal(t, len(letters), ce.Left, "round %d: Left counts every event dead-lettered by the close", round)
-		coreAtRest(t, "user", bus.Stats().User)
+		atRest(t, "user", bus.Stats().User)
 	}
 }

@@ -44,13 +44,13 @@ func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
 	b := newBus(t)
 	cancelled := make(chan struct{})
 	seen := make(chan ctxSeen, 3)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		<-cancelled // run only once the producer's context is dead
 		seen <- seeCtx(ctx)
 		return b.AddEvent(ctx, &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute,
 			ChannelID: "g1", ChannelType: 2, Messages: []*eventbus.Message{{ChannelID: "g1", ChannelType: 2}}})
 	})
-	relReg(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		seen <- seeCtx(ctx)
 		// A context derived from the handler's still counts as a follow-on
 		// add and brings its own values along.
@@ -58,11 +58,11 @@ func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
 		return b.AddEvent(hop, &eventbus.PushContext{EventType: eventbus.EventPushOnline,
 			Message: ev.Messages[0], Subscribers: []string{"bob"}})
 	})
-	relReg(t, b, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, b, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 		seen <- seeCtx(ctx)
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 
 	base, cancelBase := context.WithTimeout(context.Background(), time.Hour)
 	producer, cancel := context.WithCancel(context.WithValue(base, traceKey{}, "trace-42"))
@@ -77,7 +77,7 @@ func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
 		hop  any
 	}{{eventbus.PoolUser, nil}, {eventbus.PoolChannel, nil}, {eventbus.PoolPusher, "distributed"}}
 	for _, w := range want {
-		s := relRecv(t, seen, 5*time.Second, string(w.pool)+" handler")
+		s := recvWithin(t, seen, 5*time.Second, string(w.pool)+" handler")
 		assert.Equal(t, w.pool, s.pool)
 		assert.Equal(t, "trace-42", s.trace, "%s handler sees the producer's value", w.pool)
 		assert.Equal(t, w.hop, s.hop, "%s handler", w.pool)
@@ -85,7 +85,7 @@ func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
 		assert.False(t, s.done, "%s handler's Done is open", w.pool)
 		assert.False(t, s.hasDeadline, "%s handler has no producer deadline", w.pool)
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	st := b.Stats()
 	assert.EqualValues(t, 1, st.User.Handled)
 	assert.EqualValues(t, 1, st.Channel.Handled)
@@ -95,19 +95,19 @@ func TestHandlerCtxCarriesValuesNotCancellationThroughFlow(t *testing.T) {
 func TestHandlerCtxValuesSurviveRetry(t *testing.T) {
 	b := newBus(t, eventbus.WithRetry(fastPolicy(2)))
 	seen := make(chan ctxSeen, 2)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		seen <- seeCtx(ctx)
 		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 1 {
 			return errBoom
 		}
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	producer, cancel := context.WithCancel(context.WithValue(context.Background(), traceKey{}, "trace-7"))
 	require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "alice")))
 	cancel()
 	for i := range 2 {
-		s := relRecv(t, seen, 5*time.Second, "attempt")
+		s := recvWithin(t, seen, 5*time.Second, "attempt")
 		assert.Equal(t, "trace-7", s.trace, "attempt %d", i+1)
 		assert.NoError(t, s.err, "attempt %d", i+1)
 	}
@@ -116,13 +116,13 @@ func TestHandlerCtxValuesSurviveRetry(t *testing.T) {
 func TestHandlerCtxFromBackgroundHasNoValues(t *testing.T) {
 	b := newBus(t)
 	seen := make(chan ctxSeen, 1)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		seen <- seeCtx(ctx)
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "alice")))
-	s := relRecv(t, seen, 5*time.Second, "handler")
+	s := recvWithin(t, seen, 5*time.Second, "handler")
 	assert.Nil(t, s.trace)
 	assert.NoError(t, s.err)
 	assert.Equal(t, eventbus.PoolUser, s.pool, "CallInfo is still there")
@@ -146,12 +146,12 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	// A chain of two: contexts of one block are made for both handlers,
 	// alternately.
 	for i, name := range []string{"keeper-a", "keeper-b"} {
-		relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			keptCh <- kept{ctx, ev, name, i}
 			return nil
 		}, eventbus.WithName(name))
 	}
-	relStart(t, b)
+	mustStart(t, b)
 
 	want := make(map[*eventbus.UserContext]any, events) // event -> trace value, nil for Background
 	evs := make([]*eventbus.UserContext, events)
@@ -201,7 +201,7 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 		}
 		require.NoError(t, b.AddEvent(ctx, ev))
 	}
-	relIdle(t, b, 10*time.Second)
+	idleWithin(t, b, 10*time.Second)
 	close(keptCh)
 	readers.Wait()
 	// Unregistering changes nothing for contexts already made.

@@ -14,18 +14,18 @@ import (
 func TestDeadLetterFieldsOfBrokenHandler(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(fastPolicy(2)))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return nil
 	}, eventbus.WithName("validate"))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return fmt.Errorf("store message: %w", errBoom)
 	}, eventbus.WithName("store"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	before := time.Now()
 	ev := userEvent(eventbus.EventOnSend, "alice")
 	relAdd(t, b, ev)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	after := time.Now()
 
 	letters := sink.all()
@@ -41,7 +41,7 @@ func TestDeadLetterFieldsOfBrokenHandler(t *testing.T) {
 
 	s := b.Stats().User
 	assert.EqualValues(t, 1, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestDeadLetterRingKeepsLastN(t *testing.T) {
@@ -68,10 +68,10 @@ func TestDeadLetterRingKeepsLastN(t *testing.T) {
 func TestDeadLetterRingAsBusSink(t *testing.T) {
 	ring := eventbus.NewDeadLetterRing(4)
 	b := newBus(t, eventbus.WithDeadLetter(ring), eventbus.WithRetry(fastPolicy(1)))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return fmt.Errorf("event %v: %w", ev.Frame, errBoom)
 	}, eventbus.WithName("broken"))
-	relStart(t, b)
+	mustStart(t, b)
 	var evs []*eventbus.UserContext
 	for i := range 10 {
 		ev := userEvent(eventbus.EventOnSend, "alice") // one key: dead letters in add order
@@ -79,7 +79,7 @@ func TestDeadLetterRingAsBusSink(t *testing.T) {
 		evs = append(evs, ev)
 		relAdd(t, b, ev)
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.EqualValues(t, 10, ring.Total())
 	letters := ring.Letters()
@@ -98,20 +98,20 @@ func TestDeadLetterNoHandlerWhenChainEmptiedWhileQueued(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	relReg(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 		close(entered)
 		<-release
 		return nil
 	}, eventbus.WithName("gate"))
 	var ran int
-	reg := relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	reg := mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		ran++
 		return nil
 	}, eventbus.WithName("send"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventConnect, "alice"))
-	relRecv(t, entered, 5*time.Second, "gate handler")
+	recvWithin(t, entered, 5*time.Second, "gate handler")
 	var evs []eventbus.Event
 	for _, uid := range []string{"alice", "bob", "carol"} {
 		ev := userEvent(eventbus.EventOnSend, uid)
@@ -123,7 +123,7 @@ func TestDeadLetterNoHandlerWhenChainEmptiedWhileQueued(t *testing.T) {
 	err := b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "dave"))
 	assert.ErrorIs(t, err, eventbus.ErrNoHandler, "no handler at add time")
 	close(release)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.Zero(t, ran, "the removed handler never ran")
 	letters := sink.all()
@@ -139,32 +139,32 @@ func TestDeadLetterNoHandlerWhenChainEmptiedWhileQueued(t *testing.T) {
 	assert.EqualValues(t, 1, s.Handled)
 	assert.EqualValues(t, 3, s.DeadLettered)
 	assert.Zero(t, s.Failed)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestDeadLetterSinkPanicDoesNotKillWorker(t *testing.T) {
 	b := newBus(t, eventbus.WithDeadLetter(panicSink{}), eventbus.WithRetry(fastPolicy(1)),
 		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	var handled int
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Frame == "bad" {
 			return errBoom
 		}
 		handled++
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	bad := userEvent(eventbus.EventOnSend, "alice")
 	bad.Frame = "bad"
 	relAdd(t, b, bad)
 	for range 5 {
 		relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	assert.Equal(t, 5, handled)
 	s := b.Stats().User
 	assert.EqualValues(t, 1, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 type panicSink struct{}

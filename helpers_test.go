@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -101,4 +102,57 @@ func (r *obsRecorder) outcome(out eventbus.Outcome) []eventbus.Observation {
 		}
 	}
 	return res
+}
+
+// mustRegister registers h or fails the test.
+func mustRegister[C eventbus.EventContext](t testing.TB, b *eventbus.Bus, typ eventbus.EventType, h eventbus.Handler[C], opts ...eventbus.HandlerOption) *eventbus.Registration {
+	t.Helper()
+	r, err := eventbus.Register(b, typ, h, opts...)
+	require.NoError(t, err)
+	return r
+}
+
+// mustStart starts b or fails the test.
+func mustStart(t testing.TB, b *eventbus.Bus) {
+	t.Helper()
+	require.NoError(t, b.Start())
+}
+
+// idleWithin waits, at most d, for the bus to be idle.
+func idleWithin(t testing.TB, b *eventbus.Bus, d time.Duration) {
+	t.Helper()
+	require.NoError(t, b.WaitIdle(deadline(t, d)), "bus not idle within %v", d)
+}
+
+// recvWithin receives from ch, failing the test after d.
+func recvWithin[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+	var zero T
+	return zero
+}
+
+// checkIdentity checks Added = Handled + Stopped + DeadLettered + Queued +
+// InFlight + Retrying.
+func checkIdentity(t testing.TB, pool string, s eventbus.PoolStats) {
+	t.Helper()
+	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered+uint64(s.Queued+s.InFlight+s.Retrying),
+		"%s pool: Added != Handled+Stopped+DeadLettered+Queued+InFlight+Retrying in %+v", pool, s)
+}
+
+// atRest checks the identity and that no gauge is above zero.
+func atRest(t testing.TB, pool string, s eventbus.PoolStats) {
+	t.Helper()
+	checkIdentity(t, pool, s)
+	assert.Zero(t, s.Queued, "%s pool Queued", pool)
+	assert.Zero(t, s.InFlight, "%s pool InFlight", pool)
+	assert.Zero(t, s.Retrying, "%s pool Retrying", pool)
+	assert.Zero(t, s.Overflow, "%s pool Overflow", pool)
 }

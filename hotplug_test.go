@@ -43,7 +43,7 @@ func TestHotPlugUnderLoadLosesNoEvent(t *testing.T) {
 		mwCalls  atomic.Int64
 		errs     coreErrs
 	)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		tail[ev.Frame.(int)].Add(1)
 		return nil
 	}, eventbus.WithName("tail"))
@@ -55,8 +55,8 @@ func TestHotPlugUnderLoadLosesNoEvent(t *testing.T) {
 		ab[ev.Frame.(int)].Add(1)
 		return nil
 	}
-	coreRegister(t, bus, eventbus.EventOnSend, abA, eventbus.WithName("ab"), eventbus.First())
-	coreStart(t, bus)
+	mustRegister(t, bus, eventbus.EventOnSend, abA, eventbus.WithName("ab"), eventbus.First())
+	mustStart(t, bus)
 
 	churnOnSend := func(ctx context.Context, ev *eventbus.UserContext) error { return nil }
 	churnAck := func(ctx context.Context, ev *eventbus.UserContext) error {
@@ -163,7 +163,7 @@ func TestHotPlugUnderLoadLosesNoEvent(t *testing.T) {
 	coreWaitGroup(t, &prod, 30*time.Second, "producers")
 	close(stop)
 	coreWaitGroup(t, &churn, 10*time.Second, "churners")
-	coreIdle(t, bus, 30*time.Second)
+	idleWithin(t, bus, 30*time.Second)
 	errs.requireNone(t, "producers and churners")
 
 	// OnSend: through the whole chain, one of A/B, exactly once.
@@ -207,5 +207,5 @@ func TestHotPlugUnderLoadLosesNoEvent(t *testing.T) {
 	assert.Equal(t, uint64(total+accepted), st.Added)
 	assert.Equal(t, uint64(total+ran), st.Handled)
 	assert.Equal(t, uint64(emptyAtRun), st.DeadLettered)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }

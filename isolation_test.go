@@ -34,7 +34,7 @@ func TestIsolationBlockedChannelPoolDoesNotStallUsers(t *testing.T) {
 	t.Cleanup(unblock) // runs before newBus's Close
 	var stuckOnce sync.Once
 	var chanHandled atomic.Int64
-	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		stuckOnce.Do(func() {
 			close(stuck)
 			<-release // a database that hangs until the end of the test
@@ -46,7 +46,7 @@ func TestIsolationBlockedChannelPoolDoesNotStallUsers(t *testing.T) {
 	var userHandled atomic.Int64
 	allUsers := make(chan struct{})
 	var emitErrs coreErrs
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		// Each user event hands work to the stuck channel pool.
 		emitErrs.add(bus.AddEvent(ctx, coreChan(eventbus.EventChannelStore, "store-"+ev.Conn.UID())))
 		if userHandled.Add(1) == total {
@@ -55,14 +55,14 @@ func TestIsolationBlockedChannelPoolDoesNotStallUsers(t *testing.T) {
 		return nil
 	})
 	pushed := make(chan struct{}, 1)
-	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 		pushed <- struct{}{}
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 
 	require.NoError(t, bus.AddEvent(context.Background(), coreChan(eventbus.EventChannelStore, "first")))
-	coreRecv(t, stuck, 5*time.Second, "the channel handler to start")
+	recvWithin(t, stuck, 5*time.Second, "the channel handler to start")
 
 	var wg sync.WaitGroup
 	var addErrs coreErrs
@@ -76,12 +76,12 @@ func TestIsolationBlockedChannelPoolDoesNotStallUsers(t *testing.T) {
 	}
 	coreWaitGroup(t, &wg, 20*time.Second, "producers of user events")
 	addErrs.requireNone(t, "AddEvent of user events")
-	coreRecv(t, allUsers, 20*time.Second, "every user event to be handled while the channel pool is stuck")
+	recvWithin(t, allUsers, 20*time.Second, "every user event to be handled while the channel pool is stuck")
 	emitErrs.requireNone(t, "follow-on adds into the stuck channel pool")
 
 	// The pusher pool is not held up either.
 	require.NoError(t, bus.AddEvent(context.Background(), corePush(eventbus.EventPushOnline, "p", 1)))
-	coreRecv(t, pushed, 5*time.Second, "a push event while the channel pool is stuck")
+	recvWithin(t, pushed, 5*time.Second, "a push event while the channel pool is stuck")
 
 	// The channel pool really is stuck and full: nothing handled, its
 	// shard over capacity, outside adds refused.
@@ -92,11 +92,11 @@ func TestIsolationBlockedChannelPoolDoesNotStallUsers(t *testing.T) {
 	require.ErrorIs(t, bus.TryAddEvent(coreChan(eventbus.EventChannelStore, "late")), eventbus.ErrQueueFull)
 
 	unblock()
-	coreIdle(t, bus, 20*time.Second)
+	idleWithin(t, bus, 20*time.Second)
 	assert.Equal(t, int64(total+1), chanHandled.Load(), "channel events handled after the release")
 	st = bus.Stats()
 	assert.Equal(t, uint64(total), st.User.Handled)
 	assert.Equal(t, uint64(total+1), st.Channel.Handled)
-	coreAtRest(t, "user", st.User)
-	coreAtRest(t, "channel", st.Channel)
+	atRest(t, "user", st.User)
+	atRest(t, "channel", st.Channel)
 }

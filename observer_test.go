@@ -23,39 +23,39 @@ func TestObserverOutcomes(t *testing.T) {
 	b := newBus(t, eventbus.WithObserver(rec), eventbus.WithRetry(fastPolicy(3)),
 		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	relReg(t, b, eventbus.EventOnConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 		close(entered)
 		<-release
 		return nil
 	}, eventbus.WithName("gate"))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		busyFor(5 * time.Millisecond)
 		return nil
 	}, eventbus.WithName("ok"))
-	relReg(t, b, eventbus.EventRecvAck, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventRecvAck, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 1 {
 			return errBoom
 		}
 		return nil
 	}, eventbus.WithName("flaky"))
-	relReg(t, b, eventbus.EventConnClose, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventConnClose, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return errBoom
 	}, eventbus.WithName("broken"), eventbus.WithHandlerRetry(fastPolicy(2)))
-	relReg(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 		return eventbus.ErrStopChain
 	}, eventbus.WithName("stopper"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	// The OnSend event waits at least 20ms behind the gate.
 	relAdd(t, b, userEvent(eventbus.EventOnConnect, "gate"))
-	relRecv(t, entered, 5*time.Second, "gate handler")
+	recvWithin(t, entered, 5*time.Second, "gate handler")
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
 	<-time.After(20 * time.Millisecond)
 	close(release)
 	relAdd(t, b, userEvent(eventbus.EventRecvAck, "bob"))
 	relAdd(t, b, userEvent(eventbus.EventConnClose, "carol"))
 	relAdd(t, b, userEvent(eventbus.EventConnect, "dave"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	rec.mu.Lock()
 	all := append([]eventbus.Observation(nil), rec.obs...)
@@ -109,13 +109,13 @@ func TestObserverQueuedExcludesHandlerTime(t *testing.T) {
 	// Queued is the wait before the run, InHandler the run.
 	rec := &obsRecorder{}
 	b := newBus(t, eventbus.WithObserver(rec))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		busyFor(30 * time.Millisecond)
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	obs := rec.of(eventbus.EventOnSend)
 	require.Len(t, obs, 1)
 	t.Logf("Queued %v, InHandler %v", obs[0].Queued, obs[0].InHandler)
@@ -128,13 +128,13 @@ func TestObserverDeadLetterReportsRunTime(t *testing.T) {
 	// OutcomeDeadLettered observation says how long it took.
 	rec := &obsRecorder{}
 	b := newBus(t, eventbus.WithObserver(rec), eventbus.WithRetry(fastPolicy(1)))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		busyFor(10 * time.Millisecond)
 		return errBoom
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	obs := rec.of(eventbus.EventOnSend)
 	require.Len(t, obs, 1)
 	assert.Equal(t, eventbus.OutcomeDeadLettered, obs[0].Outcome)
@@ -145,15 +145,15 @@ func TestObserverSeesGoexitAttempt(t *testing.T) {
 	// Every failed attempt is observed, a runtime.Goexit included.
 	rec := &obsRecorder{}
 	b := newBus(t, eventbus.WithObserver(rec), eventbus.WithRetry(fastPolicy(2)))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 1 {
 			runtime.Goexit()
 		}
 		return nil
 	}, eventbus.WithName("exiter"))
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	assert.EqualValues(t, 1, b.Stats().User.Retried)
 	obs := rec.of(eventbus.EventOnSend)
 	var outcomes []eventbus.Outcome
@@ -181,21 +181,21 @@ func TestObserverPanicIsRecovered(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { relCloseAtEnd(b) })
 	var handled atomic.Int64
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Frame == "bad" {
 			return errBoom
 		}
 		handled.Add(1)
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	bad := userEvent(eventbus.EventOnSend, "u0")
 	bad.Frame = "bad"
 	relAdd(t, b, bad)
 	for i := range 50 {
 		relAdd(t, b, userEvent(eventbus.EventOnSend, []string{"u0", "u1", "u2"}[i%3]))
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.EqualValues(t, 50, handled.Load())
 	assert.Len(t, sink.all(), 1, "the dead letter reached the sink")
@@ -204,7 +204,7 @@ func TestObserverPanicIsRecovered(t *testing.T) {
 	assert.EqualValues(t, 50, s.Handled)
 	assert.EqualValues(t, 1, s.DeadLettered)
 	assert.Zero(t, s.Panics, "an observer panic is not a handler panic")
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 	relClose(t, b)
 }
 
@@ -212,21 +212,21 @@ func TestStatsLatencyQuantiles(t *testing.T) {
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	before := b.Stats().User.Latency
 	assert.Zero(t, before, "no samples before any event")
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Frame == "slow" {
 			busyFor(2 * time.Millisecond)
 		}
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	slow := userEvent(eventbus.EventOnSend, "alice")
 	slow.Frame = "slow" // the first run is sampled
 	relAdd(t, b, slow)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	for range 1000 {
 		relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	lat := b.Stats().User.Latency
 	t.Logf("latency: P50 %v, P99 %v, Max %v", lat.P50, lat.P99, lat.Max)
@@ -242,13 +242,13 @@ func TestStatsLatencyQuantilesNeverAboveMax(t *testing.T) {
 	// One sampled run of about 17ms: P50 and P99 are that run, and so is
 	// Max. A quantile above Max is impossible data.
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		busyFor(17 * time.Millisecond)
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	lat := b.Stats().User.Latency
 	t.Logf("latency: P50 %v, P99 %v, Max %v", lat.P50, lat.P99, lat.Max)
 	assert.GreaterOrEqual(t, lat.Max, 17*time.Millisecond)

@@ -62,7 +62,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 	)
 
 	for h := range 3 {
-		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			f := ev.Frame.(coreOrderFrame)
 			userChk[h].see(f.user, f.seq)
 			if h == 2 {
@@ -76,7 +76,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 		}, eventbus.WithName(fmt.Sprintf("user-%d", h)))
 	}
 	for h := range 2 {
-		coreRegister(t, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		mustRegister(t, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 			msg := ev.Messages[0]
 			user, seq := int(msg.MessageID>>32), msg.MessageID&0xffffffff
 			chanByUser[h].see(user, seq)
@@ -92,14 +92,14 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 		}, eventbus.WithName(fmt.Sprintf("channel-%d", h)))
 	}
 	for h := range 2 {
-		coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+		mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 			user, seq := int(ev.Message.MessageID>>32), ev.Message.MessageID&0xffffffff
 			pushByUser[h].see(user, seq)
 			pushByChan[h].see(user%channels, int64(ev.Message.MessageSeq)-1)
 			return nil
 		}, eventbus.WithName(fmt.Sprintf("push-%d", h)))
 	}
-	coreStart(t, bus)
+	mustStart(t, bus)
 
 	// Several producers add for the same user; the user's lock makes the
 	// order of their AddEvent calls the order of seq.
@@ -132,7 +132,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 	}
 	coreWaitGroup(t, &wg, time.Minute, "producers")
 	addErrs.requireNone(t, "AddEvent from producers")
-	coreIdle(t, bus, time.Minute)
+	idleWithin(t, bus, time.Minute)
 	emitErrs.requireNone(t, "follow-on AddEvent")
 
 	lastOfUser := func(u int) int64 { return userSeq[u] - 1 }
@@ -160,7 +160,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 	}{{"user", st.User}, {"channel", st.Channel}, {"pusher", st.Pusher}} {
 		assert.Equal(t, uint64(total), ps.s.Added, "%s pool Added", ps.name)
 		assert.Equal(t, uint64(total), ps.s.Handled, "%s pool Handled", ps.name)
-		coreAtRest(t, ps.name, ps.s)
+		atRest(t, ps.name, ps.s)
 	}
 }
 
@@ -193,19 +193,19 @@ func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 		event    func(key string) eventbus.Event
 	}{
 		{"user", func(t *testing.T, bus *eventbus.Bus) {
-			coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 				enter(ev.Conn.UID())
 				return nil
 			})
 		}, func(key string) eventbus.Event { return userEvent(eventbus.EventOnSend, key) }},
 		{"channel", func(t *testing.T, bus *eventbus.Bus) {
-			coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 				enter(ev.ChannelID)
 				return nil
 			})
 		}, func(key string) eventbus.Event { return coreChan(eventbus.EventChannelStore, key) }},
 		{"pusher", func(t *testing.T, bus *eventbus.Bus) {
-			coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+			mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 				enter(ev.Message.ChannelID)
 				return nil
 			})
@@ -216,7 +216,7 @@ func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 			cfg := eventbus.PoolConfig{Workers: 64}
 			bus := newBus(t, eventbus.WithUserPool(cfg), eventbus.WithChannelPool(cfg), eventbus.WithPusherPool(cfg))
 			pl.register(t, bus)
-			coreStart(t, bus)
+			mustStart(t, bus)
 			for attempt := range 8 {
 				a := &probe{started: make(chan struct{}), giveUp: make(chan struct{}), saw: make(chan bool, 2)}
 				b := &probe{started: make(chan struct{}), giveUp: a.giveUp, saw: a.saw}
@@ -247,9 +247,9 @@ func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 				t.Logf("attempt %d: keys %q and %q did not overlap in 2s (same shard?); trying another pair", attempt, keyA, keyB)
 				close(a.giveUp)
 				for ; got < 2; got++ {
-					coreRecv(t, a.saw, 10*time.Second, "handlers of a failed attempt to return")
+					recvWithin(t, a.saw, 10*time.Second, "handlers of a failed attempt to return")
 				}
-				coreIdle(t, bus, 10*time.Second)
+				idleWithin(t, bus, 10*time.Second)
 			}
 			t.Fatalf("%s pool: no two keys were ever handled at the same time (8 pairs tried)", pl.name)
 		})
@@ -258,8 +258,8 @@ func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 
 // ---------------------------------------------------------------------------
 // Helpers shared by the core tests (order, isolation, reemit, close,
-// hotplug, panic, badinput, registry). Prefixed "core"/"seq" to stay apart
-// from helpers of other test files.
+// hotplug, panic, badinput, registry). Those every test file uses
+// (registering, starting, waiting, stats at rest) are in helpers_test.go.
 
 // coreSeqCheck checks, per key, that a handler sees seq 0, 1, 2… in order and
 // never two events of one key at the same time.
@@ -339,39 +339,6 @@ func (c *coreErrs) requireNone(t testing.TB, what string) {
 	require.Zero(t, c.n, "%s: %d unexpected errors, first ones: %v", what, c.n, c.first)
 }
 
-func coreRegister[C eventbus.EventContext](t testing.TB, bus *eventbus.Bus, typ eventbus.EventType, h eventbus.Handler[C], opts ...eventbus.HandlerOption) *eventbus.Registration {
-	t.Helper()
-	reg, err := eventbus.Register(bus, typ, h, opts...)
-	require.NoError(t, err)
-	return reg
-}
-
-func coreStart(t testing.TB, bus *eventbus.Bus) {
-	t.Helper()
-	require.NoError(t, bus.Start())
-}
-
-// coreIdle waits, at most d, for the bus to be idle.
-func coreIdle(t testing.TB, bus *eventbus.Bus, d time.Duration) {
-	t.Helper()
-	require.NoError(t, bus.WaitIdle(deadline(t, d)), "bus not idle within %v", d)
-}
-
-// coreRecv receives from ch, failing the test after d.
-func coreRecv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("timed out after %v waiting for %s", d, what)
-	}
-	var zero T
-	return zero
-}
-
 // coreWaitGroup waits, at most d, for wg.
 func coreWaitGroup(t testing.TB, wg *sync.WaitGroup, d time.Duration, what string) {
 	t.Helper()
@@ -380,25 +347,7 @@ func coreWaitGroup(t testing.TB, wg *sync.WaitGroup, d time.Duration, what strin
 		wg.Wait()
 		close(done)
 	}()
-	coreRecv(t, done, d, what)
-}
-
-// coreIdentity checks Added = Handled + Stopped + DeadLettered + Queued +
-// InFlight + Retrying.
-func coreIdentity(t testing.TB, pool string, s eventbus.PoolStats) {
-	t.Helper()
-	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered+uint64(s.Queued+s.InFlight+s.Retrying),
-		"%s pool: Added != Handled+Stopped+DeadLettered+Queued+InFlight+Retrying in %+v", pool, s)
-}
-
-// coreAtRest checks the identity and that no gauge is above zero.
-func coreAtRest(t testing.TB, pool string, s eventbus.PoolStats) {
-	t.Helper()
-	coreIdentity(t, pool, s)
-	assert.Zero(t, s.Queued, "%s pool Queued", pool)
-	assert.Zero(t, s.InFlight, "%s pool InFlight", pool)
-	assert.Zero(t, s.Retrying, "%s pool Retrying", pool)
-	assert.Zero(t, s.Overflow, "%s pool Overflow", pool)
+	recvWithin(t, done, d, what)
 }
 
 func coreChan(typ eventbus.EventType, channel string, msgs ...*eventbus.Message) *eventbus.ChannelContext {

@@ -33,7 +33,7 @@ func corePanicPools() []corePanicPool {
 			name:  "user",
 			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.User },
 			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
-				return coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				return mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 					return h(ctx, ev.Frame == "bad")
 				}, eventbus.WithName("user-handler")).Name()
 			},
@@ -49,7 +49,7 @@ func corePanicPools() []corePanicPool {
 			name:  "channel",
 			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.Channel },
 			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
-				return coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+				return mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 					return h(ctx, ev.Messages[0].ClientMsgNo == "bad")
 				}, eventbus.WithName("channel-handler")).Name()
 			},
@@ -65,7 +65,7 @@ func corePanicPools() []corePanicPool {
 			name:  "pusher",
 			stats: func(s eventbus.Stats) eventbus.PoolStats { return s.Pusher },
 			register: func(t *testing.T, bus *eventbus.Bus, h func(context.Context, bool) error) string {
-				return coreRegister(t, bus, eventbus.EventPushOffline, func(ctx context.Context, ev *eventbus.PushContext) error {
+				return mustRegister(t, bus, eventbus.EventPushOffline, func(ctx context.Context, ev *eventbus.PushContext) error {
 					return h(ctx, ev.Message.ClientMsgNo == "bad")
 				}, eventbus.WithName("pusher-handler")).Name()
 			},
@@ -101,14 +101,14 @@ func TestPanicInHandlerOfEachPool(t *testing.T) {
 					handled.Add(1)
 					return nil
 				})
-				coreStart(t, bus)
+				mustStart(t, bus)
 
 				bad := pl.event("k0", true)
 				require.NoError(t, bus.AddEvent(context.Background(), bad))
 				for i := range 10 {
 					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i%3), false)))
 				}
-				coreIdle(t, bus, 10*time.Second)
+				idleWithin(t, bus, 10*time.Second)
 				require.EqualValues(t, 10, handled.Load(), "events after the panic, same key and others")
 
 				st := pl.stats(bus.Stats())
@@ -117,7 +117,7 @@ func TestPanicInHandlerOfEachPool(t *testing.T) {
 				assert.Equal(t, uint64(1), st.DeadLettered)
 				assert.Equal(t, uint64(10), st.Handled)
 				assert.Zero(t, st.Retried)
-				coreAtRest(t, pl.name, st)
+				atRest(t, pl.name, st)
 
 				letters := sink.all()
 				require.Len(t, letters, 1)
@@ -137,7 +137,7 @@ func TestPanicInHandlerOfEachPool(t *testing.T) {
 				for i := range 5 {
 					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i), false)))
 				}
-				coreIdle(t, bus, 10*time.Second)
+				idleWithin(t, bus, 10*time.Second)
 				assert.EqualValues(t, 15, handled.Load())
 			})
 		}
@@ -164,20 +164,20 @@ func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
 				handled.Add(1)
 				return nil
 			})
-			coreStart(t, bus)
+			mustStart(t, bus)
 			for round := range 3 { // several Goexits: each replaced worker works too
 				require.NoError(t, bus.AddEvent(context.Background(), pl.event("k0", true)))
 				for i := range 6 {
 					require.NoError(t, bus.AddEvent(context.Background(), pl.event(fmt.Sprintf("k%d", i%2), false)))
 				}
-				coreIdle(t, bus, 10*time.Second)
+				idleWithin(t, bus, 10*time.Second)
 				require.EqualValues(t, 6*(round+1), handled.Load(), "round %d", round)
 			}
 			st := pl.stats(bus.Stats())
 			assert.Equal(t, uint64(3), st.Panics)
 			assert.Equal(t, uint64(3), st.DeadLettered)
 			assert.Equal(t, uint64(18), st.Handled)
-			coreAtRest(t, pl.name, st)
+			atRest(t, pl.name, st)
 			letters := sink.all()
 			require.Len(t, letters, 3)
 			for _, l := range letters {
@@ -192,7 +192,7 @@ func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
 		bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}),
 			eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, Jitter: -1}))
 		var order []string // one worker, one key: no concurrent access
-		coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			info, _ := eventbus.CallInfoFrom(ctx)
 			if ev.Frame == "bad" && info.Attempt < 3 {
 				runtime.Goexit() // from the first run and from a parked retry
@@ -200,18 +200,18 @@ func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
 			order = append(order, fmt.Sprintf("%v#%d", ev.Frame, info.Attempt))
 			return nil
 		})
-		coreStart(t, bus)
+		mustStart(t, bus)
 		for _, f := range []string{"bad", "next-1", "next-2"} {
 			require.NoError(t, bus.AddEvent(context.Background(),
 				&eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: "same"}, Frame: f}))
 		}
-		coreIdle(t, bus, 10*time.Second)
+		idleWithin(t, bus, 10*time.Second)
 		require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 		assert.Equal(t, []string{"bad#3", "next-1#1", "next-2#1"}, order, "retried in place, key order kept")
 		st := bus.Stats().User
 		assert.Equal(t, uint64(2), st.Panics)
 		assert.Equal(t, uint64(2), st.Retried)
 		assert.Equal(t, uint64(3), st.Handled)
-		coreAtRest(t, "user", st)
+		atRest(t, "user", st)
 	})
 }

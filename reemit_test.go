@@ -38,7 +38,7 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 		emitErrs    coreErrs
 		maxOverflow atomic.Int64
 	)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		f := ev.Frame.(coreReemitFrame)
 		perTreeSeen[f.tree].Add(1)
 		if f.depth < maxDepth {
@@ -54,7 +54,7 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 		handled.Add(1)
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 
 	var wg sync.WaitGroup
 	var addErrs coreErrs
@@ -67,7 +67,7 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 	}
 	coreWaitGroup(t, &wg, 30*time.Second, "outside adds of the roots")
 	addErrs.requireNone(t, "outside AddEvent")
-	coreIdle(t, bus, 30*time.Second)
+	idleWithin(t, bus, 30*time.Second)
 	emitErrs.requireNone(t, "follow-on AddEvent")
 
 	require.Equal(t, int64(total), handled.Load())
@@ -78,7 +78,7 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 	st := bus.Stats().User
 	assert.Equal(t, uint64(total), st.Added)
 	assert.Equal(t, uint64(total), st.Handled)
-	coreAtRest(t, "user", st)
+	atRest(t, "user", st)
 }
 
 // TestReemitPusherUserCycle proves that cycles across pools are legal
@@ -100,7 +100,7 @@ func TestReemitPusherUserCycle(t *testing.T) {
 		noiseSeen             atomic.Int64
 		emitErrs              coreErrs
 	)
-	coreRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, bus, eventbus.EventPushOnline, func(ctx context.Context, ev *eventbus.PushContext) error {
 		if ev.Message.MessageID < 0 {
 			noiseSeen.Add(1)
 			return nil
@@ -115,7 +115,7 @@ func TestReemitPusherUserCycle(t *testing.T) {
 		}
 		return nil
 	})
-	coreRegister(t, bus, eventbus.EventRecvAck, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventRecvAck, func(ctx context.Context, ev *eventbus.UserContext) error {
 		f, ok := ev.Frame.([2]int64)
 		if !ok {
 			noiseSeen.Add(1)
@@ -130,7 +130,7 @@ func TestReemitPusherUserCycle(t *testing.T) {
 		emitErrs.add(bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m}))
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 
 	var wg sync.WaitGroup
 	var addErrs coreErrs
@@ -149,7 +149,7 @@ func TestReemitPusherUserCycle(t *testing.T) {
 	})
 	coreWaitGroup(t, &wg, 30*time.Second, "outside adds")
 	addErrs.requireNone(t, "outside AddEvent")
-	coreIdle(t, bus, 30*time.Second)
+	idleWithin(t, bus, 30*time.Second)
 	emitErrs.requireNone(t, "the cycle's handlers")
 
 	for c := range cycles {
@@ -158,6 +158,6 @@ func TestReemitPusherUserCycle(t *testing.T) {
 	}
 	assert.Equal(t, int64(2*noise), noiseSeen.Load())
 	st := bus.Stats()
-	coreAtRest(t, "user", st.User)
-	coreAtRest(t, "pusher", st.Pusher)
+	atRest(t, "user", st.User)
+	atRest(t, "pusher", st.Pusher)
 }

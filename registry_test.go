@@ -47,7 +47,7 @@ func (l *coreCallLog) handler(name string) eventbus.Handler[eventbus.UserContext
 func (l *coreCallLog) runOne(t *testing.T, bus *eventbus.Bus) []string {
 	t.Helper()
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "reg")))
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	return l.take()
 }
 
@@ -59,22 +59,22 @@ func (l *coreCallLog) runOne(t *testing.T, bus *eventbus.Bus) []string {
 func TestRegistryChainOrder(t *testing.T) {
 	bus := newBus(t)
 	log := &coreCallLog{}
-	coreStart(t, bus) // Register works before and after Start
+	mustStart(t, bus) // Register works before and after Start
 
-	regA := coreRegister(t, bus, eventbus.EventOnSend, log.handler("a"), eventbus.WithName("a"))
-	regB := coreRegister(t, bus, eventbus.EventOnSend, log.handler("b"), eventbus.WithName("b"))
-	coreRegister(t, bus, eventbus.EventOnSend, log.handler("c"), eventbus.WithName("c"))
+	regA := mustRegister(t, bus, eventbus.EventOnSend, log.handler("a"), eventbus.WithName("a"))
+	regB := mustRegister(t, bus, eventbus.EventOnSend, log.handler("b"), eventbus.WithName("b"))
+	mustRegister(t, bus, eventbus.EventOnSend, log.handler("c"), eventbus.WithName("c"))
 	assert.Equal(t, "a", regA.Name())
 	require.Equal(t, []string{"a", "b", "c"}, log.runOne(t, bus))
 
-	coreRegister(t, bus, eventbus.EventOnSend, log.handler("d"), eventbus.WithName("d"), eventbus.First())
+	mustRegister(t, bus, eventbus.EventOnSend, log.handler("d"), eventbus.WithName("d"), eventbus.First())
 	require.Equal(t, []string{"d", "a", "b", "c"}, log.runOne(t, bus), "First puts d at the head")
 
-	regB2 := coreRegister(t, bus, eventbus.EventOnSend, log.handler("b2"), eventbus.Replace("b"), eventbus.WithName("b2"))
+	regB2 := mustRegister(t, bus, eventbus.EventOnSend, log.handler("b2"), eventbus.Replace("b"), eventbus.WithName("b2"))
 	assert.Equal(t, "b2", regB2.Name())
 	require.Equal(t, []string{"d", "a", "b2", "c"}, log.runOne(t, bus), "Replace swaps in place")
 
-	regC2 := coreRegister(t, bus, eventbus.EventOnSend, log.handler("c'"), eventbus.Replace("c"))
+	regC2 := mustRegister(t, bus, eventbus.EventOnSend, log.handler("c'"), eventbus.Replace("c"))
 	assert.Equal(t, "c", regC2.Name(), "Replace without WithName keeps the old name")
 	require.Equal(t, []string{"d", "a", "b2", "c'"}, log.runOne(t, bus))
 
@@ -105,8 +105,8 @@ func TestRegistryChainOrder(t *testing.T) {
 
 	// Default names: the function's name plus #n, unique.
 	h := log.handler("anon")
-	r1 := coreRegister(t, bus, eventbus.EventOnSend, h)
-	r2 := coreRegister(t, bus, eventbus.EventOnSend, h)
+	r1 := mustRegister(t, bus, eventbus.EventOnSend, h)
+	r2 := mustRegister(t, bus, eventbus.EventOnSend, h)
 	assert.NotEqual(t, r1.Name(), r2.Name())
 	assert.Contains(t, r1.Name(), "#")
 	assert.True(t, bus.UnregisterHandler(eventbus.EventOnSend, r2.Name()))
@@ -133,10 +133,10 @@ func TestRegistryUseOrder(t *testing.T) {
 			}
 		}
 	}
-	coreRegister(t, bus, eventbus.EventOnSend, log.handler("h1"), eventbus.WithName("h1"))
+	mustRegister(t, bus, eventbus.EventOnSend, log.handler("h1"), eventbus.WithName("h1"))
 	bus.Use(mw("m1"), nil, mw("m2"))
-	coreRegister(t, bus, eventbus.EventOnSend, log.handler("h2"), eventbus.WithName("h2"))
-	coreStart(t, bus)
+	mustRegister(t, bus, eventbus.EventOnSend, log.handler("h2"), eventbus.WithName("h2"))
+	mustStart(t, bus)
 	require.Equal(t, []string{
 		"m1>h1", "m2>h1", "h1", "<m2", "<m1",
 		"m1>h2", "m2>h2", "h2", "<m2", "<m1",
@@ -173,11 +173,11 @@ func TestRegistryCallInfo(t *testing.T) {
 		return c
 	}
 	failedOnce := false
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		record(ctx)
 		return nil
 	}, eventbus.WithName("first"))
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		record(ctx)
 		if !failedOnce { // one key, one worker at a time: no race
 			failedOnce = true
@@ -185,21 +185,21 @@ func TestRegistryCallInfo(t *testing.T) {
 		}
 		return nil
 	}, eventbus.WithName("second"))
-	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		record(ctx)
 		return nil
 	}, eventbus.WithName("store"))
-	coreRegister(t, bus, eventbus.EventPushOffline, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, bus, eventbus.EventPushOffline, func(ctx context.Context, ev *eventbus.PushContext) error {
 		record(ctx)
 		return nil
 	}, eventbus.WithName("offline"))
-	coreStart(t, bus)
+	mustStart(t, bus)
 
 	_, ok := eventbus.CallInfoFrom(context.Background())
 	assert.False(t, ok, "no CallInfo outside a handler")
 
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "ci")))
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	got := take()
 	require.Len(t, got, 3)
 	id := got[0].EventID
@@ -214,7 +214,7 @@ func TestRegistryCallInfo(t *testing.T) {
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "ci")))
 	require.NoError(t, bus.AddEvent(context.Background(), coreChan(eventbus.EventChannelStore, "ci")))
 	require.NoError(t, bus.AddEvent(context.Background(), corePush(eventbus.EventPushOffline, "ci", 1)))
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	got = take()
 	require.Len(t, got, 4)
 	ids := map[uint64]bool{id: true}
@@ -248,20 +248,20 @@ func TestRegistryHandlerContext(t *testing.T) {
 		err   error
 	}
 	got := make(chan seen, 2)
-	coreRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		got <- seen{ctx.Value(coreCtxKey{}), ctx.Err()}
 		return bus.AddEvent(ctx, coreChan(eventbus.EventChannelStore, "ctx"))
 	})
-	coreRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		got <- seen{ctx.Value(coreCtxKey{}), ctx.Err()}
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	pctx, cancel := context.WithCancel(context.WithValue(context.Background(), coreCtxKey{}, "trace-42"))
 	require.NoError(t, bus.AddEvent(pctx, userEvent(eventbus.EventOnSend, "ctx")))
 	cancel() // the producer's cancellation must not reach the handler
 	for _, where := range []string{"handler", "follow-on handler"} {
-		s := coreRecv(t, got, 5*time.Second, where)
+		s := recvWithin(t, got, 5*time.Second, where)
 		assert.Equal(t, "trace-42", s.value, where)
 		assert.NoError(t, s.err, where)
 	}
@@ -313,17 +313,17 @@ func TestRegistryDefine(t *testing.T) {
 	}
 	_, err := eventbus.Register(bus, 30, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
 	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "30 was defined for the pusher pool")
-	coreRegister(t, bus, 30, func(ctx context.Context, ev *eventbus.PushContext) error {
+	mustRegister(t, bus, 30, func(ctx context.Context, ev *eventbus.PushContext) error {
 		info, _ := eventbus.CallInfoFrom(ctx)
 		note(fmt.Sprintf("%s/%s", info.Pool, bus.TypeName(ev.EventType)))
 		return nil
 	})
-	coreRegister(t, bus, 31, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, bus, 31, func(ctx context.Context, ev *eventbus.UserContext) error {
 		info, _ := eventbus.CallInfoFrom(ctx)
 		note(fmt.Sprintf("%s/%s", info.Pool, bus.TypeName(ev.EventType)))
 		return nil
 	})
-	coreStart(t, bus)
+	mustStart(t, bus)
 	err = bus.Define(40, eventbus.PoolUser, "late")
 	require.ErrorIs(t, err, eventbus.ErrStarted, "Define after Start")
 	assert.True(t, strings.HasPrefix(err.Error(), "eventbus:"), err.Error())
@@ -334,7 +334,7 @@ func TestRegistryDefine(t *testing.T) {
 	assert.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(30, "someone")), eventbus.ErrWrongPool)
 	assert.ErrorIs(t, bus.AddEvent(context.Background(), coreChan(7, "c")), eventbus.ErrWrongPool)
 	assert.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(7, "someone")), eventbus.ErrNoHandler)
-	coreIdle(t, bus, 5*time.Second)
+	idleWithin(t, bus, 5*time.Second)
 	mu.Lock()
 	defer mu.Unlock()
 	assert.ElementsMatch(t, []string{"pusher/Webhook", "user/Presence"}, handled)

@@ -19,46 +19,15 @@ import (
 
 // Reliability tests: retries, parking, dead letters, close during retries,
 // runtime.Goexit. Helpers shared by the reliability files (retry, soak,
-// timeout, batch, observer, deadletter, ctxvalues) carry a "rel" prefix.
+// timeout, batch, observer, deadletter, ctxvalues) carry a "rel" prefix;
+// those every test file uses are in helpers_test.go.
 
 var errBoom = errors.New("boom")
-
-// relStart starts b or fails the test.
-func relStart(t testing.TB, b *eventbus.Bus) {
-	t.Helper()
-	require.NoError(t, b.Start())
-}
-
-// relReg registers h or fails the test.
-func relReg[C eventbus.EventContext](t testing.TB, b *eventbus.Bus, typ eventbus.EventType, h eventbus.Handler[C], opts ...eventbus.HandlerOption) *eventbus.Registration {
-	t.Helper()
-	r, err := eventbus.Register(b, typ, h, opts...)
-	require.NoError(t, err)
-	return r
-}
 
 // relAdd adds ev with a deadline or fails the test.
 func relAdd(t testing.TB, b *eventbus.Bus, ev eventbus.Event) {
 	t.Helper()
 	require.NoError(t, b.AddEvent(deadline(t, 5*time.Second), ev))
-}
-
-// relIdle waits, at most d, for the bus to be idle.
-func relIdle(t testing.TB, b *eventbus.Bus, d time.Duration) {
-	t.Helper()
-	require.NoError(t, b.WaitIdle(deadline(t, d)), "bus not idle within %v", d)
-}
-
-// relRecv receives one value from ch, failing the test after d.
-func relRecv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatalf("no %s within %v", what, d)
-		panic("unreachable")
-	}
 }
 
 // relClose closes b with a deadline and requires a clean close.
@@ -72,17 +41,6 @@ func relCloseAtEnd(b *eventbus.Bus) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = b.Close(ctx)
-}
-
-// relRest checks the accounting identity of a pool at rest.
-func relRest(t testing.TB, name string, s eventbus.PoolStats) {
-	t.Helper()
-	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered,
-		"%s: Added = Handled + Stopped + DeadLettered at rest (%+v)", name, s)
-	assert.Zero(t, s.Queued, "%s: Queued at rest", name)
-	assert.Zero(t, s.InFlight, "%s: InFlight at rest", name)
-	assert.Zero(t, s.Retrying, "%s: Retrying at rest", name)
-	assert.Zero(t, s.Overflow, "%s: Overflow at rest", name)
 }
 
 // fastPolicy is a retry policy of the given attempts with small, exact
@@ -158,15 +116,15 @@ func TestRetryDefaultPolicyThreeAttempts(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink)) // no retry option: defaults
 	var log callLog
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return errBoom
 	}, eventbus.WithName("broken"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	ev := userEvent(eventbus.EventOnSend, "alice")
 	relAdd(t, b, ev)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.Equal(t, []string{"broken:1", "broken:2", "broken:3"}, log.trail())
 	letters := sink.all()
@@ -181,14 +139,14 @@ func TestRetryDefaultPolicyThreeAttempts(t *testing.T) {
 	assert.EqualValues(t, 2, s.Retried)
 	assert.EqualValues(t, 1, s.DeadLettered)
 	assert.Zero(t, s.Handled)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestRetrySucceedsOnThirdAttempt(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(fastPolicy(0)))
 	var log callLog
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		i := log.begin(ctx, ev)
 		defer log.end(i)
 		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt < 3 {
@@ -196,10 +154,10 @@ func TestRetrySucceedsOnThirdAttempt(t *testing.T) {
 		}
 		return nil
 	}, eventbus.WithName("flaky"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.Equal(t, []string{"flaky:1", "flaky:2", "flaky:3"}, log.trail())
 	assert.Empty(t, sink.all())
@@ -208,7 +166,7 @@ func TestRetrySucceedsOnThirdAttempt(t *testing.T) {
 	assert.EqualValues(t, 2, s.Failed)
 	assert.EqualValues(t, 2, s.Retried)
 	assert.Zero(t, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestRetryPermanentGoesStraightToDeadLetter(t *testing.T) {
@@ -216,14 +174,14 @@ func TestRetryPermanentGoesStraightToDeadLetter(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(fastPolicy(5)))
 	var log callLog
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return fmt.Errorf("decode: %w", eventbus.Permanent(errBoom))
 	}, eventbus.WithName("decoder"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.Equal(t, []string{"decoder:1"}, log.trail(), "a permanent error is never retried")
 	letters := sink.all()
@@ -238,7 +196,7 @@ func TestRetryPermanentGoesStraightToDeadLetter(t *testing.T) {
 	assert.EqualValues(t, 1, s.Failed)
 	assert.Zero(t, s.Retried)
 	assert.EqualValues(t, 1, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestRetryStopChainIsNeverRetried(t *testing.T) {
@@ -250,18 +208,18 @@ func TestRetryStopChainIsNeverRetried(t *testing.T) {
 			sink := &sinkRecorder{}
 			b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(fastPolicy(5)))
 			var log callLog
-			relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 				defer log.end(log.begin(ctx, ev))
 				return stop
 			}, eventbus.WithName("audit"))
-			relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 				defer log.end(log.begin(ctx, ev))
 				return nil
 			}, eventbus.WithName("store"))
-			relStart(t, b)
+			mustStart(t, b)
 
 			relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-			relIdle(t, b, 5*time.Second)
+			idleWithin(t, b, 5*time.Second)
 
 			assert.Equal(t, []string{"audit:1"}, log.trail(), "stop ends the chain, no retry")
 			assert.Empty(t, sink.all())
@@ -270,7 +228,7 @@ func TestRetryStopChainIsNeverRetried(t *testing.T) {
 			assert.Zero(t, s.Failed)
 			assert.Zero(t, s.Retried)
 			assert.Zero(t, s.Handled)
-			relRest(t, "user", s)
+			atRest(t, "user", s)
 		})
 	}
 }
@@ -279,7 +237,7 @@ func TestRetryResumesAtFailedHandler(t *testing.T) {
 	b := newBus(t, eventbus.WithRetry(fastPolicy(3)))
 	var log callLog
 	step := func(name string, failUntil int) {
-		relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			defer log.end(log.begin(ctx, ev))
 			if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt < failUntil {
 				return errBoom
@@ -290,10 +248,10 @@ func TestRetryResumesAtFailedHandler(t *testing.T) {
 	step("h1", 0)
 	step("h2", 3) // fails attempts 1 and 2
 	step("h3", 0)
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.Equal(t, []string{"h1:1", "h2:1", "h2:2", "h2:3", "h3:1"}, log.trail(),
 		"the retry starts at the failed handler; h1 runs once")
@@ -305,7 +263,7 @@ func TestRetryResumesAtFailedHandler(t *testing.T) {
 	s := b.Stats().User
 	assert.EqualValues(t, 1, s.Handled)
 	assert.EqualValues(t, 2, s.Retried)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestRetryKeepsChainSnapshotOfFirstAttempt(t *testing.T) {
@@ -316,11 +274,11 @@ func TestRetryKeepsChainSnapshotOfFirstAttempt(t *testing.T) {
 	var changed atomic.Bool
 	changedBeforeRetry := make(chan bool, 1)
 	failed := make(chan struct{}, 1)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return nil
 	}, eventbus.WithName("h1"))
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		info, _ := eventbus.CallInfoFrom(ctx)
 		if info.Attempt == 1 {
@@ -331,32 +289,32 @@ func TestRetryKeepsChainSnapshotOfFirstAttempt(t *testing.T) {
 		return nil
 	}, eventbus.WithName("h2"), eventbus.WithHandlerRetry(eventbus.RetryPolicy{
 		MaxAttempts: 2, InitialBackoff: 300 * time.Millisecond, Jitter: -1}))
-	h3 := relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	h3 := mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return nil
 	}, eventbus.WithName("h3"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relRecv(t, failed, 5*time.Second, "first failure of h2")
+	recvWithin(t, failed, 5*time.Second, "first failure of h2")
 
 	// Between the attempts: h3 goes away and h2 is replaced.
 	h3.Unregister()
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return nil
 	}, eventbus.Replace("h2"), eventbus.WithName("h2new"))
 	changed.Store(true)
 
-	require.True(t, relRecv(t, changedBeforeRetry, 5*time.Second, "retry of h2"),
+	require.True(t, recvWithin(t, changedBeforeRetry, 5*time.Second, "retry of h2"),
 		"the registry change did not happen before the retry: the test proves nothing")
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	assert.Equal(t, []string{"h1:1", "h2:1", "h2:2", "h3:1"}, log.trail(),
 		"the retrying event keeps the chain it started with")
 
 	// A new event sees the new chain.
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	assert.Equal(t, []string{"h1:1", "h2:1", "h2:2", "h3:1", "h1:1", "h2new:1"}, log.trail())
 }
 
@@ -377,22 +335,22 @@ func TestRetryPolicyPrecedence(t *testing.T) {
 			return errBoom
 		}
 	}
-	relReg(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		attempts["channel-bus"].Add(1)
 		return errBoom
 	}, eventbus.WithName("channel-bus"))
-	relReg(t, b, eventbus.EventOnSend, failUser("user-pool"), eventbus.WithName("user-pool"))
-	relReg(t, b, eventbus.EventRecvAck, failUser("user-handler5"), eventbus.WithName("user-handler5"),
+	mustRegister(t, b, eventbus.EventOnSend, failUser("user-pool"), eventbus.WithName("user-pool"))
+	mustRegister(t, b, eventbus.EventRecvAck, failUser("user-handler5"), eventbus.WithName("user-handler5"),
 		eventbus.WithHandlerRetry(fastPolicy(5)))
-	relReg(t, b, eventbus.EventConnClose, failUser("user-handler1"), eventbus.WithName("user-handler1"),
+	mustRegister(t, b, eventbus.EventConnClose, failUser("user-handler1"), eventbus.WithName("user-handler1"),
 		eventbus.WithHandlerRetry(eventbus.RetryPolicy{MaxAttempts: 1}))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g1", ChannelType: 2})
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "u1"))
 	relAdd(t, b, userEvent(eventbus.EventRecvAck, "u2"))
 	relAdd(t, b, userEvent(eventbus.EventConnClose, "u3"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	want := map[string]int{"channel-bus": 2, "user-pool": 4, "user-handler5": 5, "user-handler1": 1}
 	for name, n := range want {
@@ -411,13 +369,13 @@ func TestRetryBackoffBounds(t *testing.T) {
 	b := newBus(t, eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 4,
 		InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, Jitter: -1}))
 	var log callLog
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		return errBoom
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	calls := log.all()
 	require.Len(t, calls, 4)
@@ -438,16 +396,16 @@ func TestRetryBackoffCountsFromFailureOfSlowAttempt(t *testing.T) {
 	b := newBus(t, eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3,
 		InitialBackoff: 40 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, Jitter: -1}))
 	var log callLog
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		defer log.end(log.begin(ctx, ev))
 		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 2 {
 			<-time.After(30 * time.Millisecond) // slow work, e.g. a database timeout
 		}
 		return errBoom
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	calls := log.all()
 	require.Len(t, calls, 3)
@@ -472,7 +430,7 @@ func TestRetryParksKeyNotShard(t *testing.T) {
 	failedAt := make(chan time.Time, 1)
 	fastDone := make(chan time.Time, 1)
 	var fastSeen atomic.Int32
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		info, _ := eventbus.CallInfoFrom(ctx)
 		seq := ev.Frame.(int)
 		if ev.Conn.UID() == "fast" {
@@ -490,7 +448,7 @@ func TestRetryParksKeyNotShard(t *testing.T) {
 		}
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 
 	slow := func(seq int) *eventbus.UserContext {
 		ev := userEvent(eventbus.EventOnSend, "slow")
@@ -498,7 +456,7 @@ func TestRetryParksKeyNotShard(t *testing.T) {
 		return ev
 	}
 	relAdd(t, b, slow(1))
-	failed := relRecv(t, failedAt, 5*time.Second, "first failure of slow#1")
+	failed := recvWithin(t, failedAt, 5*time.Second, "first failure of slow#1")
 	for i := range 100 {
 		ev := userEvent(eventbus.EventOnSend, "fast")
 		ev.Frame = i
@@ -507,7 +465,7 @@ func TestRetryParksKeyNotShard(t *testing.T) {
 			relAdd(t, b, slow(2+i/25)) // slow#2..#5, interleaved
 		}
 	}
-	done := relRecv(t, fastDone, backoff, "100 fast events while slow waits its backoff")
+	done := recvWithin(t, fastDone, backoff, "100 fast events while slow waits its backoff")
 	t.Logf("100 events of another key handled %v after the failure (backoff %v)", done.Sub(failed), backoff)
 	assert.Less(t, done.Sub(failed), backoff/2, "the shard was not held by the parked key")
 
@@ -519,13 +477,13 @@ func TestRetryParksKeyNotShard(t *testing.T) {
 		return s.Retrying == 1 && s.Queued == 4 && s.InFlight == 0
 	}, 2*time.Second, time.Millisecond, "gauges while parked: %+v", b.Stats().User)
 
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	mu.Lock()
 	assert.Equal(t, []string{"1:1", "1:2", "2:1", "3:1", "4:1", "5:1"}, slowTrail, "per-key order across the retry")
 	mu.Unlock()
 	s := b.Stats().User
 	assert.EqualValues(t, 105, s.Handled)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestCloseDuringRetryBackoff(t *testing.T) {
@@ -538,14 +496,14 @@ func TestCloseDuringRetryBackoff(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { relCloseAtEnd(b) })
 	failed := make(chan struct{}, 1)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		failed <- struct{}{}
 		return errBoom
 	}, eventbus.WithName("flaky"))
-	relStart(t, b)
+	mustStart(t, b)
 	ev := userEvent(eventbus.EventOnSend, "alice")
 	relAdd(t, b, ev)
-	relRecv(t, failed, 5*time.Second, "first attempt")
+	recvWithin(t, failed, 5*time.Second, "first attempt")
 	require.Eventually(t, func() bool { return b.Stats().User.Retrying == 1 }, 2*time.Second, time.Millisecond)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -560,7 +518,7 @@ func TestCloseDuringRetryBackoff(t *testing.T) {
 	assert.Less(t, took, time.Second, "Close waited for the backoff")
 	t.Logf("Close gave up after %v with %d left", took, ce.Left)
 
-	d := relRecv(t, sink.ch, 2*time.Second, "dead letter of the parked event")
+	d := recvWithin(t, sink.ch, 2*time.Second, "dead letter of the parked event")
 	assert.Same(t, ev, d.Event)
 	assert.ErrorIs(t, d.Err, eventbus.ErrClosed)
 	assert.ErrorIs(t, d.Err, errBoom, "the dead letter keeps the last handler error")
@@ -571,7 +529,7 @@ func TestCloseDuringRetryBackoff(t *testing.T) {
 	s := b.Stats().User
 	assert.EqualValues(t, 1, s.DeadLettered)
 	assert.EqualValues(t, 1, s.Failed)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
@@ -579,7 +537,7 @@ func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(fastPolicy(3)),
 		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	var handled atomic.Int32
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		info, _ := eventbus.CallInfoFrom(ctx)
 		if ev.Frame == "exit-once" && info.Attempt == 1 {
 			runtime.Goexit()
@@ -590,7 +548,7 @@ func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}, eventbus.WithName("exiter"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	ev := userEvent(eventbus.EventOnSend, "alice")
 	ev.Frame = "exit-once"
@@ -601,7 +559,7 @@ func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
 	for range 10 {
 		relAdd(t, b, userEvent(eventbus.EventOnSend, "carol"))
 	}
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	assert.EqualValues(t, 11, handled.Load(), "the replaced worker handles later events")
 	letters := sink.all()
@@ -617,7 +575,7 @@ func TestGoexitIsRetriedAsPanicAndWorkerReplaced(t *testing.T) {
 	assert.EqualValues(t, 3, s.Retried)
 	assert.EqualValues(t, 11, s.Handled)
 	assert.EqualValues(t, 1, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 	relClose(t, b)
 }
 

@@ -15,18 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// reviewRecv receives from ch or fails the test after d.
-func reviewRecv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(d):
-		t.Fatalf("no %s within %v", what, d)
-		panic("unreachable")
-	}
-}
-
 // reviewGate holds a handler until released.
 type reviewGate struct {
 	entered chan context.Context
@@ -65,7 +53,7 @@ func TestReviewWaitIdleNilContextPanics(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, bus.Start())
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
-	reviewRecv(t, g.entered, 5*time.Second, "handler start")
+	recvWithin(t, g.entered, 5*time.Second, "handler start")
 
 	done := make(chan any, 1)
 	go func() {
@@ -76,7 +64,7 @@ func TestReviewWaitIdleNilContextPanics(t *testing.T) {
 	// WaitIdle(nil) must neither panic nor hang: it returns once the
 	// held handler is released.
 	g.open()
-	r := reviewRecv(t, done, 5*time.Second, "WaitIdle to return")
+	r := recvWithin(t, done, 5*time.Second, "WaitIdle to return")
 	require.Nil(t, r, "WaitIdle(nil) panicked")
 }
 
@@ -132,7 +120,7 @@ func TestReviewFollowOnDecidedBeforeAdmit(t *testing.T) {
 	// Keep Close draining with a blocked handler, then start it.
 	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
 		Conn: &testConn{uid: "blocker"}, Frame: "blocker"}))
-	reviewRecv(t, blocker.entered, 5*time.Second, "blocker start")
+	recvWithin(t, blocker.entered, 5*time.Second, "blocker start")
 	closed := make(chan error, 1)
 	go func() { closed <- bus.Close(deadline(t, 10*time.Second)) }()
 	ctx := deadline(t, 5*time.Second)
@@ -142,9 +130,9 @@ func TestReviewFollowOnDecidedBeforeAdmit(t *testing.T) {
 	}
 
 	releaseAdmit()
-	err = reviewRecv(t, addErr, 5*time.Second, "late add to return")
+	err = recvWithin(t, addErr, 5*time.Second, "late add to return")
 	blocker.open()
-	require.NoError(t, reviewRecv(t, closed, 10*time.Second, "Close"))
+	require.NoError(t, recvWithin(t, closed, 10*time.Second, "Close"))
 	assert.ErrorIs(t, err, eventbus.ErrClosed,
 		"an add whose handler returned before it reached the queue is an outside add: refused while closing")
 }
@@ -171,7 +159,7 @@ func TestReviewAbortObservesQueuedEventsAsOne(t *testing.T) {
 	}
 	require.NoError(t, bus.Start())
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnConnect, "gate")))
-	reviewRecv(t, g.entered, 5*time.Second, "gate handler")
+	recvWithin(t, g.entered, 5*time.Second, "gate handler")
 	// Both wait in the one shard's FIFO behind the gate.
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")))
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventRecvAck, "b")))
@@ -217,13 +205,13 @@ func TestReviewAbortDeadLetterBlamesHandlerThatNeverRan(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, bus.Start())
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
-	reviewRecv(t, g.entered, 5*time.Second, "first handler")
+	recvWithin(t, g.entered, 5*time.Second, "first handler")
 
 	expired, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.Error(t, bus.Close(expired))
 	g.open()
-	d := reviewRecv(t, sink, 5*time.Second, "dead letter")
+	d := recvWithin(t, sink, 5*time.Second, "dead letter")
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 	require.Empty(t, secondRan, "second never ran")
 	assert.ErrorIs(t, d.Err, eventbus.ErrClosed)
@@ -248,8 +236,8 @@ func TestReviewEventIDUniqueInProcess(t *testing.T) {
 		require.NoError(t, bus.Start())
 		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
 	}
-	a := reviewRecv(t, ids, 5*time.Second, "first id")
-	b := reviewRecv(t, ids, 5*time.Second, "second id")
+	a := recvWithin(t, ids, 5*time.Second, "first id")
+	b := recvWithin(t, ids, 5*time.Second, "second id")
 	assert.NotEqual(t, a, b, "two accepted events of one process share EventID %#x", a)
 }
 
@@ -384,7 +372,7 @@ func TestReviewGoexitInSinkDuringAbort(t *testing.T) {
 		return ev
 	}
 	add("u", "first")
-	reviewRecv(t, first.entered, 5*time.Second, "first handler start")
+	recvWithin(t, first.entered, 5*time.Second, "first handler start")
 	// These queue while the worker is held, so that it takes them all in
 	// its next batch: they are in its hands, not in the FIFO, when Close
 	// gives up during the second hold.
@@ -394,7 +382,7 @@ func TestReviewGoexitInSinkDuringAbort(t *testing.T) {
 		queued = append(queued, add(fmt.Sprint("k", i), nil))
 	}
 	first.open()
-	reviewRecv(t, second.entered, 5*time.Second, "second handler start")
+	recvWithin(t, second.entered, 5*time.Second, "second handler start")
 	expired, cancel := context.WithCancel(context.Background())
 	cancel()
 	var ce *eventbus.CloseError

@@ -168,13 +168,13 @@ func TestSoak200kEventsWithInjectedFaults(t *testing.T) {
 			return st.call(ctx, st.keys[ev.Conn.ID()], ref[0], ref[1], last)
 		}
 	}
-	relReg(t, b, eventbus.EventOnSend, user(false), eventbus.WithName("validate"))
-	relReg(t, b, eventbus.EventOnSend, user(true), eventbus.WithName("deliver"))
-	relReg(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, user(false), eventbus.WithName("validate"))
+	mustRegister(t, b, eventbus.EventOnSend, user(true), eventbus.WithName("deliver"))
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		m := ev.Messages[0]
 		return st.call(ctx, st.keys[st.chanKey[ev.ChannelID]], int(m.MessageID), int(m.MessageSeq), true)
 	}, eventbus.WithName("store"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	start := time.Now()
 	ctx := deadline(t, 60*time.Second)
@@ -262,7 +262,7 @@ func TestSoak200kEventsWithInjectedFaults(t *testing.T) {
 		assert.EqualValues(t, in.panics, ps.Panics, "%s Panics", name)
 		assert.EqualValues(t, failed-in.dead, ps.Retried, "%s Retried", name)
 		assert.Zero(t, ps.Timeouts, "%s Timeouts", name)
-		relRest(t, name, ps)
+		atRest(t, name, ps)
 		t.Logf("%s pool: %d events, %d handler calls; injected %d errors, %d panics (%d of them runtime.Goexit), %d permanent, %d stops, %d busy; "+
 			"outcome %d handled, %d stopped, %d dead-lettered; %d retries",
 			name, ps.Added, in.calls, in.errs, in.panics, in.goexits, in.perms, in.stops, in.busy,

@@ -28,7 +28,7 @@ func TestHandlerTimeoutCancelsEachAttemptAndRetries(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var attempts []seen
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		start := time.Now()
 		info, _ := eventbus.CallInfoFrom(ctx)
 		dl, ok := ctx.Deadline()
@@ -48,10 +48,10 @@ func TestHandlerTimeoutCancelsEachAttemptAndRetries(t *testing.T) {
 		mu.Unlock()
 		return err
 	}, eventbus.WithName("slow-db"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 
 	mu.Lock()
 	require.Len(t, attempts, 3)
@@ -74,13 +74,13 @@ func TestHandlerTimeoutCancelsEachAttemptAndRetries(t *testing.T) {
 	assert.EqualValues(t, 2, s.Failed)
 	assert.EqualValues(t, 2, s.Retried)
 	assert.EqualValues(t, 1, s.Handled)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 
 	// Timing out on every attempt ends in the sink.
 	ev := userEvent(eventbus.EventOnSend, "bob")
 	ev.Frame = "always"
 	relAdd(t, b, ev)
-	relIdle(t, b, 5*time.Second)
+	idleWithin(t, b, 5*time.Second)
 	letters := sink.all()
 	require.Len(t, letters, 1)
 	assert.ErrorIs(t, letters[0].Err, context.DeadlineExceeded)
@@ -88,27 +88,27 @@ func TestHandlerTimeoutCancelsEachAttemptAndRetries(t *testing.T) {
 	s = b.Stats().User
 	assert.EqualValues(t, 5, s.Timeouts)
 	assert.EqualValues(t, 1, s.DeadLettered)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
 
 func TestHandlerTimeoutOnlyInItsPool(t *testing.T) {
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{HandlerTimeout: time.Minute}))
 	got := make(chan bool, 2)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		_, ok := ctx.Deadline()
 		got <- ok
 		return nil
 	})
-	relReg(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
 		_, ok := ctx.Deadline()
 		got <- ok
 		return nil
 	})
-	relStart(t, b)
+	mustStart(t, b)
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
-	assert.True(t, relRecv(t, got, 5*time.Second, "user handler"), "user pool has a timeout")
+	assert.True(t, recvWithin(t, got, 5*time.Second, "user handler"), "user pool has a timeout")
 	relAdd(t, b, &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g"})
-	assert.False(t, relRecv(t, got, 5*time.Second, "channel handler"), "channel pool has none")
+	assert.False(t, recvWithin(t, got, 5*time.Second, "channel handler"), "channel pool has none")
 }
 
 func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
@@ -126,7 +126,7 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 		relCloseAtEnd(b)
 	})
 	ctxErr := make(chan error, 1)
-	relReg(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if ev.Frame != "stuck" {
 			return nil
 		}
@@ -138,12 +138,12 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 		ctxErr <- ctx.Err()
 		return nil
 	}, eventbus.WithName("stuck"))
-	relStart(t, b)
+	mustStart(t, b)
 
 	stuck := userEvent(eventbus.EventOnSend, "alice")
 	stuck.Frame = "stuck"
 	relAdd(t, b, stuck)
-	relRecv(t, entered, 5*time.Second, "stuck handler")
+	recvWithin(t, entered, 5*time.Second, "stuck handler")
 	behind := userEvent(eventbus.EventOnSend, "alice")
 	relAdd(t, b, behind)
 
@@ -160,7 +160,7 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 	assert.GreaterOrEqual(t, ce.Left, 2, "the stuck event and the one behind it")
 	assert.Less(t, took, wait+500*time.Millisecond, "Close overran its deadline")
 
-	d := relRecv(t, sink.ch, 2*time.Second, "dead letter of the queued event")
+	d := recvWithin(t, sink.ch, 2*time.Second, "dead letter of the queued event")
 	assert.Same(t, behind, d.Event)
 	assert.ErrorIs(t, d.Err, eventbus.ErrClosed)
 	assert.ErrorIs(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "bob")), eventbus.ErrClosed)
@@ -171,7 +171,7 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 	assert.Error(t, b.Close(short), "a worker is still inside a handler")
 
 	unblock()
-	assert.ErrorIs(t, relRecv(t, ctxErr, 5*time.Second, "handler return"), context.Canceled,
+	assert.ErrorIs(t, recvWithin(t, ctxErr, 5*time.Second, "handler return"), context.Canceled,
 		"the handler's context was cancelled when Close gave up")
 	require.NoError(t, b.Close(deadline(t, 5*time.Second)), "second Close once the handler returned")
 	require.NoError(t, b.Close(context.Background()), "and again, at once")
@@ -181,5 +181,5 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 	assert.EqualValues(t, 1, s.Handled, "the stuck event ends with its handler's result")
 	assert.EqualValues(t, 1, s.DeadLettered)
 	assert.Len(t, sink.all(), 1)
-	relRest(t, "user", s)
+	atRest(t, "user", s)
 }
