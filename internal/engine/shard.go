@@ -15,7 +15,7 @@ type shard[E any] struct {
 	// worker's hands or parked for a retry. Capacity is checked against it.
 	occupied     int
 	sleeping     bool // the worker waits on wake
-	stopped      bool // the worker is gone: refuse everything
+	stopped      bool // refuse every add: the worker is gone, or Close halted the shard
 	spaceWaiters int
 	space        chan struct{} // closed when room frees up; made lazily
 	wake         chan struct{}
