@@ -20,6 +20,9 @@ type Message struct {
 	ChannelType uint8
 	Payload     []byte
 	Timestamp   int64 // unix milliseconds
+	// Header carries protocol metadata (client sequence, setting flags,
+	// stream id) that every stage keeps: the bus never reads or changes it.
+	Header map[string]string
 }
 
 // UserContext is an event of the user pool: something a connection did.
