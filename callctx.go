@@ -223,6 +223,16 @@ func (s *ctxSlab) find(h *handlerEntry) {
 	s.handlers, s.last = hs, uint32(len(hs)-1)
 }
 
+// release drops the current block when it holds producers' values, so
+// that an idle worker keeps no finished event's context alive. Contexts that
+// handlers kept still reach their block; a block without values holds only
+// handler entries and is kept for the next event.
+func (s *ctxSlab) release() {
+	if s.block != nil && s.block.values.Load() != nil {
+		s.block, s.n, s.handlers = nil, 0, nil
+	}
+}
+
 func (s *ctxSlab) setValues(c *callCtx, values context.Context) {
 	vs := s.block.values.Load()
 	if vs == nil {

@@ -128,8 +128,9 @@ func TestDeadLetterNoHandlerWhenChainEmptiedWhileQueued(t *testing.T) {
 	assert.Zero(t, ran, "the removed handler never ran")
 	letters := sink.all()
 	require.Len(t, letters, 3)
-	for i, d := range letters {
-		assert.Same(t, evs[i], d.Event)
+	// Different keys: their dead letters may come in any order.
+	for _, d := range letters {
+		assert.Contains(t, evs, d.Event)
 		assert.ErrorIs(t, d.Err, eventbus.ErrNoHandler)
 		assert.Zero(t, d.Attempts, "no handler ran")
 		assert.Empty(t, d.Handler)

@@ -12,19 +12,16 @@ import (
 )
 
 // Run runs a unit's chain from u.Index: the engine calls it on the worker
-// that owns the unit's shard. The chain is loaded on the first attempt and
-// kept for every retry.
+// that holds the unit's shard. The chain is loaded on the first attempt and
+// kept for every retry. With an observer, it times the run for Observe.
 func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	if p.bus.observer == nil {
 		return p.run(wid, u)
 	}
-	queued := p.eng.Queued(&u.Items[0])
+	u.Waited = p.eng.Queued(&u.Items[0])
 	start := time.Now()
 	v := p.run(wid, u)
 	u.Took = time.Since(start)
-	if v.Outcome != engine.Dead { // dead letters are observed in DeadLetter
-		p.observe(u, v, queued)
-	}
 	return v
 }
 
@@ -138,19 +135,15 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
 	err := &PanicError{Value: "runtime.Goexit called by handler"}
 	ch, _ := u.Chain.(*chain)
-	if ch == nil {
+	if ch == nil || u.Index >= len(ch.handlers) {
 		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}
 	}
-	if u.Index >= len(ch.handlers) {
-		// The chain had ended: the Goexit came from the observer.
-		return engine.Verdict{Outcome: engine.Handled}
-	}
-	v := p.failed(u, &ch.handlers[u.Index], err, false)
-	if p.bus.observer != nil && v.Outcome != engine.Dead {
-		p.observe(u, v, p.eng.Queued(&u.Items[0]))
-	}
-	return v
+	return p.failed(u, &ch.handlers[u.Index], err, false)
 }
+
+// Idle drops what worker wid keeps of finished events: its context block,
+// when producers' values are in it.
+func (p *pool) Idle(wid int) { p.slabs[wid].release() }
 
 // current returns the handler the unit is at (the one that failed or
 // stopped it), or nil when its chain has not started or has ended.
@@ -168,25 +161,24 @@ func closedErr(last error) error {
 	return errors.Join(ErrClosed, last)
 }
 
-// DeadLetter hands each original event of u to the sink.
-func (p *pool) DeadLetter(u *engine.Unit[Event], err error) {
+// DeadLetter hands original event i of u to the sink.
+func (p *pool) DeadLetter(u *engine.Unit[Event], i int, err error) {
 	b := p.bus
 	name, attempts := "", 0
 	if h := current(u); h != nil && u.Err != nil {
 		name, attempts = h.name, u.Attempt
 	}
-	now := time.Now()
-	for i := range u.Items {
-		ev := u.Items[i].Event
-		b.log.Warn("eventbus: dead letter", "pool", string(p.kind), "type", b.TypeName(ev.Type()),
-			"handler", name, "attempts", attempts, "err", err)
-		b.safely("dead-letter sink", func() {
-			b.sink.DeadLetter(&DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: name, Time: now})
-		})
-	}
-	if b.observer != nil {
-		p.observe(u, engine.Verdict{Outcome: engine.Dead, Err: err}, p.eng.Queued(&u.Items[0]))
-	}
+	ev := u.Items[i].Event
+	b.log.Warn("eventbus: dead letter", "pool", string(p.kind), "type", b.TypeName(ev.Type()),
+		"handler", name, "attempts", attempts, "err", err)
+	b.safely("dead-letter sink", func() {
+		b.sink.DeadLetter(&DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: name, Time: time.Now()})
+	})
+}
+
+// Observe reports one run of u to the observer.
+func (p *pool) Observe(u *engine.Unit[Event], v engine.Verdict) {
+	p.observe(u, v, u.Waited)
 }
 
 // observe reports one run of u (u.Took long, after waiting queued) to the
@@ -201,7 +193,7 @@ func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, queued time.Dura
 		o.Outcome, o.Err = OutcomeStopped, v.Err
 	case engine.Retry:
 		o.Outcome, o.Err = OutcomeRetried, u.Err
-	case engine.Dead:
+	case engine.Dead, engine.Abandoned:
 		o.Outcome, o.Err = OutcomeDeadLettered, v.Err
 	}
 	if h := current(u); h != nil && v.Outcome != engine.Handled {

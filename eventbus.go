@@ -358,15 +358,16 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 //     accepted and retries run their course.
 //  3. The workers exit and Close returns nil.
 //
-// If ctx ends first, handler contexts are cancelled, workers exit once
-// their current handler returns, events not handled go to the dead-letter
-// sink with ErrClosed, and Close returns a *CloseError. Events still queued
-// are dead-lettered before Close returns; those a worker already holds
-// behind a handler that has not returned are dead-lettered when it returns.
-// A later Close waits, bounded by its ctx, for workers still inside a
-// handler, and returns nil once all have exited (so after it, every dead
-// letter has been delivered). Close from inside a handler returns
-// ErrInsideHandler at once.
+// If ctx ends with events left, Close gives up: handler contexts are
+// cancelled, and Close returns a *CloseError counting the events not
+// finished, at once — it runs no user code after the deadline. The
+// workers then hand every event not handled to the dead-letter sink with
+// ErrClosed (events with a completion callback are reported abandoned
+// instead) and exit; a worker inside a handler does so once the handler
+// returns. A later Close waits, bounded by its ctx, for that to end and
+// returns nil once every worker has exited (so after it, every dead letter
+// has been delivered). If the bus drains just as ctx ends, Close returns
+// nil. Close from inside a handler returns ErrInsideHandler at once.
 func (b *Bus) Close(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -409,15 +410,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	if engine.WaitIdle(ctx, b.life, nil, b.engines...) == nil {
 		// Nothing is in flight, so no worker is inside a handler: they
 		// all exit at once.
-		b.life.Stop()
-		for _, e := range b.engines {
-			e.WakeAll()
-		}
-		for _, e := range b.engines {
-			<-e.Exited()
-		}
-		b.life.Release() // contexts kept by handlers end too
-		closeOnce(b.finished)
+		b.stopWorkers()
 		return nil
 	}
 	// Stop every shard and count what is left before handler contexts are
@@ -428,12 +421,30 @@ func (b *Bus) Close(ctx context.Context) error {
 	for _, e := range b.engines {
 		left += e.Halt()
 	}
-	b.life.Abort()
+	if left == 0 {
+		// The bus drained just as ctx ended: nothing to give up.
+		b.stopWorkers()
+		return nil
+	}
+	// Hand idle shards that still hold events to the workers before they
+	// learn of the abort, so none exits while such a shard waits.
 	for _, e := range b.engines {
 		e.Abort()
 	}
+	b.life.Abort()
 	closeOnce(b.finished)
 	return &CloseError{Left: left, Err: ctx.Err()}
+}
+
+// stopWorkers lets the workers of a bus with nothing left exit, waits for
+// them and releases kept handler contexts.
+func (b *Bus) stopWorkers() {
+	b.life.Stop()
+	for _, e := range b.engines {
+		<-e.Exited()
+	}
+	b.life.Release() // contexts kept by handlers end too
+	closeOnce(b.finished)
 }
 
 // waitWorkers waits for every worker goroutine to exit, bounded by ctx.

@@ -19,12 +19,22 @@ func (f optionFunc) apply(c *config) { f(c) }
 
 // PoolConfig configures one pool. Zero fields take the defaults.
 type PoolConfig struct {
-	// Workers is the number of worker goroutines, each owning one shard
-	// (one FIFO). Default: GOMAXPROCS, at least 4.
+	// Workers is the number of worker goroutines. Any free worker takes
+	// the next shard with work, so a handler that blocks (on I/O, a lock,
+	// a slow webhook) holds back only its own shard: size Workers for the
+	// number of handlers you expect to be blocked at once, plus the cores
+	// you want busy. Default: GOMAXPROCS, at least 4.
 	Workers int
-	// QueueSize is the capacity of each shard. Outside adds wait (AddEvent)
-	// or fail (TryAddEvent) while a shard holds that many events. Default 1024.
+	// QueueSize bounds what one shard holds (queued, in flight or waiting
+	// to retry); the pool holds at most Workers × QueueSize. Outside adds
+	// wait (AddEvent) or fail (TryAddEvent) while either limit is reached.
+	// Default 1024.
 	QueueSize int
+	// Shards is the number of FIFOs keys hash to, rounded up to a power of
+	// two. Each is drained by one worker at a time, so a slow handler also
+	// holds back the few keys that share its shard; more shards make that
+	// rarer. Default 4096.
+	Shards int
 	// HandlerTimeout bounds each handler attempt by cancelling its context;
 	// 0 means no timeout.
 	HandlerTimeout time.Duration
@@ -35,13 +45,18 @@ type PoolConfig struct {
 	KeyFunc func(Event) uint64
 }
 
-const defaultQueueSize = 1024
+const (
+	defaultQueueSize = 1024
+	defaultShards    = 4096
+)
 
 func (c PoolConfig) validate(pool Pool) error {
 	where := "With" + poolTitle(pool) + "Pool"
 	switch {
 	case c.Workers < 0:
 		return fmt.Errorf("eventbus: %s: PoolConfig.Workers is negative (%d)", where, c.Workers)
+	case c.Shards < 0:
+		return fmt.Errorf("eventbus: %s: PoolConfig.Shards is negative (%d)", where, c.Shards)
 	case c.QueueSize < 0:
 		return fmt.Errorf("eventbus: %s: PoolConfig.QueueSize is negative (%d)", where, c.QueueSize)
 	case c.HandlerTimeout < 0:
@@ -59,6 +74,9 @@ func (c PoolConfig) withDefaults() PoolConfig {
 	}
 	if c.QueueSize == 0 {
 		c.QueueSize = defaultQueueSize
+	}
+	if c.Shards == 0 {
+		c.Shards = defaultShards
 	}
 	return c
 }

@@ -37,7 +37,9 @@ func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error),
 	p.slabs = make([]ctxSlab, cfg.Workers)
 	p.eng = engine.New[Event](engine.Config{
 		Batching:  batching,
-		Shards:    cfg.Workers,
+		Observe:   b.observer != nil,
+		Workers:   cfg.Workers,
+		Shards:    cfg.Shards,
 		QueueSize: cfg.QueueSize,
 		ErrClosed: ErrClosed,
 	}, p, b.life)

@@ -379,7 +379,7 @@ func TestReviewGoexitInSinkDuringAbort(t *testing.T) {
 	add("u", "second")
 	var queued []*eventbus.UserContext
 	for i := range 5 {
-		queued = append(queued, add(fmt.Sprint("k", i), nil))
+		queued = append(queued, add("u", fmt.Sprint("k", i)))
 	}
 	first.open()
 	recvWithin(t, second.entered, 5*time.Second, "second handler start")

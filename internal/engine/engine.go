@@ -1,6 +1,13 @@
-// Package engine is the machinery shared by the bus's three pools: sharded
-// FIFOs of bounded capacity, one worker goroutine per shard, parking of keys
-// that wait for a retry, batching hooks, idle detection and shutdown.
+// Package engine is the machinery shared by the bus's three pools: many
+// small FIFO shards of bounded capacity, a run queue of shards with work,
+// a fixed set of workers that take shards from it, parking of keys that
+// wait for a retry, batching hooks, idle detection and shutdown.
+//
+// Scheduling is work-conserving: keys hash to many more shards than there
+// are workers; a shard is drained by at most one worker at a time, and a
+// worker that finishes a shard (or finds others waiting) takes the next
+// shard from the run queue. A slow handler therefore holds back only its
+// own shard while other workers are free.
 //
 // The engine knows nothing about handlers or event types: a Dispatcher runs
 // the work and says what became of it. Everything here is generic only so
@@ -10,6 +17,7 @@ package engine
 import (
 	"context"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -22,6 +30,8 @@ type Item[E any] struct {
 	Ctx   context.Context
 	Key   uint64
 	Added time.Duration // since the engine's epoch; 0 when not timed
+	// Track, when set, is told how the event ended (see Tracker).
+	Track *Tracker
 }
 
 // Unit is what a dispatcher runs: one item, or several merged into one
@@ -35,8 +45,9 @@ type Unit[E any] struct {
 	Index   int // next handler to run
 	Attempt int // attempt number for that handler, from 1
 	Err     error
-	// Took is how long the last run took, when the dispatcher measures it.
-	Took time.Duration
+	// Took is how long the last run took, and Waited how long the unit
+	// waited before it, when the dispatcher measures them.
+	Took, Waited time.Duration
 }
 
 // Key is the ordering key shared by all items of the unit.
@@ -46,10 +57,11 @@ func (u *Unit[E]) Key() uint64 { return u.Items[0].Key }
 type Outcome uint8
 
 const (
-	Handled Outcome = iota // the chain ran to its end
-	Stopped                // a handler ended the chain on purpose
-	Retry                  // run again after Verdict.Delay; the key waits
-	Dead                   // give up: dead-letter every item with Verdict.Err
+	Handled   Outcome = iota // the chain ran to its end
+	Stopped                  // a handler ended the chain on purpose
+	Retry                    // run again after Verdict.Delay; the key waits
+	Dead                     // give up: dead-letter every item with Verdict.Err
+	Abandoned                // given up by an aborting engine without a dead letter (tracked items only)
 )
 
 // Verdict is a dispatcher's report on one run of a unit.
@@ -63,7 +75,12 @@ type Verdict struct {
 }
 
 // Dispatcher runs units for an engine. All methods are called from worker
-// goroutines, except DeadLetter which Abort also calls.
+// goroutines.
+//
+// Run and Goexited run the handlers; the engine settles its own state from
+// their verdict before it calls user callbacks (Observe, DeadLetter), so a
+// callback that panics or calls runtime.Goexit cannot undo or repeat what
+// the verdict decided.
 type Dispatcher[E any] interface {
 	// Run runs the unit from u.Index on.
 	Run(worker int, u *Unit[E]) Verdict
@@ -71,7 +88,7 @@ type Dispatcher[E any] interface {
 	// called runtime.Goexit; it reports that as a failure of the current
 	// handler. The worker goroutine is replaced afterwards.
 	Goexited(worker int, u *Unit[E]) Verdict
-	// BatchLimit says how many adjacent items of it's key may be merged
+	// BatchLimit says how many adjacent items of its key may be merged
 	// with it (0 or 1: none).
 	BatchLimit(it *Item[E]) int
 	// Mergeable says how many of next, in order, may join a unit started
@@ -80,17 +97,27 @@ type Dispatcher[E any] interface {
 	Mergeable(head *Item[E], next []Item[E]) int
 	// Merge builds u.Event from u.Items (len > 1).
 	Merge(u *Unit[E])
-	// DeadLetter hands every item of u to the dead-letter sink with err.
-	DeadLetter(u *Unit[E], err error)
+	// Observe reports a run's verdict; called only with Config.Observe.
+	// For Dead it comes after the unit's dead letters.
+	Observe(u *Unit[E], v Verdict)
+	// DeadLetter hands item i of u to the dead-letter sink with err.
+	DeadLetter(u *Unit[E], i int, err error)
+	// Idle is called when the worker finds no work and is about to block:
+	// the dispatcher drops what it keeps of finished events.
+	Idle(worker int)
 }
 
 // Config sizes an engine.
 type Config struct {
 	// Batching makes workers ask the dispatcher for BatchLimit; without it
 	// no unit is ever merged.
-	Batching  bool
-	Shards    int
-	QueueSize int // per shard
+	Batching bool
+	// Observe makes workers call Dispatcher.Observe after every run.
+	Observe bool
+	Workers int
+	Shards  int // rounded up to a power of two
+	// QueueSize bounds one shard; the pool holds at most Workers×QueueSize.
+	QueueSize int
 	// ErrClosed is the error dead letters carry when the bus aborts.
 	ErrClosed error
 	// SampleEvery makes workers time one unit in SampleEvery for latency
@@ -108,14 +135,38 @@ const (
 	Cancelled            // the waiting context ended
 )
 
-// Engine is one pool's shards and workers.
+// Engine is one pool's shards, run queue and workers.
 type Engine[E any] struct {
-	cfg     Config
-	d       Dispatcher[E]
-	life    *Lifecycle
-	shards  []*shard[E]
-	workers []*worker[E]
-	epoch   time.Time
+	cfg      Config
+	d        Dispatcher[E]
+	life     *Lifecycle
+	shards   []shard[E]
+	mask     uint64
+	workers  []*worker[E]
+	runq     chan *shard[E]
+	epoch    time.Time
+	capacity uint64 // Workers × QueueSize
+
+	_     [64]byte
+	added atomic.Uint64 // accepted events; written by producers
+	_     [56]byte
+	freed atomic.Uint64 // finished events whose room was given back; written by workers
+	_     [56]byte
+
+	// tracking is set once a tracked item was pushed, so that workers
+	// without one skip the completion check.
+	tracking atomic.Bool
+	// reaper gives up, after Abort, the events Abort took out of the FIFOs.
+	reaper atomic.Pointer[worker[E]]
+	// stolen counts the events Abort took out of the FIFOs; over the
+	// events shards hold above QueueSize (follow-ons), for Stats.
+	stolen, over atomic.Int64
+
+	// Producers waiting for room wait on space; workers close it when
+	// they give room back and someone waits.
+	spaceWaiters atomic.Int32
+	spaceMu      sync.Mutex
+	space        chan struct{}
 
 	running atomic.Int32
 	exited  chan struct{}
@@ -126,18 +177,29 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	if cfg.SampleEvery <= 0 {
 		cfg.SampleEvery = 64
 	}
-	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: time.Now(), exited: make(chan struct{})}
-	e.shards = make([]*shard[E], cfg.Shards)
-	e.workers = make([]*worker[E], cfg.Shards)
+	cfg.Workers = max(cfg.Workers, 1)
+	cfg.Shards = 1 << bits.Len(uint(max(cfg.Shards, 1)-1))
+	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: time.Now(),
+		exited:   make(chan struct{}),
+		space:    make(chan struct{}),
+		capacity: uint64(cfg.Workers) * uint64(max(cfg.QueueSize, 1)),
+		mask:     uint64(cfg.Shards - 1),
+	}
+	e.shards = make([]shard[E], cfg.Shards)
 	for i := range e.shards {
-		s := &shard[E]{wake: make(chan struct{}, 1)}
-		e.shards[i] = s
-		e.workers[i] = newWorker(e, s, i)
+		e.shards[i].e = e
+	}
+	// Room for every shard: a send never blocks, since a shard is queued
+	// at most once.
+	e.runq = make(chan *shard[E], cfg.Shards)
+	e.workers = make([]*worker[E], cfg.Workers)
+	for i := range e.workers {
+		e.workers[i] = newWorker(e, i)
 	}
 	return e
 }
 
-// Start launches one worker per shard.
+// Start launches the workers.
 func (e *Engine[E]) Start() {
 	e.running.Add(int32(len(e.workers)))
 	for _, w := range e.workers {
@@ -159,8 +221,7 @@ func (e *Engine[E]) Queued(it *Item[E]) time.Duration {
 // shardFor maps a key to its shard. Keys are mixed first so that poorly
 // spread keys (small integers) still use every shard.
 func (e *Engine[E]) shardFor(key uint64) *shard[E] {
-	hi, _ := bits.Mul64(mix(key), uint64(len(e.shards)))
-	return e.shards[hi]
+	return &e.shards[mix(key)&e.mask]
 }
 
 // idBlocks hands out blocks of unit IDs to workers, so that IDs are unique
@@ -190,119 +251,202 @@ type Parent interface {
 // A follow-on add, made by a handler (parent) that is still running when
 // the item goes on the FIFO, is accepted whatever the capacity and even
 // while the bus is closing: the parent's own event keeps the bus from
-// being idle until then. Otherwise, while the shard holds QueueSize items,
-// Push waits for room until wait ends, or returns Full at once when wait
-// is nil.
+// being idle until then. Otherwise, while the shard holds QueueSize items
+// or the engine Workers×QueueSize, Push waits for room until wait ends, or
+// returns Full at once when wait is nil. An add that would wait on a
+// goroutine of this engine's workers (a handler that passed a foreign
+// context) is taken as a follow-on add instead: waiting there could wait
+// for ever.
 func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
-	s.mu.Lock()
-	// Decided under the lock, at the moment of enqueue: a handler that
-	// returned meanwhile makes this an outside add.
-	inside := parent != nil && parent.Running()
+	if it.Track != nil && !e.tracking.Load() {
+		e.tracking.Store(true)
+	}
+	registered := false
+	inside := false
 	for {
+		var space <-chan struct{}
+		if registered {
+			space = e.spaceSignal()
+		}
+		s.mu.Lock()
+		// Decided under the lock, at the moment of enqueue: a handler that
+		// returned meanwhile makes this an outside add.
+		if !inside {
+			inside = parent != nil && parent.Running()
+		}
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
+			e.unregister(registered)
 			return Closed
 		}
-		if inside || s.occupied < e.cfg.QueueSize {
+		if inside {
+			e.added.Add(1)
 			break
 		}
+		if s.occupied < e.cfg.QueueSize && e.reserve() {
+			break
+		}
+		s.mu.Unlock()
 		if wait == nil {
-			s.mu.Unlock()
 			return Full
 		}
-		if s.space == nil {
-			s.space = make(chan struct{})
+		if !registered {
+			// Register, then look again: room given back after this point
+			// closes the signal taken at the top of the loop.
+			registered = true
+			e.spaceWaiters.Add(1)
+			continue
 		}
-		space := s.space
-		s.spaceWaiters++
-		s.mu.Unlock()
-		var res PushResult
+		if e.IsWorkerGoroutine() {
+			inside = true
+			continue
+		}
 		select {
 		case <-space:
 		case <-wait.Done():
-			res = Cancelled
+			e.unregister(registered)
+			return Cancelled
 		case <-e.life.closingCh:
-			res = Closed
-		}
-		s.mu.Lock()
-		s.spaceWaiters--
-		if res != Accepted {
-			s.mu.Unlock()
-			return res
+			e.unregister(registered)
+			return Closed
 		}
 	}
 	s.items = append(s.items, it)
 	s.occupied++
-	s.enqCount++
-	wake := s.sleeping
-	s.sleeping = false
+	if s.occupied > e.cfg.QueueSize {
+		e.over.Add(1)
+	}
+	schedule := s.state == idle
+	if schedule {
+		s.state = scheduled
+	}
 	s.mu.Unlock()
-	if wake {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+	e.unregister(registered)
+	if schedule {
+		e.runq <- s
 	}
 	return Accepted
 }
 
-// Abort makes the engine give up: every shard stops taking items, what is
-// still in the FIFOs goes to the dead-letter sink, and workers drop what
-// they hold once their current handler returns. The Lifecycle must be
-// aborted first, and the engine halted before that (see Halt).
-func (e *Engine[E]) Abort() {
-	for _, s := range e.shards {
-		s.mu.Lock()
-		stolen := s.items
-		s.items = nil
-		s.stopped = true
-		n := len(stolen)
-		s.occupied -= n
-		s.doneCount += uint64(n)
-		s.mu.Unlock()
-		s.deadLettered.Add(uint64(n))
-		for i := range stolen {
-			e.d.DeadLetter(&Unit[E]{Items: stolen[i : i+1], Event: stolen[i].Event}, e.cfg.ErrClosed)
+// reserve takes one place of the engine's capacity, if there is one.
+func (e *Engine[E]) reserve() bool {
+	for {
+		a := e.added.Load()
+		if a-e.freed.Load() >= e.capacity {
+			return false
+		}
+		if e.added.CompareAndSwap(a, a+1) {
+			return true
 		}
 	}
-	e.WakeAll()
+}
+
+func (e *Engine[E]) unregister(registered bool) {
+	if registered {
+		e.spaceWaiters.Add(-1)
+	}
+}
+
+func (e *Engine[E]) spaceSignal() <-chan struct{} {
+	e.spaceMu.Lock()
+	defer e.spaceMu.Unlock()
+	return e.space
+}
+
+// free gives back the room of n finished events and wakes producers
+// waiting for it.
+func (e *Engine[E]) free(n int) {
+	e.freed.Add(uint64(n))
+	if e.spaceWaiters.Load() > 0 {
+		e.spaceMu.Lock()
+		close(e.space)
+		e.space = make(chan struct{})
+		e.spaceMu.Unlock()
+	}
+}
+
+// Schedule puts a shard with work on the run queue unless it is there or
+// held by a worker. s.mu must be held; the caller sends to the run queue
+// after unlocking when it returns true.
+func (s *shard[E]) scheduleLocked() bool {
+	if s.state != idle {
+		return false
+	}
+	s.state = scheduled
+	return true
+}
+
+// Abort makes the engine give up: every shard stops taking items, the
+// events still queued in the FIFOs are taken out at once and handed to a
+// goroutine that dead-letters them (abandons tracked ones), and the workers
+// give up what is parked or in their hands (a handler that has not
+// returned keeps its worker until it does). Abort runs no user code and
+// returns at once; Exited waits for all of it. Call it after Halt and
+// before Lifecycle.Abort, so that no worker exits while an idle shard still
+// holds parked events.
+func (e *Engine[E]) Abort() {
+	var stolen []Item[E]
+	for i := range e.shards {
+		s := &e.shards[i]
+		s.mu.Lock()
+		s.stopped = true
+		if n := len(s.items); n > 0 {
+			stolen = append(stolen, s.items...)
+			s.items = nil
+			s.release(n)
+		}
+		// An idle shard is held by no worker, so its parked keys can be
+		// read here; a scheduled one is aborted by the worker that takes it.
+		push := s.state == idle && len(s.parked) > 0 && s.scheduleLocked()
+		s.mu.Unlock()
+		if push {
+			e.runq <- s
+		}
+	}
+	if len(stolen) > 0 {
+		e.stolen.Add(int64(len(stolen)))
+		e.free(len(stolen))
+		r := newWorker(e, -1)
+		r.batch = stolen
+		e.reaper.Store(r)
+		e.running.Add(1)
+		go r.run()
+	}
 }
 
 // Unfinished returns how many accepted events have not finished: queued,
-// in a worker's hands or waiting for a retry. Each shard is read under its
-// lock, so the count is exact for each shard at the moment it is read.
-func (e *Engine[E]) Unfinished() int { return e.count(false) }
+// in a worker's hands or waiting for a retry.
+func (e *Engine[E]) Unfinished() int {
+	return int(e.added.Load() - e.finished())
+}
 
-// Halt makes every shard refuse all adds, follow-on ones included, and
-// returns how many accepted events had not finished then (see Unfinished).
-// Close calls it when it gives up, before handler contexts are cancelled:
-// stopping and counting under the same lock leaves no add uncounted, and
-// no handler has yet been told to return early.
-func (e *Engine[E]) Halt() int { return e.count(true) }
-
-func (e *Engine[E]) count(halt bool) int {
-	n := 0
-	for i, s := range e.shards {
-		p := &e.workers[i].pub
-		s.mu.Lock()
-		if halt {
-			s.stopped = true
-		}
-		// Events the worker finished but has not yet subtracted from
-		// occupied are not unfinished.
-		n += s.occupied - int(p.finished()-p.finishedPublished)
-		s.mu.Unlock()
+// finished returns how many accepted events have ended, counted as they
+// end (before their room is given back).
+func (e *Engine[E]) finished() uint64 {
+	var n uint64
+	for _, w := range e.workers {
+		n += w.pub.finished()
+	}
+	if r := e.reaper.Load(); r != nil {
+		n += r.pub.finished()
 	}
 	return n
 }
 
-// WakeAll wakes every worker so that it sees a change of the Lifecycle
-// (Stop, Abort).
-func (e *Engine[E]) WakeAll() {
-	for _, w := range e.workers {
-		w.poke()
+// Halt makes every shard refuse all adds, follow-on ones included, and
+// returns how many accepted events had not finished then (see Unfinished).
+// Close calls it when it gives up, before handler contexts are cancelled:
+// stopping every shard first leaves no add uncounted, and no handler has
+// yet been told to return early.
+func (e *Engine[E]) Halt() int {
+	for i := range e.shards {
+		s := &e.shards[i]
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
 	}
+	return e.Unfinished()
 }
 
 // Exited is closed once every worker goroutine has returned.
@@ -326,8 +470,11 @@ func (e *Engine[E]) exit() {
 }
 
 // IsWorker reports whether the goroutine with the given id is one of the
-// engine's workers.
+// engine's workers. An id of 0 (unreadable) is never a worker.
 func (e *Engine[E]) IsWorker(id int64) bool {
+	if id == 0 {
+		return false
+	}
 	for _, w := range e.workers {
 		if w.goid.Load() == id {
 			return true
@@ -340,7 +487,8 @@ func (e *Engine[E]) IsWorker(id int64) bool {
 // item in a FIFO, by taking each shard's lock once. Call it after
 // Lifecycle.BeginClose and before waiting for idle.
 func (e *Engine[E]) Barrier() {
-	for _, s := range e.shards {
+	for i := range e.shards {
+		s := &e.shards[i]
 		s.mu.Lock()
 		//lint:ignore SA2001 an empty critical section is the point: it waits for the holder
 		s.mu.Unlock()

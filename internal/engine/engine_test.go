@@ -24,12 +24,14 @@ func (d *countDispatcher) Goexited(int, *Unit[int]) Verdict      { return Verdic
 func (d *countDispatcher) BatchLimit(*Item[int]) int             { return 0 }
 func (d *countDispatcher) Mergeable(*Item[int], []Item[int]) int { return 0 }
 func (d *countDispatcher) Merge(*Unit[int])                      {}
-func (d *countDispatcher) DeadLetter(_ *Unit[int], _ error)      {}
+func (d *countDispatcher) DeadLetter(*Unit[int], int, error)     {}
+func (d *countDispatcher) Observe(*Unit[int], Verdict)           {}
+func (d *countDispatcher) Idle(int)                              {}
 
 func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *countDispatcher) {
 	d := &countDispatcher{}
 	life := NewLifecycle()
-	e := New[int](Config{Shards: shards, QueueSize: queue}, d, life)
+	e := New[int](Config{Workers: shards, Shards: shards, QueueSize: queue}, d, life)
 	e.Start()
 	tb.Cleanup(func() {
 		life.BeginClose()
@@ -38,7 +40,6 @@ func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *c
 			tb.Error(err)
 		}
 		life.Stop()
-		e.WakeAll()
 		<-e.Exited()
 	})
 	return e, life, d

@@ -34,7 +34,11 @@ func (d *modelDispatcher) Run(_ int, u *Unit[classEvent]) Verdict {
 
 func (d *modelDispatcher) Goexited(int, *Unit[classEvent]) Verdict { return Verdict{Outcome: Dead} }
 func (d *modelDispatcher) BatchLimit(it *Item[classEvent]) int     { return d.limits[it.Event.class] }
-func (d *modelDispatcher) DeadLetter(*Unit[classEvent], error)     { d.t.Error("unexpected dead letter") }
+func (d *modelDispatcher) DeadLetter(*Unit[classEvent], int, error) {
+	d.t.Error("unexpected dead letter")
+}
+func (d *modelDispatcher) Observe(*Unit[classEvent], Verdict) {}
+func (d *modelDispatcher) Idle(int)                           {}
 
 func (d *modelDispatcher) Mergeable(head *Item[classEvent], next []Item[classEvent]) int {
 	for i := range next {
@@ -63,6 +67,7 @@ func TestGatherModel(t *testing.T) {
 		}
 		e := New[classEvent](Config{Batching: true, Shards: 1, QueueSize: 1 << 20}, d, NewLifecycle())
 		w := e.workers[0]
+		w.cur = &e.shards[0]
 		var keys []uint64
 		var classes []int
 		for range 1 + rng.IntN(3) {
@@ -84,7 +89,7 @@ func TestGatherModel(t *testing.T) {
 			for w.pos < len(w.batch) {
 				w.step()
 			}
-			for len(w.parked) > 0 {
+			for len(w.cur.parked) > 0 {
 				w.runDue(time.Now().Add(time.Hour))
 			}
 		}

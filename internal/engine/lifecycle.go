@@ -103,32 +103,25 @@ func (l *Lifecycle) notifyIdle() {
 // Idle reports whether there was an instant, during the call, at which no
 // event was queued, in flight or parked in any of the engines.
 //
-// It reads every shard's completed count first and every enqueued count
-// after. Both only grow and an event is always enqueued before it completes,
-// so equal sums mean that at the instant between the two passes everything
-// enqueued had completed.
+// It reads every engine's finished count first and every added count
+// after. Both only grow, an event is added before it finishes and a
+// follow-on event is added before the handler that made it returns, so
+// equal sums mean that at the instant between the two passes everything
+// added had finished.
 func Idle[E any](engines ...*Engine[E]) bool {
-	var done, enq uint64
+	var done, added uint64
 	for _, e := range engines {
-		for _, s := range e.shards {
-			s.mu.Lock()
-			done += s.doneCount
-			s.mu.Unlock()
-		}
+		done += e.finished()
 	}
 	for _, e := range engines {
-		for _, s := range e.shards {
-			s.mu.Lock()
-			enq += s.enqCount
-			s.mu.Unlock()
-		}
+		added += e.added.Load()
 	}
-	return done == enq
+	return done == added
 }
 
 // WaitIdle blocks until Idle holds, ctx ends (its error is returned) or
 // until stop is closed (nil is returned). It uses no timer: workers notify
-// waiters when their shard empties.
+// waiters when their engine looks idle.
 func WaitIdle[E any](ctx context.Context, l *Lifecycle, stop <-chan struct{}, engines ...*Engine[E]) error {
 	l.idleWaiters.Add(1)
 	defer l.idleWaiters.Add(-1)

@@ -14,7 +14,7 @@ type Snapshot struct {
 	Queued, InFlight, Retrying, Overflow int64
 	Added, Handled, Stopped, Failed      uint64
 	Retried, DeadLettered, Panics        uint64
-	Timeouts                             uint64
+	Timeouts, Abandoned                  uint64
 	P50, P99, Max                        time.Duration
 }
 
@@ -22,33 +22,43 @@ type Snapshot struct {
 func (e *Engine[E]) Snapshot() Snapshot {
 	snap := Snapshot{Workers: len(e.workers)}
 	var hist [histBuckets]uint64
-	for i, s := range e.shards {
-		w := e.workers[i]
+	var finished uint64
+	ws := e.workers
+	if r := e.reaper.Load(); r != nil {
+		ws = append(ws[:len(ws):len(ws)], r)
+	}
+	for _, w := range ws {
 		p := &w.pub
-		s.mu.Lock()
-		queued, occupied := int64(len(s.items)), int64(s.occupied)
-		added := s.enqCount
-		// Finished events the occupancy still counts, until the worker
-		// publishes them with its next batch.
-		unpublished := int64(p.finished() - p.finishedPublished)
-		handled, stopped, dead := p.handled.Load(), p.stopped.Load(), p.deadLettered.Load()
-		retrying, followers := p.retrying.Load(), p.followers.Load()
-		s.mu.Unlock()
-
-		snap.Added += added
-		snap.Handled += handled
-		snap.Stopped += stopped
-		snap.DeadLettered += dead + s.deadLettered.Load()
+		snap.Handled += p.handled.Load()
+		snap.Stopped += p.stopped.Load()
+		snap.DeadLettered += p.deadLettered.Load()
 		snap.Failed += p.failed.Load()
 		snap.Retried += p.retried.Load()
 		snap.Panics += p.panics.Load()
 		snap.Timeouts += p.timeouts.Load()
-		snap.Queued += queued + followers
-		snap.Retrying += retrying
-		snap.InFlight += max(0, occupied-unpublished-queued-followers-retrying)
-		snap.Overflow += max(0, occupied-unpublished-int64(e.cfg.QueueSize))
+		snap.Queued += p.followers.Load()
+		snap.Retrying += p.retrying.Load()
 		w.lat.addTo(&hist)
 		snap.Max = max(snap.Max, time.Duration(w.lat.max.Load()))
+	}
+	for _, w := range ws {
+		snap.Abandoned += w.pub.abandoned.Load()
+	}
+	finished = snap.Handled + snap.Stopped + snap.DeadLettered + snap.Abandoned
+	// Counters only, no shard lock: the FIFOs hold what was added and not
+	// yet taken by a worker or by Abort.
+	snap.Added = e.added.Load()
+	var taken uint64
+	for _, w := range ws {
+		taken += w.pub.taken.Load()
+	}
+	taken += uint64(e.stolen.Load())
+	fifo := int64(snap.Added - taken)
+	snap.Queued += max(0, fifo)
+	snap.InFlight = max(0, int64(taken)-int64(finished)-(snap.Queued-max(0, fifo))-snap.Retrying)
+	snap.Overflow = e.over.Load()
+	if held := int64(snap.Added - e.freed.Load()); held > int64(e.capacity) {
+		snap.Overflow = max(snap.Overflow, held-int64(e.capacity))
 	}
 	// Buckets report their middle value: never above what was seen.
 	snap.P50 = min(quantile(&hist, 0.50), snap.Max)

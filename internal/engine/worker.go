@@ -9,18 +9,22 @@ import (
 	"github.com/imbus/eventbus/internal/goid"
 )
 
-// worker owns one shard: it drains the FIFO a batch at a time, runs units,
-// parks keys whose unit waits for a retry and runs them again when due.
+// worker takes shards with work from the run queue and drains them: it
+// swaps a shard's FIFO out, runs its units, parks keys whose unit waits for
+// a retry and runs them again when due, then takes more from the same
+// shard while no other shard waits, or puts the shard back.
 //
-// All of a worker's state lives here rather than on its goroutine's stack,
-// so that when a handler calls runtime.Goexit a new goroutine can carry on
-// exactly where the old one stopped.
+// All of a worker's state lives here and in the shard it holds rather than
+// on its goroutine's stack, so that when user code calls runtime.Goexit a
+// new goroutine can carry on exactly where the old one stopped.
 type worker[E any] struct {
 	e  *Engine[E]
-	s  *shard[E]
 	id int
 
-	batch []Item[E] // items in hand, swapped out of the shard
+	cur    *shard[E] // the shard held; nil between shards
+	rounds int       // FIFO swaps taken from cur since it was taken
+
+	batch []Item[E] // items in hand, swapped out of cur
 	pos   int       // next item of batch to run
 	// taken marks items of batch merged into an earlier unit; it is sized
 	// only once gather merges something (anyTaken).
@@ -30,55 +34,55 @@ type worker[E any] struct {
 	group    []Item[E] // scratch for merged units
 	unit     Unit[E]   // scratch for the unit being run
 
-	parked map[uint64]*parkedKey[E]
-	due    dueHeap
-	timer  *time.Timer
-
 	// set while execute runs a parked unit, for Goexit recovery
 	curPK  *parkedKey[E]
 	curKey uint64
 
-	done   int // completions not yet published to the shard's occupancy
-	pub    published
+	cb callbacks[E] // user callbacks still due for a settled unit
+
+	done   int // finished events of cur whose room is not yet given back
 	sample int
 	lat    histogram
 
 	goid atomic.Int64
+	_    [64]byte
+	pub  published
 }
 
-// parkedKey holds, in order, the units of one key that wait behind a
-// failed unit: the head is the one to retry, the rest arrived after it.
-type parkedKey[E any] struct {
-	units    []*Unit[E]
-	retrying bool // the head has failed and waits for its retry time
+// callbacks is the progress of the user callbacks of one settled unit: its
+// dead letters one item at a time, the observer, then the trackers. Each
+// step is marked done before its callback runs, so a callback that calls
+// runtime.Goexit is neither repeated nor followed by a lost step.
+type callbacks[E any] struct {
+	u     *Unit[E]
+	v     Verdict
+	stage uint8
+	next  int
 }
 
 // published holds a worker's counters for Stats readers. The worker updates
 // them as units finish (one atomic add per unit), so Stats stay live even
-// while a batch runs.
+// while a batch runs; Stats sums them over workers.
 type published struct {
-	handled, stopped, deadLettered, failed, retried, panics, timeouts atomic.Uint64
-	retrying, followers                                               atomic.Int64
-	// finishedPublished is how many finished events the shard's occupancy
-	// already accounts for; written under the shard's lock.
-	finishedPublished uint64
+	handled, stopped, deadLettered, abandoned atomic.Uint64
+	taken                                     atomic.Uint64 // items swapped out of FIFOs
+	failed, retried, panics, timeouts         atomic.Uint64
+	retrying, followers                       atomic.Int64
+	_                                         [48]byte
 }
 
 // finished returns how many events the worker has finished in all.
 func (p *published) finished() uint64 {
-	return p.handled.Load() + p.stopped.Load() + p.deadLettered.Load()
+	return p.handled.Load() + p.stopped.Load() + p.deadLettered.Load() + p.abandoned.Load()
 }
 
-func newWorker[E any](e *Engine[E], s *shard[E], id int) *worker[E] {
-	w := &worker[E]{
-		e: e, s: s, id: id,
-		parked: make(map[uint64]*parkedKey[E]),
-		sample: e.cfg.SampleEvery - 1, // time the very first unit
-	}
-	w.timer = time.AfterFunc(time.Hour, w.poke)
-	w.timer.Stop()
-	return w
+func newWorker[E any](e *Engine[E], id int) *worker[E] {
+	return &worker[E]{e: e, id: id, sample: e.cfg.SampleEvery - 1} // time the very first unit
 }
+
+// IsWorkerGoroutine reports whether the calling goroutine is one of the
+// engine's workers.
+func (e *Engine[E]) IsWorkerGoroutine() bool { return e.IsWorker(goid.Get()) }
 
 // run is the worker goroutine. If user code running on it (a handler, a
 // dead-letter sink, an observer) calls runtime.Goexit, the goroutine ends
@@ -100,10 +104,15 @@ func (w *worker[E]) run() {
 	returned = true
 }
 
-// next runs one item of the batch in hand, or fetches the next batch. It
+// next does one step of work: a callback left by a Goexit, one unit of the
+// batch in hand, the next batch of the shard held, or the next shard. It
 // returns false when the worker must exit.
 func (w *worker[E]) next() bool {
-	if w.e.life.aborted.Load() {
+	if w.cb.u != nil {
+		w.callbacks()
+		return true
+	}
+	if w.id < 0 || w.e.life.aborted.Load() { // the reaper only gives up
 		w.abortAll()
 		return false
 	}
@@ -111,7 +120,38 @@ func (w *worker[E]) next() bool {
 		w.step()
 		return true
 	}
-	return w.refill()
+	if w.cur != nil {
+		w.refill()
+		return true
+	}
+	if w.e.life.stopping() {
+		return false
+	}
+	s := w.take()
+	if s != nil {
+		w.cur, w.rounds = s, 0
+	}
+	return true
+}
+
+// take returns the next shard of the run queue, sleeping until there is
+// one, or nil when the Lifecycle stops or aborts.
+func (w *worker[E]) take() *shard[E] {
+	select {
+	case s := <-w.e.runq:
+		return s
+	default:
+	}
+	// Nothing to do: let go of what finished events left behind, then sleep.
+	w.e.d.Idle(w.id)
+	l := w.e.life
+	select {
+	case s := <-w.e.runq:
+		return s
+	case <-l.stopCh:
+	case <-l.abortCtx.Done():
+	}
+	return nil
 }
 
 // step runs the next item of the batch, or parks it behind its key.
@@ -121,8 +161,9 @@ func (w *worker[E]) step() {
 	if w.anyTaken && w.taken[w.pos-1] {
 		return
 	}
-	if len(w.parked) > 0 {
-		if pk, ok := w.parked[it.Key]; ok {
+	s := w.cur
+	if len(s.parked) > 0 {
+		if pk, ok := s.parked[it.Key]; ok {
 			pk.units = append(pk.units, &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event})
 			w.pub.followers.Add(1)
 			return
@@ -132,7 +173,7 @@ func (w *worker[E]) step() {
 	// typedmemmove and is measurably slower here.
 	u := &w.unit
 	u.ID, u.Items, u.Event = w.newID(), w.batch[w.pos-1:w.pos:w.pos], it.Event
-	u.Chain, u.Index, u.Attempt, u.Err, u.Took = nil, 0, 0, nil, 0
+	u.Chain, u.Index, u.Attempt, u.Err, u.Took, u.Waited = nil, 0, 0, nil, 0, 0
 	if w.e.cfg.Batching {
 		if limit := w.e.d.BatchLimit(it); limit > 1 {
 			w.gather(it, limit, u)
@@ -140,11 +181,13 @@ func (w *worker[E]) step() {
 	}
 	w.curPK = nil
 	v := w.execute(u)
-	if v.Outcome == Handled { // the common case, without settle's detour
+	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() {
+		// The common case, without settle's detour.
 		w.pub.handled.Add(uint64(len(u.Items)))
 		w.done += len(u.Items)
 	} else {
 		w.settle(u, v)
+		w.callbacks()
 	}
 	if len(u.Items) > 1 {
 		clear(w.group)
@@ -219,7 +262,7 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 
 // execute runs u through the dispatcher, timing one run in SampleEvery. If a
 // handler calls runtime.Goexit, the deferred function settles u as failed
-// and starts a goroutine to replace this one.
+// and leaves its callbacks to the goroutine that replaces this one.
 func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 	returned := false
 	defer func() {
@@ -227,16 +270,17 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 			return
 		}
 		// A handler called runtime.Goexit: settle u as failed; run's
-		// deferred function replaces the goroutine.
+		// deferred function replaces the goroutine, whose first step runs
+		// the callbacks.
 		v = w.e.d.Goexited(w.id, u)
 		if pk := w.curPK; pk != nil {
 			w.curPK = nil
 			w.settleParked(w.curKey, pk, u, v)
 		} else {
 			w.settle(u, v)
-			if len(u.Items) > 1 {
-				clear(w.group)
-			}
+		}
+		if w.cb.u == nil && len(u.Items) > 1 {
+			clear(w.group)
 		}
 	}()
 	w.sample++
@@ -271,22 +315,31 @@ func (w *worker[E]) count(v Verdict, n uint64) {
 	}
 }
 
-// settle records the verdict of a unit taken from the batch.
+// settle records the verdict of a unit taken from the batch and leaves its
+// callbacks due (see callbacks).
 func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	w.count(v, uint64(len(u.Items)))
 	if v.Outcome != Retry {
 		w.finish(u, v)
+		w.pend(u, v)
 		return
 	}
+	s := w.cur
 	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
 		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err}
-	w.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
+	if s.parked == nil {
+		s.parked = make(map[uint64]*parkedKey[E])
+	}
+	s.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
 	w.pub.retrying.Add(int64(len(parked.Items)))
-	w.due.push(time.Now().Add(v.Delay), u.Key())
+	s.due.push(time.Now().Add(v.Delay), u.Key())
+	w.pend(parked, v)
 }
 
-// settleParked records the verdict of the head unit of a parked key.
+// settleParked records the verdict of the head unit of a parked key and
+// leaves its callbacks due.
 func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Verdict) {
+	s := w.cur
 	w.count(v, uint64(len(u.Items)))
 	n := int64(len(u.Items))
 	if v.Outcome == Retry {
@@ -295,7 +348,8 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 			w.pub.followers.Add(-n)
 			w.pub.retrying.Add(n)
 		}
-		w.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
+		s.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
+		w.pend(u, v)
 		return
 	}
 	w.finish(u, v)
@@ -308,13 +362,14 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 	pk.units[0] = nil
 	pk.units = pk.units[1:]
 	if len(pk.units) == 0 {
-		delete(w.parked, key)
-		return
+		delete(s.parked, key)
+	} else {
+		s.due.push(time.Time{}, key) // the next unit of the key is due at once
 	}
-	w.due.push(time.Time{}, key) // the next unit of the key is due at once
+	w.pend(u, v)
 }
 
-// finish counts a unit that reached an end and hands dead ones to the sink.
+// finish counts a unit that reached an end.
 func (w *worker[E]) finish(u *Unit[E], v Verdict) {
 	n := uint64(len(u.Items))
 	switch v.Outcome {
@@ -323,23 +378,64 @@ func (w *worker[E]) finish(u *Unit[E], v Verdict) {
 	case Stopped:
 		w.pub.stopped.Add(n)
 	case Dead:
-		// Counted first: the sink is user code and may not return.
 		w.pub.deadLettered.Add(n)
-		w.done += len(u.Items)
-		w.e.d.DeadLetter(u, v.Err)
-		return
+	case Abandoned:
+		w.pub.abandoned.Add(n)
 	}
 	w.done += len(u.Items)
 }
 
-// runDue runs the parked units whose time has come.
+// pend records that u's callbacks are to run, if it has any.
+func (w *worker[E]) pend(u *Unit[E], v Verdict) {
+	if v.Outcome == Dead || v.Outcome == Abandoned || w.e.cfg.Observe || w.e.tracking.Load() {
+		w.cb = callbacks[E]{u: u, v: v}
+	}
+}
+
+// callbacks runs the user callbacks still due: dead letters, the observer,
+// then the trackers of items that finished.
+func (w *worker[E]) callbacks() {
+	c := &w.cb
+	for c.u != nil {
+		switch c.stage {
+		case 0: // dead letters, one original event at a time
+			if c.v.Outcome != Dead || c.next >= len(c.u.Items) {
+				c.stage, c.next = 1, 0
+				continue
+			}
+			i := c.next
+			c.next++
+			w.e.d.DeadLetter(c.u, i, c.v.Err)
+		case 1:
+			c.stage = 2
+			if w.e.cfg.Observe {
+				w.e.d.Observe(c.u, c.v)
+			}
+		case 2: // trackers, once the unit has finished
+			if c.v.Outcome == Retry || c.next >= len(c.u.Items) {
+				c.stage = 3
+				continue
+			}
+			i := c.next
+			c.next++
+			if t := c.u.Items[i].Track; t != nil {
+				t.finish(c.v.Outcome)
+			}
+		default:
+			*c = callbacks[E]{}
+		}
+	}
+}
+
+// runDue runs the parked units of the shard held whose time has come.
 func (w *worker[E]) runDue(now time.Time) {
-	for len(w.due) > 0 && !w.due[0].at.After(now) {
+	s := w.cur
+	for s.dueBy(now) {
 		if w.e.life.aborted.Load() {
 			return
 		}
-		key := w.due.pop()
-		pk := w.parked[key]
+		key := s.due.pop()
+		pk := s.parked[key]
 		if pk == nil {
 			continue
 		}
@@ -348,12 +444,16 @@ func (w *worker[E]) runDue(now time.Time) {
 		v := w.execute(u)
 		w.curPK = nil
 		w.settleParked(key, pk, u, v)
+		w.callbacks()
 	}
 }
 
-// refill publishes what the worker finished and takes the next batch,
-// sleeping until there is one. It returns false when the worker must exit.
-func (w *worker[E]) refill() bool {
+// refill runs the held shard's due retries and takes its next batch. When
+// the shard has nothing left to run now, or other shards wait, it lets go
+// of the shard: back on the run queue if work remains, idle otherwise (with
+// its retry timer armed if keys are parked).
+func (w *worker[E]) refill() {
+	s := w.cur
 	clear(w.batch)
 	w.batch, w.pos = w.batch[:0], 0
 	// Drop the scratch unit's references, or an idle worker would keep
@@ -364,84 +464,93 @@ func (w *worker[E]) refill() bool {
 		clear(w.taken)
 		w.anyTaken = false
 	}
-	s, l := w.s, w.e.life
-	for {
-		if len(w.due) > 0 {
-			if now := time.Now(); !w.due[0].at.After(now) {
-				w.runDue(now)
-			}
+	if len(s.due) > 0 {
+		if now := time.Now(); s.dueBy(now) {
+			w.runDue(now)
 		}
-		if l.aborted.Load() {
-			w.abortAll()
-			return false
-		}
-		s.mu.Lock()
-		s.sleeping = false
-		w.publishLocked()
-		if len(s.items) > 0 {
-			w.batch, s.items = s.items, w.batch
-			s.mu.Unlock()
-			return true
-		}
-		idle := s.occupied == 0
-		if idle && l.stopping() {
-			s.stopped = true
-			s.mu.Unlock()
-			return false
-		}
-		s.sleeping = true
+	}
+	s.mu.Lock()
+	n := w.done
+	s.release(n)
+	w.done = 0
+	if len(s.items) > 0 && (w.rounds == 0 || len(w.e.runq) == 0) {
+		w.batch, s.items = s.items, w.batch
+		w.rounds++
+		w.pub.taken.Add(uint64(len(w.batch)))
 		s.mu.Unlock()
-		if idle {
-			l.notifyIdle()
-		}
-		armed := len(w.due) > 0
-		if armed {
-			w.timer.Reset(time.Until(w.due[0].at))
-		}
-		// One channel wakes the worker for everything: new items (a
-		// producer that saw sleeping), a retry coming due (the timer),
-		// Stop and Abort (Engine.WakeAll). A plain receive is quicker than
-		// a select over four channels, and every reason is checked again
-		// at the top of the loop, so a stray token costs one loop.
-		<-s.wake
-		if armed { // a wake-up with no retry waiting skips the timer's lock
-			w.timer.Stop()
-		}
-	}
-}
-
-// poke wakes the worker if it sleeps; it never blocks.
-func (w *worker[E]) poke() {
-	select {
-	case w.s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// publishLocked makes the worker's completions and counts visible and
-// wakes producers waiting for room. s.mu must be held.
-func (w *worker[E]) publishLocked() {
-	if w.done == 0 {
+		w.free(n)
 		return
 	}
-	s := w.s
-	s.occupied -= w.done
-	s.doneCount += uint64(w.done)
-	w.pub.finishedPublished += uint64(w.done)
-	w.done = 0
-	if s.space != nil && s.occupied < w.e.cfg.QueueSize {
-		close(s.space)
-		s.space = nil
+	requeue := len(s.items) > 0 || (s.stopped && s.holds()) ||
+		(len(s.due) > 0 && s.dueBy(time.Now()))
+	if !requeue {
+		s.state = idle
+		if len(s.due) > 0 {
+			if s.timer == nil {
+				s.timer = time.AfterFunc(time.Hour, s.wake)
+			}
+			s.timer.Reset(time.Until(s.due[0].at))
+		}
+		if cap(s.items) > maxIdleBuffer {
+			s.items = nil // a burst's buffer goes with the burst
+		}
+	}
+	s.mu.Unlock()
+	w.free(n)
+	if cap(w.batch) > maxIdleBuffer {
+		w.batch = nil
+	}
+	w.cur = nil
+	if requeue {
+		w.e.runq <- s
+		return
+	}
+	if l := w.e.life; l.idleWaiters.Load() > 0 && w.e.added.Load() == w.e.finished() {
+		l.notifyIdle()
 	}
 }
 
-// abortAll dead-letters everything the worker holds or could still take,
-// stops the shard and publishes the result. Each item leaves the worker's
-// state before the sink sees it, so that if the sink calls runtime.Goexit
-// the replacement goroutine carries on without repeating or losing one.
+// free gives back the room of n finished events.
+func (w *worker[E]) free(n int) {
+	if n > 0 {
+		w.e.free(n)
+	}
+}
+
+// abortAll gives up everything the worker holds or can still take from the
+// run queue, then returns: the worker exits.
 func (w *worker[E]) abortAll() {
+	if w.cur == nil {
+		// The reaper's batch: events Abort took out of the FIFOs.
+		for w.pos < len(w.batch) {
+			i := w.pos
+			w.pos++
+			it := w.batch[i]
+			w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, w.e.cfg.ErrClosed)
+		}
+		clear(w.batch)
+		w.batch, w.pos, w.done = nil, 0, 0
+	}
+	for {
+		if w.cur != nil {
+			w.abortShard()
+		}
+		select {
+		case w.cur = <-w.e.runq:
+		default:
+			return
+		}
+	}
+}
+
+// abortShard dead-letters (or abandons, for tracked items) everything the
+// held shard has: the batch in hand, its FIFO and its parked keys. Each
+// item leaves the worker's state before its callbacks run, so that if a
+// sink calls runtime.Goexit the replacement goroutine carries on without
+// repeating or losing one.
+func (w *worker[E]) abortShard() {
+	s := w.cur
 	closed := w.e.cfg.ErrClosed
-	s := w.s
 	for {
 		for w.pos < len(w.batch) {
 			i := w.pos
@@ -450,13 +559,13 @@ func (w *worker[E]) abortAll() {
 				continue
 			}
 			it := w.batch[i]
-			w.finish(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, Verdict{Outcome: Dead, Err: closed})
+			w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, closed)
 		}
-		// Then whatever is still queued, unless Close's Abort took it.
 		s.mu.Lock()
 		s.stopped = true
 		queued := s.items
 		s.items = nil
+		w.pub.taken.Add(uint64(len(queued)))
 		s.mu.Unlock()
 		if len(queued) == 0 {
 			break
@@ -468,23 +577,50 @@ func (w *worker[E]) abortAll() {
 			w.anyTaken = false
 		}
 	}
-	for key, pk := range w.parked {
+	for key, pk := range s.parked {
 		for len(pk.units) > 0 {
 			u := pk.units[0]
 			pk.units[0] = nil
 			pk.units = pk.units[1:]
+			n := int64(len(u.Items))
+			if pk.retrying {
+				w.pub.retrying.Add(-n)
+				pk.retrying = false
+			} else {
+				w.pub.followers.Add(-n)
+			}
 			err := closed
 			if u.Err != nil {
 				err = errors.Join(closed, u.Err)
 			}
-			w.finish(u, Verdict{Outcome: Dead, Err: err})
+			w.giveUp(u, err)
 		}
-		delete(w.parked, key)
+		delete(s.parked, key)
 	}
-	w.pub.retrying.Store(0)
-	w.pub.followers.Store(0)
-	w.due = w.due[:0]
+	s.due = s.due[:0]
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	clear(w.batch)
+	w.batch, w.pos = w.batch[:0], 0
 	s.mu.Lock()
-	w.publishLocked()
+	s.release(w.done)
+	n := w.done
+	w.done = 0
+	s.state = idle
 	s.mu.Unlock()
+	w.free(n)
+	w.cur = nil
+}
+
+// giveUp ends a unit the engine aborts: tracked items are abandoned (their
+// tracker says so; no dead letter), the others are dead-lettered with err.
+func (w *worker[E]) giveUp(u *Unit[E], err error) {
+	v := Verdict{Outcome: Dead, Err: err}
+	if u.Items[0].Track != nil {
+		v = Verdict{Outcome: Abandoned, Err: err}
+	}
+	w.finish(u, v)
+	w.cb = callbacks[E]{u: u, v: v}
+	w.callbacks()
 }
