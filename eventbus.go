@@ -198,8 +198,13 @@ func (b *Bus) Start() error {
 // a running handler's ctx, it adds a follow-on event: it never waits,
 // ignores ctx's cancellation and is accepted while the bus drains.
 //
-// The handler's context will carry ctx's values. AddEvent allocates nothing
-// when ctx is context.Background() or a handler's context.
+// The handler's context will carry ctx's values, never its cancellation.
+// When ctx derives from a handler's context (a HandlerTimeout, values added
+// by middleware), the event keeps the values only: those added on top of
+// the handler's context are copied once, so a chain of follow-on events
+// holds no handler context of the hops before it. AddEvent allocates
+// nothing when ctx is context.Background() or the context a handler was
+// called with, HandlerTimeout or not.
 func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
 	return b.add(ctx, ev, true)
 }
@@ -225,7 +230,8 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 		ctx = background
 	case background:
 	default:
-		c, values = callOf(ctx), valuesOf(ctx)
+		c = callOf(ctx)
+		values = valuesOf(ctx, c)
 		if c != nil && (c.bus() != b || !c.running()) {
 			c = nil
 		}

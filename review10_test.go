@@ -1,0 +1,172 @@
+package eventbus_test
+
+// Regression tests for issue #10 (outside review) items 1, 7, 8, 9 and 10,
+// and the zero-value Bus of issue #13. Each test is named after its item.
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type review1Trace struct{}
+
+type review1Span struct{}
+
+type review1Missing struct{}
+
+// liveHeap returns the live heap after a full collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// valueCost returns the best of a few timings of n lookups of a key ctx
+// does not hold: the lookup walks every context ctx keeps.
+func valueCost(ctx context.Context) time.Duration {
+	const n = 200
+	best := time.Duration(1<<63 - 1)
+	for range 5 {
+		start := time.Now()
+		for range n {
+			if ctx.Value(review1Missing{}) != nil {
+				panic("unexpected value")
+			}
+		}
+		best = min(best, time.Since(start))
+	}
+	return best / n
+}
+
+// hopChain runs a chain of follow-on OnSend events, each added by the
+// previous one's handler with its own ctx, and measures the live heap and
+// the cost of a missed ctx.Value at hop 10 and at the last one.
+// check is called with every handler's ctx.
+func hopChain(t *testing.T, hops int, opts []eventbus.Option, mws []eventbus.Middleware, check func(hop int, ctx context.Context)) (perHop float64, early, late time.Duration) {
+	t.Helper()
+	b := newBus(t, append([]eventbus.Option{eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1})}, opts...)...)
+	const from = 500
+	var heapFrom, heapTo uint64
+	hop := 0
+	done := make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		hop++
+		check(hop, ctx)
+		switch hop {
+		case 10:
+			early = valueCost(ctx)
+		case from:
+			heapFrom = liveHeap()
+		case hops:
+			heapTo, late = liveHeap(), valueCost(ctx)
+			close(done)
+			return nil
+		}
+		return b.AddEvent(ctx, ev)
+	})
+	b.Use(mws...)
+	mustStart(t, b)
+	producer := context.WithValue(context.Background(), review1Trace{}, "trace-1")
+	require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "u")))
+	recvWithin(t, done, 60*time.Second, "the last hop")
+	idleWithin(t, b, 10*time.Second)
+	return (float64(heapTo) - float64(heapFrom)) / float64(hops-from), early, late
+}
+
+// checkHopChain asserts that a chain of hops keeps nothing per hop and that
+// ctx.Value does not get slower with depth.
+func checkHopChain(t *testing.T, perHop float64, early, late time.Duration) {
+	t.Helper()
+	t.Logf("live heap per hop: %.1f B; missed ctx.Value: %v at hop 10, %v at the last hop", perHop, early, late)
+	assert.Less(t, perHop, 48.0, "every hop keeps its parent's context alive")
+	assert.Less(t, late, 20*early+time.Microsecond, "ctx.Value walks every hop's context")
+}
+
+// TestReview1_TimeoutHopKeepsNoParent: with HandlerTimeout, a follow-on
+// event added with the handler's ctx must take the producer's values, not
+// the timer context around the parent's call context (which pins that call,
+// its context block and everything they hold, hop after hop).
+func TestReview1_TimeoutHopKeepsNoParent(t *testing.T) {
+	const hops = 5000
+	perHop, early, late := hopChain(t, hops,
+		[]eventbus.Option{eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, HandlerTimeout: time.Minute})},
+		nil, func(hop int, ctx context.Context) {
+			if hop == 1 || hop == hops {
+				_, ok := ctx.Deadline()
+				assert.True(t, ok, "hop %d has its attempt's deadline", hop)
+				assert.Equal(t, "trace-1", ctx.Value(review1Trace{}), "hop %d keeps the producer's values", hop)
+			}
+		})
+	checkHopChain(t, perHop, early, late)
+}
+
+// TestReview1_MiddlewareValueHopKeepsNoParent: middleware that adds a value
+// to each attempt's ctx (a tracing span) must not make each hop keep the
+// previous one's call context either; the span still crosses the hop.
+func TestReview1_MiddlewareValueHopKeepsNoParent(t *testing.T) {
+	type span struct{ hop, parent int }
+	for _, timeout := range []time.Duration{0, time.Minute} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			const hops = 5000
+			n := 0
+			mw := func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+				return func(ctx context.Context, ev eventbus.Event) error {
+					n++
+					parent := 0
+					if s, ok := ctx.Value(review1Span{}).(span); ok {
+						parent = s.hop
+					}
+					return next(context.WithValue(ctx, review1Span{}, span{hop: n, parent: parent}), ev)
+				}
+			}
+			bad := 0
+			perHop, early, late := hopChain(t, hops, []eventbus.Option{
+				eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, HandlerTimeout: timeout})},
+				[]eventbus.Middleware{mw}, func(hop int, ctx context.Context) {
+					s, _ := ctx.Value(review1Span{}).(span)
+					if s.hop != hop || s.parent != hop-1 {
+						bad++
+					}
+					if hop == 1 || hop == hops {
+						assert.Equal(t, "trace-1", ctx.Value(review1Trace{}), "hop %d keeps the producer's values", hop)
+					}
+				})
+			assert.Zero(t, bad, "hops whose span or trace did not cross the hop")
+			checkHopChain(t, perHop, early, late)
+		})
+	}
+}
+
+// TestReview1_FollowOnAddAllocatesNothing: AddEvent allocates nothing when
+// ctx is the context a handler was called with, with a HandlerTimeout too.
+func TestReview1_FollowOnAddAllocatesNothing(t *testing.T) {
+	for _, timeout := range []time.Duration{0, time.Minute} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 4096, HandlerTimeout: timeout}))
+			child := userEvent(eventbus.EventRecvAck, "u")
+			mustRegister(t, b, eventbus.EventRecvAck, func(context.Context, *eventbus.UserContext) error { return nil })
+			allocs := make(chan float64, 1)
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				allocs <- testing.AllocsPerRun(100, func() {
+					if err := b.AddEvent(ctx, child); err != nil {
+						panic(err)
+					}
+				})
+				return nil
+			})
+			mustStart(t, b)
+			producer := context.WithValue(context.Background(), review1Trace{}, "trace-1")
+			require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "u")))
+			assert.Zero(t, recvWithin(t, allocs, 10*time.Second, "the handler"), "allocations per follow-on add")
+			idleWithin(t, b, 10*time.Second)
+		})
+	}
+}
