@@ -5,7 +5,10 @@ package eventbus_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,5 +171,82 @@ func TestReview1_FollowOnAddAllocatesNothing(t *testing.T) {
 			assert.Zero(t, recvWithin(t, allocs, 10*time.Second, "the handler"), "allocations per follow-on add")
 			idleWithin(t, b, 10*time.Second)
 		})
+	}
+}
+
+// TestReview7_MiddlewareConstructorMayCallBus: middleware constructors are
+// user code and may call the bus (to label a metric, say); they must not
+// run under the bus's lock, where TypeName, Register or Define deadlock.
+func TestReview7_MiddlewareConstructorMayCallBus(t *testing.T) {
+	b, err := eventbus.New(eventbus.WithLogger(quiet))
+	require.NoError(t, err)
+	const custom eventbus.EventType = 40
+	ran := make(chan string, 16)
+	var labels []string
+	first := true
+	mw := func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+		labels = append(labels, b.TypeName(eventbus.EventOnSend))
+		if first {
+			first = false
+			if err := b.Define(custom, eventbus.PoolUser, "custom"); err != nil {
+				panic(err)
+			}
+			if _, err := eventbus.Register(b, eventbus.EventRecvAck, func(context.Context, *eventbus.UserContext) error { return nil }); err != nil {
+				panic(err)
+			}
+		}
+		return func(ctx context.Context, ev eventbus.Event) error {
+			ran <- b.TypeName(ev.Type())
+			return next(ctx, ev)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		if _, err := eventbus.Register(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil }); err != nil {
+			done <- err
+			return
+		}
+		b.Use(mw) // constructs for the OnSend handler, which registers a RecvAck one
+		_, err := eventbus.Register(b, custom, func(context.Context, *eventbus.UserContext) error { return nil })
+		done <- err
+	}()
+	require.NoError(t, recvWithin(t, done, 5*time.Second, "Use and Register with a constructor that calls the bus"))
+	t.Cleanup(func() { _ = b.Close(deadline(t, 10*time.Second)) })
+	assert.NotEmpty(t, labels)
+	mustStart(t, b)
+	for _, typ := range []eventbus.EventType{eventbus.EventOnSend, eventbus.EventRecvAck, custom} {
+		require.NoError(t, b.AddEvent(context.Background(), userEvent(typ, "u")))
+		assert.Equal(t, b.TypeName(typ), recvWithin(t, ran, 5*time.Second, "the middleware of "+b.TypeName(typ)))
+	}
+}
+
+// TestReview7_UseAndRegisterConcurrently: with constructors run outside
+// the lock, handlers registered while Use runs still get every middleware.
+func TestReview7_UseAndRegisterConcurrently(t *testing.T) {
+	const n = 4
+	b := newBus(t)
+	var calls [n]atomic.Int64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			b.Use(func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+				_ = b.TypeName(eventbus.EventOnSend)
+				return func(ctx context.Context, ev eventbus.Event) error {
+					calls[i].Add(1)
+					return next(ctx, ev)
+				}
+			})
+		})
+		wg.Go(func() {
+			mustRegister(t, b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil },
+				eventbus.WithName(fmt.Sprint("h", i)))
+		})
+	}
+	wg.Wait()
+	mustStart(t, b)
+	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	idleWithin(t, b, 5*time.Second)
+	for i := range n {
+		assert.Equal(t, int64(n), calls[i].Load(), "middleware %d: one call per handler", i)
 	}
 }
