@@ -162,6 +162,9 @@ func funcName(fn any) string {
 // b.mu, on a snapshot of the middleware, and rewrap catches up with
 // middleware added meanwhile.
 func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string, o handlerOptions) (*Registration, error) {
+	if !b.made() {
+		return nil, ErrNotNew
+	}
 	b.mu.Lock()
 	mws := b.mws[:len(b.mws):len(b.mws)]
 	if b.types[t].pool != want || want == "" {
@@ -261,8 +264,11 @@ func (b *Bus) removeHandler(t EventType, match func(*handlerEntry) bool) bool {
 // keep the chain they began with. A Middleware is called (constructed) once
 // per handler, and again for every handler when Use adds middleware; it is
 // called without any lock of the bus held, so it may call the bus
-// (TypeName, Register, Define).
+// (TypeName, Register, Define). On a Bus not built by New it does nothing.
 func (b *Bus) Use(mw ...Middleware) {
+	if !b.made() {
+		return
+	}
 	b.mu.Lock()
 	for _, m := range mw {
 		if m != nil {

@@ -250,3 +250,148 @@ func TestReview7_UseAndRegisterConcurrently(t *testing.T) {
 		assert.Equal(t, int64(n), calls[i].Load(), "middleware %d: one call per handler", i)
 	}
 }
+
+// noPanic runs f and returns what it panicked with, if anything.
+func noPanic(f func()) (r any) {
+	defer func() { r = recover() }()
+	f()
+	return nil
+}
+
+// TestReview9_ZeroDeadLetterRing: a zero DeadLetterRing is usable: it keeps
+// the last 1024 letters, like the bus's default sink.
+func TestReview9_ZeroDeadLetterRing(t *testing.T) {
+	var r eventbus.DeadLetterRing
+	var last *eventbus.DeadLetter
+	require.Nil(t, noPanic(func() {
+		for i := range 2000 {
+			last = &eventbus.DeadLetter{Attempts: i}
+			r.DeadLetter(last)
+		}
+	}), "zero DeadLetterRing panicked")
+	letters := r.Letters()
+	require.Len(t, letters, 1024)
+	assert.Same(t, last, letters[len(letters)-1])
+	assert.Equal(t, 2000-1024, letters[0].Attempts)
+	assert.Equal(t, uint64(2000), r.Total())
+}
+
+// TestReview9_CloseZeroBus: Close on a zero Bus returns ErrNotNew at once
+// instead of blocking until its ctx ends (for ever with Background).
+func TestReview9_CloseZeroBus(t *testing.T) {
+	var b eventbus.Bus
+	done := make(chan error, 1)
+	go func() { done <- b.Close(context.Background()) }()
+	err := recvWithin(t, done, 5*time.Second, "Close on a zero Bus")
+	assert.ErrorIs(t, err, eventbus.ErrNotNew)
+}
+
+// TestReview9_PanickingKeyFunc: a KeyFunc that panics is bad input, as a
+// panicking Conn is: AddEvent returns ErrNilEvent naming the KeyFunc, the
+// panic never reaches its caller, and the event is not counted.
+func TestReview9_PanickingKeyFunc(t *testing.T) {
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{KeyFunc: func(ev eventbus.Event) uint64 {
+		return uint64(len(ev.(*eventbus.UserContext).Conn.UID())) // panics on a nil Conn
+	}}))
+	mustRegister(t, b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+	mustStart(t, b)
+	for name, add := range map[string]func() error{
+		"AddEvent": func() error {
+			return b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend})
+		},
+		"TryAddEvent": func() error { return b.TryAddEvent(&eventbus.UserContext{EventType: eventbus.EventOnSend}) },
+	} {
+		var err error
+		require.Nil(t, noPanic(func() { err = add() }), "%s: a panicking KeyFunc reached the caller", name)
+		require.ErrorIs(t, err, eventbus.ErrNilEvent, name)
+		assert.Contains(t, err.Error(), "KeyFunc panicked", name)
+	}
+	st := b.Stats().User
+	assert.Zero(t, st.Added)
+	assert.Zero(t, st.Rejected)
+	// The pool still works.
+	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	idleWithin(t, b, 5*time.Second)
+	atRest(t, "user", b.Stats().User)
+}
+
+// TestReview9_DefineErrorsWrapSentinels: every error of Define is
+// errors.Is-able and prefixed "eventbus:".
+func TestReview9_DefineErrorsWrapSentinels(t *testing.T) {
+	b := newBus(t)
+	require.NoError(t, b.Define(40, eventbus.PoolUser, "custom"))
+	for _, c := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"built in", b.Define(eventbus.EventOnSend, eventbus.PoolUser, "x"), eventbus.ErrTypeDefined},
+		{"already defined", b.Define(40, eventbus.PoolChannel, "again"), eventbus.ErrTypeDefined},
+		{"unknown pool", b.Define(41, eventbus.Pool("bogus"), "x"), eventbus.ErrWrongPool},
+		{"pool of another range", b.Define(6, eventbus.PoolChannel, "x"), eventbus.ErrWrongPool},
+		{"reserved", b.Define(0, eventbus.PoolUser, "x"), eventbus.ErrUnknownEventType},
+	} {
+		require.Error(t, c.err, c.name)
+		assert.ErrorIs(t, c.err, c.want, c.name)
+		assert.Regexp(t, "^eventbus: ", c.err.Error(), c.name)
+	}
+	mustStart(t, b)
+	assert.ErrorIs(t, b.Define(42, eventbus.PoolUser, "late"), eventbus.ErrStarted)
+}
+
+// TestReview9_DefineAfterClose: Define on a closed bus says it is closed
+// (ErrClosed), not that it must come before Start.
+func TestReview9_DefineAfterClose(t *testing.T) {
+	for _, started := range []bool{false, true} {
+		b := newBus(t)
+		if started {
+			mustStart(t, b)
+		}
+		require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+		err := b.Define(40, eventbus.PoolUser, "late")
+		assert.ErrorIs(t, err, eventbus.ErrClosed, "started %v", started)
+		assert.NotErrorIs(t, err, eventbus.ErrStarted, "started %v", started)
+		assert.NotContains(t, err.Error(), "before Start", "started %v", started)
+	}
+}
+
+// TestReview13_ZeroValueBus: every method of a zero Bus returns ErrNotNew
+// (or a harmless zero result), at once, without a panic.
+func TestReview13_ZeroValueBus(t *testing.T) {
+	var b eventbus.Bus
+	ctx := deadline(t, 5*time.Second)
+	ev := userEvent(eventbus.EventOnSend, "u")
+	errs := map[string]func() error{
+		"Start":  b.Start,
+		"Define": func() error { return b.Define(40, eventbus.PoolUser, "x") },
+		"Register": func() error {
+			_, err := eventbus.Register(&b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+			return err
+		},
+		"AddEvent":    func() error { return b.AddEvent(ctx, ev) },
+		"TryAddEvent": func() error { return b.TryAddEvent(ev) },
+		"WaitIdle":    func() error { return b.WaitIdle(ctx) },
+		"Close":       func() error { return b.Close(ctx) },
+	}
+	for name, call := range errs {
+		done := make(chan error, 1)
+		go func() {
+			var err error
+			if r := noPanic(func() { err = call() }); r != nil {
+				err = fmt.Errorf("panicked: %v", r)
+			}
+			done <- err
+		}()
+		err := recvWithin(t, done, 5*time.Second, name+" on a zero Bus")
+		assert.ErrorIs(t, err, eventbus.ErrNotNew, name)
+		if err != nil {
+			assert.Contains(t, err.Error(), "New", "%s: the error says to use New", name)
+		}
+	}
+	assert.Nil(t, noPanic(func() {
+		b.Use(func(next eventbus.HandlerFunc) eventbus.HandlerFunc { return next })
+		assert.Equal(t, eventbus.Stats{}, b.Stats())
+		assert.Equal(t, "OnSend", b.TypeName(eventbus.EventOnSend))
+		assert.False(t, b.UnregisterHandler(eventbus.EventOnSend, "x"))
+	}), "a method of a zero Bus panicked")
+}
