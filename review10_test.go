@@ -6,7 +6,11 @@ package eventbus_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -395,3 +399,23 @@ func TestReview13_ZeroValueBus(t *testing.T) {
 		assert.False(t, b.UnregisterHandler(eventbus.EventOnSend, "x"))
 	}), "a method of a zero Bus panicked")
 }
+
+// TestReview10_NoItsTypos: the possessive is "its". Comments here spell
+// "it is" out, so the contraction in a comment is always a typo.
+func TestReview10_NoItsTypos(t *testing.T) {
+	for _, dir := range []string{".", "eventbustest", "internal/goid"} {
+		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		require.NoError(t, err)
+		for _, f := range files {
+			src, err := os.ReadFile(f)
+			require.NoError(t, err)
+			for i, line := range strings.Split(string(src), "\n") {
+				if c := strings.Index(line, "//"); c >= 0 && itsTypo.MatchString(line[c:]) {
+					t.Errorf("%s:%d: %s", f, i+1, strings.TrimSpace(line))
+				}
+			}
+		}
+	}
+}
+
+var itsTypo = regexp.MustCompile(`(?i)\bit's\b`)
