@@ -162,19 +162,26 @@ func callOf(ctx context.Context) *callCtx {
 }
 
 // valuesOf returns what a handler context should take its values from for
-// an event added with ctx: the same source for a handler's own context (so
-// chains of follow-on events stay flat), ctx itself when it can never be
-// cancelled (Background, or values on top of it: no allocation), and ctx
-// without its cancellation otherwise.
-func valuesOf(ctx context.Context) context.Context {
+// an event added with ctx, where c is callOf(ctx): the same source for a
+// handler's own context (so chains of follow-on events stay flat), ctx
+// itself when it can never be cancelled (Background, or values on top of
+// it: no allocation), the values ctx adds over a handler's context copied
+// onto that context's source (never the handler's call machinery: its
+// timeout, its context block), and ctx without its cancellation otherwise.
+func valuesOf(ctx context.Context, c *callCtx) context.Context {
 	if ctx == nil {
 		return nil
 	}
-	if c, ok := ctx.(*callCtx); ok {
+	if c != nil && ctx == context.Context(c) {
 		return c.values()
 	}
 	if ctx.Done() == nil {
 		return ctx
+	}
+	if c != nil {
+		if v, ok := detachValues(ctx, c); ok {
+			return v
+		}
 	}
 	return context.WithoutCancel(ctx)
 }

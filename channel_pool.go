@@ -24,7 +24,8 @@ func channelKey(seed maphash.Seed, id string, typ uint8) uint64 {
 	return maphash.String(seed, id) ^ (uint64(typ)+1)*connIDSalt
 }
 
-// BatchLimit returns the WithBatch limit of it's type (0: no batching).
+// BatchLimit returns the WithBatch limit of the item's type (0: no
+// batching).
 func (p *pool) BatchLimit(it *engine.Item[Event]) int {
 	if p.batch == nil {
 		return 0

@@ -16,3 +16,12 @@ func TestCtxBlockFitsItsSizeClass(t *testing.T) {
 		t.Errorf("ctxBlock is %d bytes, want the most contexts that fit in 8192", got)
 	}
 }
+
+// TestStdContextLayoutKnown checks that detachValues can see through the
+// context package's own contexts in this Go release: if their layout
+// changes, follow-on events fall back to keeping their parent's context.
+func TestStdContextLayoutKnown(t *testing.T) {
+	if !stdCtx.ok {
+		t.Fatalf("context package layout not recognised: %+v", stdCtx)
+	}
+}

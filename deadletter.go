@@ -21,14 +21,18 @@ type DeadLetterSink interface {
 }
 
 // DeadLetterRing is a DeadLetterSink that keeps the last N dead letters in
-// memory. It is the bus's default sink (N = 1024). It is safe for
-// concurrent use.
+// memory. It is the bus's default sink (N = 1024). The zero value keeps the
+// last 1024 too. It is safe for concurrent use.
 type DeadLetterRing struct {
 	mu    sync.Mutex
 	buf   []*DeadLetter
 	next  int
 	total uint64
 }
+
+// defaultRingSize is how many letters the bus's default sink and a zero
+// DeadLetterRing keep.
+const defaultRingSize = 1024
 
 // NewDeadLetterRing returns a ring that keeps the last n dead letters
 // (n < 1 keeps one).
@@ -41,6 +45,9 @@ func (r *DeadLetterRing) DeadLetter(d *DeadLetter) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.total++
+	if cap(r.buf) == 0 { // a zero ring
+		r.buf = make([]*DeadLetter, 0, defaultRingSize)
+	}
 	if len(r.buf) < cap(r.buf) {
 		r.buf = append(r.buf, d)
 		return

@@ -23,7 +23,8 @@ var (
 	// ErrWrongPool: the event's or handler's context type does not belong
 	// to the pool of the event type.
 	ErrWrongPool = errors.New("eventbus: event type belongs to another pool")
-	// ErrNilEvent: a nil event, or an event missing what its key needs.
+	// ErrNilEvent: a nil event, or an event missing what its key needs
+	// (its Conn or the pool's KeyFunc panicked).
 	ErrNilEvent = errors.New("eventbus: nil event")
 	// ErrNilHandler: Register with a nil handler.
 	ErrNilHandler = errors.New("eventbus: nil handler")
@@ -36,6 +37,12 @@ var (
 	// ErrInsideHandler: Close or WaitIdle called from a handler, which
 	// would wait for its own event.
 	ErrInsideHandler = errors.New("eventbus: called from inside a handler")
+	// ErrNotNew: a method called on a Bus that New did not return, such
+	// as a zero Bus. Build buses with New.
+	ErrNotNew = errors.New("eventbus: Bus not created with eventbus.New")
+	// ErrTypeDefined: Define of a type that is built in or already
+	// defined.
+	ErrTypeDefined = errors.New("eventbus: event type already defined")
 )
 
 // permanentError marks an error that retrying cannot fix.

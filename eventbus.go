@@ -20,7 +20,9 @@ type Emitter interface {
 }
 
 // Bus routes events to three pools of workers and runs their handler
-// chains. Build one with New; all methods are safe for concurrent use.
+// chains. Build one with New; all methods are safe for concurrent use. A
+// zero Bus is not usable: its methods return ErrNotNew (Stats a zero
+// Stats, Use nothing).
 type Bus struct {
 	cfg      config
 	log      *slog.Logger
@@ -87,7 +89,7 @@ func New(opts ...Option) (*Bus, error) {
 		b.log = slog.Default()
 	}
 	if b.sink == nil {
-		b.sink = NewDeadLetterRing(1024)
+		b.sink = NewDeadLetterRing(defaultRingSize)
 	}
 	for t := range b.types {
 		if et := EventType(t); et.builtin() {
@@ -111,24 +113,30 @@ func New(opts ...Option) (*Bus, error) {
 
 // Define declares event type t, without a built-in meaning, for pool p,
 // under name. Types 1–29 must be declared in the pool of their range
-// (ErrWrongPool); 30–255 may go to any pool. Define must be called before
-// Start.
+// (ErrWrongPool); 30–255 may go to any pool. A built-in or already defined
+// type is ErrTypeDefined. Define must be called before Start (ErrStarted;
+// ErrClosed once the bus is closed).
 func (b *Bus) Define(t EventType, p Pool, name string) error {
+	if !b.made() {
+		return ErrNotNew
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
+	case b.state.Load() == stateClosed:
+		return fmt.Errorf("%w: Define(%d) on a closed bus", ErrClosed, t)
 	case b.state.Load() != stateNew:
 		return fmt.Errorf("%w: Define(%d) must come before Start", ErrStarted, t)
 	case t == EventUnknown:
 		return fmt.Errorf("%w: type 0 is reserved", ErrUnknownEventType)
 	case t.builtin():
-		return fmt.Errorf("eventbus: Define(%d): %v is built in", t, t)
+		return fmt.Errorf("%w: Define(%d): %v is built in", ErrTypeDefined, t, t)
 	case p.index() < 0:
-		return fmt.Errorf("eventbus: Define(%d): unknown pool %q", t, p)
+		return fmt.Errorf("%w: Define(%d): unknown pool %q", ErrWrongPool, t, p)
 	case rangePool(t) != "" && rangePool(t) != p:
 		return fmt.Errorf("%w: Define(%d): types %s belong to the %s pool", ErrWrongPool, t, rangeOf(t), rangePool(t))
 	case b.types[t].pool != "":
-		return fmt.Errorf("eventbus: Define(%d): already defined as %q", t, b.types[t].name)
+		return fmt.Errorf("%w: Define(%d): already defined as %q", ErrTypeDefined, t, b.types[t].name)
 	}
 	if name == "" {
 		name = t.String()
@@ -167,6 +175,9 @@ func (b *Bus) typeNameLocked(t EventType) string {
 // Start checks the configuration against the defined types and starts the
 // workers. Handlers may be registered before or after.
 func (b *Bus) Start() error {
+	if !b.made() {
+		return ErrNotNew
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state.Load() {
@@ -198,8 +209,13 @@ func (b *Bus) Start() error {
 // a running handler's ctx, it adds a follow-on event: it never waits,
 // ignores ctx's cancellation and is accepted while the bus drains.
 //
-// The handler's context will carry ctx's values. AddEvent allocates nothing
-// when ctx is context.Background() or a handler's context.
+// The handler's context will carry ctx's values, never its cancellation.
+// When ctx derives from a handler's context (a HandlerTimeout, values added
+// by middleware), the event keeps the values only: those added on top of
+// the handler's context are copied once, so a chain of follow-on events
+// holds no handler context of the hops before it. AddEvent allocates
+// nothing when ctx is context.Background() or the context a handler was
+// called with, HandlerTimeout or not.
 func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
 	return b.add(ctx, ev, true)
 }
@@ -212,6 +228,9 @@ func (b *Bus) TryAddEvent(ev Event) error {
 
 func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if b.state.Load() == stateNew {
+		if !b.made() {
+			return ErrNotNew
+		}
 		return ErrNotStarted
 	}
 	p, t, err := b.route(ev)
@@ -225,7 +244,8 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 		ctx = background
 	case background:
 	default:
-		c, values = callOf(ctx), valuesOf(ctx)
+		c = callOf(ctx)
+		values = valuesOf(ctx, c)
 		if c != nil && (c.bus() != b || !c.running()) {
 			c = nil
 		}
@@ -321,6 +341,9 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 		return nil
 	}
 	if b.state.Load() == stateNew {
+		if !b.made() {
+			return ErrNotNew
+		}
 		return ErrNotStarted
 	}
 	// A handler's own event is never idle, so checking for idle first is
@@ -340,7 +363,10 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 	if c := callOf(ctx); c != nil && c.bus() == b && c.running() {
 		return true
 	}
-	id := goid.Get()
+	id := goroutineID()
+	if id == 0 { // unreadable: never taken for a worker (idle workers have 0)
+		return false
+	}
 	for _, e := range b.engines {
 		if e.IsWorker(id) {
 			return true
@@ -348,6 +374,9 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 	}
 	return false
 }
+
+// goroutineID reads the caller's goroutine id (a variable for tests).
+var goroutineID = goid.Get
 
 // Close shuts the bus down gracefully, like http.Server.Shutdown:
 //
@@ -369,6 +398,9 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 // has been delivered). If the bus drains just as ctx ends, Close returns
 // nil. Close from inside a handler returns ErrInsideHandler at once.
 func (b *Bus) Close(ctx context.Context) error {
+	if !b.made() {
+		return ErrNotNew
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -467,6 +499,9 @@ func (b *Bus) unfinished() int {
 	}
 	return n
 }
+
+// made reports whether b was built by New (a zero Bus was not).
+func (b *Bus) made() bool { return b != nil && b.life != nil }
 
 func closeOnce(ch chan struct{}) {
 	if !isClosed(ch) {

@@ -38,6 +38,9 @@ type handlerEntry struct {
 	fn    HandlerFunc  // the handler itself
 	call  HandlerFunc  // fn inside the middleware in force when the chain was built
 	retry *RetryPolicy // overrides the pool's policy when set
+	// wrapped is how many of the bus's middleware (a list that only
+	// grows) call includes.
+	wrapped int
 }
 
 // chain is an immutable list of handlers; updates replace it whole, so a
@@ -154,9 +157,32 @@ func funcName(fn any) string {
 	return name
 }
 
+// addHandler adds fn to the chain of t. Middleware constructors are user
+// code that may call the bus (TypeName, Register, Define): they run outside
+// b.mu, on a snapshot of the middleware, and rewrap catches up with
+// middleware added meanwhile.
 func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string, o handlerOptions) (*Registration, error) {
+	if !b.made() {
+		return nil, ErrNotNew
+	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	mws := b.mws[:len(b.mws):len(b.mws)]
+	if b.types[t].pool != want || want == "" {
+		mws = nil // an error follows, unless Define comes first: then rewrap
+	}
+	b.mu.Unlock()
+	call := wrap(fn, mws)
+	b.mu.Lock()
+	r, err := b.addHandlerLocked(t, want, fn, call, len(mws), defName, o)
+	stale := err == nil && len(b.mws) > len(mws)
+	b.mu.Unlock()
+	if stale {
+		b.rewrap()
+	}
+	return r, err
+}
+
+func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wrapped int, defName string, o handlerOptions) (*Registration, error) {
 	pool := b.types[t].pool
 	if pool == "" {
 		return nil, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
@@ -192,8 +218,7 @@ func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string,
 			return nil, fmt.Errorf("%w: %q for %v", ErrDuplicateName, name, b.typeNameLocked(t))
 		}
 	}
-	e := handlerEntry{id: b.regSeq, name: name, fn: fn, retry: o.retry}
-	e.call = wrap(fn, b.mws)
+	e := handlerEntry{id: b.regSeq, name: name, fn: fn, call: call, wrapped: wrapped, retry: o.retry}
 	hs := make([]handlerEntry, 0, len(old)+1)
 	switch {
 	case at >= 0:
@@ -236,26 +261,83 @@ func (b *Bus) removeHandler(t EventType, match func(*handlerEntry) bool) bool {
 // Use adds middleware around every handler attempt. The first middleware
 // given to Use runs outermost. Use is safe at any time; events that start
 // after it returns run through the new middleware, events already started
-// keep the chain they began with.
+// keep the chain they began with. A Middleware is called (constructed) once
+// per handler, and again for every handler when Use adds middleware; it is
+// called without any lock of the bus held, so it may call the bus
+// (TypeName, Register, Define). On a Bus not built by New it does nothing.
 func (b *Bus) Use(mw ...Middleware) {
+	if !b.made() {
+		return
+	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	for _, m := range mw {
 		if m != nil {
 			b.mws = append(b.mws, m)
 		}
 	}
+	b.mu.Unlock()
+	b.rewrap()
+}
+
+// rewrap wraps again every handler whose call misses middleware added
+// since it was wrapped. The constructors run outside b.mu; if handlers or
+// middleware were added meanwhile, it goes round again for those only.
+func (b *Bus) rewrap() {
+	type wrapping struct {
+		n    int
+		call HandlerFunc
+	}
+	done := map[uint64]wrapping{}
+	for {
+		b.mu.Lock()
+		mws := b.mws[:len(b.mws):len(b.mws)]
+		var todo []handlerEntry
+		for t := range b.chains {
+			if c := b.chains[t].Load(); c != nil {
+				for _, h := range c.handlers {
+					if w, ok := done[h.id]; h.wrapped < len(mws) && (!ok || w.n != len(mws)) {
+						todo = append(todo, h)
+					}
+				}
+			}
+		}
+		if len(todo) == 0 {
+			b.storeWrapped(len(mws), func(id uint64) (HandlerFunc, bool) {
+				w, ok := done[id]
+				return w.call, ok && w.n == len(mws)
+			})
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		for _, h := range todo {
+			done[h.id] = wrapping{n: len(mws), call: wrap(h.fn, mws)}
+		}
+	}
+}
+
+// storeWrapped replaces, in every chain, the calls of handlers wrapped with
+// fewer than n middleware by those call gives. Every such handler has one.
+func (b *Bus) storeWrapped(n int, call func(id uint64) (HandlerFunc, bool)) {
 	for t := range b.chains {
 		c := b.chains[t].Load()
 		if c == nil {
 			continue
 		}
-		hs := make([]handlerEntry, len(c.handlers))
+		var hs []handlerEntry
 		for i, h := range c.handlers {
-			h.call = wrap(h.fn, b.mws)
-			hs[i] = h
+			if h.wrapped >= n {
+				continue
+			}
+			if hs == nil {
+				hs = append([]handlerEntry(nil), c.handlers...)
+			}
+			hs[i].call, _ = call(h.id)
+			hs[i].wrapped = n
 		}
-		b.chains[t].Store(&chain{handlers: hs})
+		if hs != nil {
+			b.chains[t].Store(&chain{handlers: hs})
+		}
 	}
 }
 

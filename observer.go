@@ -45,8 +45,10 @@ type Observation struct {
 
 // Observer receives an Observation for every run of a chain, so metrics
 // systems (Prometheus, OpenTelemetry…) can be wired without this module
-// depending on them. Observe is called on worker goroutines, concurrently,
-// and must be fast; a panic in it is recovered and logged.
+// depending on them. Observe is called on worker goroutines and, for the
+// events a Close whose ctx ended dead-letters, on the goroutine calling
+// Close; calls may be concurrent. It must be fast; a panic in it is
+// recovered and logged.
 type Observer interface {
 	Observe(o Observation)
 }

@@ -41,7 +41,8 @@ type PoolConfig struct {
 	// Retry overrides the bus's retry policy for this pool.
 	Retry *RetryPolicy
 	// KeyFunc overrides the pool's ordering key. Events with equal keys run
-	// one at a time in add order.
+	// one at a time in add order. It runs on the caller of AddEvent; if it
+	// panics, AddEvent returns an error wrapping ErrNilEvent instead.
 	KeyFunc func(Event) uint64
 }
 

@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"fmt"
 	"sync/atomic"
 
 	"github.com/imbus/eventbus/internal/engine"
@@ -32,7 +33,16 @@ func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error),
 	}
 	if cfg.KeyFunc != nil {
 		kf := cfg.KeyFunc
-		p.key = func(ev Event) (uint64, error) { return kf(ev), nil }
+		p.key = func(ev Event) (key uint64, err error) {
+			// A KeyFunc that panics is bad input, as a Conn that panics
+			// is: an error for the caller, not a panic.
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("%w: %s pool KeyFunc panicked: %v", ErrNilEvent, kind, r)
+				}
+			}()
+			return kf(ev), nil
+		}
 	}
 	p.slabs = make([]ctxSlab, cfg.Workers)
 	p.eng = engine.New[Event](engine.Config{

@@ -34,6 +34,9 @@ type LatencyStats struct {
 // Stats returns the counters of every pool. It takes each shard's lock
 // briefly and may be called at any time.
 func (b *Bus) Stats() Stats {
+	if !b.made() {
+		return Stats{}
+	}
 	return Stats{User: b.pools[0].stats(), Channel: b.pools[1].stats(), Pusher: b.pools[2].stats()}
 }
 

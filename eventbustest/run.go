@@ -25,12 +25,18 @@ type Result struct {
 	// eventbus.ErrNilEvent / eventbus.ErrNilHandler for bad input. It is
 	// nil when every handler returned nil.
 	Err error
-	// Stopped reports that Err is, or wraps, eventbus.ErrStopChain: a bus
-	// would count the event as Stopped and not retry it.
+	// Stopped reports that a handler returned eventbus.ErrStopChain, or an
+	// error wrapping it: a bus would count the event as Stopped and not
+	// retry it. A panic is never a stop, whatever its value: a bus retries
+	// panic(eventbus.ErrStopChain) as a failure, and so Run reports it as
+	// a Panic, not Stopped.
 	Stopped bool
-	// Panic is set when a handler panicked (or returned an error wrapping
-	// a *eventbus.PanicError, which a bus counts the same way); Err holds
-	// the same error.
+	// Permanent reports that a handler returned an eventbus.Permanent
+	// error (not a panic, and not a stop): a bus would dead-letter the
+	// event without retrying it. Any other Err is one a bus retries.
+	Permanent bool
+	// Panic is set when a handler panicked (or called runtime.Goexit on a
+	// bus), as a bus counts it in Stats.Panics; Err holds the same error.
 	Panic *eventbus.PanicError
 	// Handler is the name of the handler that ended the chain early, as
 	// its CallInfo gave it; "" when the chain ran to its end.
@@ -47,8 +53,9 @@ var lastEventID atomic.Uint64
 // the chain semantics of a bus and without starting one: nil goes on to
 // the next handler; an error that is or wraps eventbus.ErrStopChain ends
 // the chain as Stopped; any other error ends it with Err; a panic is
-// recovered into a *eventbus.PanicError. Run makes a single attempt: it
-// reports a failure but does not retry it.
+// recovered into a *eventbus.PanicError and, as on a bus, is a failure
+// whatever its value. Run makes a single attempt: it reports a failure but
+// does not retry it.
 //
 // Each handler gets ctx with a CallInfo (eventbus.ContextWithCallInfo) as a
 // bus would give it: the pool of C, ev's type, the handler's name (its
@@ -88,9 +95,12 @@ func Run[C eventbus.EventContext](ctx context.Context, ev *C, handlers ...eventb
 		if err == nil {
 			continue
 		}
-		res := Result{Ran: i + 1, Err: err, Handler: info.Handler,
-			Stopped: errors.Is(err, eventbus.ErrStopChain)}
-		errors.As(err, &res.Panic)
+		// Classify as a bus does (its dispatch is the contract): a
+		// panic is a failure whatever its value.
+		res := Result{Ran: i + 1, Err: err, Handler: info.Handler}
+		res.Panic, _ = err.(*eventbus.PanicError)
+		res.Stopped = res.Panic == nil && errors.Is(err, eventbus.ErrStopChain)
+		res.Permanent = res.Panic == nil && !res.Stopped && eventbus.IsPermanent(err)
 		return res
 	}
 	return Result{Ran: len(handlers)}

@@ -5,6 +5,8 @@ package goid
 import "runtime"
 
 // Get returns the id of the calling goroutine, or 0 if it cannot be read.
+// No goroutine has id 0: callers must treat 0 as unknown, never match it
+// (a worker that is not running also records 0).
 func Get() int64 {
 	var buf [64]byte
 	n := runtime.Stack(buf[:], false)

@@ -1,0 +1,114 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus/internal/goid"
+)
+
+// TestReview9_UnreadableGoroutineIDIsNotAWorker: when the goroutine id
+// cannot be read (goid.Get returns 0), the caller is not taken for a
+// worker, although workers that are not running have id 0 too.
+func TestReview9_UnreadableGoroutineIDIsNotAWorker(t *testing.T) {
+	saved := goroutineID
+	goroutineID = func() int64 { return 0 }
+	t.Cleanup(func() { goroutineID = saved })
+
+	b, err := New(WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if b.inHandler(ctx) {
+		t.Error("inHandler: a goroutine of unknown id taken for a worker")
+	}
+	if err := b.Close(ctx); errors.Is(err, ErrInsideHandler) || err != nil {
+		t.Errorf("Close of an unstarted bus, from a goroutine of unknown id: %v", err)
+	}
+}
+
+// goroutineObserver records the goroutine of every dead-letter observation.
+type goroutineObserver struct {
+	mu  sync.Mutex
+	ids []int64
+}
+
+func (o *goroutineObserver) Observe(ob Observation) {
+	if ob.Outcome == OutcomeDeadLettered {
+		o.mu.Lock()
+		o.ids = append(o.ids, goid.Get())
+		o.mu.Unlock()
+	}
+}
+
+// TestReview10_ObserverCalledFromClose: as Observer's doc says, Observe is
+// also called on the goroutine of a Close whose ctx ended, for the queued
+// events it dead-letters.
+func TestReview10_ObserverCalledFromClose(t *testing.T) {
+	obs := &goroutineObserver{}
+	b, err := New(WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithObserver(obs),
+		WithUserPool(PoolConfig{Workers: 1}), WithDeadLetter(NewDeadLetterRing(8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	if _, err := Register(b, EventOnSend, func(ctx context.Context, ev *UserContext) error {
+		if ev.Frame == "hold" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	conn := &zeroIDConn{uid: "u"}
+	add := func(frame any) {
+		if err := b.AddEvent(context.Background(), &UserContext{EventType: EventOnSend, Conn: conn, Frame: frame}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("hold")
+	<-entered
+	for range 3 {
+		add("queued")
+	}
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	me := goid.Get()
+	var ce *CloseError
+	if err := b.Close(expired); !errors.As(err, &ce) {
+		t.Fatalf("Close with an expired ctx: %v, want a *CloseError", err)
+	}
+	close(release)
+	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	onClose := 0
+	for _, id := range obs.ids {
+		if id == me {
+			onClose++
+		}
+	}
+	if onClose == 0 {
+		t.Errorf("no dead-letter observation on Close's goroutine (%d in all)", len(obs.ids))
+	}
+}
+
+type zeroIDConn struct{ uid string }
+
+func (c *zeroIDConn) UID() string { return c.uid }
+func (c *zeroIDConn) ID() int64   { return 0 }
