@@ -28,7 +28,8 @@ type PoolConfig struct {
 	// HandlerTimeout bounds each handler attempt by cancelling its context;
 	// 0 means no timeout.
 	HandlerTimeout time.Duration
-	// Retry overrides the bus's retry policy for this pool.
+	// Retry overrides the bus's retry policy for this pool; &NoRetry
+	// turns retries off. See RetryPolicy for what zero fields mean.
 	Retry *RetryPolicy
 	// KeyFunc overrides the pool's ordering key. Events with equal keys run
 	// one at a time in add order.
@@ -108,8 +109,9 @@ func WithPusherPool(c PoolConfig) Option {
 	return optionFunc(func(cfg *config) { cfg.pools[2] = c })
 }
 
-// WithRetry sets the bus-wide retry policy. PoolConfig.Retry and
-// WithHandlerRetry override it.
+// WithRetry sets the bus-wide retry policy (WithRetry(NoRetry): none).
+// PoolConfig.Retry and WithHandlerRetry override it. Without WithRetry the
+// bus uses the zero RetryPolicy, i.e. the defaults RetryPolicy documents.
 func WithRetry(p RetryPolicy) Option {
 	return optionFunc(func(cfg *config) { cfg.retry = p })
 }
