@@ -86,6 +86,9 @@ type config struct {
 	observer Observer
 	defines  []definition
 	errs     []error
+
+	logInterval time.Duration    // WithLogInterval
+	clock       func() time.Time // for the log throttle; nil: time.Now (tests set it)
 }
 
 type definition struct {
@@ -141,8 +144,9 @@ func WithBatch(t EventType, n int) Option {
 }
 
 // WithDeadLetter sets where events the bus gives up on go. The default
-// keeps the last 1024 in a DeadLetterRing. Every dead letter is also
-// logged at Warn level.
+// keeps the last 1024 in a DeadLetterRing. Dead letters are also logged
+// at Warn level, at most one line per handler per second
+// (WithLogInterval).
 func WithDeadLetter(sink DeadLetterSink) Option {
 	return optionFunc(func(cfg *config) { cfg.sink = sink })
 }
@@ -156,7 +160,9 @@ func WithAdmit(admit func(ctx context.Context, ev Event) error) Option {
 }
 
 // WithLogger sets the logger for failures, panics, slow handlers and dead
-// letters; nothing is logged per successful event. Default: slog.Default().
+// letters; nothing is logged per successful event, and failures and dead
+// letters are each logged at most once per handler per second
+// (WithLogInterval). Default: slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(cfg *config) { cfg.logger = l })
 }
