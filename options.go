@@ -32,7 +32,10 @@ type PoolConfig struct {
 	// turns retries off. See RetryPolicy for what zero fields mean.
 	Retry *RetryPolicy
 	// KeyFunc overrides the pool's ordering key. Events with equal keys run
-	// one at a time in add order.
+	// one at a time in add order. KeyByReceiver is one for the pusher
+	// pool: per (receiver, channel), so that a failed write is retried for
+	// its receiver alone (see SplitPush). It is called for every add, on
+	// the producer's goroutine: keep it cheap and safe for concurrent use.
 	KeyFunc func(Event) uint64
 }
 
