@@ -66,7 +66,7 @@ func newLogThrottle(every time.Duration, now func() time.Time) *logThrottle {
 // allow reports whether a record for k should be logged now and, if so,
 // how many records for k were suppressed since the last one logged.
 func (t *logThrottle) allow(k logKey) (suppressed int64, ok bool) {
-	if t.every <= 0 {
+	if t == nil || t.every <= 0 { // nil: a Bus not built by New logs everything
 		return 0, true
 	}
 	g, found := t.gates.Load(k)
