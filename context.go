@@ -44,7 +44,9 @@ type ChannelContext struct {
 
 // PushContext is an event of the pusher pool: one message for a set of
 // receivers. Its ordering key is the message's (ChannelID, ChannelType), so
-// every receiver sees a channel's messages in order.
+// every receiver sees a channel's messages in order. To deliver and retry
+// per receiver, split it (SplitPush, AddPerReceiver) and key the pool with
+// KeyByReceiver.
 type PushContext struct {
 	EventType   EventType
 	Message     *Message

@@ -115,6 +115,10 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
 	}
+	suppressed, log := p.bus.logs.allow(logKey{typ: u.Event.Type(), id: h.id})
+	if !log {
+		return v
+	}
 	level := slog.LevelWarn
 	if v.Panicked {
 		level = slog.LevelError
@@ -127,7 +131,7 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	if v.Panicked && pe.Stack != nil {
 		attrs = append(attrs, "stack", string(pe.Stack))
 	}
-	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", attrs...)
+	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", withSuppressed(attrs, suppressed)...)
 	return v
 }
 
@@ -164,13 +168,15 @@ func closedErr(last error) error {
 // DeadLetter hands original event i of u to the sink.
 func (p *pool) DeadLetter(u *engine.Unit[Event], i int, err error) {
 	b := p.bus
-	name, attempts := "", 0
+	name, attempts, id := "", 0, uint64(0)
 	if h := current(u); h != nil && u.Err != nil {
-		name, attempts = h.name, u.Attempt
+		name, attempts, id = h.name, u.Attempt, h.id
 	}
 	ev := u.Items[i].Event
-	b.log.Warn("eventbus: dead letter", "pool", string(p.kind), "type", b.TypeName(ev.Type()),
-		"handler", name, "attempts", attempts, "err", err)
+	if n, ok := b.logs.allow(logKey{typ: ev.Type(), id: id, dead: true}); ok {
+		b.log.Warn("eventbus: dead letter", withSuppressed([]any{"pool", string(p.kind), "type", b.TypeName(ev.Type()),
+			"handler", name, "attempts", attempts, "err", err}, n)...)
+	}
 	b.safely("dead-letter sink", func() {
 		b.sink.DeadLetter(&DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: name, Time: time.Now()})
 	})

@@ -1,39 +1,35 @@
 // Package eventbus is an in-process event bus for instant-messaging
-// servers, after the event-driven core of WuKongIM: the connection layer
-// turns client frames into user events; user handlers validate a sent
-// message and turn it into a channel event; channel handlers store it and
-// fan it out as push events; pusher handlers deliver it online or hand it
-// to offline push.
+// servers, after the event-driven core of WuKongIM. Three pools of
+// workers run the three kinds of work of an IM server, isolated from each
+// other, so a slow database never stalls connection handling:
 //
-//	bus, _ := eventbus.New() // errors elided here; see Example
+//   - the user pool runs what clients send (connect, send, ack): events
+//     carry a *[UserContext] and are ordered per user;
+//   - the channel pool stores messages and fans them out: a
+//     *[ChannelContext], ordered per channel;
+//   - the pusher pool writes to receivers, online or through offline
+//     push: a *[PushContext], ordered per channel (or per receiver, with
+//     [KeyByReceiver]).
+//
+// Handlers pass work along as follow-on events, user → channel → pusher:
+//
+//	bus, err := eventbus.New()
 //	eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-//		return nil // validate, then emit a ChannelDistribute event
+//		m := ev.Frame.(*eventbus.Message) // validated, say
+//		return bus.AddEvent(ctx, &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute,
+//			ChannelID: m.ChannelID, ChannelType: m.ChannelType, Messages: []*eventbus.Message{m}})
 //	})
-//	bus.Start()
-//	bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: msg})
-//	bus.Close(ctx)
+//	eventbus.Register(bus, eventbus.EventChannelDistribute, store) // func(ctx, *eventbus.ChannelContext) error
+//	err = bus.Start()
+//	err = bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: msg})
+//	err = bus.Close(ctx) // runs everything accepted to its end, then stops the workers
 //
-// # Pools
-//
-// Three pools of workers run the three kinds of work, isolated from each
-// other: their own goroutines, queues and configuration ([PoolConfig],
-// given with [WithUserPool], [WithChannelPool] and [WithPusherPool]), so a
-// slow database in the channel pool never stalls connection handling. An
-// event's number decides its pool: 1–9 user ([UserContext]), 10–19 channel
-// ([ChannelContext]), 20–29 pusher ([PushContext]). Numbers without a
-// built-in meaning are declared with [Bus.Define] before Start; 30–255 may
-// go to any pool.
-//
-// # Keys and ordering
-//
-// Every event has a key: the user's UID for a user event (the connection's
-// ID before login), the channel (ChannelID, ChannelType) for channel and
-// push events; [PoolConfig].KeyFunc may override it. Events with the same
-// key are handled one at a time, in the order they were added, through the
-// whole chain and across retries. Different keys run in parallel: a key
-// hashes to a shard owned by one worker goroutine, with one FIFO and no
-// global lock. [WithBatch] lets the channel pool merge adjacent events of
-// one key into one.
+// AddEvent returns once the event is queued; a worker of its pool runs the
+// handlers registered for its type, in order (a chain). Events with the
+// same key run one at a time in the order they were added, through the
+// whole chain and across retries; different keys run in parallel. Each
+// pool has its own workers, queues and [PoolConfig] ([WithUserPool],
+// [WithChannelPool], [WithPusherPool]).
 //
 // # Chains and results
 //
@@ -49,18 +45,18 @@
 //     ([PoolConfig].HandlerTimeout): the event is retried from the handler
 //     that failed.
 //
-// Chains can change while events flow: [WithName], [First], [Replace] (an
-// atomic swap in place), [Registration.Unregister] and
-// [Bus.UnregisterHandler]. An event reads its chain once, when it starts,
-// and keeps it for every attempt. [Bus.Use] adds [Middleware] around every
-// attempt of every handler. A handler's context carries the values, not
-// the cancellation, of the context given to AddEvent, the bus's shutdown
-// signal, the attempt's timeout and a [CallInfo] ([CallInfoFrom]).
-// Handler contexts cost no allocation: they are carved from blocks of a few
-// hundred, so a context kept after its handler returns (by a goroutine the
-// handler started, say) stays valid but keeps its block, 8 KiB,
-// alive. Code that lives long should keep only what it needs, e.g. the
-// values, in a context of its own.
+// Handlers are named with [WithName]; by default a handler is named after
+// its function ([HandlerName]: "permission" for a method value
+// s.permission), with "#2", "#3"… only when the name is taken for that
+// type. Names label logs, dead letters, [CallInfo] and metrics.
+//
+// Chains can change while events flow: [First], [Replace] (an atomic swap
+// in place), [Registration.Unregister] and [Bus.UnregisterHandler]. An
+// event reads its chain once, when it starts, and keeps it for every
+// attempt. [Bus.Use] adds [Middleware] around every attempt of every
+// handler. A handler's context carries the values, not the cancellation,
+// of the context given to AddEvent, the bus's shutdown signal, the
+// attempt's timeout and a [CallInfo] ([CallInfoFrom]).
 //
 // # Follow-on events
 //
@@ -87,14 +83,35 @@
 // # Retries and dead letters
 //
 // A failed handler is retried after a backoff under a [RetryPolicy]
-// (default: 3 attempts, 10 ms doubling up to 1 s, ±20% jitter), set with
-// [WithRetry], [PoolConfig].Retry or [WithHandlerRetry]. Waiting for a
-// retry parks the key, not the worker: the shard's other keys go on, later
-// events of that key wait. When the last attempt fails, the event goes to
-// the [DeadLetterSink] set with [WithDeadLetter] (by default a
-// [DeadLetterRing] of the last 1024) and is logged at Warn through
-// [WithLogger]. Nothing is logged per successful event; [WithObserver]
-// feeds metrics systems with every outcome.
+// (default: 3 attempts, 10 ms doubling up to 1 s, ±20% jitter; the
+// RetryPolicy doc says what each zero field means), set with [WithRetry],
+// [PoolConfig].Retry or [WithHandlerRetry]; [NoRetry] turns retries off.
+// Waiting for a retry parks the key, not the worker: the shard's other
+// keys go on, later events of that key wait. When the last attempt fails,
+// the event goes to the [DeadLetterSink] set with [WithDeadLetter] (by
+// default a [DeadLetterRing] of the last 1024; [DeadLetterFunc] makes one
+// of a function).
+//
+// # Per-receiver delivery
+//
+// A PushContext carries one message for many receivers, so retrying it
+// after one failed write would send the message again to all the others.
+// To deliver and retry per receiver, key the pusher pool with
+// [KeyByReceiver] and emit one event per receiver with [AddPerReceiver]
+// (or [SplitPush]): a failed write then holds back only its receiver,
+// which still sees each channel in order.
+//
+// # Logs and metrics
+//
+// Failed attempts, panics and dead letters are logged through
+// [WithLogger], at most once per handler per second each
+// ([WithLogInterval]), with the number of records left out; nothing is
+// logged per successful event. [WithObserver] (or an [ObserverFunc]) is
+// told about every run of a chain, for metrics; [Bus.Stats] gives each
+// pool's counters and gauges. The module
+// github.com/imbus/eventbus/contrib/otel has an OpenTelemetry middleware
+// (a span per handler attempt, one trace across follow-on events) and
+// Observer.
 //
 // # Lifecycle
 //
@@ -115,9 +132,31 @@
 // spirit of net/http/httptest: MockConn records the frames a handler
 // writes; Recorder is an Emitter that records follow-on events; Run passes
 // one event through a handler or a chain, synchronously, with the chain
-// rules above and no bus; NewBus gives a test a started bus that is closed
-// when the test ends and fails it on events left behind or unexpected dead
-// letters.
+// rules above and the names a bus would give (RunNamed for WithName), and
+// no bus; NewBus gives a test a started bus that is closed when the test
+// ends and fails it on events left behind or unexpected dead letters.
+//
+// # Event types and keys
+//
+// An event's number decides its pool: 1–9 user, 10–19 channel, 20–29
+// pusher; 0 is reserved. Numbers without a built-in meaning are declared
+// with [Bus.Define] before Start, in the pool of their range; 30–255 may
+// go to any pool.
+//
+// Every event has a key: the user's UID for a user event (the connection's
+// ID before login), the channel (ChannelID, ChannelType) for channel and
+// push events; [PoolConfig].KeyFunc may override it. A key hashes to a
+// shard: one FIFO, drained by one worker at a time, with no global lock.
+// [WithBatch] lets the channel pool merge adjacent events of one key into
+// one.
+//
+// # Handler contexts
+//
+// Handler contexts cost no allocation: they are carved from blocks of a
+// few hundred, so a context kept after its handler returns (by a goroutine
+// the handler started, say) stays valid but keeps its block, 8 KiB, alive.
+// Code that lives long should keep only what it needs, e.g. the values, in
+// a context of its own.
 //
 // # Examples
 //
@@ -125,7 +164,9 @@
 // that rejects; ExampleEmitter the OnSend → ChannelDistribute → PushOnline
 // flow of follow-on events; ExampleReplace hot-plugging; ExampleBus_Use
 // middleware and a retry; ExampleWithDeadLetter retries, Permanent and dead
-// letters; ExampleBus_TryAddEvent back-pressure; ExampleBus_Close the
+// letters; ExampleObserverFunc and ExampleDeadLetterFunc the func
+// adapters; ExampleBus_TryAddEvent back-pressure; ExampleBus_Close the
 // drain; ExampleBus_Define an event type of your own. The eventbustest
-// examples test a handler with a MockConn and a Recorder.
+// examples test a handler with a MockConn and a Recorder. The command
+// examples/im runs a whole IM flow.
 package eventbus

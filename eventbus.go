@@ -26,6 +26,7 @@ type Emitter interface {
 type Bus struct {
 	cfg      config
 	log      *slog.Logger
+	logs     *logThrottle // how often failures are logged (logthrottle.go)
 	sink     DeadLetterSink
 	observer Observer
 	admit    func(context.Context, Event) error
@@ -88,6 +89,7 @@ func New(opts ...Option) (*Bus, error) {
 	if b.log == nil {
 		b.log = slog.Default()
 	}
+	b.logs = newLogThrottle(cfg.logInterval, cfg.clock)
 	if b.sink == nil {
 		b.sink = NewDeadLetterRing(defaultRingSize)
 	}

@@ -496,3 +496,81 @@ func ExampleBus_Define() {
 	// EventType(30) is Typing
 	// hana is typing
 }
+
+// ObserverFunc turns a function into an Observer, as http.HandlerFunc
+// does for handlers: here it prints the outcome of every run of a chain.
+// A real one would feed counters and histograms (see contrib/otel).
+func ExampleObserverFunc() {
+	obs := eventbus.ObserverFunc(func(o eventbus.Observation) {
+		if o.Err != nil {
+			fmt.Printf("%s %v: %s in %q, attempt %d: %v\n", o.Pool, o.Type, o.Outcome, o.Handler, o.Attempt, o.Err)
+			return
+		}
+		fmt.Printf("%s %v: %s\n", o.Pool, o.Type, o.Outcome)
+	})
+	bus, err := eventbus.New(eventbus.WithLogger(exQuiet), eventbus.WithObserver(obs),
+		eventbus.WithRetry(eventbus.RetryPolicy{InitialBackoff: time.Millisecond}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	failures := 1
+	store := func(ctx context.Context, ev *eventbus.UserContext) error {
+		if failures > 0 { // one key: handler calls never overlap
+			failures--
+			return errors.New("database busy")
+		}
+		return nil
+	}
+	if _, err := eventbus.Register(bus, eventbus.EventOnSend, store, eventbus.WithName("store")); err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.AddEvent(context.Background(), exSend(&exConn{uid: "erin"}, "g1", "hi")); err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := bus.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// user OnSend: retried in "store", attempt 1: database busy
+	// user OnSend: handled
+}
+
+// DeadLetterFunc turns a function into a DeadLetterSink: here every event
+// the bus gives up on is printed. With NoRetry the first failure is final.
+func ExampleDeadLetterFunc() {
+	sink := eventbus.DeadLetterFunc(func(d *eventbus.DeadLetter) {
+		fmt.Printf("gave up on %v in %q after %d attempt(s): %v\n", d.Event.Type(), d.Handler, d.Attempts, d.Err)
+	})
+	bus, err := eventbus.New(eventbus.WithLogger(exQuiet), eventbus.WithDeadLetter(sink),
+		eventbus.WithRetry(eventbus.NoRetry))
+	if err != nil {
+		log.Fatal(err)
+	}
+	push := func(ctx context.Context, ev *eventbus.PushContext) error {
+		return errors.New("APNs unreachable")
+	}
+	if _, err := eventbus.Register(bus, eventbus.EventPushOffline, push, eventbus.WithName("apns")); err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		log.Fatal(err)
+	}
+	msg := &eventbus.Message{ChannelID: "g1", ChannelType: 2, Payload: []byte("hi")}
+	err = bus.AddEvent(context.Background(), &eventbus.PushContext{EventType: eventbus.EventPushOffline,
+		Message: msg, Subscribers: []string{"dave"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := bus.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// gave up on PushOffline in "apns" after 1 attempt(s): APNs unreachable
+}

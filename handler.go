@@ -3,10 +3,6 @@ package eventbus
 import (
 	"context"
 	"fmt"
-	"reflect"
-	"runtime"
-	"strconv"
-	"strings"
 )
 
 // EventContext is the set of event context types a handler can take.
@@ -66,7 +62,8 @@ type handlerOptionFunc func(*handlerOptions)
 func (f handlerOptionFunc) applyHandler(o *handlerOptions) { f(o) }
 
 // WithName names the handler; names are unique per event type. The default
-// is the function's name followed by "#n".
+// is HandlerName of the function, followed by "#2", "#3"… only when that
+// name is already taken for the event type.
 func WithName(name string) HandlerOption {
 	return handlerOptionFunc(func(o *handlerOptions) { o.name = name })
 }
@@ -146,15 +143,7 @@ func Register[C EventContext](b *Bus, t EventType, h Handler[C], opts ...Handler
 		c, _ := any(ev).(*C)
 		return h(ctx, c)
 	})
-	return b.addHandler(t, want, fn, funcName(h), o)
-}
-
-func funcName(fn any) string {
-	name := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name()
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		name = name[i+1:]
-	}
-	return name
+	return b.addHandler(t, want, fn, HandlerName(h), o)
 }
 
 // addHandler adds fn to the chain of t. Middleware constructors are user
@@ -211,7 +200,7 @@ func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wra
 	b.regSeq++
 	name := o.name
 	if name == "" {
-		name = defName + "#" + strconv.FormatUint(b.regSeq, 10)
+		name = uniqueName(defName, old, at)
 	}
 	for i := range old {
 		if old[i].name == name && i != at {

@@ -38,11 +38,15 @@ type PoolConfig struct {
 	// HandlerTimeout bounds each handler attempt by cancelling its context;
 	// 0 means no timeout.
 	HandlerTimeout time.Duration
-	// Retry overrides the bus's retry policy for this pool.
+	// Retry overrides the bus's retry policy for this pool; &NoRetry
+	// turns retries off. See RetryPolicy for what zero fields mean.
 	Retry *RetryPolicy
 	// KeyFunc overrides the pool's ordering key. Events with equal keys run
-	// one at a time in add order. It runs on the caller of AddEvent; if it
-	// panics, AddEvent returns an error wrapping ErrNilEvent instead.
+	// one at a time in add order. KeyByReceiver is one for the pusher
+	// pool: per (receiver, channel), so that a failed write is retried for
+	// its receiver alone (see SplitPush). It is called for every add, on
+	// the producer's goroutine: keep it cheap and safe for concurrent use;
+	// if it panics, AddEvent returns an error wrapping ErrNilEvent instead.
 	KeyFunc func(Event) uint64
 }
 
@@ -104,6 +108,9 @@ type config struct {
 	observer Observer
 	defines  []definition
 	errs     []error
+
+	logInterval time.Duration    // WithLogInterval
+	clock       func() time.Time // for the log throttle; nil: time.Now (tests set it)
 }
 
 type definition struct {
@@ -127,8 +134,9 @@ func WithPusherPool(c PoolConfig) Option {
 	return optionFunc(func(cfg *config) { cfg.pools[2] = c })
 }
 
-// WithRetry sets the bus-wide retry policy. PoolConfig.Retry and
-// WithHandlerRetry override it.
+// WithRetry sets the bus-wide retry policy (WithRetry(NoRetry): none).
+// PoolConfig.Retry and WithHandlerRetry override it. Without WithRetry the
+// bus uses the zero RetryPolicy, i.e. the defaults RetryPolicy documents.
 func WithRetry(p RetryPolicy) Option {
 	return optionFunc(func(cfg *config) { cfg.retry = p })
 }
@@ -158,8 +166,9 @@ func WithBatch(t EventType, n int) Option {
 }
 
 // WithDeadLetter sets where events the bus gives up on go. The default
-// keeps the last 1024 in a DeadLetterRing. Every dead letter is also
-// logged at Warn level.
+// keeps the last 1024 in a DeadLetterRing. Dead letters are also logged
+// at Warn level, at most one line per handler per second
+// (WithLogInterval).
 func WithDeadLetter(sink DeadLetterSink) Option {
 	return optionFunc(func(cfg *config) { cfg.sink = sink })
 }
@@ -173,7 +182,9 @@ func WithAdmit(admit func(ctx context.Context, ev Event) error) Option {
 }
 
 // WithLogger sets the logger for failures, panics, slow handlers and dead
-// letters; nothing is logged per successful event. Default: slog.Default().
+// letters; nothing is logged per successful event, and failures and dead
+// letters are each logged at most once per handler per second
+// (WithLogInterval). Default: slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(cfg *config) { cfg.logger = l })
 }

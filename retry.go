@@ -8,20 +8,46 @@ import (
 )
 
 // RetryPolicy says how often and how fast a failed handler is retried.
-// Zero fields take the defaults {MaxAttempts: 3, InitialBackoff: 10ms,
-// MaxBackoff: 1s, Jitter: 0.2}.
+// It is set bus-wide with WithRetry, per pool with PoolConfig.Retry and per
+// handler with WithHandlerRetry; the most specific one wins.
+//
+// Zero values, the one place they are stated:
+//
+//   - A zero field takes its default; the zero RetryPolicy is the
+//     default policy {MaxAttempts: 3, InitialBackoff: 10ms,
+//     MaxBackoff: 1s, Jitter: 0.2}.
+//   - Jitter 0 is therefore the default 0.2, not "no jitter": a negative
+//     Jitter means none.
+//   - MaxAttempts 1 means no retry: the first failure goes to the
+//     dead-letter sink. NoRetry is that policy, spelled out.
+//   - MaxBackoff 0 is the larger of 1s and InitialBackoff.
+//   - A negative field (Jitter aside) or a Jitter above 1 makes New or
+//     Register fail with an error naming the field.
+//
+// Errors wrapped by Permanent and the ErrStopChain family are never
+// retried, whatever the policy.
 type RetryPolicy struct {
 	// MaxAttempts counts all attempts of a handler, the first included:
-	// 1 means no retry.
+	// 1 means no retry. 0 means 3.
 	MaxAttempts int
 	// InitialBackoff is the wait before the second attempt; each further
-	// wait doubles, up to MaxBackoff.
+	// wait doubles, up to MaxBackoff. 0 means 10ms.
 	InitialBackoff time.Duration
-	MaxBackoff     time.Duration
-	// Jitter spreads each wait at random by ± that fraction (at most 1);
+	// MaxBackoff caps the wait between attempts. 0 means 1s (or
+	// InitialBackoff, if that is larger).
+	MaxBackoff time.Duration
+	// Jitter spreads each wait at random by ± that fraction (at most 1),
+	// so that keys failing together do not retry together. 0 means 0.2;
 	// a negative Jitter means none.
 	Jitter float64
 }
+
+// NoRetry is the retry policy that never retries: a handler's first
+// failure sends the event to the dead-letter sink. Use it wherever a
+// RetryPolicy goes: WithRetry(eventbus.NoRetry), PoolConfig{Retry:
+// &eventbus.NoRetry}, WithHandlerRetry(eventbus.NoRetry). It is a
+// variable only so that its address can be taken; do not change it.
+var NoRetry = RetryPolicy{MaxAttempts: 1}
 
 var defaultRetry = RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: time.Second, Jitter: 0.2}
 

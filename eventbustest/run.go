@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
-	"runtime"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/imbus/eventbus"
@@ -58,10 +55,12 @@ var lastEventID atomic.Uint64
 // does not retry it.
 //
 // Each handler gets ctx with a CallInfo (eventbus.ContextWithCallInfo) as a
-// bus would give it: the pool of C, ev's type, the handler's name (its
-// function's name followed by "#" and its position from 1, like a bus's
-// default name), Index from 0, Attempt 1, and an EventID unique to this
-// Run. A nil ctx means context.Background().
+// bus would give it: the pool of C, ev's type, the handler's name (the
+// name a bus gives a handler registered without WithName:
+// eventbus.HandlerName of the function, with "#2", "#3"… when an earlier
+// handler of the chain has it; RunNamed takes names of your own), Index
+// from 0, Attempt 1, and an EventID unique to this Run. A nil ctx means
+// context.Background().
 //
 // Run does not check ev's type against a pool; that takes a bus (Define).
 // Because handlers run on the caller's goroutine, a handler that calls
@@ -69,6 +68,11 @@ var lastEventID atomic.Uint64
 // runtime.Goexit as a *eventbus.PanicError). Handlers that emit follow-on
 // events should be built on an eventbus.Emitter; pass them a Recorder.
 func Run[C eventbus.EventContext](ctx context.Context, ev *C, handlers ...eventbus.Handler[C]) Result {
+	return run(ctx, ev, nil, handlers)
+}
+
+// run is Run with names[i], when not "", as the name of handlers[i].
+func run[C eventbus.EventContext](ctx context.Context, ev *C, names []string, handlers []eventbus.Handler[C]) Result {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -84,9 +88,10 @@ func Run[C eventbus.EventContext](ctx context.Context, ev *C, handlers ...eventb
 		Attempt: 1,
 		EventID: lastEventID.Add(1),
 	}
+	given := chainNames(names, handlers)
 	for i, h := range handlers {
 		info.Index = i
-		info.Handler = handlerName(h, i)
+		info.Handler = given[i]
 		if h == nil {
 			return Result{Ran: i, Err: fmt.Errorf("%w: handler %d of %d", eventbus.ErrNilHandler, i+1, len(handlers)),
 				Handler: info.Handler}
@@ -126,19 +131,22 @@ func poolOf[C eventbus.EventContext]() eventbus.Pool {
 	return eventbus.PoolPusher
 }
 
-// handlerName names the handler at index i the way a bus names a handler
-// registered without WithName: function name, "#", a sequence number.
-func handlerName[C eventbus.EventContext](h eventbus.Handler[C], i int) string {
-	seq := "#" + strconv.Itoa(i+1)
-	if h == nil {
-		return "nil" + seq
+// chainNames names each handler as a bus would: the name given, else
+// eventbus.HandlerName with "#n" when an earlier handler has that name.
+func chainNames[C eventbus.EventContext](given []string, handlers []eventbus.Handler[C]) []string {
+	names := make([]string, len(handlers))
+	taken := make(map[string]bool, len(handlers))
+	for i, h := range handlers {
+		if i < len(given) && given[i] != "" {
+			names[i] = given[i]
+		} else {
+			base := eventbus.HandlerName(h)
+			names[i] = base
+			for n := 2; taken[names[i]]; n++ {
+				names[i] = base + "#" + strconv.Itoa(n)
+			}
+		}
+		taken[names[i]] = true
 	}
-	name := "?"
-	if f := runtime.FuncForPC(reflect.ValueOf(h).Pointer()); f != nil {
-		name = f.Name()
-	}
-	if j := strings.LastIndexByte(name, '/'); j >= 0 {
-		name = name[j+1:]
-	}
-	return name + seq
+	return names
 }

@@ -5,37 +5,33 @@
 // handlers deliver it online or hand it to offline push.
 //
 // The clients are mock connections that record the frames the server writes
-// to them. The demo walks through fourteen steps:
+// to them. The demo prints nine parts, each under a heading:
 //
-//  1. OnConnect: the connection layer accepts a socket (user pool, keyed by
-//     the connection id while nobody is logged in).
-//  2. Connect: the client's CONNECT frame reaches the "auth" handler, which
-//     checks the token; a bad one gets CONNACK with a reason and stops the
-//     chain (ErrStopChain).
-//  3. The "session" handler binds the UID to the connection and writes
-//     CONNACK ok.
-//  4. OnSend: a SEND frame enters the user pool, keyed by the sender.
-//  5. The "audit" handler, head of the chain, rejects a banned word: it
-//     writes SENDACK with the reason and returns an error wrapping
-//     ErrStopChain, so the chain ends and the event counts as Stopped.
-//  6. The "deliver" handler gives the message an id and emits
-//     ChannelDistribute with its own ctx: a follow-on event.
-//  7. The "store" handler assigns MessageSeq, in order per channel.
-//  8. It sends SENDACK (id, seq) back to the sender as a ConnWrite user
-//     event: connection writes belong to the user's ordered queue.
-//  9. The "fanout" handler splits the subscribers into online and offline.
-//  10. PushOnline: the "recv" handler writes a RECV frame to each online
-//     receiver and remembers it until acknowledged.
-//  11. RecvAck: the receiver's client answers RECVACK, which clears it.
-//  12. PushOffline: the "offline-push" handler hands the message to offline
-//     push (APNs/FCM through a webhook in WuKongIM); here it records it.
-//  13. ConnClose: a client disconnects and its session goes.
-//  14. Later messages for that user take the offline way.
+//  1. Clients connect (user pool): "auth" checks the token, a bad one gets
+//     CONNACK with a reason and stops the chain (ErrStopChain); "session"
+//     logs the user in.
+//  2. A client sends (OnSend): "audit", head of the chain, rejects a banned
+//     word; "deliver" emits ChannelDistribute as a follow-on event; the
+//     channel pool's "store" assigns MessageSeq in order per channel and
+//     acks the sender; "fanout" emits one PushOnline per online receiver
+//     (eventbus.AddPerReceiver) and one PushOffline for the others.
+//  3. Receivers answer RECVACK.
+//  4. One receiver's write fails once: the pusher pool is keyed per
+//     receiver (eventbus.KeyByReceiver), so only that receiver gets a
+//     retry; the others got the message exactly once.
+//  5. and 6. A client disconnects; its later messages go to offline push.
+//  7. RECVACK again.
+//  8. Isolation and back-pressure: the channel pool is stuck on a slow
+//     database while the user pool keeps going; the stuck channel's shard
+//     is full, so TryAddEvent says ErrQueueFull at once and AddEvent waits
+//     until its ctx ends.
+//  9. Load: thousands of messages, one at a time and in a burst, with the
+//     end-to-end latency from AddEvent to the RECV write.
 //
 // Handlers run concurrently on three pools, so the demo prints nothing from
-// them: after each phase it waits with WaitIdle and prints what the mock
+// them: after each part it waits with WaitIdle and prints what the mock
 // connections and the server recorded, sorted, so the output is the same on
-// every run (latency figures aside, printed on their own lines).
+// every run (except the lines with latency figures and timings).
 //
 // Run it with: go run ./examples/im
 package main
@@ -61,6 +57,10 @@ import (
 // that everything written to one user goes through that user's ordered
 // queue. It is not built in: the demo declares it with Bus.Define.
 const EventConnWrite eventbus.EventType = 6
+
+// EventPing is a client's heartbeat: user-pool work that needs no other
+// pool, used to show that a stuck channel pool does not hold it up.
+const EventPing eventbus.EventType = 7
 
 // groupChannel is WuKongIM's channel type of a group.
 const groupChannel uint8 = 2
@@ -146,15 +146,20 @@ func sortKey(f any) string {
 type mockConn struct {
 	id int64
 
-	mu     sync.Mutex
-	uid    string
-	closed bool
-	frames []any
+	mu         sync.Mutex
+	uid        string
+	closed     bool
+	failNext   int // writes still to fail with errConnReset (a flaky network)
+	writeTries int
+	frames     []any
 }
 
 var _ eventbus.Conn = (*mockConn)(nil)
 
-var errConnClosed = errors.New("connection closed")
+var (
+	errConnClosed = errors.New("connection closed")
+	errConnReset  = errors.New("connection reset by peer")
+)
 
 func (c *mockConn) ID() int64 { return c.id }
 
@@ -174,11 +179,29 @@ func (c *mockConn) setUID(uid string) {
 func (c *mockConn) Write(f any) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.writeTries++
 	if c.closed {
 		return errConnClosed
 	}
+	if c.failNext > 0 {
+		c.failNext--
+		return errConnReset
+	}
 	c.frames = append(c.frames, f)
 	return nil
+}
+
+// tries returns how many writes were tried on the connection.
+func (c *mockConn) tries() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writeTries
+}
+
+func (c *mockConn) failWrites(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failNext = n
 }
 
 func (c *mockConn) Close() {
@@ -232,6 +255,14 @@ type server struct {
 	pending  map[string]map[msgRef]bool // RECV frames waiting for RECVACK, per uid
 	acked    int
 	offline  []offlineNote
+
+	// For the isolation and load parts.
+	dbDown    chan struct{} // closed when the "database" is back
+	archived  atomic.Int64
+	pings     atomic.Int64
+	pingsDone chan struct{}      // closed at the pings-th heartbeat
+	sentAt    sync.Map           // ClientMsgNo -> time.Time, for load messages
+	arrived   chan time.Duration // end-to-end latency of each load message
 }
 
 func newServer(bus eventbus.Emitter) *server {
@@ -242,8 +273,13 @@ func newServer(bus eventbus.Emitter) *server {
 		channels: map[string]*channel{
 			"g1": {subscribers: []string{"alice", "bob", "carol", "dave"}},
 			"g2": {subscribers: []string{"alice", "bob", "dave"}},
+			"g3": {subscribers: []string{"alice", "bob"}}, // the load test's
+
 		},
-		pending: map[string]map[msgRef]bool{},
+		pending:   map[string]map[msgRef]bool{},
+		dbDown:    make(chan struct{}),
+		pingsDone: make(chan struct{}),
+		arrived:   make(chan time.Duration, loadBurst),
 	}
 }
 
@@ -262,10 +298,12 @@ func (s *server) register(bus *eventbus.Bus) error {
 	reg(eventbus.Register(bus, eventbus.EventRecvAck, s.recvAck, eventbus.WithName("recvack")))
 	reg(eventbus.Register(bus, eventbus.EventConnClose, s.connClose, eventbus.WithName("close")))
 	reg(eventbus.Register(bus, EventConnWrite, s.connWrite, eventbus.WithName("write")))
+	reg(eventbus.Register(bus, EventPing, s.ping, eventbus.WithName("ping")))
 
 	// Channel pool: store, then fan out.
 	reg(eventbus.Register(bus, eventbus.EventChannelDistribute, s.store, eventbus.WithName("store")))
 	reg(eventbus.Register(bus, eventbus.EventChannelDistribute, s.fanout, eventbus.WithName("fanout")))
+	reg(eventbus.Register(bus, eventbus.EventChannelStore, s.archive, eventbus.WithName("archive")))
 
 	// Pusher pool: online and offline delivery.
 	reg(eventbus.Register(bus, eventbus.EventPushOnline, s.pushOnline, eventbus.WithName("recv")))
@@ -273,7 +311,7 @@ func (s *server) register(bus *eventbus.Bus) error {
 	return errors.Join(errs...)
 }
 
-// Step 1: a socket was accepted. A real server would start its read loop.
+// A socket was accepted. A real server would start its read loop.
 func (s *server) onConnect(ctx context.Context, ev *eventbus.UserContext) error {
 	if _, ok := ev.Conn.(*mockConn); !ok {
 		return eventbus.Permanent(fmt.Errorf("unexpected connection type %T", ev.Conn))
@@ -281,7 +319,7 @@ func (s *server) onConnect(ctx context.Context, ev *eventbus.UserContext) error 
 	return nil
 }
 
-// Step 2: check the CONNECT frame's token.
+// Check the CONNECT frame's token.
 func (s *server) auth(ctx context.Context, ev *eventbus.UserContext) error {
 	conn := ev.Conn.(*mockConn)
 	f, ok := ev.Frame.(connectFrame)
@@ -296,7 +334,7 @@ func (s *server) auth(ctx context.Context, ev *eventbus.UserContext) error {
 	return nil
 }
 
-// Step 3: log the user in.
+// Log the user in.
 func (s *server) session(ctx context.Context, ev *eventbus.UserContext) error {
 	conn := ev.Conn.(*mockConn)
 	uid := ev.Frame.(connectFrame).UID
@@ -307,7 +345,7 @@ func (s *server) session(ctx context.Context, ev *eventbus.UserContext) error {
 	return conn.Write(connackFrame{})
 }
 
-// Step 5: reject banned words. The sender learns why from its SENDACK.
+// Reject banned words. The sender learns why from its SENDACK.
 func (s *server) audit(ctx context.Context, ev *eventbus.UserContext) error {
 	f := ev.Frame.(sendFrame)
 	if strings.Contains(f.Payload, bannedWord) {
@@ -318,7 +356,7 @@ func (s *server) audit(ctx context.Context, ev *eventbus.UserContext) error {
 	return nil
 }
 
-// Step 6: turn the SEND frame into a message and hand it to its channel.
+// Turn the SEND frame into a message and hand it to its channel.
 // Adding with the handler's ctx makes it a follow-on event: it never waits
 // and is counted before this handler returns, so WaitIdle sees the flow.
 func (s *server) deliver(ctx context.Context, ev *eventbus.UserContext) error {
@@ -340,7 +378,7 @@ func (s *server) deliver(ctx context.Context, ev *eventbus.UserContext) error {
 	})
 }
 
-// Steps 7 and 8: store each message under the next sequence of its channel,
+// Store each message under the next sequence of its channel,
 // then ack the sender. The channel pool runs one channel's events one at a
 // time in add order, so sequences follow the order of sending.
 func (s *server) store(ctx context.Context, ev *eventbus.ChannelContext) error {
@@ -368,8 +406,10 @@ func (s *server) store(ctx context.Context, ev *eventbus.ChannelContext) error {
 	return nil
 }
 
-// Step 9: split the subscribers, the sender aside, into online and offline,
-// and emit one push event for each kind.
+// Split the subscribers, the sender aside, into online and offline.
+// Online receivers get one push event each (AddPerReceiver): the pusher
+// pool is keyed per receiver (KeyByReceiver), so a failed write is retried
+// for that receiver alone. Offline ones share one event.
 func (s *server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error {
 	for _, m := range ev.Messages {
 		var on, off []string
@@ -385,7 +425,7 @@ func (s *server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error 
 		}
 		s.mu.Unlock()
 		if len(on) > 0 {
-			if err := s.bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m, Subscribers: on}); err != nil {
+			if _, err := eventbus.AddPerReceiver(ctx, s.bus, &eventbus.PushContext{EventType: eventbus.EventPushOnline, Message: m, Subscribers: on}); err != nil {
 				return err
 			}
 		}
@@ -398,34 +438,38 @@ func (s *server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error 
 	return nil
 }
 
-// Step 10: write RECV to each online receiver and wait for its RECVACK.
-// Someone who left since the fan-out gets the offline push instead.
+// Write RECV to one online receiver and wait for its RECVACK. A
+// failed write is returned, so the bus retries it, for this receiver only;
+// someone who left since the fan-out gets the offline push instead.
 func (s *server) pushOnline(ctx context.Context, ev *eventbus.PushContext) error {
-	m := ev.Message
-	var gone []string
-	for _, uid := range ev.Subscribers {
-		s.mu.Lock()
-		conn := s.online[uid]
-		s.mu.Unlock()
-		if conn == nil || conn.Write(recvFrame{MessageID: m.MessageID, MessageSeq: m.MessageSeq,
-			ChannelID: m.ChannelID, FromUID: m.FromUID, Payload: string(m.Payload)}) != nil {
-			gone = append(gone, uid)
-			continue
-		}
-		s.mu.Lock()
-		if s.pending[uid] == nil {
-			s.pending[uid] = map[msgRef]bool{}
-		}
-		s.pending[uid][msgRef{m.ChannelID, m.MessageSeq}] = true
-		s.mu.Unlock()
+	m, uid := ev.Message, ev.Subscribers[0]
+	s.mu.Lock()
+	conn := s.online[uid]
+	s.mu.Unlock()
+	var err error
+	if conn != nil {
+		err = conn.Write(recvFrame{MessageID: m.MessageID, MessageSeq: m.MessageSeq,
+			ChannelID: m.ChannelID, FromUID: m.FromUID, Payload: string(m.Payload)})
 	}
-	if len(gone) == 0 {
-		return nil
+	if conn == nil || errors.Is(err, errConnClosed) {
+		return s.bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOffline, Message: m, Subscribers: ev.Subscribers})
 	}
-	return s.bus.AddEvent(ctx, &eventbus.PushContext{EventType: eventbus.EventPushOffline, Message: m, Subscribers: gone})
+	if err != nil {
+		return fmt.Errorf("write RECV to %s: %w", uid, err)
+	}
+	s.mu.Lock()
+	if s.pending[uid] == nil {
+		s.pending[uid] = map[msgRef]bool{}
+	}
+	s.pending[uid][msgRef{m.ChannelID, m.MessageSeq}] = true
+	s.mu.Unlock()
+	if t0, ok := s.sentAt.LoadAndDelete(m.ClientMsgNo); ok {
+		s.arrived <- time.Since(t0.(time.Time))
+	}
+	return nil
 }
 
-// Step 11: the client got the message.
+// The client got the message.
 func (s *server) recvAck(ctx context.Context, ev *eventbus.UserContext) error {
 	f := ev.Frame.(recvackFrame)
 	s.mu.Lock()
@@ -438,7 +482,7 @@ func (s *server) recvAck(ctx context.Context, ev *eventbus.UserContext) error {
 	return nil
 }
 
-// Step 12: hand the message to offline push.
+// Hand the message to offline push.
 func (s *server) pushOffline(ctx context.Context, ev *eventbus.PushContext) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -448,7 +492,7 @@ func (s *server) pushOffline(ctx context.Context, ev *eventbus.PushContext) erro
 	return nil
 }
 
-// Step 13: the client went away.
+// The client went away.
 func (s *server) connClose(ctx context.Context, ev *eventbus.UserContext) error {
 	conn := ev.Conn.(*mockConn)
 	s.mu.Lock()
@@ -460,7 +504,27 @@ func (s *server) connClose(ctx context.Context, ev *eventbus.UserContext) error 
 	return nil
 }
 
-// Step 8's second half: write a frame on the user's queue.
+// A heartbeat: user-pool work only.
+func (s *server) ping(ctx context.Context, ev *eventbus.UserContext) error {
+	if s.pings.Add(1) == pings {
+		close(s.pingsDone)
+	}
+	return nil
+}
+
+// Archiving to a database that can be down: the handler waits for it (a
+// slow channel-pool handler), bounded by its ctx.
+func (s *server) archive(ctx context.Context, ev *eventbus.ChannelContext) error {
+	select {
+	case <-s.dbDown:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.archived.Add(int64(len(ev.Messages)))
+	return nil
+}
+
+// Write a frame on the user's queue.
 func (s *server) connWrite(ctx context.Context, ev *eventbus.UserContext) error {
 	if err := ev.Conn.(*mockConn).Write(ev.Frame); err != nil && !errors.Is(err, errConnClosed) {
 		return err
@@ -486,21 +550,38 @@ type demo struct {
 	offline int       // offline notes already printed
 }
 
+// Sizes of the isolation, back-pressure and load parts.
+const (
+	channelQueue = 64   // the channel pool's QueueSize: one shard holds this many
+	pings        = 2000 // heartbeats handled while the channel pool is stuck
+	loadOneByOne = 2000 // messages sent one at a time, each waiting for its RECV
+	loadBurst    = 5000 // messages sent at once
+)
+
 func run(out io.Writer) error {
-	// Handlers that fail are logged at Warn; nothing should fail here, so a
-	// text logger on stderr stays silent unless something is wrong.
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// The bus logs failed attempts at Warn (at most one line per handler
+	// per second). The demo's one failure is on purpose, so only errors
+	// (panics) reach stderr.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	pool := eventbus.PoolConfig{Workers: 4} // explicit, so Stats print the same everywhere
+	channels := pool
+	channels.QueueSize = channelQueue
+	pushers := pool
+	pushers.KeyFunc = eventbus.KeyByReceiver // order and retry per (receiver, channel)
 	bus, err := eventbus.New(
 		eventbus.WithLogger(logger),
 		eventbus.WithUserPool(pool),
-		eventbus.WithChannelPool(pool),
-		eventbus.WithPusherPool(pool),
+		eventbus.WithChannelPool(channels),
+		eventbus.WithPusherPool(pushers),
+		eventbus.WithRetry(eventbus.RetryPolicy{InitialBackoff: time.Millisecond}),
 	)
 	if err != nil {
 		return err
 	}
 	if err := bus.Define(EventConnWrite, eventbus.PoolUser, "ConnWrite"); err != nil {
+		return err
+	}
+	if err := bus.Define(EventPing, eventbus.PoolUser, "Ping"); err != nil {
 		return err
 	}
 	srv := newServer(bus)
@@ -511,7 +592,7 @@ func run(out io.Writer) error {
 		return err
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	d := &demo{out: out, bus: bus, srv: srv}
 	for i, uid := range []string{"alice", "bob", "carol", "mallory"} {
@@ -522,12 +603,16 @@ func run(out io.Writer) error {
 		d.clients = append(d.clients, &client{uid: uid, token: token, conn: &mockConn{id: int64(i + 1)}})
 	}
 
-	fmt.Fprintln(out, "IM demo: connection layer -> user events -> channel events -> push events")
-	fmt.Fprintln(out, "channels: g1 = alice bob carol dave, g2 = alice bob dave; dave never connects")
+	fmt.Fprintln(out, "IM server demo on eventbus: three pools of workers, isolated from each other")
+	fmt.Fprintln(out, "  user pool    : what clients send (connect, send, ack), in order per user")
+	fmt.Fprintln(out, "  channel pool : store and fan out messages, in order per channel")
+	fmt.Fprintln(out, "  pusher pool  : write to receivers' connections, in order per receiver and channel")
+	fmt.Fprintln(out, "groups: g1 = alice bob carol dave, g2 = alice bob dave; dave never connects")
+	fmt.Fprintln(out, "legend: 'x <- F' the server wrote frame F to x; 'x <~' offline push for x")
 
 	err = errors.Join(
-		d.phase(ctx, "steps 1-3: OnConnect -> Connect (auth, session) -> CONNACK", d.connectAll),
-		d.phase(ctx, "steps 4-10, 12: alice sends; audit -> deliver -> store, SENDACK -> fanout -> push", func(ctx context.Context) error {
+		d.phase(ctx, "1. Four clients connect; mallory's token is wrong, so the auth handler turns her away", d.connectAll),
+		d.phase(ctx, "2. alice sends four messages; the audit rejects the one with a banned word, the others are stored, acked (SENDACK) and pushed (RECV)", func(ctx context.Context) error {
 			return d.send(ctx, "alice", []sendFrame{
 				{"alice-1", "g1", "hi all"},
 				{"alice-2", "g1", "cheap " + bannedWord + " here"},
@@ -535,14 +620,17 @@ func run(out io.Writer) error {
 				{"alice-4", "g2", "dave, ping"},
 			})
 		}),
-		d.phase(ctx, "step 11: receivers answer RECVACK", d.ackAll),
-		d.phase(ctx, "step 13: carol disconnects", func(ctx context.Context) error {
+		d.phase(ctx, "3. Receivers acknowledge what they got (RECVACK)", d.ackAll),
+		d.phase(ctx, "4. bob's network drops one write: the bus retries the push to bob alone, carol gets the message once", d.flakyWrite),
+		d.phase(ctx, "5. carol disconnects", func(ctx context.Context) error {
 			return bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventConnClose, Conn: d.client("carol").conn})
 		}),
-		d.phase(ctx, "step 14: bob replies; carol is offline now", func(ctx context.Context) error {
+		d.phase(ctx, "6. bob replies; carol is offline now, so she gets an offline push", func(ctx context.Context) error {
 			return d.send(ctx, "bob", []sendFrame{{"bob-1", "g1", "yes, noon"}})
 		}),
-		d.phase(ctx, "step 11 again: alice answers RECVACK", d.ackAll),
+		d.phase(ctx, "7. alice acknowledges", d.ackAll),
+		d.section(ctx, "8. Isolation and back-pressure: the channel pool's database hangs", d.stuckDatabase),
+		d.section(ctx, "9. Load: end-to-end latency, from AddEvent(OnSend) to the RECV write", d.load),
 	)
 	if err != nil {
 		_ = bus.Close(ctx)
@@ -555,6 +643,160 @@ func run(out io.Writer) error {
 	}
 	fmt.Fprintln(out, "bus closed cleanly")
 	return nil
+}
+
+// section runs a part of the demo that prints its own results.
+func (d *demo) section(ctx context.Context, title string, act func(context.Context) error) error {
+	fmt.Fprintf(d.out, "\n== %s\n", title)
+	if err := act(ctx); err != nil {
+		return fmt.Errorf("%s: %w", title, err)
+	}
+	return nil
+}
+
+// flakyWrite makes bob's next write fail, then alice sends to g1: the push
+// to bob fails once and is retried for bob alone.
+func (d *demo) flakyWrite(ctx context.Context) error {
+	bob, carol := d.client("bob").conn, d.client("carol").conn
+	bobBefore, carolBefore := bob.tries(), carol.tries()
+	retried := d.bus.Stats().Pusher.Retried
+	bob.failWrites(1)
+	if err := d.send(ctx, "alice", []sendFrame{{"alice-5", "g1", "can you all read me?"}}); err != nil {
+		return err
+	}
+	if err := d.bus.WaitIdle(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "  writes tried: bob %d (one failed, one retry), carol %d; pusher retries: %d\n",
+		bob.tries()-bobBefore, carol.tries()-carolBefore, d.bus.Stats().Pusher.Retried-retried)
+	return nil
+}
+
+// stuckDatabase blocks the channel pool's "archive" handler, shows that
+// the user pool goes on meanwhile and that the stuck channel's shard
+// pushes back on producers, then lets the database come back.
+func (d *demo) stuckDatabase(ctx context.Context) error {
+	out, s := d.out, d.srv
+	archive := func(i int) *eventbus.ChannelContext {
+		return &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "archive", ChannelType: groupChannel,
+			Messages: []*eventbus.Message{{ChannelID: "archive", ChannelType: groupChannel, MessageSeq: uint64(i + 1)}}}
+	}
+	// Fill the archive channel's shard: its first event hangs in the
+	// handler, the others queue behind it.
+	accepted := 0
+	for {
+		err := d.bus.TryAddEvent(archive(accepted))
+		if errors.Is(err, eventbus.ErrQueueFull) {
+			fmt.Fprintf(out, "  TryAddEvent: %d archive events accepted (one shard holds QueueSize = %d), the next one: %v\n",
+				accepted, channelQueue, err)
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if accepted++; accepted > 2*channelQueue {
+			return errors.New("the shard never filled")
+		}
+	}
+	wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err := d.bus.AddEvent(wait, archive(accepted))
+	fmt.Fprintf(out, "  AddEvent waits for room, until its ctx ends: %v\n", err)
+	if !errors.Is(err, eventbus.ErrQueueFull) {
+		return fmt.Errorf("AddEvent on a full shard: %v", err)
+	}
+	st := d.bus.Stats().Channel
+	fmt.Fprintf(out, "  channel pool while stuck: %d events held (queued or in flight)\n", st.InFlight+st.Queued)
+
+	// Meanwhile the user pool runs heartbeats at full speed.
+	start := time.Now()
+	for i := range pings {
+		c := d.clients[i%len(d.clients)]
+		if err := d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: EventPing, Conn: c.conn}); err != nil {
+			return err
+		}
+	}
+	select { // the user pool alone: WaitIdle would wait for the database
+	case <-s.pingsDone:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	fmt.Fprintf(out, "  user pool: %d heartbeats handled while the channel pool is stuck: true\n", pings)
+	fmt.Fprintf(out, "  (that took %v; varies)\n", time.Since(start).Round(time.Millisecond))
+
+	close(s.dbDown) // the database is back
+	if err := d.bus.WaitIdle(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  database back: %d archive events stored, none lost\n", s.archived.Load())
+	return nil
+}
+
+// load sends messages from alice to g3 (alice and bob) and measures, for
+// each, the time from AddEvent to the RECV write on bob's connection: user
+// pool, channel pool (store, fanout) and pusher pool.
+func (d *demo) load(ctx context.Context) error {
+	alice := d.client("alice").conn
+	send := func(i int) error {
+		no := fmt.Sprintf("load-%d", i)
+		d.srv.sentAt.Store(no, time.Now())
+		return d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: alice,
+			Frame: sendFrame{no, "g3", "load"}})
+	}
+	collect := func(n int) ([]time.Duration, error) {
+		lat := make([]time.Duration, 0, n)
+		for range n {
+			select {
+			case l := <-d.srv.arrived:
+				lat = append(lat, l)
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return lat, nil
+	}
+	// One at a time: each message is sent once the previous one arrived.
+	var lat []time.Duration
+	for i := range loadOneByOne {
+		if err := send(i); err != nil {
+			return err
+		}
+		l, err := collect(1)
+		if err != nil {
+			return err
+		}
+		lat = append(lat, l...)
+	}
+	fmt.Fprintf(d.out, "  %d messages one at a time: %s\n", loadOneByOne, percentiles(lat))
+	// A burst: all at once; latency then includes the wait in the queues.
+	start := time.Now()
+	for i := range loadBurst {
+		if err := send(loadOneByOne + i); err != nil {
+			return err
+		}
+	}
+	lat, err := collect(loadBurst)
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	fmt.Fprintf(d.out, "  %d messages in a burst: %s\n", loadBurst, percentiles(lat))
+	fmt.Fprintf(d.out, "  (burst throughput: %.0f messages/s; varies)\n", float64(loadBurst)/took.Seconds())
+	if err := d.bus.WaitIdle(ctx); err != nil {
+		return err
+	}
+	if err := d.ackAll(ctx); err != nil {
+		return err
+	}
+	return d.bus.WaitIdle(ctx)
+}
+
+// percentiles describes a set of latencies.
+func percentiles(lat []time.Duration) string {
+	slices.Sort(lat)
+	at := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	return fmt.Sprintf("latency p50=%v p99=%v max=%v", at(0.50).Round(time.Microsecond),
+		at(0.99).Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
 }
 
 func (d *demo) client(uid string) *client {
@@ -674,6 +916,7 @@ func (d *demo) summary() {
 			fmt.Fprintf(out, "  seq=%d id=%d from %-6s %q\n", m.MessageSeq, m.MessageID, m.FromUID, m.Payload)
 		}
 	}
+	fmt.Fprintf(out, "channel g3 (load), messages stored: %d\n", len(s.channels["g3"].messages))
 	waiting := 0
 	for _, refs := range s.pending {
 		waiting += len(refs)
@@ -712,7 +955,8 @@ func (d *demo) summary() {
 	}
 	fmt.Fprintf(out, "every accepted event handled or stopped (added = handled + stopped + dead): %v\n", balanced)
 	fmt.Fprintln(out, "the two stopped user events: mallory's CONNECT (auth) and alice-2 (audit)")
-	fmt.Fprintln(out, "latency of one pass of a chain, sampled (varies from run to run):")
+	fmt.Fprintf(out, "latency of one pass of a chain, per pool, over the %d events above (varies from run to run):\n",
+		st.User.Handled+st.Channel.Handled+st.Pusher.Handled)
 	for _, p := range pools {
 		l := p.ps.Latency
 		fmt.Fprintf(out, "  latency %-8s p50=%v p99=%v max=%v\n", p.name, l.P50, l.P99, l.Max)
