@@ -45,8 +45,9 @@ type Observation struct {
 
 // Observer receives an Observation for every run of a chain, so metrics
 // systems (Prometheus, OpenTelemetry…) can be wired without this module
-// depending on them. Observe is called on worker goroutines and, for the
-// events a Close whose ctx ended dead-letters, on the goroutine calling
+// depending on them. Observe is called on the bus's goroutines (workers
+// and, for the events a Close whose ctx ended gives up, a goroutine that
+// dead-letters them after Close has returned), never on the caller of
 // Close; calls may be concurrent. It must be fast; a panic in it is
 // recovered and logged.
 type Observer interface {

@@ -48,10 +48,11 @@ func (o *goroutineObserver) Observe(ob Observation) {
 	}
 }
 
-// TestReview10_ObserverCalledFromClose: as Observer's doc says, Observe is
-// also called on the goroutine of a Close whose ctx ended, for the queued
-// events it dead-letters.
-func TestReview10_ObserverCalledFromClose(t *testing.T) {
+// TestReview6_CloseRunsNoUserCodeAfterDeadline: as Observer's and Close's
+// docs say, a Close whose ctx ended returns at once and runs no user code:
+// the queued events it gives up are dead-lettered and observed on another
+// goroutine, all of them by the time a second Close returns nil.
+func TestReview6_CloseRunsNoUserCodeAfterDeadline(t *testing.T) {
 	obs := &goroutineObserver{}
 	b, err := New(WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithObserver(obs),
 		WithUserPool(PoolConfig{Workers: 1}), WithDeadLetter(NewDeadLetterRing(8)))
@@ -103,8 +104,12 @@ func TestReview10_ObserverCalledFromClose(t *testing.T) {
 			onClose++
 		}
 	}
-	if onClose == 0 {
-		t.Errorf("no dead-letter observation on Close's goroutine (%d in all)", len(obs.ids))
+	if onClose != 0 {
+		t.Errorf("%d observations on Close's goroutine, want none", onClose)
+	}
+	// The three queued events, each dead-lettered and observed once.
+	if len(obs.ids) != 3 {
+		t.Errorf("%d dead-letter observations, want 3", len(obs.ids))
 	}
 }
 
