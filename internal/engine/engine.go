@@ -494,3 +494,7 @@ func (e *Engine[E]) Barrier() {
 		s.mu.Unlock()
 	}
 }
+
+// ShardIndex returns the index of the shard key maps to (for tests that
+// must tell keys sharing a shard apart).
+func (e *Engine[E]) ShardIndex(key uint64) int { return int(mix(key) & e.mask) }

@@ -1,0 +1,194 @@
+package eventbus_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNoHeadOfLineBlocking proves DESIGN §4.2 (issue #11): with the default
+// 4 workers, one (or three) keys whose handler takes 300 ms hold back only
+// their own shard. 1 000 other keys, added from many goroutines at the same
+// time, are all handled while the slow keys are still busy, and their p99
+// add→handled latency stays in milliseconds. Keys that happen to share a
+// shard with a slow key may wait behind it (the design allows that); the
+// test counts them apart and requires them to be few.
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	for _, slowKeys := range []int{1, 3} {
+		t.Run(fmt.Sprintf("slow=%d", slowKeys), func(t *testing.T) {
+			testNoHeadOfLineBlocking(t, slowKeys)
+		})
+	}
+}
+
+func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
+	const (
+		others   = 1000
+		slowTime = 300 * time.Millisecond
+	)
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 4}))
+	slowStarted := make(chan struct{}, slowKeys)
+	var slowBusy atomic.Int64
+	var lateWhileSlow atomic.Int64 // others handled after every slow handler returned
+	var mu sync.Mutex
+	latency := map[string]time.Duration{}
+	addedAt := make([]time.Time, others)
+	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if f, ok := ev.Frame.(string); ok && f == "slow" {
+			slowBusy.Add(1)
+			slowStarted <- struct{}{}
+			time.Sleep(slowTime) // the slow webhook: work that takes time, not synchronisation
+			slowBusy.Add(-1)
+			return nil
+		}
+		i := ev.Frame.(int)
+		d := time.Since(addedAt[i])
+		if slowBusy.Load() == 0 {
+			lateWhileSlow.Add(1)
+		}
+		mu.Lock()
+		latency[ev.Conn.UID()] = d
+		mu.Unlock()
+		return nil
+	})
+	mustStart(t, b)
+
+	slowShards := map[int]bool{}
+	for i := range slowKeys {
+		ev := userEvent(eventbus.EventConnect, fmt.Sprint("slow-", i))
+		ev.Frame = "slow"
+		_, shard := eventbus.ShardOf(b, ev)
+		slowShards[shard] = true
+		relAdd(t, b, ev)
+	}
+	for range slowKeys {
+		recvWithin(t, slowStarted, 5*time.Second, "slow handler")
+	}
+	events := make([]*eventbus.UserContext, others)
+	sharing := map[string]bool{}
+	for i := range others {
+		events[i] = userEvent(eventbus.EventConnect, fmt.Sprint("user-", i))
+		events[i].Frame = i
+		if _, shard := eventbus.ShardOf(b, events[i]); slowShards[shard] {
+			sharing[events[i].Conn.UID()] = true
+		}
+	}
+	var wg sync.WaitGroup
+	const producers = 8
+	for p := range producers {
+		wg.Go(func() {
+			for i := p; i < others; i += producers {
+				addedAt[i] = time.Now()
+				if err := b.AddEvent(context.Background(), events[i]); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	coreWaitGroup(t, &wg, 5*time.Second, "producers")
+	idleWithin(t, b, 5*time.Second)
+
+	var free []time.Duration
+	for uid, d := range latency {
+		if !sharing[uid] {
+			free = append(free, d)
+		}
+	}
+	require.Len(t, free, others-len(sharing))
+	slices.Sort(free)
+	p99 := free[len(free)*99/100]
+	t.Logf("%d slow keys: p50 %v, p99 %v, max %v over %d keys; %d keys share a slow shard",
+		slowKeys, free[len(free)/2], p99, free[len(free)-1], len(free), len(sharing))
+	assert.LessOrEqual(t, len(sharing), 10, "keys sharing a shard with a slow key")
+	assert.Less(t, p99, 50*time.Millisecond, "p99 add→handled of keys not sharing a slow shard")
+	assert.Less(t, free[len(free)-1], slowTime/2, "every free key was handled while the slow keys were busy")
+	assert.Equal(t, int64(len(sharing)), lateWhileSlow.Load(),
+		"only keys sharing a slow shard were handled after the slow handlers returned")
+}
+
+// TestForeignContextAddFromHandlerNeverWaits: a handler that adds to its
+// own pool with context.Background() (not its own ctx) while the pool is
+// full is treated as a follow-on add (DESIGN §4.5) instead of waiting for
+// room only it could free.
+func TestForeignContextAddFromHandlerNeverWaits(t *testing.T) {
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
+	var handled atomic.Int64
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		handled.Add(1)
+		if ev.Frame == "root" {
+			for i := range 5 {
+				if err := b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprint("child-", i))); err != nil {
+					return eventbus.Permanent(err)
+				}
+			}
+		}
+		return nil
+	})
+	mustStart(t, b)
+	root := userEvent(eventbus.EventOnSend, "root")
+	root.Frame = "root"
+	relAdd(t, b, root)
+	idleWithin(t, b, 5*time.Second)
+	st := b.Stats().User
+	assert.Equal(t, int64(6), handled.Load())
+	assert.Zero(t, st.DeadLettered)
+	atRest(t, "user", st)
+}
+
+// TestPoolCapacityIsWorkersTimesQueueSize: a pool holds at most Workers ×
+// QueueSize events and one shard at most QueueSize (DESIGN §4.4).
+func TestPoolCapacityIsWorkersTimesQueueSize(t *testing.T) {
+	const workers, queue = 2, 4
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: workers, QueueSize: queue}))
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		<-release
+		return nil
+	})
+	mustStart(t, b)
+
+	// One key: its shard takes QueueSize events.
+	for range queue {
+		require.NoError(t, b.TryAddEvent(userEvent(eventbus.EventOnSend, "hot")))
+	}
+	require.ErrorIs(t, b.TryAddEvent(userEvent(eventbus.EventOnSend, "hot")), eventbus.ErrQueueFull, "shard limit")
+
+	// Other keys fill the pool up to Workers × QueueSize, in shards of
+	// their own (distinct keys, each shard far from its limit).
+	used := map[int]int{}
+	_, hot := eventbus.ShardOf(b, userEvent(eventbus.EventOnSend, "hot"))
+	used[hot] = queue
+	added := queue
+	for i := 0; added < workers*queue; i++ {
+		ev := userEvent(eventbus.EventOnSend, fmt.Sprint("k", i))
+		if _, s := eventbus.ShardOf(b, ev); used[s] >= queue {
+			continue
+		}
+		require.NoError(t, b.TryAddEvent(ev))
+		_, s := eventbus.ShardOf(b, ev)
+		used[s]++
+		added++
+	}
+	for i := range 20 {
+		ev := userEvent(eventbus.EventOnSend, fmt.Sprint("late", i))
+		if _, s := eventbus.ShardOf(b, ev); used[s] >= queue {
+			continue
+		}
+		require.ErrorIs(t, b.TryAddEvent(ev), eventbus.ErrQueueFull, "pool limit")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := b.AddEvent(ctx, userEvent(eventbus.EventOnSend, "waits"))
+	require.ErrorIs(t, err, eventbus.ErrQueueFull)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, uint64(workers*queue), b.Stats().User.Added)
+}
