@@ -38,8 +38,10 @@ type Bus struct {
 	types  [256]typeInfo
 	chains [256]atomic.Pointer[chain]
 	mws    []Middleware
-	regSeq uint64
-	batch  [256]int
+	// outbound holds the Outbound routes by type; written before Start.
+	outbound [256]OutboundFunc
+	regSeq   uint64
+	batch    [256]int
 
 	state   atomic.Int32
 	life    *engine.Lifecycle
@@ -219,16 +221,22 @@ func (b *Bus) Start() error {
 // nothing when ctx is context.Background() or the context a handler was
 // called with, HandlerTimeout or not.
 func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
-	return b.add(ctx, ev, true)
+	return b.add(ctx, ev, true, nil, false)
 }
 
 // TryAddEvent is AddEvent that never waits: ErrQueueFull when the shard is
 // full. It takes no context, so it is never a follow-on add.
 func (b *Bus) TryAddEvent(ev Event) error {
-	return b.add(context.Background(), ev, false)
+	return b.add(context.Background(), ev, false, nil, false)
 }
 
-func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
+// addLocal adds ev to its pool, bypassing Outbound routes, with a tracker
+// to tell when it has finished (nil for none).
+func (b *Bus) addLocal(ctx context.Context, ev Event, wait bool, track *engine.Tracker) error {
+	return b.add(ctx, ev, wait, track, true)
+}
+
+func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracker, local bool) error {
 	if b.state.Load() == stateNew {
 		if !b.made() {
 			return ErrNotNew
@@ -255,6 +263,9 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 	if c == nil && b.life.Closing() {
 		return ErrClosed
 	}
+	if send := b.outbound[t]; send != nil && !local {
+		return send(ctx, ev)
+	}
 	if ch := b.chains[t].Load(); ch == nil || len(ch.handlers) == 0 {
 		return fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t))
 	}
@@ -268,7 +279,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool) error {
 			return err
 		}
 	}
-	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key}
+	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key, Track: track}
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}

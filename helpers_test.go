@@ -143,8 +143,8 @@ func recvWithin[T any](t testing.TB, ch <-chan T, d time.Duration, what string) 
 // InFlight + Retrying.
 func checkIdentity(t testing.TB, pool string, s eventbus.PoolStats) {
 	t.Helper()
-	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered+uint64(s.Queued+s.InFlight+s.Retrying),
-		"%s pool: Added != Handled+Stopped+DeadLettered+Queued+InFlight+Retrying in %+v", pool, s)
+	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered+s.Abandoned+uint64(s.Queued+s.InFlight+s.Retrying),
+		"%s pool: Added != Handled+Stopped+DeadLettered+Abandoned+Queued+InFlight+Retrying in %+v", pool, s)
 }
 
 // atRest checks the identity and that no gauge is above zero.

@@ -9,7 +9,8 @@ type Stats struct {
 
 // PoolStats are one pool's counters. Gauges are read shard by shard and are
 // approximate under load; at rest they are exact and
-// Added = Handled + Stopped + DeadLettered + Queued + InFlight + Retrying.
+// Added = Handled + Stopped + DeadLettered + Abandoned + Queued + InFlight +
+// Retrying.
 type PoolStats struct {
 	Workers int
 	// Gauges: events waiting in a FIFO (or behind a parked key), taken by a
@@ -22,6 +23,9 @@ type PoolStats struct {
 	// count original events: a failing batch of n events counts n.
 	// Rejected counts adds refused by the WithAdmit function.
 	Added, Handled, Stopped, Failed, Retried, DeadLettered, Panics, Timeouts, Rejected uint64
+	// Abandoned counts events added with Deliver that a Close deadline
+	// gave up without a dead letter (their transport redelivers them).
+	Abandoned uint64
 	// Latency of one pass of the chain, from a sample of runs.
 	Latency LatencyStats
 }
@@ -47,7 +51,7 @@ func (p *pool) stats() PoolStats {
 		Queued:  s.Queued, InFlight: s.InFlight, Retrying: s.Retrying, Overflow: s.Overflow,
 		Added: s.Added, Handled: s.Handled, Stopped: s.Stopped, Failed: s.Failed,
 		Retried: s.Retried, DeadLettered: s.DeadLettered, Panics: s.Panics,
-		Timeouts: s.Timeouts, Rejected: p.rejected.Load(),
+		Timeouts: s.Timeouts, Rejected: p.rejected.Load(), Abandoned: s.Abandoned,
 		Latency: LatencyStats{P50: s.P50, P99: s.P99, Max: s.Max},
 	}
 }

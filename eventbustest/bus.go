@@ -43,7 +43,8 @@ type Bus struct {
 //     WaitDeadLetters.
 //   - When the test ends, t.Cleanup closes the bus within Timeout and marks
 //     the test failed if Close reports events left behind, if any pool's
-//     counters do not add up (Added = Handled + Stopped + DeadLettered), or
+//     counters do not add up (Added = Handled + Stopped + DeadLettered +
+//     Abandoned), or
 //     if an event was dead-lettered while the test did not call
 //     ExpectDeadLetters. When Close gives up, the cleanup waits up to
 //     Timeout again for handlers to return, so that their events reach the
@@ -195,7 +196,7 @@ func (b *Bus) checkCounts() {
 	}{{"user", st.User}, {"channel", st.Channel}, {"pusher", st.Pusher}} {
 		s := p.s
 		if s.Queued != 0 || s.InFlight != 0 || s.Retrying != 0 ||
-			s.Added != s.Handled+s.Stopped+s.DeadLettered {
+			s.Added != s.Handled+s.Stopped+s.DeadLettered+s.Abandoned {
 			b.t.Errorf("eventbustest: %s pool does not add up after Close: Added %d != Handled %d + Stopped %d + DeadLettered %d (Queued %d, InFlight %d, Retrying %d)",
 				p.name, s.Added, s.Handled, s.Stopped, s.DeadLettered, s.Queued, s.InFlight, s.Retrying)
 		}

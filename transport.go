@@ -1,0 +1,151 @@
+package eventbus
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/imbus/eventbus/internal/engine"
+)
+
+// This file holds the extension points a transport (the NATS bridge in
+// bridge/nats, or any other) and the journal build on: route chosen types
+// out of the process, add an event locally and hear when it has finished,
+// and hand a letter to the dead-letter sink from outside.
+
+// OutboundFunc takes an event of a routed type instead of the local pool
+// (see Bus.Outbound). It is called on the goroutine of AddEvent or
+// TryAddEvent, with AddEvent's ctx (a handler's ctx for follow-on adds),
+// and its error is returned to that caller.
+type OutboundFunc func(ctx context.Context, ev Event) error
+
+// Outbound routes AddEvent and TryAddEvent of the given types to send
+// instead of their local pool, from outside and from handlers alike: a
+// transport publishes them, and the node that consumes them adds them
+// locally with Deliver. A routed type needs no local handler. Outbound
+// must be called before Start; a type may be routed once.
+func (b *Bus) Outbound(send OutboundFunc, types ...EventType) error {
+	if send == nil {
+		return fmt.Errorf("%w: Outbound: send is nil", ErrNilHandler)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.beforeStartLocked("Outbound"); err != nil {
+		return err
+	}
+	for _, t := range types {
+		if b.types[t].pool == "" {
+			return fmt.Errorf("%w: Outbound: %d", ErrUnknownEventType, t)
+		}
+		if b.outbound[t] != nil {
+			return fmt.Errorf("eventbus: Outbound: %v is already routed", b.typeNameLocked(t))
+		}
+	}
+	for _, t := range types {
+		b.outbound[t] = send
+	}
+	return nil
+}
+
+// beforeStartLocked says why a setup call can no longer be made. b.mu must
+// be held.
+func (b *Bus) beforeStartLocked(what string) error {
+	switch b.state.Load() {
+	case stateStarted:
+		return fmt.Errorf("%w: %s must come before Start", ErrStarted, what)
+	case stateClosed:
+		return fmt.Errorf("%w: %s after Close", ErrClosed, what)
+	}
+	return nil
+}
+
+// OutcomeAbandoned reports, to a Deliver callback only, an event the bus
+// gave up at a Close deadline: it was neither handled nor dead-lettered,
+// so its transport should redeliver it.
+const OutcomeAbandoned Outcome = OutcomeDeadLettered + 1
+
+// Deliver adds ev to its local pool, never to an Outbound route, and calls
+// done once, on a bus goroutine, when the chain (and every subscriber) has
+// finished with it: OutcomeHandled, OutcomeStopped, OutcomeDeadLettered,
+// or OutcomeAbandoned when a Close deadline gave it up (it is then not
+// dead-lettered). It waits for room as AddEvent does; when it returns an
+// error, done is never called. done must not block: it runs on a worker.
+//
+// This is the "event finished" moment a transport acknowledges a message
+// on and the journal acknowledges a record on.
+func (b *Bus) Deliver(ctx context.Context, ev Event, done func(Outcome)) error {
+	if done == nil {
+		return b.addLocal(ctx, ev, true, nil)
+	}
+	return b.addLocal(ctx, ev, true, engine.NewTracker(1, func(o engine.Outcome) { done(outcomeOf(o)) }))
+}
+
+// outcomeOf maps an engine outcome to the public one.
+func outcomeOf(o engine.Outcome) Outcome {
+	switch o {
+	case engine.Handled:
+		return OutcomeHandled
+	case engine.Stopped:
+		return OutcomeStopped
+	case engine.Dead:
+		return OutcomeDeadLettered
+	}
+	return OutcomeAbandoned
+}
+
+// DeadLetter hands d to the bus's dead-letter sink, logged like the bus's
+// own dead letters, for events a transport gives up on (after its own
+// maximum of deliveries, say). It does not change Stats: the event was
+// never added to this bus. *Bus is therefore also a DeadLetterSink.
+func (b *Bus) DeadLetter(d *DeadLetter) {
+	if d == nil || !b.made() {
+		return
+	}
+	pool, typ := "", ""
+	if d.Event != nil {
+		if p, t, err := b.route(d.Event); err == nil {
+			pool, typ = string(p.kind), b.TypeName(t)
+		}
+	}
+	b.log.Warn("eventbus: dead letter", "pool", pool, "type", typ,
+		"handler", d.Handler, "attempts", d.Attempts, "err", d.Err)
+	b.safely("dead-letter sink", func() { b.sink.DeadLetter(d) })
+}
+
+// StableKey returns ev's ordering key computed the same way in every
+// process: FNV-1a of the UID (or connection id), or of the channel's id and
+// type, or the pool's KeyFunc when it has one. Transports that partition
+// events across processes use it, so that events with equal keys land in
+// the same partition on every node. (The bus's own shard keys use a
+// per-process random seed.)
+func (b *Bus) StableKey(ev Event) (uint64, error) {
+	p, _, err := b.route(ev)
+	if err != nil {
+		return 0, err
+	}
+	if p.cfg.KeyFunc != nil {
+		return p.key(ev)
+	}
+	h := fnv.New64a()
+	switch e := ev.(type) {
+	case *UserContext:
+		if _, err := p.key(ev); err != nil { // a nil or panicking Conn
+			return 0, err
+		}
+		if uid := e.Conn.UID(); uid != "" {
+			h.Write([]byte(uid))
+		} else {
+			fmt.Fprintf(h, "\x00conn:%d", e.Conn.ID())
+		}
+	case *ChannelContext:
+		h.Write([]byte(e.ChannelID))
+		h.Write([]byte{0, e.ChannelType})
+	case *PushContext:
+		if e.Message == nil {
+			return 0, fmt.Errorf("%w: PushContext.Message is nil", ErrNilEvent)
+		}
+		h.Write([]byte(e.Message.ChannelID))
+		h.Write([]byte{0, e.Message.ChannelType})
+	}
+	return h.Sum64(), nil
+}
