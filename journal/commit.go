@@ -88,6 +88,7 @@ func (j *Journal) write(buf []byte) error {
 	if err := fdatasync(j.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", j.active.path, err)
 	}
+	j.syncs.Add(1)
 	return nil
 }
 

@@ -97,6 +97,7 @@ type Stats struct {
 	Pending     int    // unacked records
 	DeadLetters int    // records in the dead-letter list
 	NextID      uint64 // no record id handed out so far is at or above it
+	Syncs       uint64 // fsyncs of appended data since Open (one per group commit)
 }
 
 // Option configures Open.
@@ -184,6 +185,7 @@ type Journal struct {
 	f       *os.File
 	buf     []byte
 	durable uint64 // the reservation on disk
+	syncs   atomic.Uint64
 }
 
 // batch is one group commit: everyone queued into it waits for done.
@@ -504,7 +506,8 @@ func (j *Journal) Stats() Stats {
 	j.mu.Unlock()
 	j.smu.Lock()
 	defer j.smu.Unlock()
-	s := Stats{Segments: len(j.st.segs), Pending: j.st.pending, DeadLetters: len(j.st.dead), NextID: next}
+	s := Stats{Segments: len(j.st.segs), Pending: j.st.pending, DeadLetters: len(j.st.dead), NextID: next,
+		Syncs: j.syncs.Load()}
 	for _, seg := range j.st.segs {
 		s.Bytes += seg.size
 	}

@@ -198,12 +198,14 @@ func TestConcurrentAppendAck(t *testing.T) {
 	check(j)
 	st := j.Stats()
 	require.Equal(t, len(want), st.Pending)
+	appends := uint64(workers * per)
+	t.Logf("%d appends in %d fsyncs", appends, st.Syncs)
+	require.Less(t, st.Syncs, appends/2, "concurrent appends share fsyncs")
 	require.NoError(t, j.Close())
 	j = open(t, dir, journal.WithSegmentSize(64<<10))
 	defer j.Close()
 	check(j)
 	for _, r := range pending(t, j) {
-		require.Equal(t, 2+int(r.ID%1)*0, r.Attempts+0*int(r.ID)-r.Attempts+2) // attempts were set to 2 or 3
 		require.Contains(t, []int{2, 3}, r.Attempts)
 	}
 }
@@ -391,7 +393,7 @@ func TestReclaimKeepsDiskBounded(t *testing.T) {
 	var maxSize int64
 	var written int64
 	batch := slices.Repeat([]journal.Record{{Payload: payload}}, 10)
-	for written < 200*segSize {
+	for written < 100*segSize {
 		first, err := j.Append(batch...)
 		require.NoError(t, err)
 		for id := first; id < first+uint64(len(batch)); id++ {
