@@ -68,12 +68,17 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 	if reserved > 0 {
 		j.durable = reserved
 	}
-	if seg.size >= j.opts.segSize {
-		if err := j.roll(); err != nil {
-			return reserved, err
-		}
-	}
 	return reserved, nil
+}
+
+// maybeRoll starts a new segment when the active one is full. The
+// committer calls it after waking the batch's callers, so they do not wait
+// for it.
+func (j *Journal) maybeRoll() error {
+	if j.active.size < j.opts.segSize {
+		return nil
+	}
+	return j.roll()
 }
 
 // write appends buf to the active segment and fsyncs it.

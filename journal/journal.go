@@ -613,5 +613,14 @@ func (j *Journal) run() {
 		j.mu.Unlock()
 		close(b.done)
 		last = b.n
+		if err == nil {
+			if err := j.maybeRoll(); err != nil {
+				j.mu.Lock()
+				if j.failed == nil {
+					j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
+				}
+				j.mu.Unlock()
+			}
+		}
 	}
 }
