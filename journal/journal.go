@@ -376,18 +376,29 @@ func (j *Journal) Pending() ([]Record, error) {
 
 // Replay calls fn with every unacked record in append (id) order, as
 // Pending returns them, and stops at fn's first error, which it returns.
-// Records appended while Replay runs may or may not be included.
+// It copies records out a chunk at a time and holds no lock while fn runs,
+// so fn may call the journal (Append, Ack). Records acked or appended
+// while Replay runs may or may not be included.
 func (j *Journal) Replay(fn func(Record) error) error {
-	recs, err := j.Pending()
-	if err != nil {
+	if err := j.check(); err != nil {
 		return err
 	}
-	for _, r := range recs {
-		if err := fn(r); err != nil {
-			return err
+	var next uint64
+	chunk := make([]Record, 0, 4096)
+	for {
+		j.smu.Lock()
+		chunk = j.st.recordsFrom(next, cap(chunk), chunk[:0])
+		j.smu.Unlock()
+		for _, r := range chunk {
+			if err := fn(r); err != nil {
+				return err
+			}
 		}
+		if len(chunk) < cap(chunk) {
+			return nil
+		}
+		next = chunk[len(chunk)-1].ID + 1
 	}
-	return nil
 }
 
 // DeadLetters returns the dead-letter list in id order.

@@ -1,10 +1,12 @@
 package journal
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,9 +45,14 @@ func (j *Journal) recover() error {
 		j.st.segs, j.active, j.f = []*segment{seg}, seg, f
 		return nil
 	}
+	if err := j.reserveEntries(seqs); err != nil {
+		return err
+	}
+	j.st.recovering = true
+	var buf []byte // reused: scan copies out what it keeps
 	for i, seq := range seqs {
 		path := filepath.Join(j.dir, segName(seq))
-		data, err := os.ReadFile(path)
+		data, err := readFile(path, buf)
 		if err != nil {
 			return fmt.Errorf("journal: open %s: %w", j.dir, err)
 		}
@@ -56,7 +63,12 @@ func (j *Journal) recover() error {
 		j.st.reserve = max(j.st.reserve, res)
 		seg := &segment{seq: seq, path: path, size: int64(len(data))}
 		j.st.segs = append(j.st.segs, seg)
-		end, bad := j.scan(seg, data)
+		end, bad, kept := j.scan(seg, data)
+		if !kept {
+			buf = data
+		} else {
+			buf = nil
+		}
 		if bad == nil {
 			continue
 		}
@@ -88,14 +100,43 @@ func (j *Journal) recover() error {
 	return nil
 }
 
+// reserveEntries sizes the index once for every record in the segments,
+// so recovery never grows it: it counts append frames by following the
+// length fields (no checksums: scan checks them).
+func (j *Journal) reserveEntries(seqs []uint64) error {
+	n := 0
+	hdr := make([]byte, frameHdrSize+1)
+	for _, seq := range seqs {
+		f, err := os.Open(filepath.Join(j.dir, segName(seq)))
+		if err != nil {
+			return fmt.Errorf("journal: open %s: %w", j.dir, err)
+		}
+		r := bufio.NewReaderSize(f, 1<<20)
+		_, err = r.Discard(headerSize)
+		for err == nil {
+			if _, err = io.ReadFull(r, hdr); err != nil {
+				break
+			}
+			if hdr[frameHdrSize]&^flagCopy == kindAppend {
+				n++
+			}
+			_, err = r.Discard(int(binary.LittleEndian.Uint32(hdr)) - 1)
+		}
+		f.Close()
+	}
+	j.st.entries = make([]entry, 0, n)
+	return nil
+}
+
 // scan applies the frames of one segment and returns the offset after the
 // last good one, and what is wrong with the next one if that is not the
-// end of data. Payloads that stay live are copied out of data.
-func (j *Journal) scan(seg *segment, data []byte) (int64, error) {
+// end of data. Payloads that stay live are copied out of data, unless they
+// are most of it: then the entries keep data (kept) and the caller must
+// not reuse it.
+func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error, kept bool) {
 	st := &j.st
 	start := len(st.entries)
 	off := headerSize
-	var bad error
 	for off < len(data) {
 		if len(data)-off < frameHdrSize {
 			bad = errors.New("partial record header")
@@ -144,6 +185,12 @@ func (j *Journal) scan(seg *segment, data []byte) (int64, error) {
 	for _, p := range keep {
 		total += len(*p)
 	}
+	if total >= len(data)/2 {
+		// Mostly live: keep data itself rather than copy it (it is freed
+		// once its records are acked).
+		j.st.trim()
+		return int64(off), bad, true
+	}
 	block := make([]byte, 0, total)
 	for _, p := range keep {
 		n := len(block)
@@ -151,7 +198,7 @@ func (j *Journal) scan(seg *segment, data []byte) (int64, error) {
 		*p = block[n:len(block):len(block)]
 	}
 	st.trim()
-	return int64(off), bad
+	return int64(off), bad, false
 }
 
 // validFrameAfter reports whether a good frame starts anywhere in
@@ -171,6 +218,28 @@ func validFrameAfter(data []byte, from int) bool {
 		}
 	}
 	return false
+}
+
+// readFile reads the file at path into buf, grown as needed.
+func readFile(path string, buf []byte) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := int(fi.Size())
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
 }
 
 func truncate(path string, size int64) error {

@@ -32,8 +32,8 @@ func (s *segment) deletable() bool { return s.live == 0 && s.refs == 0 }
 type entry struct {
 	Record
 	seg    *segment // holds the append frame
-	size   int32    // of the append frame
 	attSeg *segment // holds the latest attempts frame, if any
+	size   int32    // of the append frame
 	done   bool
 }
 
@@ -56,7 +56,9 @@ type state struct {
 	segs    []*segment // by seq
 	pending int
 	maxID   uint64 // largest id seen
-	reserve uint64 // largest reservation seen
+	// recovering: Open is scanning, entries has its final capacity.
+	recovering bool
+	reserve    uint64 // largest reservation seen
 }
 
 const attemptsFrameSize = frameHdrSize + attemptsBody
@@ -67,15 +69,38 @@ func newState() state {
 
 // find returns the entry of id, done or not, or nil.
 func (s *state) find(id uint64) *entry {
-	es := s.entries[s.head:]
-	i, ok := slices.BinarySearchFunc(es, id, func(e entry, id uint64) int { return cmp.Compare(e.ID, id) })
-	if ok {
-		return &es[i]
+	if i, ok := s.search(id); ok {
+		return &s.entries[s.head+i]
 	}
 	if e := s.side[id]; e != nil {
 		return e
 	}
 	return nil
+}
+
+// search returns the position of id in entries[head:], or where it would
+// go. Ids are nearly dense, so it first guesses by interpolation (exact
+// when no id between the first and the last is missing), then searches
+// the slice.
+func (s *state) search(id uint64) (int, bool) {
+	es := s.entries[s.head:]
+	if len(es) == 0 {
+		return 0, false
+	}
+	lo, hi := es[0].ID, es[len(es)-1].ID
+	switch {
+	case id < lo:
+		return 0, false
+	case id > hi:
+		return len(es), false
+	case hi == lo:
+		return 0, true
+	}
+	g := int(float64(id-lo) / float64(hi-lo) * float64(len(es)-1))
+	if g >= 0 && g < len(es) && es[g].ID == id {
+		return g, true
+	}
+	return slices.BinarySearchFunc(es, id, func(e entry, id uint64) int { return cmp.Compare(e.ID, id) })
 }
 
 // pendingEntry returns the unacked entry of id, or nil.
@@ -129,14 +154,14 @@ func (s *state) apply(seg *segment, f *frame, size int32) {
 			s.addLive(seg, size)
 			return
 		}
-		e := entry{Record: f.rec, seg: seg, size: size}
 		s.addLive(seg, size)
 		s.pending++
-		if n := len(s.entries); n > s.head && s.entries[n-1].ID > e.ID {
-			s.side[e.ID] = &e // out of order: merged by finishRecovery
+		if n := len(s.entries); n > s.head && s.entries[n-1].ID > f.rec.ID {
+			// Out of order: merged by finishRecovery.
+			s.side[f.rec.ID] = &entry{Record: f.rec, seg: seg, size: size}
 			return
 		}
-		s.entries = append(s.entries, e)
+		s.entries = append(s.entries, entry{Record: f.rec, seg: seg, size: size})
 	case kindAck:
 		for _, id := range f.ids {
 			if e := s.pendingEntry(id); e != nil {
@@ -195,7 +220,8 @@ func (s *state) finish(seg *segment, e *entry) {
 }
 
 // trim drops acked entries from the front, and compacts the slice when
-// most of it is acked. Amortised O(1) per entry.
+// most of it is acked (not while recovering: then the slice was sized
+// once, see reserveEntries). Amortised O(1) per entry.
 func (s *state) trim() {
 	for s.head < len(s.entries) && s.entries[s.head].done {
 		s.entries[s.head] = entry{}
@@ -207,6 +233,9 @@ func (s *state) trim() {
 		return
 	}
 	n := len(s.entries) - s.head
+	if s.recovering {
+		return
+	}
 	if (s.head > 1024 && s.head > n) || (s.ndone > 1024 && s.ndone > n/2) {
 		out := make([]entry, 0, 2*(n-s.ndone)+64)
 		for _, e := range s.entries[s.head:] {
@@ -221,6 +250,7 @@ func (s *state) trim() {
 
 // finishRecovery merges the out-of-order entries into the sorted slice.
 func (s *state) finishRecovery() {
+	s.recovering = false
 	if len(s.side) > 0 {
 		for _, e := range s.side {
 			if !e.done {
@@ -236,10 +266,17 @@ func (s *state) finishRecovery() {
 
 // records returns the unacked records in id order.
 func (s *state) records() []Record {
-	out := make([]Record, 0, s.pending)
-	for i := s.head; i < len(s.entries); i++ {
+	return s.recordsFrom(0, s.pending, make([]Record, 0, s.pending))
+}
+
+// recordsFrom appends to out up to n unacked records with ids from id on,
+// in id order.
+func (s *state) recordsFrom(id uint64, n int, out []Record) []Record {
+	i, _ := s.search(id)
+	for i += s.head; i < len(s.entries) && n > 0; i++ {
 		if e := &s.entries[i]; !e.done {
 			out = append(out, e.Record)
+			n--
 		}
 	}
 	return out

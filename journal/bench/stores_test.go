@@ -17,6 +17,8 @@ import (
 // not awaited), a sync, and a replay of what is not acked.
 type store interface {
 	append(payload []byte) (uint64, error)
+	// bulk appends n records in one durable write (to fill a store fast).
+	bulk(n int, payload []byte) ([]uint64, error)
 	ack(ids []uint64) error
 	sync() error
 	replay(fn func(id uint64, payload []byte)) error
@@ -46,6 +48,19 @@ func openLog(dir string) (store, error) {
 func (s *logStore) append(p []byte) (uint64, error) {
 	return s.j.Append(journal.Record{Type: 11, Key: 42, Payload: p})
 }
+func (s *logStore) bulk(n int, p []byte) ([]uint64, error) {
+	recs := make([]journal.Record, n)
+	for i := range recs {
+		recs[i] = journal.Record{Type: 11, Key: 42, Payload: p}
+	}
+	first, err := s.j.Append(recs...)
+	ids := make([]uint64, n)
+	for i := range ids {
+		ids[i] = first + uint64(i)
+	}
+	return ids, err
+}
+
 func (s *logStore) ack(ids []uint64) error { return s.j.Ack(ids...) }
 func (s *logStore) sync() error            { return s.j.Sync() }
 func (s *logStore) close() error           { return s.j.Close() }
@@ -82,6 +97,18 @@ func (s *pebbleStore) append(p []byte) (uint64, error) {
 	var k [8]byte
 	binary.BigEndian.PutUint64(k[:], id)
 	return id, s.db.Set(k[:], p, pebble.Sync)
+}
+
+func (s *pebbleStore) bulk(n int, p []byte) ([]uint64, error) {
+	b := s.db.NewBatch()
+	ids := make([]uint64, n)
+	var k [8]byte
+	for i := range ids {
+		ids[i] = s.seq.next()
+		binary.BigEndian.PutUint64(k[:], ids[i])
+		b.Set(k[:], p, nil)
+	}
+	return ids, b.Commit(pebble.Sync)
 }
 
 func (s *pebbleStore) ack(ids []uint64) error {
@@ -153,6 +180,27 @@ func (s *boltStore) append(p []byte) (uint64, error) {
 		return b.Put(k[:], p)
 	})
 	return id, err
+}
+
+func (s *boltStore) bulk(n int, p []byte) ([]uint64, error) {
+	ids := make([]uint64, n)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		var k [8]byte
+		for i := range ids {
+			id, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			ids[i] = id
+			binary.BigEndian.PutUint64(k[:], id)
+			if err := b.Put(k[:], p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return ids, err
 }
 
 func (s *boltStore) ack(ids []uint64) error {
