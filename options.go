@@ -107,6 +107,7 @@ type config struct {
 	logger   *slog.Logger
 	observer Observer
 	defines  []definition
+	codecs   map[EventType]Codec // WithCodec
 	errs     []error
 
 	logInterval time.Duration    // WithLogInterval
@@ -199,4 +200,30 @@ func WithObserver(obs Observer) Option {
 // as eventbustest.NewBus does. New returns Define's error, if any.
 func WithDefine(t EventType, p Pool, name string) Option {
 	return optionFunc(func(cfg *config) { cfg.defines = append(cfg.defines, definition{t, p, name}) })
+}
+
+// WithCodec sets the Codec that encodes and decodes events of user-pool
+// type t for the journal (Bus.EncodeEvent, Bus.DecodeEvent): a UserContext
+// holds the user's own Conn and Frame types, which only the user can turn
+// into bytes. Channel- and pusher-pool contexts need none. t must not be 0
+// or a type of the channel or pusher range; c must not be nil. A later
+// WithCodec for the same type replaces the earlier one.
+func WithCodec(t EventType, c Codec) Option {
+	return optionFunc(func(cfg *config) {
+		switch p := rangePool(t); {
+		case c == nil:
+			cfg.errs = append(cfg.errs, fmt.Errorf("eventbus: WithCodec(%v): nil Codec", t))
+			return
+		case t == EventUnknown:
+			cfg.errs = append(cfg.errs, fmt.Errorf("%w: WithCodec: type 0 is reserved", ErrUnknownEventType))
+			return
+		case p != "" && p != PoolUser:
+			cfg.errs = append(cfg.errs, fmt.Errorf("%w: WithCodec(%v): the bus encodes %s-pool contexts itself; a Codec is for user-pool types", ErrWrongPool, t, p))
+			return
+		}
+		if cfg.codecs == nil {
+			cfg.codecs = make(map[EventType]Codec)
+		}
+		cfg.codecs[t] = c
+	})
 }

@@ -1,0 +1,248 @@
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"math"
+	"time"
+)
+
+// On-disk format (see README.md for the full description).
+//
+// A segment file starts with a 24-byte header:
+//
+//	magic "EBJ1" | version u32 | reserved-id u64 | crc32c(first 16 bytes) u32 | zero u32
+//
+// followed by frames:
+//
+//	length u32 | crc32c(body) u32 | body (length bytes)
+//
+// The body's first byte is its kind. All integers are little endian.
+
+const (
+	headerSize   = 24
+	frameHdrSize = 8
+	version      = 1
+
+	// MaxPayload is the largest payload Append accepts (16 MiB).
+	MaxPayload = 16 << 20
+	// maxBody bounds a frame body when reading: anything larger is garbage.
+	maxBody = MaxPayload + 64<<10 + 1<<16
+)
+
+var magic = [4]byte{'E', 'B', 'J', '1'}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Frame kinds.
+const (
+	kindAppend   = 1 // a record; flagCopy when copied forward by reclamation
+	kindAck      = 2 // ids acked
+	kindAttempts = 3 // id, attempts used
+	kindDead     = 4 // a record moved to the dead-letter list (acks it)
+	kindPurge    = 5 // ids removed from the dead-letter list
+	kindReserve  = 6 // ids below this value may have been handed out
+)
+
+const flagCopy = 0x80
+
+// Fixed body sizes.
+const (
+	appendFixed   = 1 + 8 + 1 + 8 + 4 // kind id type key attempts, then payload
+	attemptsBody  = 1 + 8 + 4
+	reserveBody   = 1 + 8
+	deadFixed     = 1 + 8 + 1 + 8 + 4 + 8 + 4 + 4 // kind id type key attempts time len(handler) len(err)
+	maxIDsInFrame = 1 << 13
+)
+
+// frame is a decoded frame body.
+type frame struct {
+	kind    byte
+	copied  bool
+	rec     Record     // kindAppend, kindDead
+	ids     []uint64   // kindAck, kindPurge
+	n       uint32     // kindAttempts
+	id      uint64     // kindAttempts
+	reserve uint64     // kindReserve
+	dead    deadDetail // kindDead
+}
+
+// deadDetail is what a dead letter adds to its record.
+type deadDetail struct {
+	handler string
+	err     string
+	time    time.Time
+}
+
+func putFrameHeader(b []byte, body []byte) {
+	binary.LittleEndian.PutUint32(b[0:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(body, castagnoli))
+}
+
+// appendFrame appends a frame made by body(b) to buf: body appends the body
+// bytes to the slice it is given and returns it.
+func appendFrame(buf []byte, body func([]byte) []byte) []byte {
+	start := len(buf)
+	buf = append(buf, 0, 0, 0, 0, 0, 0, 0, 0)
+	buf = body(buf)
+	putFrameHeader(buf[start:], buf[start+frameHdrSize:])
+	return buf
+}
+
+func encAppend(buf []byte, r *Record, copied bool) []byte {
+	return appendFrame(buf, func(b []byte) []byte {
+		k := byte(kindAppend)
+		if copied {
+			k |= flagCopy
+		}
+		b = append(b, k)
+		b = binary.LittleEndian.AppendUint64(b, r.ID)
+		b = append(b, r.Type)
+		b = binary.LittleEndian.AppendUint64(b, r.Key)
+		b = binary.LittleEndian.AppendUint32(b, clampAttempts(r.Attempts))
+		return append(b, r.Payload...)
+	})
+}
+
+func encIDs(buf []byte, kind byte, ids []uint64) []byte {
+	return appendFrame(buf, func(b []byte) []byte {
+		b = append(b, kind)
+		for _, id := range ids {
+			b = binary.LittleEndian.AppendUint64(b, id)
+		}
+		return b
+	})
+}
+
+func encAttempts(buf []byte, id uint64, n int) []byte {
+	return appendFrame(buf, func(b []byte) []byte {
+		b = append(b, kindAttempts)
+		b = binary.LittleEndian.AppendUint64(b, id)
+		return binary.LittleEndian.AppendUint32(b, clampAttempts(n))
+	})
+}
+
+func encReserve(buf []byte, v uint64) []byte {
+	return appendFrame(buf, func(b []byte) []byte {
+		b = append(b, kindReserve)
+		return binary.LittleEndian.AppendUint64(b, v)
+	})
+}
+
+func encDead(buf []byte, r *Record, d *deadDetail) []byte {
+	return appendFrame(buf, func(b []byte) []byte {
+		b = append(b, kindDead)
+		b = binary.LittleEndian.AppendUint64(b, r.ID)
+		b = append(b, r.Type)
+		b = binary.LittleEndian.AppendUint64(b, r.Key)
+		b = binary.LittleEndian.AppendUint32(b, clampAttempts(r.Attempts))
+		b = binary.LittleEndian.AppendUint64(b, uint64(d.time.UnixNano()))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(d.handler)))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(d.err)))
+		b = append(b, d.handler...)
+		b = append(b, d.err...)
+		return append(b, r.Payload...)
+	})
+}
+
+func clampAttempts(n int) uint32 {
+	if n < 0 {
+		return 0
+	}
+	if n > math.MaxUint32 {
+		return math.MaxUint32
+	}
+	return uint32(n)
+}
+
+var errShortBody = errors.New("body too short for its kind")
+
+// decodeBody decodes a frame body whose CRC has been checked. Payloads are
+// copied when copyPayload is set, else they alias body.
+func decodeBody(body []byte, copyPayload bool) (frame, error) {
+	var f frame
+	if len(body) == 0 {
+		return f, errShortBody
+	}
+	f.kind = body[0] &^ flagCopy
+	f.copied = body[0]&flagCopy != 0
+	le := binary.LittleEndian
+	payload := func(p []byte) []byte {
+		if copyPayload {
+			return append([]byte(nil), p...)
+		}
+		return p
+	}
+	switch f.kind {
+	case kindAppend:
+		if len(body) < appendFixed {
+			return f, errShortBody
+		}
+		f.rec = Record{ID: le.Uint64(body[1:]), Type: body[9], Key: le.Uint64(body[10:]),
+			Attempts: int(le.Uint32(body[18:])), Payload: payload(body[appendFixed:])}
+	case kindAck, kindPurge:
+		if f.copied || (len(body)-1)%8 != 0 {
+			return f, errors.New("bad id list")
+		}
+		f.ids = make([]uint64, (len(body)-1)/8)
+		for i := range f.ids {
+			f.ids[i] = le.Uint64(body[1+8*i:])
+		}
+	case kindAttempts:
+		if f.copied || len(body) != attemptsBody {
+			return f, errShortBody
+		}
+		f.id, f.n = le.Uint64(body[1:]), le.Uint32(body[9:])
+	case kindReserve:
+		if f.copied || len(body) != reserveBody {
+			return f, errShortBody
+		}
+		f.reserve = le.Uint64(body[1:])
+	case kindDead:
+		if f.copied || len(body) < deadFixed {
+			return f, errShortBody
+		}
+		hl, el := uint64(le.Uint32(body[30:])), uint64(le.Uint32(body[34:]))
+		if hl+el > uint64(len(body)-deadFixed) {
+			return f, errShortBody
+		}
+		f.rec = Record{ID: le.Uint64(body[1:]), Type: body[9], Key: le.Uint64(body[10:]),
+			Attempts: int(le.Uint32(body[18:]))}
+		f.dead.time = time.Unix(0, int64(le.Uint64(body[22:])))
+		p := body[deadFixed:]
+		f.dead.handler, p = string(p[:hl]), p[hl:]
+		f.dead.err, p = string(p[:el]), p[el:]
+		f.rec.Payload = payload(p)
+	default:
+		return f, errors.New("unknown record kind")
+	}
+	return f, nil
+}
+
+// segHeader builds a segment header carrying the id reservation.
+func segHeader(reserved uint64) []byte {
+	b := make([]byte, headerSize)
+	copy(b, magic[:])
+	binary.LittleEndian.PutUint32(b[4:], version)
+	binary.LittleEndian.PutUint64(b[8:], reserved)
+	binary.LittleEndian.PutUint32(b[16:], crc32.Checksum(b[:16], castagnoli))
+	return b
+}
+
+// parseHeader checks a segment header and returns its id reservation.
+func parseHeader(b []byte) (uint64, error) {
+	if len(b) < headerSize {
+		return 0, errors.New("short segment header")
+	}
+	if [4]byte(b[:4]) != magic {
+		return 0, errors.New("bad magic")
+	}
+	if v := binary.LittleEndian.Uint32(b[4:]); v != version {
+		return 0, errors.New("unsupported version")
+	}
+	if binary.LittleEndian.Uint32(b[16:]) != crc32.Checksum(b[:16], castagnoli) {
+		return 0, errors.New("header checksum mismatch")
+	}
+	return binary.LittleEndian.Uint64(b[8:]), nil
+}

@@ -1,0 +1,637 @@
+// Package journal is an embedded, durable, append-only log of opaque
+// records: the storage behind eventbus's durable event types, usable on
+// its own (it does not import the bus).
+//
+// A Journal owns a directory of segment files. Append writes records with
+// a CRC each and returns once they are fsync'd; concurrent appends share
+// one write and one fsync (group commit). Ack marks records done; acked
+// records are reclaimed segment by segment, so disk use follows the
+// unacked backlog, not the history. Records that failed for good move to
+// a persisted dead-letter list (DeadLetter) in the same write that acks
+// them, from which they can be listed, re-driven or purged.
+//
+// Open recovers the directory after any crash, kill -9 included: a torn
+// tail of the last segment is cut at the last good record (with a logged
+// warning); corruption anywhere else is a *CorruptError naming the file and
+// offset. Pending then lists every unacked record in append order.
+//
+// Record ids are assigned by the journal, increase in append order, and are
+// never reused, not even after every record is reclaimed or a crash.
+//
+// The format and recovery rules are in README.md beside this file.
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors. Compare with errors.Is: the journal wraps them with detail.
+var (
+	// ErrClosed: the journal was closed.
+	ErrClosed = errors.New("journal: closed")
+	// ErrLocked: another Journal (in this or another process) has the
+	// directory open.
+	ErrLocked = errors.New("journal: directory in use by another journal")
+	// ErrCorrupt: a segment holds a bad record that is not a torn tail.
+	// Open returns it as a *CorruptError.
+	ErrCorrupt = errors.New("journal: corrupt")
+	// ErrTooLarge: a payload above MaxPayload.
+	ErrTooLarge = errors.New("journal: payload too large")
+)
+
+// CorruptError is a bad record or segment header that recovery cannot cut
+// off as a torn tail: in a segment other than the last, or followed by good
+// records. Nothing was changed on disk.
+type CorruptError struct {
+	File   string // path of the segment file
+	Offset int64  // byte offset of the bad record in File
+	Err    error  // what is wrong with it
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("journal: corrupt record in %s at offset %d: %v", e.File, e.Offset, e.Err)
+}
+
+// Unwrap returns what is wrong with the record.
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+// Is reports ErrCorrupt.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// Record is one entry of the journal: an opaque payload with the routing
+// data a bus needs to replay it without decoding it first.
+type Record struct {
+	// ID is assigned by Append: increasing in append order, never reused.
+	ID uint64
+	// Type and Key are stored as given, for the caller (eventbus stores
+	// the event type and the ordering key).
+	Type uint8
+	Key  uint64
+	// Attempts is how many delivery attempts the record has used, as last
+	// set by SetAttempts (Append stores the value given, normally 0).
+	Attempts int
+	// Payload is stored as given. Records returned by the journal share
+	// their payload with it: do not modify it.
+	Payload []byte
+}
+
+// DeadLetter is a record moved to the dead-letter list, and why.
+type DeadLetter struct {
+	Record            // the record as it was when it was moved (Attempts as given to DeadLetter)
+	Handler string    // what gave up on it
+	Err     string    // the last error's text
+	Time    time.Time // when it was given up
+}
+
+// Stats is a snapshot of a journal's size and content.
+type Stats struct {
+	Segments    int    // segment files on disk
+	Bytes       int64  // their total size
+	Pending     int    // unacked records
+	DeadLetters int    // records in the dead-letter list
+	NextID      uint64 // no record id handed out so far is at or above it
+	Syncs       uint64 // fsyncs of appended data since Open (one per group commit)
+}
+
+// Option configures Open.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	log     *slog.Logger
+	segSize int64
+	linger  time.Duration
+	repair  bool
+}
+
+// Defaults.
+const (
+	DefaultSegmentSize = 64 << 20
+	DefaultLinger      = 50 * time.Microsecond
+	reserveChunk       = 1 << 20 // ids reserved ahead of use (see README)
+)
+
+// WithLogger sets where recovery warnings (a torn tail cut) go.
+// Default: slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) { o.log = l })
+}
+
+// WithSegmentSize sets the size at which the journal starts a new segment
+// file (default 64 MiB; at least 4 KiB). Acked records are reclaimed a
+// segment at a time, so disk use is a few segments above the backlog.
+func WithSegmentSize(n int64) Option {
+	return optionFunc(func(o *options) { o.segSize = max(n, 4<<10) })
+}
+
+// WithLinger sets how long the committer may wait, after a commit that
+// had several waiting appenders, for them to come back before it writes
+// the next batch (default 50µs; 0 writes at once). It trades a little
+// latency for fewer, fuller fsyncs when many goroutines append.
+func WithLinger(d time.Duration) Option {
+	return optionFunc(func(o *options) { o.linger = max(d, 0) })
+}
+
+// WithRepair makes Open cut the last segment at its first bad record even
+// when good records follow it (instead of returning *CorruptError), losing
+// them; the cut is logged at Error level. For operators only: a power cut
+// can leave later pages of the last unsynced write on disk without earlier
+// ones, which looks like corruption in the middle.
+func WithRepair() Option {
+	return optionFunc(func(o *options) { o.repair = true })
+}
+
+// Journal is an open journal directory. All methods are safe for
+// concurrent use. Writes go through one committer goroutine, in the order
+// the calls were made: an Ack, SetAttempts or DeadLetter is never on disk
+// before an append that was queued before it.
+type Journal struct {
+	dir  string
+	opts options
+	lock *os.File
+
+	mu       sync.Mutex
+	closed   bool
+	failed   error        // sticky: a write or fsync failed
+	next     uint64       // next id to hand out
+	reserved uint64       // ids below it may be handed out without a commit
+	ops      []frame      // queued for the committer
+	spare    []frame      // the committer's last batch, for reuse
+	cur      *batch       // what callers queuing now wait on
+	inflight *batch       // the batch being written, if any
+	waiting  atomic.Int32 // appenders waiting on cur
+	kick     chan struct{}
+	exited   chan struct{}
+
+	smu sync.Mutex // guards st
+	st  state
+
+	admin sync.Mutex // serialises Redrive and Purge
+
+	// Owned by the committer goroutine.
+	active  *segment
+	f       *os.File
+	buf     []byte
+	durable uint64 // the reservation on disk
+	syncs   atomic.Uint64
+}
+
+// batch is one group commit: everyone queued into it waits for done.
+type batch struct {
+	done chan struct{}
+	err  error
+	n    int32 // waiting appenders
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+// Open opens the journal in dir, creating dir if it is missing, and
+// recovers it (see the package doc). It fails with ErrLocked if another
+// Journal has dir open, and with a *CorruptError if a record other than a
+// torn tail is bad. Close it when done.
+func Open(dir string, opts ...Option) (*Journal, error) {
+	o := options{segSize: DefaultSegmentSize, linger: DefaultLinger}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.apply(&o)
+		}
+	}
+	if o.log == nil {
+		o.log = slog.Default()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("journal: open %s: %w", dir, err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	j := &Journal{dir: dir, opts: o, lock: lock, st: newState(), cur: newBatch(),
+		kick: make(chan struct{}, 1), exited: make(chan struct{})}
+	if err := j.recover(); err != nil {
+		if j.f != nil {
+			j.f.Close()
+		}
+		unlockDir(lock)
+		return nil, err
+	}
+	j.next = max(j.st.maxID+1, j.st.reserve, 1)
+	j.reserved = j.next // nothing more until a reservation is written
+	j.durable = j.st.reserve
+	go j.run()
+	return j, nil
+}
+
+// Append writes recs and returns once they are on disk (fsync'd). The
+// records get consecutive ids, first .. first+len(recs)-1; their ID fields
+// are ignored. Payloads are copied. Concurrent Appends share one write and
+// one fsync.
+func (j *Journal) Append(recs ...Record) (first uint64, err error) {
+	first, b, err := j.append(recs, true)
+	if b != nil {
+		<-b.done
+		err = b.err
+	}
+	return first, err
+}
+
+// AppendAsync queues recs like Append but returns without waiting for the
+// write: they are written and fsync'd by the next group commit, before any
+// Ack, SetAttempts or DeadLetter made after AppendAsync returns. Call Sync
+// to wait for them. A write error shows in the next calls. The ids
+// returned are never reused, even when a crash loses the records.
+func (j *Journal) AppendAsync(recs ...Record) (first uint64, err error) {
+	first, b, err := j.append(recs, false)
+	if b != nil { // the id reservation ran out: wait for the next commit
+		<-b.done
+		err = b.err
+	}
+	return first, err
+}
+
+func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
+	if len(recs) == 0 {
+		return 0, nil, j.check()
+	}
+	total := 0
+	for i := range recs {
+		if len(recs[i].Payload) > MaxPayload {
+			return 0, nil, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLarge, len(recs[i].Payload), MaxPayload)
+		}
+		total += len(recs[i].Payload)
+	}
+	arena := make([]byte, 0, total)
+	j.mu.Lock()
+	if err := j.usable(); err != nil {
+		j.mu.Unlock()
+		return 0, nil, err
+	}
+	first := j.next
+	j.next += uint64(len(recs))
+	for _, r := range recs {
+		p := arena[len(arena) : len(arena)+len(r.Payload) : len(arena)+len(r.Payload)]
+		arena = append(arena, r.Payload...)
+		j.ops = append(j.ops, frame{kind: kindAppend, rec: Record{ID: first, Type: r.Type, Key: r.Key,
+			Attempts: r.Attempts, Payload: p}})
+		first++
+	}
+	first -= uint64(len(recs))
+	var b *batch
+	if wait || j.next > j.reserved {
+		b = j.cur
+		b.n++
+		j.waiting.Add(1)
+	}
+	j.signal()
+	j.mu.Unlock()
+	return first, b, nil
+}
+
+// Ack marks records done: they will not be returned by Pending again and
+// their space is reclaimed. It does not wait for the write (an ack lost in
+// a crash means the record is replayed once more). Ids not pending (acked,
+// dead-lettered, unknown) are ignored.
+func (j *Journal) Ack(ids ...uint64) error {
+	if len(ids) == 0 {
+		return j.check()
+	}
+	return j.enqueue(frame{kind: kindAck, ids: append([]uint64(nil), ids...)})
+}
+
+// SetAttempts records that record id has used n delivery attempts, so that
+// a retry limit counts across restarts; Pending returns it in
+// Record.Attempts. It does not wait for the write: after a crash the count
+// may be the previous one. Ignored if id is not pending.
+func (j *Journal) SetAttempts(id uint64, n int) error {
+	return j.enqueue(frame{kind: kindAttempts, id: id, n: clampAttempts(n)})
+}
+
+// DeadLetter moves pending record d.ID to the dead-letter list, with
+// d.Attempts, d.Handler, d.Err and d.Time (zero: now), in the same write
+// that acks it; the record's type, key and payload are the journal's. It
+// does not wait for the write (if lost in a crash the record is pending
+// again). Ignored if d.ID is not pending.
+func (j *Journal) DeadLetter(d DeadLetter) error {
+	if d.Time.IsZero() {
+		d.Time = time.Now()
+	}
+	return j.enqueue(frame{kind: kindDead, rec: Record{ID: d.ID, Attempts: d.Attempts},
+		dead: deadDetail{handler: d.Handler, err: d.Err, time: d.Time}})
+}
+
+func (j *Journal) enqueue(f frame) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.usable(); err != nil {
+		return err
+	}
+	j.ops = append(j.ops, f)
+	j.signal()
+	return nil
+}
+
+// Sync waits until everything queued before it (AppendAsync, Ack,
+// SetAttempts, DeadLetter) is on disk.
+func (j *Journal) Sync() error {
+	j.mu.Lock()
+	if err := j.usable(); err != nil {
+		j.mu.Unlock()
+		return err
+	}
+	b := j.inflight
+	if len(j.ops) > 0 {
+		b = j.cur
+		j.signal()
+	}
+	j.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	<-b.done
+	return b.err
+}
+
+// Pending returns every unacked record in append (id) order, with the
+// attempts last set. The payloads are shared with the journal: read only.
+func (j *Journal) Pending() ([]Record, error) {
+	if err := j.check(); err != nil {
+		return nil, err
+	}
+	j.smu.Lock()
+	defer j.smu.Unlock()
+	return j.st.records(), nil
+}
+
+// Replay calls fn with every unacked record in append (id) order, as
+// Pending returns them, and stops at fn's first error, which it returns.
+// It copies records out a chunk at a time and holds no lock while fn runs,
+// so fn may call the journal (Append, Ack). Records acked or appended
+// while Replay runs may or may not be included.
+func (j *Journal) Replay(fn func(Record) error) error {
+	if err := j.check(); err != nil {
+		return err
+	}
+	var next uint64
+	chunk := make([]Record, 0, 4096)
+	for {
+		j.smu.Lock()
+		chunk = j.st.recordsFrom(next, cap(chunk), chunk[:0])
+		j.smu.Unlock()
+		for _, r := range chunk {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		if len(chunk) < cap(chunk) {
+			return nil
+		}
+		next = chunk[len(chunk)-1].ID + 1
+	}
+}
+
+// DeadLetters returns the dead-letter list in id order.
+func (j *Journal) DeadLetters() ([]DeadLetter, error) {
+	if err := j.check(); err != nil {
+		return nil, err
+	}
+	j.smu.Lock()
+	defer j.smu.Unlock()
+	return j.st.deadLetters(), nil
+}
+
+// Redrive takes the dead letters ids (unknown ids are skipped) out of the
+// list and appends their records again, with new ids and 0 attempts, in
+// one write; it returns the new records once on disk. The caller delivers
+// them (they are pending like any appended record).
+func (j *Journal) Redrive(ids ...uint64) ([]Record, error) {
+	return j.redrive(ids, false)
+}
+
+// RedriveAll is Redrive of the whole dead-letter list.
+func (j *Journal) RedriveAll() ([]Record, error) { return j.redrive(nil, true) }
+
+func (j *Journal) redrive(ids []uint64, all bool) ([]Record, error) {
+	j.admin.Lock()
+	defer j.admin.Unlock()
+	dls, err := j.snapshotDead(ids, all)
+	if err != nil || len(dls) == 0 {
+		return nil, err
+	}
+	j.mu.Lock()
+	if err := j.usable(); err != nil {
+		j.mu.Unlock()
+		return nil, err
+	}
+	out := make([]Record, len(dls))
+	old := make([]uint64, len(dls))
+	for i, d := range dls {
+		out[i] = Record{ID: j.next, Type: d.Type, Key: d.Key, Payload: d.Payload}
+		j.next++
+		old[i] = d.ID
+		j.ops = append(j.ops, frame{kind: kindAppend, rec: out[i]})
+	}
+	j.ops = append(j.ops, frame{kind: kindPurge, ids: old}) // same batch: one write
+	b := j.cur
+	j.signal()
+	j.mu.Unlock()
+	<-b.done
+	if b.err != nil {
+		return nil, b.err
+	}
+	return out, nil
+}
+
+// Purge removes the dead letters ids from the list (unknown ids are
+// skipped) and returns how many it removed, once that is on disk.
+func (j *Journal) Purge(ids ...uint64) (int, error) { return j.purge(ids, false) }
+
+// PurgeAll empties the dead-letter list and returns how many it removed.
+func (j *Journal) PurgeAll() (int, error) { return j.purge(nil, true) }
+
+func (j *Journal) purge(ids []uint64, all bool) (int, error) {
+	j.admin.Lock()
+	defer j.admin.Unlock()
+	dls, err := j.snapshotDead(ids, all)
+	if err != nil || len(dls) == 0 {
+		return 0, err
+	}
+	old := make([]uint64, len(dls))
+	for i, d := range dls {
+		old[i] = d.ID
+	}
+	j.mu.Lock()
+	if err := j.usable(); err != nil {
+		j.mu.Unlock()
+		return 0, err
+	}
+	j.ops = append(j.ops, frame{kind: kindPurge, ids: old})
+	b := j.cur
+	j.signal()
+	j.mu.Unlock()
+	<-b.done
+	if b.err != nil {
+		return 0, b.err
+	}
+	return len(old), nil
+}
+
+// snapshotDead returns the listed dead letters among ids (all of them if
+// all), after every queued DeadLetter is applied. Only Redrive and Purge
+// remove from the list, and the caller holds j.admin, so it stays valid.
+func (j *Journal) snapshotDead(ids []uint64, all bool) ([]DeadLetter, error) {
+	if err := j.Sync(); err != nil {
+		return nil, err
+	}
+	j.smu.Lock()
+	defer j.smu.Unlock()
+	if all {
+		return j.st.deadLetters(), nil
+	}
+	var out []DeadLetter
+	seen := map[uint64]bool{}
+	for _, id := range ids {
+		if d := j.st.dead[id]; d != nil && !seen[id] {
+			seen[id] = true
+			out = append(out, d.DeadLetter)
+		}
+	}
+	return out, nil
+}
+
+// Stats returns a snapshot of the journal's size and content.
+func (j *Journal) Stats() Stats {
+	j.mu.Lock()
+	next := j.next
+	j.mu.Unlock()
+	j.smu.Lock()
+	defer j.smu.Unlock()
+	s := Stats{Segments: len(j.st.segs), Pending: j.st.pending, DeadLetters: len(j.st.dead), NextID: next,
+		Syncs: j.syncs.Load()}
+	for _, seg := range j.st.segs {
+		s.Bytes += seg.size
+	}
+	return s
+}
+
+// Dir returns the journal's directory.
+func (j *Journal) Dir() string { return j.dir }
+
+// Close writes what is queued, waits for it to be on disk, and releases
+// the directory. Calls after Close, and a second Close, return ErrClosed.
+// It returns the write error that stopped the journal, if one did.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return ErrClosed
+	}
+	j.closed = true
+	j.signal()
+	j.mu.Unlock()
+	<-j.exited
+	err := j.failed
+	if j.f != nil {
+		if cerr := j.f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("journal: close: %w", cerr)
+		}
+	}
+	unlockDir(j.lock)
+	return err
+}
+
+func (j *Journal) check() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.usable()
+}
+
+// usable returns why the journal takes no more calls. j.mu is held.
+func (j *Journal) usable() error {
+	if j.closed {
+		return ErrClosed
+	}
+	return j.failed
+}
+
+// signal wakes the committer. j.mu is held.
+func (j *Journal) signal() {
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the committer: it takes everything queued, writes it with one
+// write and one fsync, and wakes the callers waiting on it. After a commit
+// that woke several appenders it lingers a little (spinning, as timers are
+// far coarser than the linger) for them to queue their next records, so
+// the next fsync carries them all.
+func (j *Journal) run() {
+	defer close(j.exited)
+	var last int32
+	for {
+		j.mu.Lock()
+		for len(j.ops) == 0 && !j.closed {
+			j.mu.Unlock()
+			<-j.kick
+			j.mu.Lock()
+		}
+		if len(j.ops) == 0 {
+			j.mu.Unlock()
+			return
+		}
+		if j.opts.linger > 0 && last > 1 && j.waiting.Load() < last && !j.closed {
+			j.mu.Unlock()
+			deadline := time.Now().Add(j.opts.linger)
+			for j.waiting.Load() < last && time.Now().Before(deadline) {
+				runtime.Gosched()
+			}
+			j.mu.Lock()
+		}
+		ops, b := j.ops, j.cur
+		j.ops, j.cur, j.inflight = j.spare[:0], newBatch(), b
+		j.waiting.Store(0)
+		next, failed := j.next, j.failed
+		j.mu.Unlock()
+
+		err := failed
+		var reserved uint64
+		if err == nil {
+			reserved, err = j.commit(ops, next)
+		}
+		clear(ops)
+		j.mu.Lock()
+		if err != nil && j.failed == nil {
+			j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
+		}
+		if reserved > j.reserved {
+			j.reserved = reserved
+		}
+		j.inflight, j.spare = nil, ops
+		b.err = j.failed
+		j.mu.Unlock()
+		close(b.done)
+		last = b.n
+		if err == nil {
+			if err := j.maybeRoll(); err != nil {
+				j.mu.Lock()
+				if j.failed == nil {
+					j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
+				}
+				j.mu.Unlock()
+			}
+		}
+	}
+}
