@@ -29,7 +29,11 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	ch, _ := u.Chain.(*chain)
 	retry := ch != nil
 	if !retry {
-		ch = p.bus.chains[u.Event.Type()].Load()
+		if p.sub != nil {
+			ch = p.sub.chain.Load() // a subscriber's lane: its one handler
+		} else {
+			ch = p.bus.chains[u.Event.Type()].Load()
+		}
 		if ch == nil || len(ch.handlers) == 0 {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
 		}
@@ -204,6 +208,9 @@ func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, queued time.Dura
 	}
 	if h := current(u); h != nil && v.Outcome != engine.Handled {
 		o.Handler = h.name
+	}
+	if p.sub != nil {
+		o.Subscriber = p.sub.name
 	}
 	p.bus.safely("observer", func() { p.bus.observer.Observe(o) })
 }

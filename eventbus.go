@@ -43,10 +43,12 @@ type Bus struct {
 	regSeq   uint64
 	batch    [256]int
 
-	state   atomic.Int32
-	life    *engine.Lifecycle
-	pools   [3]*pool
-	engines []*engine.Engine[Event]
+	state atomic.Int32
+	life  *engine.Lifecycle
+	pools [3]*pool
+	// engines are the pools' engines and the subscribers' lanes, replaced
+	// whole (under mu) when a subscriber comes or goes.
+	engines atomic.Pointer[[]*engine.Engine[Event]]
 
 	closing  chan struct{} // holds a token while a Close runs: one at a time
 	finished chan struct{} // closed once Close has drained or given up
@@ -104,9 +106,8 @@ func New(opts ...Option) (*Bus, error) {
 	b.pools[0] = newUserPool(b, cfg.pools[0])
 	b.pools[1] = newChannelPool(b, cfg.pools[1], &b.batch)
 	b.pools[2] = newPusherPool(b, cfg.pools[2])
-	for _, p := range b.pools {
-		b.engines = append(b.engines, p.eng)
-	}
+	engines := []*engine.Engine[Event]{b.pools[0].eng, b.pools[1].eng, b.pools[2].eng}
+	b.engines.Store(&engines)
 	for _, d := range cfg.defines {
 		if err := b.Define(d.t, d.pool, d.name); err != nil {
 			return nil, err
@@ -197,7 +198,7 @@ func (b *Bus) Start() error {
 		b.batch[t] = n
 	}
 	b.state.Store(stateStarted)
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		e.Start()
 	}
 	return nil
@@ -266,7 +267,8 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 	if send := b.outbound[t]; send != nil && !local {
 		return send(ctx, ev)
 	}
-	if ch := b.chains[t].Load(); ch == nil || len(ch.handlers) == 0 {
+	ch := b.chains[t].Load()
+	if ch == nil || (len(ch.handlers) == 0 && len(ch.subs) == 0) {
 		return fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t))
 	}
 	key, err := p.key(ev)
@@ -291,7 +293,13 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 	if c != nil {
 		parent = c
 	}
-	switch p.eng.Push(it, parent, waitCtx) {
+	var res engine.PushResult
+	if len(ch.subs) == 0 {
+		res = p.eng.Push(it, parent, waitCtx)
+	} else {
+		res = b.fanOut(p, ch, it, parent, waitCtx)
+	}
+	switch res {
 	case engine.Accepted:
 		return nil
 	case engine.Full:
@@ -361,13 +369,13 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 	}
 	// A handler's own event is never idle, so checking for idle first is
 	// safe, and spares the idle case the goroutine-id lookup.
-	if engine.Idle(b.engines...) {
+	if engine.Idle(b.allEngines()...) {
 		return nil
 	}
 	if b.inHandler(ctx) {
 		return ErrInsideHandler
 	}
-	return engine.WaitIdle(ctx, b.life, b.finished, b.engines...)
+	return engine.WaitIdle(ctx, b.life, b.finished, b.allEngines()...)
 }
 
 // inHandler reports whether the caller is a handler of this bus: by its
@@ -380,7 +388,7 @@ func (b *Bus) inHandler(ctx context.Context) bool {
 	if id == 0 { // unreadable: never taken for a worker (idle workers have 0)
 		return false
 	}
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		if e.IsWorker(id) {
 			return true
 		}
@@ -439,7 +447,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	case prev == stateNew:
 		b.life.BeginClose()
 		b.life.Stop()
-		for _, e := range b.engines {
+		for _, e := range b.allEngines() {
 			e.Discard()
 		}
 		closeOnce(b.finished)
@@ -449,10 +457,10 @@ func (b *Bus) Close(ctx context.Context) error {
 	}
 
 	b.life.BeginClose()
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		e.Barrier()
 	}
-	if engine.WaitIdle(ctx, b.life, nil, b.engines...) == nil {
+	if engine.WaitIdle(ctx, b.life, nil, b.allEngines()...) == nil {
 		// Nothing is in flight, so no worker is inside a handler: they
 		// all exit at once.
 		b.stopWorkers()
@@ -463,7 +471,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	// dead-letter its events at once, and a count taken after would miss
 	// them; a shard still open would take follow-on events after its count.
 	left := 0
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		left += e.Halt()
 	}
 	if left == 0 {
@@ -473,7 +481,7 @@ func (b *Bus) Close(ctx context.Context) error {
 	}
 	// Hand idle shards that still hold events to the workers before they
 	// learn of the abort, so none exits while such a shard waits.
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		e.Abort()
 	}
 	b.life.Abort()
@@ -485,7 +493,7 @@ func (b *Bus) Close(ctx context.Context) error {
 // them and releases kept handler contexts.
 func (b *Bus) stopWorkers() {
 	b.life.Stop()
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		<-e.Exited()
 	}
 	b.life.Release() // contexts kept by handlers end too
@@ -494,7 +502,7 @@ func (b *Bus) stopWorkers() {
 
 // waitWorkers waits for every worker goroutine to exit, bounded by ctx.
 func (b *Bus) waitWorkers(ctx context.Context) error {
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		select {
 		case <-e.Exited():
 		case <-ctx.Done():
@@ -507,7 +515,7 @@ func (b *Bus) waitWorkers(ctx context.Context) error {
 // unfinished counts accepted events that have not finished.
 func (b *Bus) unfinished() int {
 	n := 0
-	for _, e := range b.engines {
+	for _, e := range b.allEngines() {
 		n += e.Unfinished()
 	}
 	return n
@@ -515,6 +523,9 @@ func (b *Bus) unfinished() int {
 
 // made reports whether b was built by New (a zero Bus was not).
 func (b *Bus) made() bool { return b != nil && b.life != nil }
+
+// allEngines returns the engines of the pools and of the subscribers.
+func (b *Bus) allEngines() []*engine.Engine[Event] { return *b.engines.Load() }
 
 func closeOnce(ch chan struct{}) {
 	if !isClosed(ch) {

@@ -43,6 +43,10 @@ type handlerEntry struct {
 // dispatch reads it with one atomic load and keeps it for every attempt.
 type chain struct {
 	handlers []handlerEntry
+	// subs are the type's subscribers (subscribe.go): not run by the
+	// chain, each on lanes of its own. Kept here so that one atomic load
+	// at add time gives both.
+	subs []*subscriber
 }
 
 // HandlerOption configures Register.
@@ -55,6 +59,9 @@ type handlerOptions struct {
 	replace string
 	first   bool
 	retry   *RetryPolicy
+	// concurrency is for Subscribe only.
+	concurrency    int
+	concurrencySet bool
 }
 
 type handlerOptionFunc func(*handlerOptions)
@@ -139,6 +146,9 @@ func Register[C EventContext](b *Bus, t EventType, h Handler[C], opts ...Handler
 			return nil, err
 		}
 	}
+	if o.concurrencySet {
+		return nil, fmt.Errorf("eventbus: WithConcurrency is for Subscribe: a chain runs one key's events one at a time")
+	}
 	fn := HandlerFunc(func(ctx context.Context, ev Event) error {
 		c, _ := any(ev).(*C)
 		return h(ctx, c)
@@ -180,8 +190,9 @@ func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wra
 		return nil, fmt.Errorf("%w: %v is a %s event, the handler takes a %s context", ErrWrongPool, b.typeNameLocked(t), pool, want)
 	}
 	var old []handlerEntry
+	var subs []*subscriber
 	if c := b.chains[t].Load(); c != nil {
-		old = c.handlers
+		old, subs = c.handlers, c.subs
 	}
 	at := -1
 	if o.replace != "" {
@@ -198,12 +209,15 @@ func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wra
 		}
 	}
 	b.regSeq++
+	// Names are unique across the chain and the subscribers; these come
+	// after the chain's handlers, so the index at stays valid.
+	names := (&chain{handlers: old, subs: subs}).names()
 	name := o.name
 	if name == "" {
-		name = uniqueName(defName, old, at)
+		name = uniqueName(defName, names, at)
 	}
-	for i := range old {
-		if old[i].name == name && i != at {
+	for i := range names {
+		if names[i].name == name && i != at {
 			return nil, fmt.Errorf("%w: %q for %v", ErrDuplicateName, name, b.typeNameLocked(t))
 		}
 	}
@@ -218,7 +232,7 @@ func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wra
 	default:
 		hs = append(append(hs, old...), e)
 	}
-	b.chains[t].Store(&chain{handlers: hs})
+	b.chains[t].Store(&chain{handlers: hs, subs: subs})
 	return &Registration{bus: b, typ: t, id: e.id, name: name}, nil
 }
 
@@ -240,11 +254,11 @@ func (b *Bus) removeHandler(t EventType, match func(*handlerEntry) bool) bool {
 		if match(&c.handlers[i]) {
 			hs := make([]handlerEntry, 0, len(c.handlers)-1)
 			hs = append(append(hs, c.handlers[:i]...), c.handlers[i+1:]...)
-			b.chains[t].Store(&chain{handlers: hs})
+			b.chains[t].Store(&chain{handlers: hs, subs: c.subs})
 			return true
 		}
 	}
-	return false
+	return b.removeSubscriberLocked(t, c, match)
 }
 
 // Use adds middleware around every handler attempt. The first middleware
@@ -283,7 +297,7 @@ func (b *Bus) rewrap() {
 		var todo []handlerEntry
 		for t := range b.chains {
 			if c := b.chains[t].Load(); c != nil {
-				for _, h := range c.handlers {
+				for _, h := range c.names() {
 					if w, ok := done[h.id]; h.wrapped < len(mws) && (!ok || w.n != len(mws)) {
 						todo = append(todo, h)
 					}
@@ -325,7 +339,14 @@ func (b *Bus) storeWrapped(n int, call func(id uint64) (HandlerFunc, bool)) {
 			hs[i].wrapped = n
 		}
 		if hs != nil {
-			b.chains[t].Store(&chain{handlers: hs})
+			b.chains[t].Store(&chain{handlers: hs, subs: c.subs})
+		}
+		for _, s := range c.subs {
+			if e := *s.entry(); e.wrapped < n {
+				e.call, _ = call(e.id)
+				e.wrapped = n
+				s.chain.Store(&chain{handlers: []handlerEntry{e}})
+			}
 		}
 	}
 }

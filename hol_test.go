@@ -37,8 +37,8 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 4}))
 	slowStarted := make(chan struct{}, slowKeys)
 	var slowBusy atomic.Int64
-	var lateWhileSlow atomic.Int64 // others handled after every slow handler returned
 	var mu sync.Mutex
+	late := map[string]bool{} // keys handled after a slow handler returned
 	latency := map[string]time.Duration{}
 	addedAt := make([]time.Time, others)
 	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
@@ -51,10 +51,11 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 		}
 		i := ev.Frame.(int)
 		d := time.Since(addedAt[i])
-		if slowBusy.Load() == 0 {
-			lateWhileSlow.Add(1)
-		}
+		busy := slowBusy.Load() == int64(slowKeys)
 		mu.Lock()
+		if !busy {
+			late[ev.Conn.UID()] = true
+		}
 		latency[ev.Conn.UID()] = d
 		mu.Unlock()
 		return nil
@@ -100,6 +101,7 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	for uid, d := range latency {
 		if !sharing[uid] {
 			free = append(free, d)
+			assert.False(t, late[uid], "%s (not sharing a slow shard) was handled after a slow handler returned", uid)
 		}
 	}
 	require.Len(t, free, others-len(sharing))
@@ -108,10 +110,9 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	t.Logf("%d slow keys: p50 %v, p99 %v, max %v over %d keys; %d keys share a slow shard",
 		slowKeys, free[len(free)/2], p99, free[len(free)-1], len(free), len(sharing))
 	assert.LessOrEqual(t, len(sharing), 10, "keys sharing a shard with a slow key")
-	assert.Less(t, p99, 50*time.Millisecond, "p99 add→handled of keys not sharing a slow shard")
-	assert.Less(t, free[len(free)-1], slowTime/2, "every free key was handled while the slow keys were busy")
-	assert.Equal(t, int64(len(sharing)), lateWhileSlow.Load(),
-		"only keys sharing a slow shard were handled after the slow handlers returned")
+	// Milliseconds, not the 300 ms of the slow handler (the bound leaves
+	// room for the race detector on a loaded 2-core machine).
+	assert.Less(t, p99, slowTime/3, "p99 add→handled of keys not sharing a slow shard")
 }
 
 // TestForeignContextAddFromHandlerNeverWaits: a handler that adds to its

@@ -35,8 +35,11 @@ type Observation struct {
 	Type    EventType
 	Outcome Outcome
 	Handler string // the handler that failed or stopped the chain, if any
-	Attempt int    // attempt number of that handler
-	Events  int    // original events in the run: more than 1 for a batch
+	// Subscriber is the subscriber's name for a run of a subscriber
+	// (Subscribe), "" for a run of the chain.
+	Subscriber string
+	Attempt    int // attempt number of that handler
+	Events     int // original events in the run: more than 1 for a batch
 	// Queued is how long the event waited from AddEvent to this run;
 	// InHandler is how long this run of the chain took.
 	Queued, InHandler time.Duration

@@ -21,13 +21,21 @@ type pool struct {
 	batch *[256]int
 	eng   *engine.Engine[Event]
 	slabs []ctxSlab // one per worker, used only by that worker
+	// sub is set on a subscriber's lanes: the pool runs that subscriber's
+	// handler instead of the type's chain.
+	sub *subscriber
 
 	rejected atomic.Uint64
 }
 
 func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error), batching bool) *pool {
-	cfg = cfg.withDefaults()
-	p := &pool{bus: b, kind: kind, cfg: cfg, retry: b.cfg.retry, key: key}
+	return newEngine(b, kind, cfg.withDefaults(), key, batching, 0, nil)
+}
+
+// newEngine builds a pool's dispatcher and engine: a pool's own, or a
+// subscriber's lanes (sub set, capacity the pool's).
+func newEngine(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error), batching bool, capacity int, sub *subscriber) *pool {
+	p := &pool{bus: b, kind: kind, cfg: cfg, retry: b.cfg.retry, key: key, sub: sub}
 	if cfg.Retry != nil {
 		p.retry = cfg.Retry.withDefaults()
 	}
@@ -51,6 +59,7 @@ func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error),
 		Workers:   cfg.Workers,
 		Shards:    cfg.Shards,
 		QueueSize: cfg.QueueSize,
+		Capacity:  capacity,
 		ErrClosed: ErrClosed,
 	}, p, b.life)
 	return p

@@ -5,6 +5,10 @@ import "time"
 // Stats is a snapshot of the bus's counters, per pool.
 type Stats struct {
 	User, Channel, Pusher PoolStats
+	// Subscribers holds each subscriber's counters, keyed by
+	// "<type name>/<subscriber name>" (e.g. "OnSend/webhook"), with the
+	// same identity as a pool's. Nil when there are none.
+	Subscribers map[string]PoolStats
 }
 
 // PoolStats are one pool's counters. Gauges are read shard by shard and are
@@ -35,13 +39,24 @@ type LatencyStats struct {
 	P50, P99, Max time.Duration
 }
 
-// Stats returns the counters of every pool. It takes each shard's lock
-// briefly and may be called at any time.
+// Stats returns the counters of every pool and subscriber. It reads
+// counters only (no lock of the hot path) and may be called at any time.
 func (b *Bus) Stats() Stats {
 	if !b.made() {
 		return Stats{}
 	}
-	return Stats{User: b.pools[0].stats(), Channel: b.pools[1].stats(), Pusher: b.pools[2].stats()}
+	st := Stats{User: b.pools[0].stats(), Channel: b.pools[1].stats(), Pusher: b.pools[2].stats()}
+	for t := range b.chains {
+		if c := b.chains[t].Load(); c != nil {
+			for _, s := range c.subs {
+				if st.Subscribers == nil {
+					st.Subscribers = map[string]PoolStats{}
+				}
+				st.Subscribers[b.TypeName(EventType(t))+"/"+s.name] = s.lanes.stats()
+			}
+		}
+	}
+	return st
 }
 
 func (p *pool) stats() PoolStats {

@@ -116,8 +116,9 @@ type Config struct {
 	Observe bool
 	Workers int
 	Shards  int // rounded up to a power of two
-	// QueueSize bounds one shard; the pool holds at most Workers×QueueSize.
-	QueueSize int
+	// QueueSize bounds one shard; the engine holds at most Capacity
+	// (default Workers×QueueSize).
+	QueueSize, Capacity int
 	// ErrClosed is the error dead letters carry when the bus aborts.
 	ErrClosed error
 	// SampleEvery makes workers time one unit in SampleEvery for latency
@@ -168,6 +169,12 @@ type Engine[E any] struct {
 	spaceMu      sync.Mutex
 	space        chan struct{}
 
+	// A retired engine takes no more items; quit closes once it is idle,
+	// and its workers exit.
+	retired  atomic.Bool
+	quit     chan struct{}
+	quitOnce sync.Once
+
 	running atomic.Int32
 	exited  chan struct{}
 }
@@ -178,11 +185,16 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 		cfg.SampleEvery = 64
 	}
 	cfg.Workers = max(cfg.Workers, 1)
+	cfg.QueueSize = max(cfg.QueueSize, 1)
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = cfg.Workers * cfg.QueueSize
+	}
 	cfg.Shards = 1 << bits.Len(uint(max(cfg.Shards, 1)-1))
 	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: time.Now(),
 		exited:   make(chan struct{}),
 		space:    make(chan struct{}),
-		capacity: uint64(cfg.Workers) * uint64(max(cfg.QueueSize, 1)),
+		quit:     make(chan struct{}),
+		capacity: uint64(cfg.Capacity),
 		mask:     uint64(cfg.Shards - 1),
 	}
 	e.shards = make([]shard[E], cfg.Shards)
@@ -259,9 +271,51 @@ type Parent interface {
 // for ever.
 func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
-	if it.Track != nil && !e.tracking.Load() {
-		e.tracking.Store(true)
+	if res := e.admit(s, parent, wait); res != Accepted {
+		return res
 	}
+	e.enqueueLocked(s, it)
+	return Accepted
+}
+
+// Slot is room taken in a shard by Reserve, to be filled by Commit or
+// given back by Cancel. Reserving in several engines before committing to
+// any lets an event be accepted by all of them at once, or by none.
+type Slot[E any] struct{ s *shard[E] }
+
+// Reserve takes room for one item of key, waiting for it as Push does.
+// On Accepted the caller must Commit or Cancel the slot.
+func (e *Engine[E]) Reserve(key uint64, parent Parent, wait context.Context) (Slot[E], PushResult) {
+	s := e.shardFor(key)
+	res := e.admit(s, parent, wait)
+	if res == Accepted {
+		s.mu.Unlock()
+	}
+	return Slot[E]{s}, res
+}
+
+// Commit puts it (whose Key is the reserved key) in the reserved room.
+func (e *Engine[E]) Commit(sl Slot[E], it Item[E]) {
+	sl.s.mu.Lock()
+	e.enqueueLocked(sl.s, it)
+}
+
+// Cancel gives reserved room back.
+func (e *Engine[E]) Cancel(sl Slot[E]) {
+	s := sl.s
+	s.mu.Lock()
+	s.release(1)
+	s.mu.Unlock()
+	e.added.Add(^uint64(0))
+	e.wakeSpaceWaiters()
+	if e.life.idleWaiters.Load() > 0 {
+		e.life.notifyIdle()
+	}
+}
+
+// admit waits for room in s and takes it: on Accepted it returns with
+// s.mu held, s.occupied and e.added counting the item to come.
+func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) PushResult {
 	registered := false
 	inside := false
 	for {
@@ -289,6 +343,7 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 		}
 		s.mu.Unlock()
 		if wait == nil {
+			e.unregister(registered)
 			return Full
 		}
 		if !registered {
@@ -312,21 +367,29 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 			return Closed
 		}
 	}
-	s.items = append(s.items, it)
+	e.unregister(registered)
 	s.occupied++
 	if s.occupied > e.cfg.QueueSize {
 		e.over.Add(1)
 	}
+	return Accepted
+}
+
+// enqueueLocked appends it to s, whose room admit took, and puts s on the
+// run queue if no worker holds it. It unlocks s.mu.
+func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
+	s.items = append(s.items, it)
 	schedule := s.state == idle
 	if schedule {
 		s.state = scheduled
 	}
 	s.mu.Unlock()
-	e.unregister(registered)
+	if it.Track != nil && !e.tracking.Load() {
+		e.tracking.Store(true)
+	}
 	if schedule {
 		e.runq <- s
 	}
-	return Accepted
 }
 
 // reserve takes one place of the engine's capacity, if there is one.
@@ -358,6 +421,10 @@ func (e *Engine[E]) spaceSignal() <-chan struct{} {
 // waiting for it.
 func (e *Engine[E]) free(n int) {
 	e.freed.Add(uint64(n))
+	e.wakeSpaceWaiters()
+}
+
+func (e *Engine[E]) wakeSpaceWaiters() {
 	if e.spaceWaiters.Load() > 0 {
 		e.spaceMu.Lock()
 		close(e.space)
@@ -390,7 +457,7 @@ func (e *Engine[E]) Abort() {
 	for i := range e.shards {
 		s := &e.shards[i]
 		s.mu.Lock()
-		s.stopped = true
+		s.stopped, s.halted = true, true
 		if n := len(s.items); n > 0 {
 			stolen = append(stolen, s.items...)
 			s.items = nil
@@ -434,6 +501,20 @@ func (e *Engine[E]) finished() uint64 {
 	return n
 }
 
+// settled is finished less the events whose callbacks still run: what
+// Idle counts, so that WaitIdle returns after the sink, the observer and
+// the trackers have seen every finished event.
+func (e *Engine[E]) settled() uint64 {
+	var n uint64
+	for _, w := range e.workers {
+		n += w.pub.settled()
+	}
+	if r := e.reaper.Load(); r != nil {
+		n += r.pub.settled()
+	}
+	return n
+}
+
 // Halt makes every shard refuse all adds, follow-on ones included, and
 // returns how many accepted events had not finished then (see Unfinished).
 // Close calls it when it gives up, before handler contexts are cancelled:
@@ -443,7 +524,7 @@ func (e *Engine[E]) Halt() int {
 	for i := range e.shards {
 		s := &e.shards[i]
 		s.mu.Lock()
-		s.stopped = true
+		s.stopped, s.halted = true, true
 		s.mu.Unlock()
 	}
 	return e.Unfinished()
@@ -498,3 +579,38 @@ func (e *Engine[E]) Barrier() {
 // ShardIndex returns the index of the shard key maps to (for tests that
 // must tell keys sharing a shard apart).
 func (e *Engine[E]) ShardIndex(key uint64) int { return int(mix(key) & e.mask) }
+
+// Retire makes the engine refuse every add from now on (Push and Reserve
+// return Closed) and lets its workers exit once what it holds has finished
+// (retries included). The bus retires a subscriber's engine when the
+// subscriber is unregistered.
+func (e *Engine[E]) Retire() {
+	for i := range e.shards {
+		s := &e.shards[i]
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
+	}
+	e.retired.Store(true)
+	e.maybeQuit()
+}
+
+// Retired reports whether Retire was called.
+func (e *Engine[E]) Retired() bool { return e.retired.Load() }
+
+// maybeQuit lets the workers of a retired engine exit once it is idle.
+func (e *Engine[E]) maybeQuit() {
+	if e.retired.Load() && e.added.Load() == e.settled() {
+		e.quitOnce.Do(func() { close(e.quit) })
+	}
+}
+
+// quitting reports whether the workers of a retired engine may exit.
+func (e *Engine[E]) quitting() bool {
+	select {
+	case <-e.quit:
+		return true
+	default:
+		return false
+	}
+}

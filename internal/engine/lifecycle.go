@@ -111,7 +111,7 @@ func (l *Lifecycle) notifyIdle() {
 func Idle[E any](engines ...*Engine[E]) bool {
 	var done, added uint64
 	for _, e := range engines {
-		done += e.finished()
+		done += e.settled()
 	}
 	for _, e := range engines {
 		added += e.added.Load()

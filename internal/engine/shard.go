@@ -28,7 +28,8 @@ type shard[E any] struct {
 	// worker's hands or parked for a retry. Capacity is checked against it.
 	occupied int
 	state    uint8
-	stopped  bool // refuse every add: Close halted the shard
+	stopped  bool // refuse every add: Close halted the shard, or the engine retired
+	halted   bool // Close gave up: a worker never lets the shard go idle while it holds events
 
 	// Held by the worker that holds the shard.
 	parked map[uint64]*parkedKey[E]

@@ -23,13 +23,9 @@ func NewTracker(deliveries int, done func(Outcome)) *Tracker {
 	return t
 }
 
-// Cancel takes back n deliveries that were never made (an add refused
-// after the tracker was made); done runs if no delivery is left.
-func (t *Tracker) Cancel(n int, o Outcome) {
-	for range n {
-		t.finish(o)
-	}
-}
+// Expect sets how many deliveries the tracker waits for; call it before
+// the tracker is shared (before the items are committed).
+func (t *Tracker) Expect(deliveries int) { t.left.Store(int32(deliveries)) }
 
 func (t *Tracker) finish(o Outcome) {
 	for {

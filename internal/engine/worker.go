@@ -68,12 +68,23 @@ type published struct {
 	taken                                     atomic.Uint64 // items swapped out of FIFOs
 	failed, retried, panics, timeouts         atomic.Uint64
 	retrying, followers                       atomic.Int64
-	_                                         [48]byte
+	// callbacks counts units whose callbacks have not all run: their
+	// events are finished, but not yet for Idle.
+	callbacks atomic.Int64
+	_         [48]byte
 }
 
 // finished returns how many events the worker has finished in all.
 func (p *published) finished() uint64 {
 	return p.handled.Load() + p.stopped.Load() + p.deadLettered.Load() + p.abandoned.Load()
+}
+
+// settled returns a lower bound of the events the worker has finished
+// and run every callback of (dead letters, observer, trackers): a unit
+// with callbacks pending counts as one event short, so a pending batch
+// still keeps its engine from looking idle.
+func (p *published) settled() uint64 {
+	return p.finished() - uint64(p.callbacks.Load())
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
@@ -124,7 +135,7 @@ func (w *worker[E]) next() bool {
 		w.refill()
 		return true
 	}
-	if w.e.life.stopping() {
+	if w.e.life.stopping() || w.e.quitting() {
 		return false
 	}
 	s := w.take()
@@ -150,6 +161,7 @@ func (w *worker[E]) take() *shard[E] {
 		return s
 	case <-l.stopCh:
 	case <-l.abortCtx.Done():
+	case <-w.e.quit:
 	}
 	return nil
 }
@@ -320,8 +332,8 @@ func (w *worker[E]) count(v Verdict, n uint64) {
 func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	w.count(v, uint64(len(u.Items)))
 	if v.Outcome != Retry {
+		w.pend(u, v) // before finish: idle waits for the callbacks
 		w.finish(u, v)
-		w.pend(u, v)
 		return
 	}
 	s := w.cur
@@ -352,6 +364,7 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 		w.pend(u, v)
 		return
 	}
+	w.pend(u, v) // before finish: idle waits for the callbacks
 	w.finish(u, v)
 	if pk.retrying {
 		w.pub.retrying.Add(-n)
@@ -366,7 +379,6 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 	} else {
 		s.due.push(time.Time{}, key) // the next unit of the key is due at once
 	}
-	w.pend(u, v)
 }
 
 // finish counts a unit that reached an end.
@@ -389,6 +401,7 @@ func (w *worker[E]) finish(u *Unit[E], v Verdict) {
 func (w *worker[E]) pend(u *Unit[E], v Verdict) {
 	if v.Outcome == Dead || v.Outcome == Abandoned || w.e.cfg.Observe || w.e.tracking.Load() {
 		w.cb = callbacks[E]{u: u, v: v}
+		w.pub.callbacks.Add(1)
 	}
 }
 
@@ -423,6 +436,7 @@ func (w *worker[E]) callbacks() {
 			}
 		default:
 			*c = callbacks[E]{}
+			w.pub.callbacks.Add(-1)
 		}
 	}
 }
@@ -481,7 +495,7 @@ func (w *worker[E]) refill() {
 		w.free(n)
 		return
 	}
-	requeue := len(s.items) > 0 || (s.stopped && s.holds()) ||
+	requeue := len(s.items) > 0 || (s.halted && s.holds()) ||
 		(len(s.due) > 0 && s.dueBy(time.Now()))
 	if !requeue {
 		s.state = idle
@@ -505,8 +519,11 @@ func (w *worker[E]) refill() {
 		w.e.runq <- s
 		return
 	}
-	if l := w.e.life; l.idleWaiters.Load() > 0 && w.e.added.Load() == w.e.finished() {
+	if l := w.e.life; l.idleWaiters.Load() > 0 && w.e.added.Load() == w.e.settled() {
 		l.notifyIdle()
+	}
+	if w.e.retired.Load() {
+		w.e.maybeQuit()
 	}
 }
 
@@ -620,7 +637,7 @@ func (w *worker[E]) giveUp(u *Unit[E], err error) {
 	if u.Items[0].Track != nil {
 		v = Verdict{Outcome: Abandoned, Err: err}
 	}
+	w.pend(u, v)
 	w.finish(u, v)
-	w.cb = callbacks[E]{u: u, v: v}
 	w.callbacks()
 }
