@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imbus/eventbus"
@@ -573,4 +574,66 @@ func ExampleDeadLetterFunc() {
 	}
 	// Output:
 	// gave up on PushOffline in "apns" after 1 attempt(s): APNs unreachable
+}
+
+// webhook is a handler object in the style of an IM server's modules: its
+// Handle method is the handler.
+type webhook struct {
+	mu   sync.Mutex
+	sent []string
+}
+
+func (w *webhook) Handle(ctx context.Context, ev *eventbus.UserContext) error {
+	time.Sleep(20 * time.Millisecond) // stands for the HTTP call
+	w.mu.Lock()
+	w.sent = append(w.sent, exText(ev))
+	w.mu.Unlock()
+	return nil
+}
+
+// Subscribers run next to the chain, each with its own lanes, order and
+// retries: the slow webhook does not hold back storage.
+func ExampleSubscribe() {
+	bus, err := eventbus.New(eventbus.WithLogger(exQuiet))
+	if err != nil {
+		log.Fatal(err)
+	}
+	stored := make(chan string, 3)
+	store := func(ctx context.Context, ev *eventbus.UserContext) error {
+		stored <- exText(ev)
+		return nil
+	}
+	hook := &webhook{}
+	if _, err := eventbus.Register(bus, eventbus.EventOnSend, store, eventbus.WithName("store")); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := eventbus.Subscribe(bus, eventbus.EventOnSend, hook.Handle,
+		eventbus.WithName("webhook"), eventbus.WithConcurrency(16)); err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(); err != nil {
+		log.Fatal(err)
+	}
+	bob := &exConn{uid: "bob", id: 2}
+	for _, text := range []string{"one", "two", "three"} {
+		if err := bus.AddEvent(context.Background(), exSend(bob, "g1", text)); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for range 3 {
+		fmt.Println("stored:", <-stored) // long before the webhook is done
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := bus.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("webhook sent:", hook.sent) // one key: in order
+	fmt.Println("webhook handled:", bus.Stats().Subscribers["OnSend/webhook"].Handled)
+	// Output:
+	// stored: one
+	// stored: two
+	// stored: three
+	// webhook sent: [one two three]
+	// webhook handled: 3
 }

@@ -219,7 +219,8 @@ type target struct {
 // add with wait, waits for room in that one first, then tries the others
 // again. A subscriber unregistered meanwhile is skipped.
 func (b *Bus) fanOut(p *pool, ch *chain, it engine.Item[Event], parent engine.Parent, wait context.Context) engine.PushResult {
-	targets := make([]target, 0, 1+len(ch.subs))
+	var buf [8]target // no allocation for up to 7 subscribers
+	targets := buf[:0]
 	if len(ch.handlers) > 0 {
 		targets = append(targets, target{eng: p.eng})
 	}

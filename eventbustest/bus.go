@@ -190,14 +190,19 @@ func (b *Bus) describe(d *eventbus.DeadLetter) string {
 // bus has drained.
 func (b *Bus) checkCounts() {
 	st := b.Stats()
-	for _, p := range []struct {
+	type named struct {
 		name string
 		s    eventbus.PoolStats
-	}{{"user", st.User}, {"channel", st.Channel}, {"pusher", st.Pusher}} {
+	}
+	all := []named{{"user pool", st.User}, {"channel pool", st.Channel}, {"pusher pool", st.Pusher}}
+	for name, s := range st.Subscribers {
+		all = append(all, named{"subscriber " + name, s})
+	}
+	for _, p := range all {
 		s := p.s
 		if s.Queued != 0 || s.InFlight != 0 || s.Retrying != 0 ||
 			s.Added != s.Handled+s.Stopped+s.DeadLettered+s.Abandoned {
-			b.t.Errorf("eventbustest: %s pool does not add up after Close: Added %d != Handled %d + Stopped %d + DeadLettered %d (Queued %d, InFlight %d, Retrying %d)",
+			b.t.Errorf("eventbustest: %s does not add up after Close: Added %d != Handled %d + Stopped %d + DeadLettered %d (Queued %d, InFlight %d, Retrying %d)",
 				p.name, s.Added, s.Handled, s.Stopped, s.DeadLettered, s.Queued, s.InFlight, s.Retrying)
 		}
 	}

@@ -259,3 +259,23 @@ func deadLetterOne(t *testing.T, b *eventbustest.Bus) []*eventbus.DeadLetter {
 	require.NoError(t, err)
 	return letters
 }
+
+// TestNewBusCoversSubscribers: a subscriber's dead letters are reported
+// like the chain's, and its counters are checked at cleanup.
+func TestNewBusCoversSubscribers(t *testing.T) {
+	f := &fakeTB{}
+	b := eventbustest.NewBus(f, noRetry)
+	_, err := eventbus.Subscribe(b.Bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		return errors.New("webhook down")
+	}, eventbus.WithName("webhook"))
+	require.NoError(t, err)
+	require.NoError(t, b.AddEvent(context.Background(), onSend("u")))
+	b.Settle()
+	f.finish()
+	errs := f.errors()
+	require.Len(t, errs, 1, joined(errs))
+	assert.Contains(t, errs[0], "unexpected dead letters")
+	assert.Contains(t, errs[0], `"webhook"`)
+	st := b.Stats().Subscribers["OnSend/webhook"]
+	assert.Equal(t, uint64(1), st.DeadLettered)
+}
