@@ -30,6 +30,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors. Compare with errors.Is: the journal wraps them with detail.
@@ -97,7 +98,7 @@ type Stats struct {
 	Pending     int    // unacked records
 	DeadLetters int    // records in the dead-letter list
 	NextID      uint64 // no record id handed out so far is at or above it
-	Syncs       uint64 // fsyncs of appended data since Open (one per group commit)
+	Syncs       uint64 // fsyncs of the log since Open: one per group commit, plus reclamation's
 }
 
 // Option configures Open.
@@ -322,13 +323,34 @@ func (j *Journal) SetAttempts(id uint64, n int) error {
 // d.Attempts, d.Handler, d.Err and d.Time (zero: now), in the same write
 // that acks it; the record's type, key and payload are the journal's. It
 // does not wait for the write (if lost in a crash the record is pending
-// again). Ignored if d.ID is not pending.
+// again). Ignored if d.ID is not pending. Handler and Err are cut to 4 KiB
+// and 60 KiB.
 func (j *Journal) DeadLetter(d DeadLetter) error {
 	if d.Time.IsZero() {
 		d.Time = time.Now()
 	}
+	d.Handler, d.Err = clip(d.Handler, maxHandlerText), clip(d.Err, maxErrText)
 	return j.enqueue(frame{kind: kindDead, rec: Record{ID: d.ID, Attempts: d.Attempts},
 		dead: deadDetail{handler: d.Handler, err: d.Err, time: d.Time}})
+}
+
+// Limits on a dead letter's texts, so a frame stays within what recovery
+// accepts.
+const (
+	maxHandlerText = 4 << 10
+	maxErrText     = 60 << 10
+)
+
+// clip cuts s to at most n bytes, on a UTF-8 boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func (j *Journal) enqueue(f frame) error {
