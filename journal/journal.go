@@ -185,6 +185,7 @@ type Journal struct {
 	active  *segment
 	f       *os.File
 	buf     []byte
+	acks    []uint64
 	durable uint64 // the reservation on disk
 	syncs   atomic.Uint64
 }
@@ -305,8 +306,11 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 // a crash means the record is replayed once more). Ids not pending (acked,
 // dead-lettered, unknown) are ignored.
 func (j *Journal) Ack(ids ...uint64) error {
-	if len(ids) == 0 {
+	switch len(ids) {
+	case 0:
 		return j.check()
+	case 1:
+		return j.enqueue(frame{kind: kindAck, id: ids[0]})
 	}
 	return j.enqueue(frame{kind: kindAck, ids: append([]uint64(nil), ids...)})
 }
@@ -546,9 +550,6 @@ func (j *Journal) Stats() Stats {
 	}
 	return s
 }
-
-// Dir returns the journal's directory.
-func (j *Journal) Dir() string { return j.dir }
 
 // Close writes what is queued, waits for it to be on disk, and releases
 // the directory. Calls after Close, and a second Close, return ErrClosed.
