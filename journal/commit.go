@@ -21,7 +21,7 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 		buf = encReserve(buf, reserved)
 		j.st.apply(seg, &frame{kind: kindReserve, reserve: reserved}, int32(len(buf)))
 	}
-	var acks []uint64
+	acks := j.acks[:0]
 	for i := range ops {
 		f := &ops[i]
 		start := len(buf)
@@ -42,13 +42,18 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 			buf = encDead(buf, &f.rec, &f.dead)
 		case kindAck:
 			// Acks go last, in one frame: after every append of the batch.
-			acks = append(acks, f.ids...)
+			if f.ids == nil {
+				acks = append(acks, f.id)
+			} else {
+				acks = append(acks, f.ids...)
+			}
 			continue
 		case kindPurge:
 			buf = encIDs(buf, kindPurge, f.ids)
 		}
 		j.st.apply(seg, f, int32(len(buf)-start))
 	}
+	j.acks = acks[:0] // reused next time; apply keeps no reference
 	for len(acks) > 0 {
 		chunk := acks[:min(len(acks), maxIDsInFrame)]
 		acks = acks[len(chunk):]

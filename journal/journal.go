@@ -30,6 +30,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Errors. Compare with errors.Is: the journal wraps them with detail.
@@ -97,7 +98,7 @@ type Stats struct {
 	Pending     int    // unacked records
 	DeadLetters int    // records in the dead-letter list
 	NextID      uint64 // no record id handed out so far is at or above it
-	Syncs       uint64 // fsyncs of appended data since Open (one per group commit)
+	Syncs       uint64 // fsyncs of the log since Open: one per group commit, plus reclamation's
 }
 
 // Option configures Open.
@@ -184,6 +185,7 @@ type Journal struct {
 	active  *segment
 	f       *os.File
 	buf     []byte
+	acks    []uint64
 	durable uint64 // the reservation on disk
 	syncs   atomic.Uint64
 }
@@ -304,8 +306,11 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 // a crash means the record is replayed once more). Ids not pending (acked,
 // dead-lettered, unknown) are ignored.
 func (j *Journal) Ack(ids ...uint64) error {
-	if len(ids) == 0 {
+	switch len(ids) {
+	case 0:
 		return j.check()
+	case 1:
+		return j.enqueue(frame{kind: kindAck, id: ids[0]})
 	}
 	return j.enqueue(frame{kind: kindAck, ids: append([]uint64(nil), ids...)})
 }
@@ -322,13 +327,34 @@ func (j *Journal) SetAttempts(id uint64, n int) error {
 // d.Attempts, d.Handler, d.Err and d.Time (zero: now), in the same write
 // that acks it; the record's type, key and payload are the journal's. It
 // does not wait for the write (if lost in a crash the record is pending
-// again). Ignored if d.ID is not pending.
+// again). Ignored if d.ID is not pending. Handler and Err are cut to 4 KiB
+// and 60 KiB.
 func (j *Journal) DeadLetter(d DeadLetter) error {
 	if d.Time.IsZero() {
 		d.Time = time.Now()
 	}
+	d.Handler, d.Err = clip(d.Handler, maxHandlerText), clip(d.Err, maxErrText)
 	return j.enqueue(frame{kind: kindDead, rec: Record{ID: d.ID, Attempts: d.Attempts},
 		dead: deadDetail{handler: d.Handler, err: d.Err, time: d.Time}})
+}
+
+// Limits on a dead letter's texts, so a frame stays within what recovery
+// accepts.
+const (
+	maxHandlerText = 4 << 10
+	maxErrText     = 60 << 10
+)
+
+// clip cuts s to at most n bytes, on a UTF-8 boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 func (j *Journal) enqueue(f frame) error {
@@ -524,9 +550,6 @@ func (j *Journal) Stats() Stats {
 	}
 	return s
 }
-
-// Dir returns the journal's directory.
-func (j *Journal) Dir() string { return j.dir }
 
 // Close writes what is queued, waits for it to be on disk, and releases
 // the directory. Calls after Close, and a second Close, return ErrClosed.

@@ -631,3 +631,21 @@ func TestTooLarge(t *testing.T) {
 	require.ErrorIs(t, err, journal.ErrTooLarge)
 	assert.Empty(t, pending(t, j))
 }
+
+func TestDeadLetterLongTextsAreClipped(t *testing.T) {
+	dir := t.TempDir()
+	j := open(t, dir)
+	id, err := j.Append(rec(0))
+	require.NoError(t, err)
+	long := strings.Repeat("é", 100<<10) // 200 KiB of two-byte runes
+	require.NoError(t, j.DeadLetter(journal.DeadLetter{Record: journal.Record{ID: id}, Handler: long, Err: long}))
+	require.NoError(t, j.Close())
+	j = open(t, dir)
+	defer j.Close()
+	dls, err := j.DeadLetters()
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	require.LessOrEqual(t, len(dls[0].Handler), 4<<10)
+	require.LessOrEqual(t, len(dls[0].Err), 60<<10)
+	require.True(t, strings.HasSuffix(dls[0].Err, "é…"), "cut on a rune boundary, marked")
+}
