@@ -41,7 +41,7 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	}
 	for u.Index < len(ch.handlers) {
 		if p.bus.life.Aborted() {
-			return engine.Verdict{Outcome: engine.Dead, Err: closedErr(u.Err)}
+			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
 		if retry {
 			u.Attempt++ // the next attempt of the handler that failed
@@ -62,7 +62,7 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
 	c := p.slabs[wid].next(p, h, u.Items[0].Ctx)
 	c.eventID, c.typ = u.ID, u.Event.Type()
-	c.index, c.attempt = int32(u.Index), int32(u.Attempt)
+	c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
 	if p.cfg.HandlerTimeout > 0 {
 		return p.callWithTimeout(c, h, u.Event)
 	}
@@ -106,6 +106,10 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		return engine.Verdict{Outcome: engine.Stopped, Err: err}
 	}
 	u.Err = err
+	if u.Prior > 0 { // attempts an earlier process life used (journal)
+		u.Attempt += u.Prior
+		u.Prior = 0
+	}
 	v := engine.Verdict{Failed: true, Panicked: panicked, TimedOut: timedOut}
 	policy := p.retry
 	if h.retry != nil {
@@ -115,9 +119,12 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	case (!panicked && IsPermanent(err)) || u.Attempt >= policy.MaxAttempts:
 		v.Outcome, v.Err = engine.Dead, err
 	case p.bus.life.Aborted():
-		v.Outcome, v.Err = engine.Dead, closedErr(err)
+		v.Outcome, v.Err = givenUp(u), closedErr(err)
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
+		if p.bus.journal != nil {
+			p.persistAttempts(u)
+		}
 	}
 	suppressed, log := p.bus.logs.allow(logKey{typ: u.Event.Type(), id: h.id})
 	if !log {
@@ -137,6 +144,28 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	}
 	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", withSuppressed(attrs, suppressed)...)
 	return v
+}
+
+// givenUp is the outcome of a unit the bus gives up at a Close deadline:
+// dead-lettered, or abandoned when a tracker (Deliver, the journal) will
+// have it delivered again.
+func givenUp(u *engine.Unit[Event]) engine.Outcome {
+	if u.Items[0].Track != nil {
+		return engine.Abandoned
+	}
+	return engine.Dead
+}
+
+// persistAttempts records in the journal the attempts the unit's durable
+// events have used, so that MaxAttempts counts across process lives.
+func (p *pool) persistAttempts(u *engine.Unit[Event]) {
+	for i := range u.Items {
+		if d := durableOf(&u.Items[i]); d != nil {
+			if err := p.bus.journal.SetAttempts(d.id, u.Attempt); err != nil {
+				p.bus.log.Error("eventbus: journal", "record", d.id, "err", err)
+			}
+		}
+	}
 }
 
 // Goexited reports a runtime.Goexit in the current handler as a panic.
@@ -177,6 +206,7 @@ func (p *pool) DeadLetter(u *engine.Unit[Event], i int, err error) {
 		name, attempts, id = h.name, u.Attempt, h.id
 	}
 	ev := u.Items[i].Event
+	noteDead(&u.Items[i], name, attempts, err)
 	if n, ok := b.logs.allow(logKey{typ: ev.Type(), id: id, dead: true}); ok {
 		b.log.Warn("eventbus: dead letter", withSuppressed([]any{"pool", string(p.kind), "type", b.TypeName(ev.Type()),
 			"handler", name, "attempts", attempts, "err", err}, n)...)

@@ -40,6 +40,9 @@ type Bus struct {
 	mws    []Middleware
 	// outbound holds the Outbound routes by type; written before Start.
 	outbound [256]OutboundFunc
+	// journal and durable: WithJournal.
+	journal Journal
+	durable [256]bool
 	regSeq   uint64
 	batch    [256]int
 
@@ -88,6 +91,7 @@ func New(opts ...Option) (*Bus, error) {
 	}
 	cfg.retry = cfg.retry.withDefaults()
 	b := &Bus{cfg: cfg, log: cfg.logger, sink: cfg.sink, observer: cfg.observer,
+		journal: cfg.journal, durable: cfg.durable,
 		admit: cfg.admit, seed: maphash.MakeSeed(),
 		closing: make(chan struct{}, 1), finished: make(chan struct{})}
 	if b.log == nil {
@@ -112,6 +116,9 @@ func New(opts ...Option) (*Bus, error) {
 		if err := b.Define(d.t, d.pool, d.name); err != nil {
 			return nil, err
 		}
+	}
+	if err := b.checkDurable(false); err != nil {
+		return nil, err
 	}
 	return b, nil
 }
@@ -197,11 +204,20 @@ func (b *Bus) Start() error {
 		}
 		b.batch[t] = n
 	}
+	if err := b.checkDurableLocked(); err != nil {
+		return err
+	}
 	b.state.Store(stateStarted)
+	var err error
+	if b.journal != nil {
+		// Queued before the workers start and before any later add: each
+		// key's replayed events come first, in their original order.
+		err = b.replay()
+	}
 	for _, e := range b.allEngines() {
 		e.Start()
 	}
-	return nil
+	return err
 }
 
 // AddEvent queues ev for its pool and returns; a worker runs its handler
@@ -294,9 +310,14 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 		parent = c
 	}
 	var res engine.PushResult
-	if len(ch.subs) == 0 {
+	switch {
+	case b.durable[t] && track == nil:
+		if res, err = b.addDurable(p, ch, it, parent, waitCtx); err != nil {
+			return err
+		}
+	case len(ch.subs) == 0:
 		res = p.eng.Push(it, parent, waitCtx)
-	} else {
+	default:
 		res = b.fanOut(p, ch, it, parent, waitCtx)
 	}
 	switch res {

@@ -108,6 +108,8 @@ type config struct {
 	observer Observer
 	defines  []definition
 	codecs   map[EventType]Codec // WithCodec
+	journal  Journal             // WithJournal
+	durable  [256]bool           // WithJournal's types
 	errs     []error
 
 	logInterval time.Duration    // WithLogInterval

@@ -213,12 +213,20 @@ type target struct {
 	held bool
 }
 
-// fanOut adds it to the chain's engine (when the chain has handlers) and to
-// every subscriber's lanes, all at once or not at all: it reserves room in
-// each; when one is full, it gives back what it holds and, for an outside
-// add with wait, waits for room in that one first, then tries the others
-// again. A subscriber unregistered meanwhile is skipped.
+// fanOut is fanOutWith without prepare.
 func (b *Bus) fanOut(p *pool, ch *chain, it engine.Item[Event], parent engine.Parent, wait context.Context) engine.PushResult {
+	return b.fanOutWith(p, ch, it, parent, wait, nil)
+}
+
+// fanOutWith adds it to the chain's engine (when the chain has handlers)
+// and to every subscriber's lanes, all at once or not at all: it reserves
+// room in each; when one is full, it gives back what it holds and, for an
+// outside add with wait, waits for room in that one first, then tries the
+// others again. A subscriber unregistered meanwhile is skipped. prepare,
+// if set, runs once room is held everywhere and before any commit (the
+// journal's append) and gives the item's tracker; its error gives the
+// room back and ends the add.
+func (b *Bus) fanOutWith(p *pool, ch *chain, it engine.Item[Event], parent engine.Parent, wait context.Context, prepare func() (*engine.Tracker, error)) engine.PushResult {
 	var buf [8]target // no allocation for up to 7 subscribers
 	targets := buf[:0]
 	if len(ch.handlers) > 0 {
@@ -252,6 +260,18 @@ func (b *Bus) fanOut(p *pool, ch *chain, it engine.Item[Event], parent engine.Pa
 	}
 	if live == 0 {
 		return engine.Closed // every subscriber went away
+	}
+	if prepare != nil {
+		t, err := prepare()
+		if err != nil {
+			for i := range targets {
+				if tg := &targets[i]; tg.held {
+					tg.eng.Cancel(tg.slot)
+				}
+			}
+			return engine.Accepted // the caller reports prepare's error
+		}
+		it.Track = t
 	}
 	if it.Track != nil {
 		it.Track.Expect(live)

@@ -48,6 +48,9 @@ type Unit[E any] struct {
 	// Took is how long the last run took, and Waited how long the unit
 	// waited before it, when the dispatcher measures them.
 	Took, Waited time.Duration
+	// Prior is how many attempts of the unit earlier process lives used
+	// (Tracker.Prior); the dispatcher adds it to the first failed attempt.
+	Prior int
 }
 
 // Key is the ordering key shared by all items of the unit.

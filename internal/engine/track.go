@@ -13,6 +13,13 @@ type Tracker struct {
 	left  atomic.Int32
 	worst atomic.Uint32
 	done  func(Outcome)
+
+	// ID, when not 0, is the unit ID of every unit made of the item (the
+	// journal's record id, stable across restarts). Prior is how many
+	// attempts earlier process lives used. Info is the creator's.
+	ID    uint64
+	Prior int
+	Info  any
 }
 
 // NewTracker returns a tracker expecting deliveries finishes, that calls

@@ -176,7 +176,11 @@ func (w *worker[E]) step() {
 	s := w.cur
 	if len(s.parked) > 0 {
 		if pk, ok := s.parked[it.Key]; ok {
-			pk.units = append(pk.units, &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event})
+			pu := &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event}
+			if t := it.Track; t != nil {
+				pu.ID, pu.Prior = w.trackedID(t, pu.ID), t.Prior
+			}
+			pk.units = append(pk.units, pu)
 			w.pub.followers.Add(1)
 			return
 		}
@@ -185,7 +189,10 @@ func (w *worker[E]) step() {
 	// typedmemmove and is measurably slower here.
 	u := &w.unit
 	u.ID, u.Items, u.Event = w.newID(), w.batch[w.pos-1:w.pos:w.pos], it.Event
-	u.Chain, u.Index, u.Attempt, u.Err, u.Took, u.Waited = nil, 0, 0, nil, 0, 0
+	u.Chain, u.Index, u.Attempt, u.Err, u.Took, u.Waited, u.Prior = nil, 0, 0, nil, 0, 0, 0
+	if t := it.Track; t != nil {
+		u.ID, u.Prior = w.trackedID(t, u.ID), t.Prior
+	}
 	if w.e.cfg.Batching {
 		if limit := w.e.d.BatchLimit(it); limit > 1 {
 			w.gather(it, limit, u)
@@ -214,6 +221,14 @@ func (w *worker[E]) newID() uint64 {
 	}
 	w.seq++
 	return w.seq
+}
+
+// trackedID is the unit ID of a tracked item: its tracker's, if set.
+func (w *worker[E]) trackedID(t *Tracker, id uint64) uint64 {
+	if t.ID != 0 {
+		return t.ID
+	}
+	return id
 }
 
 // scanWindow bounds how far ahead gather looks for items of the same key.
@@ -338,7 +353,7 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	}
 	s := w.cur
 	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
-		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err}
+		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err, Prior: u.Prior}
 	if s.parked == nil {
 		s.parked = make(map[uint64]*parkedKey[E])
 	}

@@ -1,0 +1,340 @@
+package eventbus_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/journal"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// openJournal opens a journal in dir, closed when the test ends.
+func openJournal(t testing.TB, dir string) *journal.Journal {
+	t.Helper()
+	j, err := journal.Open(dir, journal.WithLogger(quiet))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = j.Close() })
+	return j
+}
+
+// storeEvent is a durable channel event carrying seq in its message.
+func storeEvent(channel string, seq uint64) *eventbus.ChannelContext {
+	return &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: channel, ChannelType: 2,
+		Messages: []*eventbus.Message{{MessageSeq: seq, ChannelID: channel, ChannelType: 2, FromUID: "alice",
+			Payload: []byte(fmt.Sprint("m", seq)), Header: map[string]string{"client_seq": fmt.Sprint(seq)}}}}
+}
+
+// pending returns the journal's unacked records, once the acks queued so
+// far are written (acks do not wait for the disk).
+func pending(t testing.TB, j *journal.Journal) []journal.Record {
+	t.Helper()
+	require.NoError(t, j.Sync())
+	recs, err := j.Pending()
+	require.NoError(t, err)
+	return recs
+}
+
+// TestDurableEventsAreAckedWhenHandled: durable events are handled, acked
+// and, after a clean Close, a new bus on the same journal replays nothing.
+func TestDurableEventsAreAckedWhenHandled(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	var handled atomic.Int64
+	var mu sync.Mutex
+	ids := map[uint64]bool{}
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		mu.Lock()
+		ids[info.EventID] = true
+		mu.Unlock()
+		handled.Add(1)
+		return nil
+	})
+	mustStart(t, b)
+	for i := range 100 {
+		relAdd(t, b, storeEvent(fmt.Sprint("g", i%7), uint64(i)))
+	}
+	require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+	assert.Equal(t, int64(100), handled.Load())
+	assert.Len(t, ids, 100, "each event has its own record id")
+	assert.Empty(t, pending(t, j), "every record acked")
+
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		t.Error("a clean restart replayed an event")
+		return nil
+	})
+	mustStart(t, b2)
+	require.NoError(t, b2.Close(deadline(t, 5*time.Second)))
+}
+
+// TestDurableReplayAfterCloseDeadline: events a Close deadline gave up are
+// not dead-lettered; the next bus on the journal replays them, each key's
+// in order, equal field by field, with the same EventID.
+func TestDurableReplayAfterCloseDeadline(t *testing.T) {
+	dir := t.TempDir()
+	j := openJournal(t, dir)
+	sink := &sinkRecorder{}
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithDeadLetter(sink),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1}))
+	entered, release := make(chan struct{}), make(chan struct{})
+	var firstID atomic.Uint64
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		if ev.Messages[0].MessageSeq == 0 {
+			info, _ := eventbus.CallInfoFrom(ctx)
+			firstID.Store(info.EventID)
+			close(entered)
+			<-release
+		}
+		return nil
+	})
+	mustStart(t, b1)
+	var added []*eventbus.ChannelContext
+	for i := range 20 {
+		ev := storeEvent(fmt.Sprint("g", i%3), uint64(i))
+		added = append(added, ev)
+		relAdd(t, b1, ev)
+		if i == 0 {
+			recvWithin(t, entered, 5*time.Second, "the first handler")
+		}
+	}
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b1.Close(expired), &ce)
+	assert.Equal(t, 20, ce.Left)
+	close(release)
+	require.NoError(t, b1.Close(deadline(t, 5*time.Second)))
+	assert.Empty(t, sink.all(), "durable events are not dead-lettered at a Close deadline")
+	assert.GreaterOrEqual(t, len(pending(t, j)), 19)
+
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	var mu sync.Mutex
+	got := map[string][]*eventbus.ChannelContext{}
+	ids := map[uint64]uint64{} // seq → EventID
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		mu.Lock()
+		got[ev.ChannelID] = append(got[ev.ChannelID], ev)
+		ids[ev.Messages[0].MessageSeq] = info.EventID
+		mu.Unlock()
+		return nil
+	})
+	mustStart(t, b2)
+	idleWithin(t, b2, 5*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	n := 0
+	for _, evs := range got {
+		for k := 1; k < len(evs); k++ {
+			assert.Less(t, evs[k-1].Messages[0].MessageSeq, evs[k].Messages[0].MessageSeq, "per-key order")
+		}
+		n += len(evs)
+	}
+	assert.GreaterOrEqual(t, n, 19)
+	for _, ev := range got["g1"] {
+		assert.Equal(t, added[ev.Messages[0].MessageSeq], ev, "replayed equal to what was added")
+	}
+	if id, ok := ids[0]; ok {
+		assert.Equal(t, firstID.Load(), id, "EventID is the record id in both lives")
+	}
+}
+
+// TestDurableAttemptsSurviveRestart: MaxAttempts counts across process
+// lives: two attempts before a Close deadline, one after, then the event is
+// dead-lettered and moves to the journal's list.
+func TestDurableAttemptsSurviveRestart(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	attempts := make(chan int, 10)
+	fail := func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		attempts <- info.Attempt
+		return errors.New("store down")
+	}
+	slow := eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(slow))
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		attempts <- info.Attempt
+		if info.Attempt == 2 {
+			<-ctx.Done() // the second attempt hangs until Close gives up
+		}
+		return errors.New("store down")
+	})
+	mustStart(t, b1)
+	relAdd(t, b1, storeEvent("g", 1))
+	assert.Equal(t, 1, recvWithin(t, attempts, 5*time.Second, "attempt 1"))
+	assert.Equal(t, 2, recvWithin(t, attempts, 5*time.Second, "attempt 2"))
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b1.Close(expired), &ce)
+	require.NoError(t, b1.Close(deadline(t, 5*time.Second)))
+	recs := pending(t, j)
+	require.Len(t, recs, 1)
+	assert.Equal(t, 1, recs[0].Attempts, "the first failed attempt was recorded")
+
+	sink := &sinkRecorder{}
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(slow), eventbus.WithDeadLetter(sink))
+	mustRegister(t, b2, eventbus.EventChannelStore, fail, eventbus.WithName("store"))
+	mustStart(t, b2)
+	idleWithin(t, b2, 5*time.Second)
+	close(attempts)
+	var second []int
+	for a := range attempts {
+		second = append(second, a)
+	}
+	assert.Equal(t, []int{2, 3}, second, "attempt numbers go on from the first life")
+	require.Len(t, sink.all(), 1)
+	assert.Equal(t, 3, sink.all()[0].Attempts)
+	require.NoError(t, j.Sync())
+	dls, err := j.DeadLetters()
+	require.NoError(t, err)
+	require.Len(t, dls, 1)
+	assert.Equal(t, "store", dls[0].Handler)
+	assert.Equal(t, 3, dls[0].Attempts)
+	assert.Contains(t, dls[0].Err, "store down")
+	assert.Empty(t, pending(t, j))
+}
+
+// TestDurableDeadLetterRedrive: a dead-lettered durable event is listed
+// with its reason, re-driven into the bus once the cause is fixed, and
+// purged from the list.
+func TestDurableDeadLetterRedrive(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry),
+		eventbus.WithDeadLetter(&sinkRecorder{}))
+	var broken atomic.Bool
+	broken.Store(true)
+	var stored atomic.Int64
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		if broken.Load() {
+			return errors.New("disk full")
+		}
+		stored.Add(1)
+		return nil
+	}, eventbus.WithName("store"))
+	mustStart(t, b)
+	relAdd(t, b, storeEvent("g", 1))
+	relAdd(t, b, storeEvent("g", 2))
+	idleWithin(t, b, 5*time.Second)
+	require.NoError(t, j.Sync())
+	dls, err := j.DeadLetters()
+	require.NoError(t, err)
+	require.Len(t, dls, 2)
+	assert.Equal(t, "disk full", dls[0].Err)
+	assert.Equal(t, "store", dls[0].Handler)
+	assert.Equal(t, 1, dls[0].Attempts)
+	assert.False(t, dls[0].Time.IsZero())
+
+	broken.Store(false)
+	n, err := b.Redrive(context.Background(), dls[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	idleWithin(t, b, 5*time.Second)
+	assert.Equal(t, int64(1), stored.Load())
+	require.NoError(t, j.Sync())
+	left, err := j.DeadLetters()
+	require.NoError(t, err)
+	require.Len(t, left, 1)
+	assert.Equal(t, dls[1].ID, left[0].ID)
+	n, err = b.Redrive(context.Background()) // all
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	idleWithin(t, b, 5*time.Second)
+	assert.Equal(t, int64(2), stored.Load())
+	require.NoError(t, j.Sync())
+	left, err = j.DeadLetters()
+	require.NoError(t, err)
+	assert.Empty(t, left)
+	assert.Empty(t, pending(t, j))
+}
+
+// jsonCodec encodes a UserContext's UID and Frame (a string) as JSON.
+type jsonCodec struct{ fail bool }
+
+type jsonUser struct {
+	UID   string
+	Frame string
+}
+
+func (c jsonCodec) Encode(ev *eventbus.UserContext) ([]byte, error) {
+	if c.fail {
+		return nil, errors.New("cannot encode")
+	}
+	f, _ := ev.Frame.(string)
+	return json.Marshal(jsonUser{UID: ev.Conn.UID(), Frame: f})
+}
+
+func (c jsonCodec) Decode(data []byte) (*eventbus.UserContext, error) {
+	var u jsonUser
+	if err := json.Unmarshal(data, &u); err != nil {
+		return nil, err
+	}
+	return &eventbus.UserContext{Conn: &testConn{uid: u.UID}, Frame: u.Frame}, nil
+}
+
+// TestDurableUserTypeNeedsCodec: New names a durable user-pool type that
+// has no Codec; a codec error is AddEvent's, and nothing is accepted.
+func TestDurableUserTypeNeedsCodec(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	_, err := eventbus.New(eventbus.WithJournal(j, eventbus.EventOnSend))
+	require.ErrorIs(t, err, eventbus.ErrNoCodec)
+	assert.Contains(t, err.Error(), "OnSend")
+
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventOnSend), eventbus.WithCodec(eventbus.EventOnSend, jsonCodec{fail: true}))
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	mustStart(t, b)
+	ev := userEvent(eventbus.EventOnSend, "alice")
+	ev.Frame = "hi"
+	err = b.AddEvent(context.Background(), ev)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "cannot encode")
+	assert.Zero(t, b.Stats().User.Added)
+	assert.Empty(t, pending(t, j))
+}
+
+// TestDurableUserEventsAndFollowOns: a durable user-pool type with a codec,
+// whose handler emits durable follow-on channel events: all handled and
+// acked, the user event's replay equal to what was added.
+func TestDurableUserEventsAndFollowOns(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventOnSend, eventbus.EventChannelStore),
+		eventbus.WithCodec(eventbus.EventOnSend, jsonCodec{}))
+	var stored atomic.Int64
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		return b.AddEvent(ctx, storeEvent(ev.Conn.UID(), 1))
+	})
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		stored.Add(1)
+		return nil
+	})
+	mustStart(t, b)
+	var wg sync.WaitGroup
+	for p := range 16 { // concurrent durable adds share syncs
+		wg.Go(func() {
+			for i := range 20 {
+				ev := userEvent(eventbus.EventOnSend, fmt.Sprint("u", p))
+				ev.Frame = fmt.Sprint(i)
+				if err := b.AddEvent(context.Background(), ev); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	coreWaitGroup(t, &wg, 30*time.Second, "producers")
+	idleWithin(t, b, 10*time.Second)
+	assert.Equal(t, int64(320), stored.Load())
+	require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+	assert.Empty(t, pending(t, j))
+	st := j.Stats()
+	t.Logf("640 durable records in %d syncs", st.Syncs)
+}
