@@ -43,8 +43,8 @@ type Bus struct {
 	// journal and durable: WithJournal.
 	journal Journal
 	durable [256]bool
-	regSeq   uint64
-	batch    [256]int
+	regSeq  uint64
+	batch   [256]int
 
 	state atomic.Int32
 	life  *engine.Lifecycle
