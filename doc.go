@@ -25,10 +25,11 @@
 //	err = bus.Close(ctx) // runs everything accepted to its end, then stops the workers
 //
 // AddEvent returns once the event is queued; a worker of its pool runs the
-// handlers registered for its type, in order (a chain). Events with the
-// same key run one at a time in the order they were added, through the
-// whole chain and across retries; different keys run in parallel. Each
-// pool has its own workers, queues and [PoolConfig] ([WithUserPool],
+// handlers registered for its type, in order (a chain), and subscribers
+// ([Subscribe]) run beside it. Events with the same key run one at a time
+// in the order they were added, through the whole chain and across
+// retries; different keys run in parallel on any free worker. Each pool has
+// its own workers, queues and [PoolConfig] ([WithUserPool],
 // [WithChannelPool], [WithPusherPool]).
 //
 // # Chains and results
@@ -58,6 +59,25 @@
 // of the context given to AddEvent, the bus's shutdown signal, the
 // attempt's timeout and a [CallInfo] ([CallInfoFrom]).
 //
+// # Chain or subscribers
+//
+// [Subscribe] adds a handler outside the chain: it gets every event of its
+// type the bus accepts, beside the chain and every other subscriber, on
+// [WithConcurrency] goroutines of its own, with its own per-key order,
+// retries, dead letters and [Stats].Subscribers entry ("OnSend/webhook").
+//
+//	                    chain (Register)              subscriber (Subscribe)
+//	use it for          dependent steps: permission,  side work: webhooks,
+//	                    store, fan out                statistics, indexing
+//	sees an event       when the handlers before it   always, even when the
+//	                    returned nil                  chain stops or fails
+//	a slow or failing   the rest of the chain and     only that key's later
+//	one holds back      the key's later events        events in that subscriber
+//
+// An event is accepted by the chain and every subscriber at once, or by
+// none: an outside add waits while one of its subscriber's lanes is full.
+// To see only what the chain accepted, subscribe to a type it emits.
+//
 // # Follow-on events
 //
 // A handler that calls AddEvent with the context it was given adds a
@@ -70,11 +90,14 @@
 //
 // # Back-pressure
 //
-// Each shard holds at most QueueSize events. While it is full, AddEvent
-// from outside a handler waits for room, bounded by its context (the error
-// then wraps [ErrQueueFull] and the context's error), and
-// [Bus.TryAddEvent] fails at once with ErrQueueFull. Follow-on events above
-// capacity are accepted and show as Overflow in [Bus.Stats]. [WithAdmit]
+// A pool holds at most Workers × QueueSize events, one shard at most
+// QueueSize (queued, in flight or waiting to retry). While either limit is
+// reached, AddEvent from outside a handler waits for room, bounded by its
+// context (the error then wraps [ErrQueueFull] and the context's error),
+// and [Bus.TryAddEvent] fails at once with ErrQueueFull. Follow-on events
+// above capacity are accepted and show as Overflow in [Bus.Stats]; so is an
+// add made on a handler's goroutine with another context (such as
+// context.Background()) that would otherwise wait on its own pool. [WithAdmit]
 // can refuse events before they are queued (rate limits); refusals count as
 // Rejected. Nothing is dropped silently: every accepted event ends Handled,
 // Stopped or DeadLettered, and at rest
@@ -91,6 +114,18 @@
 // the event goes to the [DeadLetterSink] set with [WithDeadLetter] (by
 // default a [DeadLetterRing] of the last 1024; [DeadLetterFunc] makes one
 // of a function).
+//
+// # What a slow handler delays
+//
+// A handler that blocks keeps its worker and its shard while it runs. It
+// delays its own key's later events and those of the few keys that share
+// its shard ([PoolConfig].Shards, default 4096, makes that rarer). It does
+// not delay the pool's other keys while a worker is free, nor other pools,
+// nor subscribers; a slow subscriber does not delay the chain while its
+// lanes have room. Only when every worker is blocked does the rest of the
+// pool wait: give I/O-bound pools Workers of at least the handlers you
+// expect blocked at once plus the cores you want busy, and run slow side
+// work (a webhook) as a subscriber with enough [WithConcurrency].
 //
 // # Per-receiver delivery
 //
@@ -120,11 +155,12 @@
 // registered later. [Bus.Close] shuts down like http.Server.Shutdown:
 // outside adds fail with [ErrClosed] at once; queued events, follow-on
 // events and retries run their course; then the workers exit and Close
-// returns nil. If its context ends first, handler contexts are cancelled,
-// what was not handled goes to the dead-letter sink with ErrClosed, and
-// Close returns a [*CloseError] saying how many events were left. Close
-// and WaitIdle called from inside a handler return [ErrInsideHandler]
-// instead of deadlocking.
+// returns nil. If its context ends first, Close returns at once a
+// [*CloseError] saying how many events were left, and runs no user code:
+// handler contexts are cancelled, and a bus goroutine hands what was not
+// handled to the dead-letter sink with ErrClosed. Close and WaitIdle
+// called from inside a handler return [ErrInsideHandler] instead of
+// deadlocking.
 //
 // # Testing
 //
@@ -145,8 +181,10 @@
 //
 // Every event has a key: the user's UID for a user event (the connection's
 // ID before login), the channel (ChannelID, ChannelType) for channel and
-// push events; [PoolConfig].KeyFunc may override it. A key hashes to a
-// shard: one FIFO, drained by one worker at a time, with no global lock.
+// push events; [PoolConfig].KeyFunc may override it. A key hashes to one
+// of many small shards, each a FIFO drained by one worker at a time, with
+// no global lock; a free worker takes the next shard with work from a run
+// queue, drains a bounded batch and puts the shard back if work remains.
 // [WithBatch] lets the channel pool merge adjacent events of one key into
 // one.
 //
@@ -158,10 +196,23 @@
 // Code that lives long should keep only what it needs, e.g. the values, in
 // a context of its own.
 //
+// # Transports and the journal
+//
+// A transport carrying events between processes, and the journal, build
+// on a few extension points: [Bus.Outbound] routes chosen types out of the
+// process instead of to their pool; [Bus.Deliver] adds an event locally
+// and calls back when the chain and every subscriber have finished with it
+// (handled, stopped, dead-lettered, or [OutcomeAbandoned] at a Close
+// deadline, counted in [PoolStats].Abandoned), the moment to acknowledge
+// it; [Bus.DeadLetter] hands a letter the transport gave up on to the
+// bus's sink; [Bus.StableKey] gives a key that is the same in every
+// process, for partitioning.
+//
 // # Examples
 //
 // Example shows the quick start; ExampleRegister a chain with an audit
-// that rejects; ExampleEmitter the OnSend → ChannelDistribute → PushOnline
+// that rejects; ExampleSubscribe a slow webhook beside the chain;
+// ExampleEmitter the OnSend → ChannelDistribute → PushOnline
 // flow of follow-on events; ExampleReplace hot-plugging; ExampleBus_Use
 // middleware and a retry; ExampleWithDeadLetter retries, Permanent and dead
 // letters; ExampleObserverFunc and ExampleDeadLetterFunc the func

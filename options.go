@@ -21,22 +21,28 @@ func (f optionFunc) apply(c *config) { f(c) }
 type PoolConfig struct {
 	// Workers is the number of worker goroutines. Any free worker takes
 	// the next shard with work, so a handler that blocks (on I/O, a lock,
-	// a slow webhook) holds back only its own shard: size Workers for the
-	// number of handlers you expect to be blocked at once, plus the cores
-	// you want busy. Default: GOMAXPROCS, at least 4.
+	// a slow webhook) holds back only its own shard, until every worker is
+	// blocked: size Workers for the number of handlers you expect to be
+	// blocked at once, plus the cores you want busy. It is also the
+	// default WithConcurrency of the pool's subscribers. Default:
+	// GOMAXPROCS, at least 4.
 	Workers int
 	// QueueSize bounds what one shard holds (queued, in flight or waiting
 	// to retry); the pool holds at most Workers × QueueSize. Outside adds
-	// wait (AddEvent) or fail (TryAddEvent) while either limit is reached.
+	// wait (AddEvent) or fail with ErrQueueFull (TryAddEvent) while either
+	// limit is reached; follow-on adds never wait. Each subscriber of the
+	// pool's types has the same two limits, per lane and in all.
 	// Default 1024.
 	QueueSize int
 	// Shards is the number of FIFOs keys hash to, rounded up to a power of
-	// two. Each is drained by one worker at a time, so a slow handler also
-	// holds back the few keys that share its shard; more shards make that
-	// rarer. Default 4096.
+	// two; each subscriber of the pool's types has as many lanes. Each is
+	// drained by one worker at a time, so a slow handler also holds back
+	// the few keys that share its shard; more shards make that rarer, at
+	// about 160 bytes each. Default 4096.
 	Shards int
-	// HandlerTimeout bounds each handler attempt by cancelling its context;
-	// 0 means no timeout.
+	// HandlerTimeout bounds each handler attempt, the pool's subscribers'
+	// included, by cancelling its context; the worker still waits for the
+	// handler to return. 0 means no timeout.
 	HandlerTimeout time.Duration
 	// Retry overrides the bus's retry policy for this pool; &NoRetry
 	// turns retries off. See RetryPolicy for what zero fields mean.

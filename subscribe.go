@@ -25,9 +25,11 @@ type subscriber struct {
 func (s *subscriber) entry() *handlerEntry { return &s.chain.Load().handlers[0] }
 
 // WithConcurrency sets how many goroutines run a subscriber's handler at
-// once, each on a different key (a key's events run one at a time in add
-// order). Default: its pool's Workers. Only Subscribe takes it; n must be
-// positive.
+// once, each on a different key (one key's events still run one at a time,
+// in add order). Default: the Workers of the subscriber's pool. It does not
+// change how many events the subscriber holds (its pool's Workers ×
+// QueueSize). n must be positive. Only Subscribe takes it; Register
+// returns an error for it.
 func WithConcurrency(n int) HandlerOption {
 	return handlerOptionFunc(func(o *handlerOptions) { o.concurrency, o.concurrencySet = n, true })
 }
@@ -35,25 +37,35 @@ func WithConcurrency(n int) HandlerOption {
 // Subscribe adds h as an independent subscriber of event type t: not part
 // of t's chain, it receives every event of type t accepted after Subscribe
 // returns, from the moment the event is accepted, in parallel with the
-// chain and every other subscriber. (To react only to events a chain
-// accepted, subscribe to a follow-on type the chain emits.)
+// chain and every other subscriber, so it also sees the events the chain
+// stops or fails. (To react only to events a chain accepted, subscribe to
+// a follow-on type the chain emits.) A type with subscribers needs no
+// chain handler: AddEvent accepts it.
 //
 // Per subscriber, one key's events arrive one at a time in add order,
 // across retries; different keys run at once, up to WithConcurrency
 // goroutines. A subscriber's slowness, errors, panics, timeouts and retries
 // never delay the chain or another subscriber while it has room: it has its
-// own lanes (one key's retry parks that key in that subscriber only), its
-// own retry policy (WithHandlerRetry) and its own dead letters
-// (DeadLetter.Handler is its name). It holds at most its pool's Workers ×
-// QueueSize events, QueueSize per lane; an event is accepted by the chain
-// and every subscriber at once or by none, so an outside add waits while
-// one of its lanes is full. Its ctx is a handler ctx: its adds are
+// own lanes, scheduled like a pool's shards (a slow key holds back only its
+// own lane, and a retry parks that key in that subscriber only), its own
+// retry policy (WithHandlerRetry, else the pool's or the bus's) and its own
+// dead letters (DeadLetter.Handler is its name). It holds at most its
+// pool's Workers × QueueSize events, QueueSize per lane. An event is
+// accepted by the chain and every subscriber at once or by none, so while
+// one of its lanes is full an outside AddEvent waits and TryAddEvent
+// returns ErrQueueFull. Its ctx is a handler ctx: adds made with it are
 // follow-on adds; middleware, CallInfo and HandlerTimeout apply.
+// Stats().Subscribers counts its deliveries under "<type name>/<name>",
+// and the Observer sees its runs with Observation.Subscriber set.
 //
-// Names are unique per type across the chain and its subscribers
-// (ErrDuplicateName); ErrWrongPool and ErrNilHandler are as for Register.
-// Registration.Unregister stops deliveries at once; events already queued
-// for the subscriber still run, then its goroutines exit.
+// Subscribe is safe at any time, also while events flow; after Close it
+// returns ErrClosed. Names are unique per type across the chain and its
+// subscribers (ErrDuplicateName); ErrUnknownEventType, ErrWrongPool and
+// ErrNilHandler are as for Register; Replace and First are for chain
+// handlers and make Subscribe return an error.
+// Registration.Unregister (or Bus.UnregisterHandler with its name) stops
+// deliveries at once; events already queued for the subscriber still run,
+// then its goroutines exit.
 func Subscribe[C EventContext](b *Bus, t EventType, h Handler[C], opts ...HandlerOption) (*Registration, error) {
 	if b == nil {
 		return nil, errors.New("eventbus: Subscribe on a nil *Bus")

@@ -22,8 +22,11 @@ type OutboundFunc func(ctx context.Context, ev Event) error
 // Outbound routes AddEvent and TryAddEvent of the given types to send
 // instead of their local pool, from outside and from handlers alike: a
 // transport publishes them, and the node that consumes them adds them
-// locally with Deliver. A routed type needs no local handler. Outbound
-// must be called before Start; a type may be routed once.
+// locally with Deliver. Neither the chain nor the subscribers of a routed
+// type run on this node for such adds, and a routed type needs no local
+// handler. Outbound must be called before Start; every type must be
+// defined (ErrUnknownEventType) and may be routed once; send must not be
+// nil (ErrNilHandler).
 func (b *Bus) Outbound(send OutboundFunc, types ...EventType) error {
 	if send == nil {
 		return fmt.Errorf("%w: Outbound: send is nil", ErrNilHandler)
@@ -65,11 +68,14 @@ func (b *Bus) beforeStartLocked(what string) error {
 const OutcomeAbandoned Outcome = OutcomeDeadLettered + 1
 
 // Deliver adds ev to its local pool, never to an Outbound route, and calls
-// done once, on a bus goroutine, when the chain (and every subscriber) has
+// done once, on a bus goroutine, when the chain and every subscriber have
 // finished with it: OutcomeHandled, OutcomeStopped, OutcomeDeadLettered,
 // or OutcomeAbandoned when a Close deadline gave it up (it is then not
-// dead-lettered). It waits for room as AddEvent does; when it returns an
-// error, done is never called. done must not block: it runs on a worker.
+// dead-lettered, and counts in PoolStats.Abandoned). It waits for room as
+// AddEvent does; when it returns an error, done is never called. A nil
+// done makes it AddEvent without the Outbound route. done must be fast and
+// must not block: it runs on a worker (or, after a Close deadline, on the
+// goroutine that gives the remaining events up).
 //
 // This is the "event finished" moment a transport acknowledges a message
 // on and the journal acknowledges a record on.
@@ -96,7 +102,9 @@ func outcomeOf(o engine.Outcome) Outcome {
 // DeadLetter hands d to the bus's dead-letter sink, logged like the bus's
 // own dead letters, for events a transport gives up on (after its own
 // maximum of deliveries, say). It does not change Stats: the event was
-// never added to this bus. *Bus is therefore also a DeadLetterSink.
+// never added to this bus. A nil d, or a Bus not built by New, is ignored.
+// With this method *Bus is also a DeadLetterSink (but never make a bus its
+// own sink).
 func (b *Bus) DeadLetter(d *DeadLetter) {
 	if d == nil || !b.made() {
 		return
@@ -113,11 +121,13 @@ func (b *Bus) DeadLetter(d *DeadLetter) {
 }
 
 // StableKey returns ev's ordering key computed the same way in every
-// process: FNV-1a of the UID (or connection id), or of the channel's id and
-// type, or the pool's KeyFunc when it has one. Transports that partition
-// events across processes use it, so that events with equal keys land in
-// the same partition on every node. (The bus's own shard keys use a
-// per-process random seed.)
+// process: FNV-1a of the UID (or, before login, the connection id), or of
+// the channel's id and type, or the pool's KeyFunc when it has one.
+// Transports that partition events across processes use it, so that events
+// with equal keys land in the same partition on every node. (The bus's own
+// shard keys use a per-process random seed.) Like AddEvent, it returns an
+// error for an event it cannot route or key (nil, of an undefined type,
+// with a nil Conn or Message).
 func (b *Bus) StableKey(ev Event) (uint64, error) {
 	p, _, err := b.route(ev)
 	if err != nil {

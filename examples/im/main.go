@@ -5,7 +5,7 @@
 // handlers deliver it online or hand it to offline push.
 //
 // The clients are mock connections that record the frames the server writes
-// to them. The demo prints nine parts, each under a heading:
+// to them. The demo prints ten parts, each under a heading:
 //
 //  1. Clients connect (user pool): "auth" checks the token, a bad one gets
 //     CONNACK with a reason and stops the chain (ErrStopChain); "session"
@@ -27,11 +27,16 @@
 //     until its ctx ends.
 //  9. Load: thousands of messages, one at a time and in a burst, with the
 //     end-to-end latency from AddEvent to the RECV write.
+//  10. Subscribers: a webhook that takes 100 ms a message runs beside the
+//     OnSend chain (eventbus.Subscribe), not in it, so storage and push
+//     finish long before it does. A statistics subscriber, there from the
+//     start, counts every SEND frame.
 //
 // Handlers run concurrently on three pools, so the demo prints nothing from
 // them: after each part it waits with WaitIdle and prints what the mock
 // connections and the server recorded, sorted, so the output is the same on
-// every run (except the lines with latency figures and timings).
+// every run (except the lines with latency figures and timings, which say
+// "latency" or "varies").
 //
 // Run it with: go run ./examples/im
 package main
@@ -43,6 +48,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -263,10 +269,15 @@ type server struct {
 	pingsDone chan struct{}      // closed at the pings-th heartbeat
 	sentAt    sync.Map           // ClientMsgNo -> time.Time, for load messages
 	arrived   chan time.Duration // end-to-end latency of each load message
+	lastRecv  time.Time          // when the last RECV frame was written (under mu)
+
+	// Subscribers of OnSend, beside the chain (see part 10).
+	stats   *statistics
+	webhook *webhook
 }
 
 func newServer(bus eventbus.Emitter) *server {
-	return &server{
+	s := &server{
 		bus:    bus,
 		tokens: map[string]string{"alice": "t-alice", "bob": "t-bob", "carol": "t-carol", "dave": "t-dave"},
 		online: map[string]*mockConn{},
@@ -274,13 +285,28 @@ func newServer(bus eventbus.Emitter) *server {
 			"g1": {subscribers: []string{"alice", "bob", "carol", "dave"}},
 			"g2": {subscribers: []string{"alice", "bob", "dave"}},
 			"g3": {subscribers: []string{"alice", "bob"}}, // the load test's
-
+			"g4": {subscribers: crowd()},                  // the webhook part's
 		},
 		pending:   map[string]map[msgRef]bool{},
 		dbDown:    make(chan struct{}),
 		pingsDone: make(chan struct{}),
 		arrived:   make(chan time.Duration, loadBurst),
+		stats:     &statistics{sends: map[string]int{}},
+		webhook:   &webhook{delay: webhookDelay, posted: map[string][]string{}},
 	}
+	for _, uid := range crowd() {
+		s.tokens[uid] = "t-" + uid
+	}
+	return s
+}
+
+// crowd names the users of part 10: u01, u02…
+func crowd() []string {
+	uids := make([]string, crowdSize)
+	for i := range uids {
+		uids[i] = fmt.Sprintf("u%02d", i+1)
+	}
+	return uids
 }
 
 // register builds the handler chains of the flow.
@@ -308,7 +334,63 @@ func (s *server) register(bus *eventbus.Bus) error {
 	// Pusher pool: online and offline delivery.
 	reg(eventbus.Register(bus, eventbus.EventPushOnline, s.pushOnline, eventbus.WithName("recv")))
 	reg(eventbus.Register(bus, eventbus.EventPushOffline, s.pushOffline, eventbus.WithName("offline-push")))
+
+	// A subscriber of OnSend: not part of the chain above, it gets every
+	// SEND frame the bus accepts, beside the chain and on its own goroutines.
+	// (The webhook, the other subscriber, is added while the bus runs: part 10.)
+	reg(eventbus.Subscribe(bus, eventbus.EventOnSend, s.stats.Handle, eventbus.WithName("stats")))
 	return errors.Join(errs...)
+}
+
+// statistics counts the SEND frames of each user. As a subscriber it runs
+// beside the OnSend chain, so it also sees the frames the audit rejects: a
+// subscriber that should see only what the chain accepted subscribes to a
+// type the chain emits (here ChannelDistribute) instead.
+type statistics struct {
+	mu    sync.Mutex
+	sends map[string]int // uid -> SEND frames
+}
+
+func (st *statistics) Handle(ctx context.Context, ev *eventbus.UserContext) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.sends[ev.Conn.UID()]++
+	return nil
+}
+
+// total returns how many SEND frames were counted, and from how many users.
+func (st *statistics) total() (frames, users int) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, n := range st.sends {
+		frames += n
+	}
+	return frames, len(st.sends)
+}
+
+// webhook posts every message sent to the app's HTTP endpoint, which takes
+// delay to answer. In the OnSend chain it would hold each user's next
+// message back by delay; as a subscriber it holds back only its own work.
+type webhook struct {
+	delay time.Duration
+
+	mu     sync.Mutex
+	posted map[string][]string // uid -> ClientMsgNo, in the order posted
+	last   time.Time           // when the last post returned
+}
+
+func (w *webhook) Handle(ctx context.Context, ev *eventbus.UserContext) error {
+	select {
+	case <-time.After(w.delay): // the HTTP round trip
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	uid := ev.Conn.UID()
+	w.posted[uid] = append(w.posted[uid], ev.Frame.(sendFrame).ClientMsgNo)
+	w.last = time.Now()
+	return nil
 }
 
 // A socket was accepted. A real server would start its read loop.
@@ -462,6 +544,7 @@ func (s *server) pushOnline(ctx context.Context, ev *eventbus.PushContext) error
 		s.pending[uid] = map[msgRef]bool{}
 	}
 	s.pending[uid][msgRef{m.ChannelID, m.MessageSeq}] = true
+	s.lastRecv = time.Now()
 	s.mu.Unlock()
 	if t0, ok := s.sentAt.LoadAndDelete(m.ClientMsgNo); ok {
 		s.arrived <- time.Since(t0.(time.Time))
@@ -547,6 +630,7 @@ type demo struct {
 	bus     *eventbus.Bus
 	srv     *server
 	clients []*client // sorted by uid
+	crowd   []*client // part 10's users, whose frames are counted, not printed
 	offline int       // offline notes already printed
 }
 
@@ -556,6 +640,14 @@ const (
 	pings        = 2000 // heartbeats handled while the channel pool is stuck
 	loadOneByOne = 2000 // messages sent one at a time, each waiting for its RECV
 	loadBurst    = 5000 // messages sent at once
+
+	crowdSize    = 20                     // users of part 10
+	crowdSends   = 5                      // messages each of them sends
+	webhookDelay = 100 * time.Millisecond // the webhook's HTTP round trip
+	// The webhook runs one user's messages one at a time, in order, and
+	// different users' at once, up to this many: at least the number of
+	// users sending at once, so that it keeps up.
+	webhookConcurrency = 32
 )
 
 func run(out io.Writer) error {
@@ -602,12 +694,16 @@ func run(out io.Writer) error {
 		}
 		d.clients = append(d.clients, &client{uid: uid, token: token, conn: &mockConn{id: int64(i + 1)}})
 	}
+	for i, uid := range crowd() {
+		d.crowd = append(d.crowd, &client{uid: uid, token: "t-" + uid, conn: &mockConn{id: int64(100 + i)}})
+	}
 
 	fmt.Fprintln(out, "IM server demo on eventbus: three pools of workers, isolated from each other")
 	fmt.Fprintln(out, "  user pool    : what clients send (connect, send, ack), in order per user")
 	fmt.Fprintln(out, "  channel pool : store and fan out messages, in order per channel")
 	fmt.Fprintln(out, "  pusher pool  : write to receivers' connections, in order per receiver and channel")
 	fmt.Fprintln(out, "groups: g1 = alice bob carol dave, g2 = alice bob dave; dave never connects")
+	fmt.Fprintln(out, "subscribers of OnSend, beside the chain: stats (from the start), webhook (from part 10)")
 	fmt.Fprintln(out, "legend: 'x <- F' the server wrote frame F to x; 'x <~' offline push for x")
 
 	err = errors.Join(
@@ -631,6 +727,7 @@ func run(out io.Writer) error {
 		d.phase(ctx, "7. alice acknowledges", d.ackAll),
 		d.section(ctx, "8. Isolation and back-pressure: the channel pool's database hangs", d.stuckDatabase),
 		d.section(ctx, "9. Load: end-to-end latency, from AddEvent(OnSend) to the RECV write", d.load),
+		d.section(ctx, "10. A slow webhook (100 ms a message) beside the chain: storage and push do not wait for it", d.slowWebhook),
 	)
 	if err != nil {
 		_ = bus.Close(ctx)
@@ -791,6 +888,88 @@ func (d *demo) load(ctx context.Context) error {
 	return d.bus.WaitIdle(ctx)
 }
 
+// slowWebhook subscribes a webhook that takes 100 ms a message to OnSend
+// while the bus runs, has 20 users send 5 messages each at once, and
+// compares, from the same run, when every message had been stored and
+// pushed with when the webhook had posted them all.
+func (d *demo) slowWebhook(ctx context.Context) error {
+	out, s := d.out, d.srv
+	_, err := eventbus.Subscribe(d.bus, eventbus.EventOnSend, s.webhook.Handle,
+		eventbus.WithName("webhook"), eventbus.WithConcurrency(webhookConcurrency))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  the webhook subscribes to OnSend while the server runs: %v a message, up to %d users at once (WithConcurrency)\n",
+		webhookDelay, webhookConcurrency)
+	for _, c := range d.crowd {
+		err := errors.Join(
+			d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnConnect, Conn: c.conn}),
+			d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventConnect, Conn: c.conn,
+				Frame: connectFrame{UID: c.uid, Token: c.token}}),
+		)
+		if err != nil {
+			return err
+		}
+	}
+	if err := d.bus.WaitIdle(ctx); err != nil {
+		return err
+	}
+
+	start := time.Now()
+	for i := range crowdSends {
+		for _, c := range d.crowd {
+			f := sendFrame{fmt.Sprintf("%s-%d", c.uid, i+1), "g4", "hello"}
+			if err := d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: c.conn, Frame: f}); err != nil {
+				return err
+			}
+		}
+	}
+	if err := d.bus.WaitIdle(ctx); err != nil { // subscribers included
+		return err
+	}
+	s.mu.Lock()
+	stored, pushedAt := len(s.channels["g4"].messages), s.lastRecv
+	s.mu.Unlock()
+	recv := 0
+	for _, c := range d.crowd {
+		for _, f := range c.conn.Frames() {
+			if _, ok := f.(recvFrame); ok {
+				recv++
+			}
+		}
+	}
+	w := s.webhook
+	w.mu.Lock()
+	posted, inOrder, postedAt := 0, true, w.last
+	for _, c := range d.crowd {
+		got := w.posted[c.uid]
+		posted += len(got)
+		for i, no := range got {
+			inOrder = inOrder && no == fmt.Sprintf("%s-%d", c.uid, i+1)
+		}
+	}
+	w.mu.Unlock()
+	fmt.Fprintf(out, "  %d users (u01 … u%02d) each send %d messages to g4 at once: %d messages\n",
+		crowdSize, crowdSize, crowdSends, crowdSize*crowdSends)
+	fmt.Fprintf(out, "  stored: %d, RECV frames written: %d, posted to the webhook: %d\n", stored, recv, posted)
+	fmt.Fprintf(out, "  the webhook got each user's messages one at a time, in send order: %v\n", inOrder)
+	fmt.Fprintln(out, "  How long it took, from the first SEND (same run):")
+	fmt.Fprintf(out, "    storage and push (the chain): every message stored and pushed after %v (varies)\n",
+		pushedAt.Sub(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "    the webhook (a subscriber):   every message posted after %v (varies)\n",
+		postedAt.Sub(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "  storage and push finished before the webhook, without waiting for it: %v\n", pushedAt.Before(postedAt))
+	fmt.Fprintf(out, "  (in the OnSend chain, the webhook would hold each user's messages back: the %dth could not be stored before %v)\n",
+		crowdSends, crowdSends*webhookDelay)
+
+	n, err := d.ack(ctx, d.crowd)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "  the %d users acknowledge: RECVACK x%d\n", crowdSize, n)
+	return d.bus.WaitIdle(ctx)
+}
+
 // percentiles describes a set of latencies.
 func percentiles(lat []time.Duration) string {
 	slices.Sort(lat)
@@ -852,24 +1031,36 @@ func (d *demo) send(ctx context.Context, uid string, frames []sendFrame) error {
 // ackAll is every connected client answering the RECV frames it got.
 func (d *demo) ackAll(ctx context.Context) error {
 	for _, c := range d.clients {
-		frames := c.conn.Frames()
-		n := 0
-		for _, f := range frames[c.acked:] {
-			if r, ok := f.(recvFrame); ok {
-				err := d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck, Conn: c.conn,
-					Frame: recvackFrame{ChannelID: r.ChannelID, MessageSeq: r.MessageSeq}})
-				if err != nil {
-					return err
-				}
-				n++
-			}
+		n, err := d.ack(ctx, []*client{c})
+		if err != nil {
+			return err
 		}
-		c.acked = len(frames)
 		if n > 0 {
 			fmt.Fprintf(d.out, "  %-8s -> RECVACK x%d\n", c.uid, n)
 		}
 	}
 	return nil
+}
+
+// ack has clients answer the RECV frames they got since their last ack,
+// and returns how many RECVACK frames they sent.
+func (d *demo) ack(ctx context.Context, clients []*client) (int, error) {
+	n := 0
+	for _, c := range clients {
+		frames := c.conn.Frames()
+		for _, f := range frames[c.acked:] {
+			if r, ok := f.(recvFrame); ok {
+				err := d.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck, Conn: c.conn,
+					Frame: recvackFrame{ChannelID: r.ChannelID, MessageSeq: r.MessageSeq}})
+				if err != nil {
+					return n, err
+				}
+				n++
+			}
+		}
+		c.acked = len(frames)
+	}
+	return n, nil
 }
 
 // printFrames prints, per client, the frames written since the last phase.
@@ -917,6 +1108,7 @@ func (d *demo) summary() {
 		}
 	}
 	fmt.Fprintf(out, "channel g3 (load), messages stored: %d\n", len(s.channels["g3"].messages))
+	fmt.Fprintf(out, "channel g4 (webhook), messages stored: %d\n", len(s.channels["g4"].messages))
 	waiting := 0
 	for _, refs := range s.pending {
 		waiting += len(refs)
@@ -924,11 +1116,14 @@ func (d *demo) summary() {
 	fmt.Fprintf(out, "RECV acknowledged: %d, waiting for RECVACK: %d\n", s.acked, waiting)
 	fmt.Fprintf(out, "offline pushes: %d\n", len(s.offline))
 	s.mu.Unlock()
+	frames, users := s.stats.total()
+	fmt.Fprintf(out, "stats subscriber: %d SEND frames from %d users (the audit's rejection included: it runs beside the chain, not after it)\n",
+		frames, users)
 
 	// Per-key order: the pusher pool is keyed by channel, so each receiver
 	// must have seen every channel's sequence numbers rising.
 	inOrder := true
-	for _, c := range d.clients {
+	for _, c := range slices.Concat(d.clients, d.crowd) {
 		last := map[string]uint64{}
 		for _, f := range c.conn.Frames() {
 			if r, ok := f.(recvFrame); ok {
@@ -940,16 +1135,23 @@ func (d *demo) summary() {
 	fmt.Fprintf(out, "every receiver saw each channel in sequence order: %v\n", inOrder)
 
 	st := d.bus.Stats()
-	fmt.Fprintf(out, "\nStats %-4s %7s %6s %8s %8s %7s %8s %5s %7s %9s\n", "", "workers", "added", "handled",
+	fmt.Fprintf(out, "\nStats %-10s %7s %6s %8s %8s %7s %8s %5s %7s %9s\n", "", "workers", "added", "handled",
 		"stopped", "failed", "retried", "dead", "queued", "inflight")
 	pools := []struct {
 		name string
 		ps   eventbus.PoolStats
 	}{{"user", st.User}, {"channel", st.Channel}, {"pusher", st.Pusher}}
+	// Each subscriber counts its deliveries like a pool (Stats.Subscribers).
+	for _, name := range slices.Sorted(maps.Keys(st.Subscribers)) {
+		pools = append(pools, struct {
+			name string
+			ps   eventbus.PoolStats
+		}{name, st.Subscribers[name]})
+	}
 	balanced := true
 	for _, p := range pools {
 		ps := p.ps
-		fmt.Fprintf(out, "  %-8s %7d %6d %8d %8d %7d %8d %5d %7d %9d\n", p.name, ps.Workers, ps.Added, ps.Handled,
+		fmt.Fprintf(out, "  %-14s %7d %6d %8d %8d %7d %8d %5d %7d %9d\n", p.name, ps.Workers, ps.Added, ps.Handled,
 			ps.Stopped, ps.Failed, ps.Retried, ps.DeadLettered, ps.Queued, ps.InFlight)
 		balanced = balanced && ps.Added == ps.Handled+ps.Stopped+ps.DeadLettered
 	}
@@ -957,7 +1159,7 @@ func (d *demo) summary() {
 	fmt.Fprintln(out, "the two stopped user events: mallory's CONNECT (auth) and alice-2 (audit)")
 	fmt.Fprintf(out, "latency of one pass of a chain, per pool, over the %d events above (varies from run to run):\n",
 		st.User.Handled+st.Channel.Handled+st.Pusher.Handled)
-	for _, p := range pools {
+	for _, p := range pools[:3] {
 		l := p.ps.Latency
 		fmt.Fprintf(out, "  latency %-8s p50=%v p99=%v max=%v\n", p.name, l.P50, l.P99, l.Max)
 	}
