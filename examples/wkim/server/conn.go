@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -199,17 +200,18 @@ var errBadFrame = errors.New("bad frame")
 // from it: a packet may span messages and a message may hold several.
 type reader struct {
 	c   *conn
-	buf []byte
+	buf []byte // buf[off:] is read and not yet decoded
+	off int
 }
 
 // next returns the next packet, reading messages as needed, each within
 // timeout.
 func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packet, error) {
 	for {
-		if len(r.buf) > 0 {
-			p, n, err := wkproto.Decode(r.buf, r.c.s.cfg.MaxPacketSize)
+		if r.off < len(r.buf) {
+			p, n, err := wkproto.Decode(r.buf[r.off:], r.c.s.cfg.MaxPacketSize)
 			if err == nil {
-				r.buf = r.buf[n:]
+				r.off += n
 				return p, nil
 			}
 			if !errors.Is(err, wkproto.ErrShort) {
@@ -217,7 +219,14 @@ func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packe
 			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, timeout)
-		typ, msg, err := r.c.ws.Read(rctx)
+		typ, msg, err := r.c.ws.Reader(rctx)
+		if err == nil {
+			if r.off > 0 { // drop what was decoded; the array is reused
+				r.buf = r.buf[:copy(r.buf, r.buf[r.off:])]
+				r.off = 0
+			}
+			r.buf, err = appendAll(r.buf, msg)
+		}
 		cancel()
 		if err != nil {
 			switch {
@@ -231,10 +240,24 @@ func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packe
 		if typ != websocket.MessageBinary {
 			return nil, fmt.Errorf("%w: text WebSocket message", errBadFrame)
 		}
-		if len(r.buf) == 0 {
-			r.buf = msg // no copy: Decode copies what it keeps
-		} else {
-			r.buf = append(r.buf, msg...)
+	}
+}
+
+// appendAll appends what r holds to b, as io.ReadAll does, reusing b's
+// spare capacity: Decode copies what it keeps, so the buffer of one
+// connection serves every message.
+func appendAll(b []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
 		}
 	}
 }

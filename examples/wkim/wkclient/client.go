@@ -10,6 +10,7 @@
 package wkclient
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -55,6 +56,7 @@ type Client struct {
 	cipher   *wkproto.Cipher
 	onPacket func(wkproto.Packet)
 	noAck    bool
+	rbuf     []byte // read buffer, used by one reader at a time
 	seq      atomic.Uint32
 
 	mu     sync.Mutex
@@ -127,10 +129,18 @@ func randomHex() string {
 // readOne reads one WebSocket message and decodes the one packet it must
 // hold.
 func (c *Client) readOne(ctx context.Context) (wkproto.Packet, error) {
-	typ, msg, err := c.ws.Read(ctx)
+	typ, r, err := c.ws.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// One buffer for every message: Decode copies what it keeps.
+	buf := bytes.NewBuffer(c.rbuf[:0])
+	_, err = buf.ReadFrom(r)
+	c.rbuf = buf.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	msg := c.rbuf
 	if typ != websocket.MessageBinary {
 		return nil, errors.New("wkclient: server sent a text message")
 	}
