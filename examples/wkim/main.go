@@ -48,12 +48,14 @@ func main() {
 // groupFlag collects -group id=uid,uid,... flags.
 type groupFlag map[string][]string
 
+// String prints the groups, for flag's help output.
 func (g groupFlag) String() string { return fmt.Sprint(map[string][]string(g)) }
 
+// Set adds the members of one -group id=uid,uid,... flag.
 func (g groupFlag) Set(v string) error {
 	id, members, ok := strings.Cut(v, "=")
 	if !ok || id == "" {
-		return errors.New(`want id=uid,uid,...`)
+		return errors.New("want id=uid,uid (members separated by commas)")
 	}
 	for m := range strings.SplitSeq(members, ",") {
 		if m = strings.TrimSpace(m); m != "" {

@@ -43,6 +43,7 @@ type Options struct {
 // ConnectError is a CONNACK that refused the login.
 type ConnectError struct{ Reason uint8 }
 
+// Error says the login was refused and the CONNACK reason code.
 func (e *ConnectError) Error() string {
 	return fmt.Sprintf("wkclient: login refused, CONNACK reason %d", e.Reason)
 }
