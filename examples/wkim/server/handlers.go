@@ -86,7 +86,16 @@ func (s *Server) auth(_ context.Context, ev *eventbus.UserContext) error {
 func (c *conn) refuse(reason uint8, why string) {
 	c.send(&wkproto.ConnackPacket{ReasonCode: reason})
 	c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
-	c.authed <- false
+	c.loginDone(false)
+}
+
+// loginDone tells the read loop the login's result, once: a retried
+// Connect chain never blocks a worker on it.
+func (c *conn) loginDone(ok bool) {
+	select {
+	case c.authed <- ok:
+	default:
+	}
 }
 
 // handshake does the key exchange, logs the user in on this connection,
@@ -124,7 +133,7 @@ func (s *Server) handshake(ctx context.Context, ev *eventbus.UserContext) error 
 	// Keyed by the uid now set: it runs before anything this user sends
 	// next, as the read loop waits for authed before it reads on.
 	err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnConnect, Conn: c, Frame: p})
-	c.authed <- err == nil
+	c.loginDone(err == nil)
 	if err != nil {
 		return eventbus.Permanent(err)
 	}
