@@ -1,12 +1,20 @@
 # The verbs everyone runs. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test vet fmt-check bench bench-peers cover lint
+.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test
 
 test: fmt-check vet
 	$(GO) test -race -count=1 -timeout 8m ./...
 	cd benchmarks && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...
 	cd contrib/otel && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+	@if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory sdk-test; \
+	else echo "sdk-test: SKIPPED: node is not on PATH (the WuKongIM JS SDK interop test needs Node 20 and npm)"; fi
+
+# Interop test of examples/wkim with the official WuKongIM JS SDK (Node).
+SDKTEST := examples/wkim/sdktest
+sdk-test:
+	@test -d $(SDKTEST)/node_modules || (cd $(SDKTEST) && npm ci --no-audit --no-fund)
+	cd $(SDKTEST) && node --test interop.test.mjs
 
 vet:
 	$(GO) vet ./...

@@ -1,0 +1,367 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/examples/wkim/wkproto"
+)
+
+// conn is one client's WebSocket connection: the connection layer of the
+// server. Its goroutine (serve) reads packets and turns them into user
+// events; a writer goroutine it owns sends what handlers queue, one packet
+// per WebSocket message, in queue order. Handlers never write to the socket
+// themselves, so a slow client never holds a pool worker.
+type conn struct {
+	s      *Server
+	id     int64
+	ws     *websocket.Conn
+	remote string
+	log    *slog.Logger
+
+	uid    atomic.Pointer[string]
+	cipher atomic.Pointer[wkproto.Cipher]
+
+	// authed receives the result of the CONNECT chain: true once CONNACK
+	// success is queued and OnConnect emitted, false when login failed.
+	authed chan bool
+
+	out      chan outItem
+	stop     chan struct{} // closed by closeWith: the writer closes the socket now
+	stopOnce sync.Once
+
+	mu          sync.Mutex
+	closeCode   websocket.StatusCode
+	closeReason string
+	closeLevel  slog.Level
+	flush       bool // a close item is queued: flush up to it
+}
+
+// outItem is one WebSocket message to send, or, with close set, the order
+// to close the socket once everything queued before it is sent.
+type outItem struct {
+	b     []byte
+	close bool
+}
+
+var _ eventbus.Conn = (*conn)(nil)
+
+// UID returns the logged-in user, or "" before login.
+func (c *conn) UID() string {
+	if p := c.uid.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// ID returns the connection's id, unique in the process.
+func (c *conn) ID() int64 { return c.id }
+
+// closeWith closes the connection with a WebSocket close code and reason,
+// logged at level when the connection ends. The first reason wins. With
+// flush, packets queued before are sent first (a failed CONNACK, a kick's
+// DISCONNECT); otherwise the writer closes at once. It never blocks.
+func (c *conn) closeWith(code websocket.StatusCode, level slog.Level, reason string, flush bool) {
+	c.mu.Lock()
+	if c.closeReason == "" {
+		c.closeCode, c.closeReason, c.closeLevel = code, reason, level
+	}
+	c.mu.Unlock()
+	if flush {
+		c.mu.Lock()
+		c.flush = true // before the item is queued: the writer may see stop first
+		c.mu.Unlock()
+		select {
+		case c.out <- outItem{close: true}:
+			return
+		default: // queue full: close after what is queued
+		}
+	}
+	c.stopOnce.Do(func() { close(c.stop) })
+}
+
+func (c *conn) flushRequested() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flush
+}
+
+func (c *conn) reason() (websocket.StatusCode, slog.Level, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeCode, c.closeLevel, c.closeReason
+}
+
+// closing reports whether the connection is being closed.
+func (c *conn) closing() bool {
+	select {
+	case <-c.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// send queues one packet. It never blocks: when the client does not read
+// fast enough to keep its queue below Config.OutboundQueue, the connection
+// is closed (what it had not acknowledged goes back to the user's offline
+// queue). It reports whether the packet was queued.
+func (c *conn) send(p wkproto.Packet) bool {
+	b, err := wkproto.Encode(p)
+	if err != nil {
+		c.log.Error("encode", "packet", p.Type(), "err", err)
+		return false
+	}
+	if c.closing() {
+		return false
+	}
+	select {
+	case c.out <- outItem{b: b}:
+		return true
+	default:
+		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "slow client: outbound queue full", false)
+		return false
+	}
+}
+
+// writeLoop sends queued packets until told to close.
+func (c *conn) writeLoop(ctx context.Context) {
+	closeNow := func() {
+		code, _, reason := c.reason()
+		if code == 0 {
+			code = websocket.StatusNormalClosure
+		}
+		if len(reason) > 120 { // a close frame holds at most 123 bytes of reason
+			reason = reason[:120]
+		}
+		_ = c.ws.Close(code, reason)
+	}
+	// write sends one item; false means the writer is done.
+	write := func(it outItem) bool {
+		if it.close {
+			c.stopOnce.Do(func() { close(c.stop) })
+			closeNow()
+			return false
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.s.cfg.WriteTimeout)
+		err := c.ws.Write(wctx, websocket.MessageBinary, it.b)
+		cancel()
+		if err != nil {
+			c.closeWith(websocket.StatusGoingAway, slog.LevelInfo, "write: "+err.Error(), false)
+			_ = c.ws.CloseNow()
+			return false
+		}
+		return true
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			_ = c.ws.CloseNow()
+			return
+		case <-c.stop:
+			if c.flushRequested() {
+				// A close after flush was asked first: send what is queued
+				// up to it (a failed CONNACK, a kick's DISCONNECT).
+				for {
+					select {
+					case it := <-c.out:
+						if !write(it) {
+							return
+						}
+						continue
+					default:
+					}
+					break
+				}
+			}
+			closeNow()
+			return
+		case it := <-c.out:
+			if !write(it) {
+				return
+			}
+		}
+	}
+}
+
+// errBadFrame marks read errors that are the client's fault.
+var errBadFrame = errors.New("bad frame")
+
+// reader buffers WebSocket messages into a byte stream and cuts packets
+// from it: a packet may span messages and a message may hold several.
+type reader struct {
+	c   *conn
+	buf []byte // buf[off:] is read and not yet decoded
+	off int
+}
+
+// next returns the next packet, reading messages as needed, each within
+// timeout.
+func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packet, error) {
+	for {
+		if r.off < len(r.buf) {
+			p, n, err := wkproto.Decode(r.buf[r.off:], r.c.s.cfg.MaxPacketSize)
+			if err == nil {
+				r.off += n
+				return p, nil
+			}
+			if !errors.Is(err, wkproto.ErrShort) {
+				return nil, fmt.Errorf("%w: %w", errBadFrame, err)
+			}
+		}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		typ, msg, err := r.c.ws.Reader(rctx)
+		if err == nil {
+			if r.off > 0 { // drop what was decoded; the array is reused
+				r.buf = r.buf[:copy(r.buf, r.buf[r.off:])]
+				r.off = 0
+			}
+			r.buf, err = appendAll(r.buf, msg)
+		}
+		cancel()
+		if err != nil {
+			switch {
+			case errors.Is(err, websocket.ErrMessageTooBig):
+				return nil, fmt.Errorf("%w: WebSocket message over %d bytes", errBadFrame, r.c.s.cfg.MaxPacketSize+5)
+			case errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
+				return nil, fmt.Errorf("no packet for %v", timeout)
+			}
+			return nil, err
+		}
+		if typ != websocket.MessageBinary {
+			return nil, fmt.Errorf("%w: text WebSocket message", errBadFrame)
+		}
+	}
+}
+
+// appendAll appends what r holds to b, as io.ReadAll does, reusing b's
+// spare capacity: Decode copies what it keeps, so the buffer of one
+// connection serves every message.
+func appendAll(b []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// serve runs the connection: CONNECT first, then a loop that turns
+// packets into user events, until the client leaves, breaks the protocol
+// or is closed by the server. It returns when the writer has stopped and
+// ConnClose has been added.
+func (c *conn) serve(ctx context.Context) {
+	s := c.s
+	ctx, cancel := context.WithCancel(ctx)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop(ctx)
+	}()
+	defer func() {
+		c.closeWith(websocket.StatusNormalClosure, slog.LevelDebug, "client left", false)
+		<-writerDone
+		cancel()
+		s.forget(c)
+		// ConnClose goes through the bus even while it drains, so the
+		// session is always cleaned up; only a closed bus refuses it.
+		_ = s.bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventConnClose, Conn: c})
+		_, level, reason := c.reason()
+		c.log.Log(context.Background(), level, "connection closed", "reason", reason)
+	}()
+
+	r := &reader{c: c}
+	if !c.login(ctx, r) {
+		return
+	}
+	for {
+		p, err := r.next(ctx, s.cfg.IdleTimeout)
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		switch p := p.(type) {
+		case *wkproto.PingPacket:
+			c.send(&wkproto.PongPacket{})
+		case *wkproto.SendPacket:
+			err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: c, Frame: &sendFrame{packet: p}})
+		case *wkproto.RecvackPacket:
+			err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck, Conn: c, Frame: p})
+		case *wkproto.DisconnectPacket:
+			c.closeWith(websocket.StatusNormalClosure, slog.LevelDebug, "client sent DISCONNECT", false)
+			return
+		default:
+			s.badFrames.Add(1)
+			c.closeWith(websocket.StatusProtocolError, slog.LevelWarn, "bad frame: unexpected "+p.Type().String(), false)
+			return
+		}
+		if err != nil {
+			c.closeWith(websocket.StatusGoingAway, slog.LevelInfo, "bus: "+err.Error(), false)
+			return
+		}
+	}
+}
+
+// login reads CONNECT, runs the Connect chain and waits for its verdict.
+func (c *conn) login(ctx context.Context, r *reader) bool {
+	s := c.s
+	p, err := r.next(ctx, s.cfg.ConnectTimeout)
+	if err != nil {
+		c.readFailed(err)
+		return false
+	}
+	connect, ok := p.(*wkproto.ConnectPacket)
+	if !ok {
+		s.badFrames.Add(1)
+		c.closeWith(websocket.StatusProtocolError, slog.LevelWarn, "bad frame: first packet is "+p.Type().String()+", not CONNECT", false)
+		return false
+	}
+	if err := s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventConnect, Conn: c, Frame: connect}); err != nil {
+		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "bus: "+err.Error(), false)
+		return false
+	}
+	t := time.NewTimer(s.cfg.ConnectTimeout)
+	defer t.Stop()
+	select {
+	case ok := <-c.authed:
+		return ok
+	case <-ctx.Done():
+	case <-c.stop:
+	case <-t.C:
+		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "login not handled in time", false)
+	}
+	return false
+}
+
+// readFailed closes the connection after a failed read, with the reason.
+func (c *conn) readFailed(err error) {
+	switch {
+	case errors.Is(err, errBadFrame):
+		c.s.badFrames.Add(1)
+		code := websocket.StatusProtocolError
+		if errors.Is(err, wkproto.ErrTooLarge) || errors.Is(err, websocket.ErrMessageTooBig) {
+			code = websocket.StatusMessageTooBig
+		}
+		c.closeWith(code, slog.LevelWarn, err.Error(), false)
+	case websocket.CloseStatus(err) != -1:
+		c.closeWith(websocket.StatusNormalClosure, slog.LevelDebug, "client closed: "+websocket.CloseStatus(err).String(), false)
+	default:
+		c.closeWith(websocket.StatusGoingAway, slog.LevelInfo, "read: "+err.Error(), false)
+	}
+}

@@ -1,0 +1,371 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/examples/wkim/wkproto"
+)
+
+// Message.Header keys: protocol metadata carried from SEND to RECV.
+const (
+	HeaderClientSeq = "clientSeq" // the SEND's client sequence, echoed in SENDACK
+	HeaderConnID    = "connID"    // the sending connection, which gets the SENDACK
+	HeaderTo        = "to"        // person channel: the receiver's uid
+	HeaderNoPersist = "noPersist" // "1" when the SEND had the noPersist flag
+)
+
+// sendFrame is the Frame of an OnSend event: the packet as read, and the
+// message the "verify" handler makes of it.
+type sendFrame struct {
+	packet *wkproto.SendPacket
+	msg    *eventbus.Message
+}
+
+// register builds the handler chains.
+func (s *Server) register() error {
+	var errs []error
+	reg := func(_ *eventbus.Registration, err error) { errs = append(errs, err) }
+	b := s.bus
+	// User pool.
+	reg(eventbus.Register(b, eventbus.EventConnect, s.auth, eventbus.WithName("auth")))
+	reg(eventbus.Register(b, eventbus.EventConnect, s.handshake, eventbus.WithName("handshake")))
+	reg(eventbus.Register(b, eventbus.EventOnConnect, s.online, eventbus.WithName("session")))
+	reg(eventbus.Register(b, eventbus.EventOnSend, s.verify, eventbus.WithName("verify")))
+	reg(eventbus.Register(b, eventbus.EventOnSend, s.permission, eventbus.WithName("permission")))
+	reg(eventbus.Register(b, eventbus.EventOnSend, s.forward, eventbus.WithName("forward")))
+	reg(eventbus.Register(b, eventbus.EventRecvAck, s.recvAck, eventbus.WithName("recvack")))
+	reg(eventbus.Register(b, eventbus.EventConnClose, s.connClose, eventbus.WithName("close")))
+	// Channel pool.
+	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.store, eventbus.WithName("store")))
+	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.fanout, eventbus.WithName("fanout")))
+	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.sendack, eventbus.WithName("sendack")))
+	// Pusher pool.
+	reg(eventbus.Register(b, eventbus.EventPushOnline, s.deliver, eventbus.WithName("deliver")))
+	reg(eventbus.Register(b, eventbus.EventPushOffline, s.offlinePush, eventbus.WithName("offline-push")))
+	return errors.Join(errs...)
+}
+
+// stop ends a chain on purpose: the event counts as Stopped, not retried.
+func stop(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), eventbus.ErrStopChain)
+}
+
+// ---- user pool: login ----
+
+// auth checks CONNECT's version and token. A failure answers CONNACK with
+// the reason and closes the connection.
+func (s *Server) auth(_ context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	p := ev.Frame.(*wkproto.ConnectPacket)
+	reason, why := wkproto.ReasonSuccess, ""
+	switch {
+	case p.Version != wkproto.Version:
+		reason, why = wkproto.ReasonUnknown, fmt.Sprintf("bad frame: unsupported protocol version %d", p.Version)
+	case !s.cfg.Authenticate(p.UID, p.Token):
+		reason, why = wkproto.ReasonAuthFail, fmt.Sprintf("login refused for uid %q", p.UID)
+	case p.ClientKey == "":
+		reason, why = wkproto.ReasonUnknown, "bad frame: CONNECT without a client key"
+	}
+	if reason == wkproto.ReasonSuccess {
+		return nil
+	}
+	c.refuse(reason, why)
+	return stop("%s", why)
+}
+
+// refuse answers a failed CONNACK and closes the connection after it.
+func (c *conn) refuse(reason uint8, why string) {
+	c.send(&wkproto.ConnackPacket{ReasonCode: reason})
+	c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+	c.loginDone(false)
+}
+
+// loginDone tells the read loop the login's result, once: a retried
+// Connect chain never blocks a worker on it.
+func (c *conn) loginDone(ok bool) {
+	select {
+	case c.authed <- ok:
+	default:
+	}
+}
+
+// handshake does the key exchange, logs the user in on this connection,
+// answers CONNACK and emits OnConnect.
+func (s *Server) handshake(ctx context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	p := ev.Frame.(*wkproto.ConnectPacket)
+	keys, err := wkproto.GenerateKey(nil)
+	if err != nil {
+		c.refuse(wkproto.ReasonUnknown, err.Error())
+		return stop("%v", err)
+	}
+	secret, err := keys.Shared(p.ClientKey)
+	if err != nil {
+		why := "bad frame: CONNECT client key: " + err.Error()
+		c.refuse(wkproto.ReasonUnknown, why)
+		return stop("%s", why)
+	}
+	salt := wkproto.NewSalt()
+	cipher, err := wkproto.NewCipher(secret, salt)
+	if err != nil {
+		c.refuse(wkproto.ReasonUnknown, err.Error())
+		return stop("%v", err)
+	}
+	c.cipher.Store(cipher)
+	uid := p.UID
+	c.uid.Store(&uid)
+	c.log = c.log.With("uid", uid)
+	c.send(&wkproto.ConnackPacket{
+		TimeDiff:   time.Now().UnixMilli() - p.ClientTimestamp,
+		ReasonCode: wkproto.ReasonSuccess,
+		ServerKey:  keys.PublicBase64(),
+		Salt:       salt,
+	})
+	// Keyed by the uid now set: it runs before anything this user sends
+	// next, as the read loop waits for authed before it reads on.
+	err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnConnect, Conn: c, Frame: p})
+	c.loginDone(err == nil)
+	if err != nil {
+		return eventbus.Permanent(err)
+	}
+	c.log.Debug("logged in", "device", p.DeviceID)
+	return nil
+}
+
+// online puts the user online on this connection and replays its offline
+// queue.
+func (s *Server) online(_ context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	replayed := s.sessions.online(s, c)
+	c.log.Info("online", "replayed", replayed)
+	return nil
+}
+
+// ---- user pool: SEND ----
+
+// verify checks a SEND's message key and decrypts its payload. A bad key
+// or payload is a bad frame: SENDACK with the reason, then the connection
+// closes.
+func (s *Server) verify(_ context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	f := ev.Frame.(*sendFrame)
+	p := f.packet
+	plain, err := c.cipher.Load().OpenSend(p)
+	if err != nil {
+		reason := wkproto.ReasonMsgKeyError
+		if errors.Is(err, wkproto.ErrPayload) {
+			reason = wkproto.ReasonPayloadDecodeError
+		}
+		c.send(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: reason})
+		s.badFrames.Add(1)
+		why := fmt.Sprintf("bad frame: SEND clientSeq %d: %v", p.ClientSeq, err)
+		c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+		return stop("%s", why)
+	}
+	uid := c.UID()
+	m := &eventbus.Message{
+		ClientMsgNo: p.ClientMsgNo,
+		FromUID:     uid,
+		ChannelID:   p.ChannelID,
+		ChannelType: p.ChannelType,
+		Payload:     plain,
+		Timestamp:   time.Now().UnixMilli(),
+		Header: map[string]string{
+			HeaderClientSeq: strconv.FormatUint(uint64(p.ClientSeq), 10),
+			HeaderConnID:    strconv.FormatInt(c.id, 10),
+		},
+	}
+	if p.Flags&wkproto.FlagNoPersist != 0 {
+		m.Header[HeaderNoPersist] = "1"
+	}
+	if p.ChannelType == wkproto.ChannelPerson {
+		// Both directions of a conversation are one channel, one sequence.
+		m.Header[HeaderTo] = p.ChannelID
+		m.ChannelID = personChannel(uid, p.ChannelID)
+	}
+	f.msg = m
+	return nil
+}
+
+// personChannel is the channel id of the conversation between a and b.
+func personChannel(a, b string) string {
+	if b < a {
+		a, b = b, a
+	}
+	return a + "@" + b
+}
+
+// permission checks that the channel exists and the sender may post in it.
+func (s *Server) permission(_ context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	f := ev.Frame.(*sendFrame)
+	reason := wkproto.ReasonSuccess
+	switch f.packet.ChannelType {
+	case wkproto.ChannelPerson:
+		if f.packet.ChannelID == "" {
+			reason = wkproto.ReasonChannelNotExist
+		}
+	case wkproto.ChannelGroup:
+		members, ok := s.groups.get(f.packet.ChannelID)
+		switch {
+		case !ok:
+			reason = wkproto.ReasonChannelNotExist
+		case !contains(members, f.msg.FromUID):
+			reason = wkproto.ReasonSubscriberNotExist
+		}
+	default:
+		reason = wkproto.ReasonChannelNotExist
+	}
+	if reason == wkproto.ReasonSuccess {
+		return nil
+	}
+	c.send(&wkproto.SendackPacket{ClientSeq: f.packet.ClientSeq, ReasonCode: reason})
+	return stop("SEND to %s/%d refused with reason %d", f.packet.ChannelID, f.packet.ChannelType, reason)
+}
+
+func contains(sorted []string, s string) bool {
+	_, ok := slices.BinarySearch(sorted, s)
+	return ok
+}
+
+// forward gives the message its id and hands it to its channel: a
+// follow-on event, so it never waits and keeps this user's order.
+func (s *Server) forward(ctx context.Context, ev *eventbus.UserContext) error {
+	m := ev.Frame.(*sendFrame).msg
+	m.MessageID = s.nextMsgID.Add(1)
+	return s.bus.AddEvent(ctx, &eventbus.ChannelContext{
+		EventType:   eventbus.EventChannelDistribute,
+		ChannelID:   m.ChannelID,
+		ChannelType: m.ChannelType,
+		Messages:    []*eventbus.Message{m},
+	})
+}
+
+// ---- user pool: RECVACK and close ----
+
+func (s *Server) recvAck(_ context.Context, ev *eventbus.UserContext) error {
+	p := ev.Frame.(*wkproto.RecvackPacket)
+	if s.sessions.ack(ev.Conn.(*conn), p.MessageID) {
+		s.acked.Add(1)
+	}
+	return nil
+}
+
+func (s *Server) connClose(_ context.Context, ev *eventbus.UserContext) error {
+	c := ev.Conn.(*conn)
+	if uid := c.UID(); uid != "" {
+		if n := s.sessions.offline(c); n > 0 {
+			c.log.Info("offline", "requeued", n)
+		}
+	}
+	return nil
+}
+
+// ---- channel pool ----
+
+// store gives each message the channel's next sequence and keeps it.
+func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
+	ch := s.channels.get(ev.ChannelID, ev.ChannelType)
+	for _, m := range ev.Messages {
+		ch.append(m, s.cfg.History)
+	}
+	return nil
+}
+
+// fanout emits one push event per receiver: the group's members but the
+// sender, or the other user of a person channel.
+func (s *Server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error {
+	for _, m := range ev.Messages {
+		var receivers []string
+		if m.ChannelType == wkproto.ChannelPerson {
+			receivers = []string{m.Header[HeaderTo]}
+		} else {
+			receivers, _ = s.groups.get(m.ChannelID)
+		}
+		for _, uid := range receivers {
+			if uid == m.FromUID && m.ChannelType != wkproto.ChannelPerson {
+				continue
+			}
+			if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
+				EventType: eventbus.EventPushOnline, Message: m, Subscribers: []string{uid},
+			}); err != nil {
+				return eventbus.Permanent(err)
+			}
+		}
+	}
+	return nil
+}
+
+// sendack answers each sender: the message is stored and its push events
+// are queued. As those are queued before the SENDACK, a client that waits
+// for the SENDACK before sending on has its messages reach every receiver
+// in the order sent, across channels too.
+func (s *Server) sendack(_ context.Context, ev *eventbus.ChannelContext) error {
+	for _, m := range ev.Messages {
+		s.sent.Add(1)
+		id, _ := strconv.ParseInt(m.Header[HeaderConnID], 10, 64)
+		seq, _ := strconv.ParseUint(m.Header[HeaderClientSeq], 10, 32)
+		if c := s.conn(id); c != nil {
+			c.send(&wkproto.SendackPacket{MessageID: m.MessageID, ClientSeq: uint32(seq),
+				MessageSeq: uint32(m.MessageSeq), ReasonCode: wkproto.ReasonSuccess})
+		}
+	}
+	return nil
+}
+
+// ---- pusher pool ----
+
+// deliver writes the message to the receiver's connection, or queues it
+// for the next login and emits PushOffline.
+func (s *Server) deliver(ctx context.Context, ev *eventbus.PushContext) error {
+	for _, uid := range ev.Subscribers {
+		if s.sessions.deliver(s, uid, ev.Message) {
+			continue
+		}
+		if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
+			EventType: eventbus.EventPushOffline, Message: ev.Message, Subscribers: []string{uid},
+		}); err != nil {
+			return eventbus.Permanent(err)
+		}
+	}
+	return nil
+}
+
+// offlinePush is where a real server would call APNs or FCM; the message
+// itself is already in the receiver's offline queue.
+func (s *Server) offlinePush(_ context.Context, ev *eventbus.PushContext) error {
+	s.log.Debug("offline push", "to", ev.Subscribers, "channel", ev.Message.ChannelID, "seq", ev.Message.MessageSeq)
+	return nil
+}
+
+// recvPacket is m as uid receives it, encrypted and signed with cipher.
+func recvPacket(m *eventbus.Message, cipher *wkproto.Cipher) *wkproto.RecvPacket {
+	channelID := m.ChannelID
+	if m.ChannelType == wkproto.ChannelPerson {
+		channelID = m.FromUID // a person channel is named after the other user
+	}
+	p := &wkproto.RecvPacket{
+		Flags:       wkproto.FlagRedDot,
+		FromUID:     m.FromUID,
+		ChannelID:   channelID,
+		ChannelType: m.ChannelType,
+		ClientMsgNo: m.ClientMsgNo,
+		MessageID:   m.MessageID,
+		MessageSeq:  uint32(m.MessageSeq),
+		Timestamp:   uint32(m.Timestamp / 1000),
+	}
+	if m.Header[HeaderNoPersist] == "1" {
+		p.Flags |= wkproto.FlagNoPersist
+	}
+	cipher.SealRecv(p, m.Payload)
+	return p
+}

@@ -1,0 +1,185 @@
+package server
+
+import (
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/coder/websocket"
+
+	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/examples/wkim/wkproto"
+)
+
+// channel is one channel's stored messages and sequence. Only the channel
+// pool's handlers of this channel write it, one at a time; the lock is for
+// readers (History).
+type channel struct {
+	mu   sync.Mutex
+	seq  uint64
+	msgs []*eventbus.Message
+}
+
+// append gives m the next sequence and keeps it, and at most keep messages.
+func (ch *channel) append(m *eventbus.Message, keep int) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	ch.seq++
+	m.MessageSeq = ch.seq
+	ch.msgs = append(ch.msgs, m)
+	if len(ch.msgs) >= 2*keep { // trim now and then, not on every append
+		ch.msgs = slices.Clone(ch.msgs[len(ch.msgs)-keep:])
+	}
+}
+
+type channels struct {
+	mu sync.Mutex
+	m  map[string]*channel
+}
+
+func channelKey(id string, typ uint8) string { return strconv.Itoa(int(typ)) + "/" + id }
+
+func (cs *channels) get(id string, typ uint8) *channel {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	k := channelKey(id, typ)
+	ch := cs.m[k]
+	if ch == nil {
+		ch = &channel{}
+		cs.m[k] = ch
+	}
+	return ch
+}
+
+// History returns copies of the last messages stored in a channel, oldest
+// first (at most Config.History of them). A person channel's id is
+// "uid1@uid2", the two uids in byte order.
+func (s *Server) History(channelID string, channelType uint8) []eventbus.Message {
+	ch := s.channels.get(channelID, channelType)
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	msgs := ch.msgs[max(0, len(ch.msgs)-s.cfg.History):]
+	out := make([]eventbus.Message, len(msgs))
+	for i, m := range msgs {
+		out[i] = *m
+	}
+	return out
+}
+
+// session is what the server knows of one user: the connection it is
+// online on, the RECVs written there and not yet acknowledged (pending),
+// and the messages waiting for its next login (offline). Pending messages
+// are older than offline ones: when the connection ends, pending goes to
+// the front of offline, so the next login replays everything in order.
+type session struct {
+	mu      sync.Mutex
+	conn    *conn
+	pending []*eventbus.Message
+	offline []*eventbus.Message
+}
+
+type sessions struct {
+	mu sync.Mutex
+	m  map[string]*session
+}
+
+func (ss *sessions) get(uid string) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	se := ss.m[uid]
+	if se == nil {
+		se = &session{}
+		ss.m[uid] = se
+	}
+	return se
+}
+
+// online makes c the user's connection and replays what waited for it. A
+// connection already there is kicked (DISCONNECT, then closed) and what it
+// had not acknowledged is replayed first. It returns how many messages
+// were replayed.
+func (ss *sessions) online(s *Server, c *conn) int {
+	se := ss.get(c.UID())
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if c.closing() { // it went away before its login was handled
+		return 0
+	}
+	replay := se.offline
+	if old := se.conn; old != nil && old != c {
+		old.send(&wkproto.DisconnectPacket{ReasonCode: wkproto.ReasonConnectKick, Reason: "logged in elsewhere"})
+		old.closeWith(websocket.StatusPolicyViolation, slog.LevelInfo,
+			"kicked: logged in again on conn "+strconv.FormatInt(c.id, 10), true)
+		replay = append(se.pending, replay...)
+	}
+	se.conn, se.pending, se.offline = c, nil, nil
+	for _, m := range replay {
+		s.push(se, c, m)
+	}
+	return len(replay)
+}
+
+// push writes m to c and keeps it pending. se.mu must be held.
+func (s *Server) push(se *session, c *conn, m *eventbus.Message) {
+	se.pending = append(se.pending, m)
+	if len(se.pending) > s.cfg.MaxUnacked {
+		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "slow client: too many unacknowledged RECVs", false)
+		return
+	}
+	if c.send(recvPacket(m, c.cipher.Load())) {
+		s.delivered.Add(1)
+	}
+}
+
+// deliver writes m to uid's connection and reports true, or queues it
+// offline and reports false.
+func (ss *sessions) deliver(s *Server, uid string, m *eventbus.Message) bool {
+	se := ss.get(uid)
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if c := se.conn; c != nil && !c.closing() {
+		s.push(se, c, m)
+		return true
+	}
+	se.offline = append(se.offline, m)
+	s.offline.Add(1)
+	return false
+}
+
+// ack drops the pending RECV with id, if c is the user's connection.
+func (ss *sessions) ack(c *conn, id int64) bool {
+	se := ss.get(c.UID())
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.conn != c {
+		return false
+	}
+	// Acknowledgements come in order, so this is nearly always index 0.
+	i := slices.IndexFunc(se.pending, func(m *eventbus.Message) bool { return m.MessageID == id })
+	if i < 0 {
+		return false
+	}
+	if i == 0 {
+		se.pending[0] = nil
+		se.pending = se.pending[1:]
+	} else {
+		se.pending = slices.Delete(se.pending, i, i+1)
+	}
+	return true
+}
+
+// offline takes the user offline if c is its connection: unacknowledged
+// RECVs go back to the front of the offline queue. It returns how many.
+func (ss *sessions) offline(c *conn) int {
+	se := ss.get(c.UID())
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.conn != c {
+		return 0
+	}
+	n := len(se.pending)
+	se.offline = append(se.pending, se.offline...)
+	se.conn, se.pending = nil, nil
+	return n
+}
