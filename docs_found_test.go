@@ -1,16 +1,11 @@
 package eventbus_test
 
-// Behaviour found wrong while documenting engine v2 and subscribers. Each
-// test fails on the code it was written against; they are skipped unless
-// EVENTBUS_DOCS_FOUND=1, so that the suite stays green until the engine is
-// fixed (then drop the skip):
-//
-//	EVENTBUS_DOCS_FOUND=1 go test -race -count=1 -run TestDocsFound .
+// Regression tests for behaviour found wrong while documenting engine v2
+// and subscribers; each failed on the code it was written against.
 
 import (
 	"context"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,13 +15,6 @@ import (
 	"github.com/imbus/eventbus"
 	"github.com/stretchr/testify/require"
 )
-
-func skipUnlessFound(t *testing.T) {
-	t.Helper()
-	if os.Getenv("EVENTBUS_DOCS_FOUND") == "" {
-		t.Skip("known bug (docs branch report); set EVENTBUS_DOCS_FOUND=1 to run")
-	}
-}
 
 // DESIGN §4.5: "An add from a handler's goroutine with another ctx (e.g.
 // context.Background()) that would wait on its own pool is treated as a
@@ -38,7 +26,6 @@ func skipUnlessFound(t *testing.T) {
 // subscriber, adding the same way, waits for the pool: neither returns
 // until Close.
 func TestDocsFoundForeignCtxAddsDeadlockWithSubscriber(t *testing.T) {
-	skipUnlessFound(t)
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
 	conn := &testConn{uid: "alice", id: 1}
 	var inside sync.WaitGroup // both handlers are running the first event
@@ -78,7 +65,6 @@ func TestDocsFoundForeignCtxAddsDeadlockWithSubscriber(t *testing.T) {
 // every call: a transport that gives up on a burst of messages floods the
 // log.
 func TestDocsFoundBusDeadLetterLogIsThrottled(t *testing.T) {
-	skipUnlessFound(t)
 	var lines atomic.Int64
 	logger := slog.New(countingHandler{n: &lines, msg: "dead letter"})
 	b, err := eventbus.New(eventbus.WithLogger(logger), eventbus.WithDeadLetter(&sinkRecorder{}))

@@ -225,10 +225,16 @@ func (b *Bus) Start() error {
 // they were added.
 //
 // Called from outside a handler, AddEvent waits while the event's shard
-// holds QueueSize events, until ctx ends (the error then wraps both
-// ErrQueueFull and ctx's error) or the bus closes (ErrClosed). Called with
-// a running handler's ctx, it adds a follow-on event: it never waits,
-// ignores ctx's cancellation and is accepted while the bus drains.
+// holds QueueSize events, its pool Workers × QueueSize, or one of its
+// type's subscribers a full lane, until ctx ends (the error then wraps
+// both ErrQueueFull and ctx's error) or the bus closes (ErrClosed). Called
+// with a running handler's ctx, it adds a follow-on event: it never waits,
+// ignores ctx's cancellation and is accepted while the bus drains. From a
+// handler's goroutine with another ctx, an add that would wait on the
+// handler's own pool is taken as a follow-on add instead.
+//
+// A durable type (WithJournal) returns nil only once the event is on
+// disk; a type routed with Outbound goes to its route instead.
 //
 // The handler's context will carry ctx's values, never its cancellation.
 // When ctx derives from a handler's context (a HandlerTimeout, values added
@@ -241,8 +247,9 @@ func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
 	return b.add(ctx, ev, true, nil, false)
 }
 
-// TryAddEvent is AddEvent that never waits: ErrQueueFull when the shard is
-// full. It takes no context, so it is never a follow-on add.
+// TryAddEvent is AddEvent that never waits: ErrQueueFull when the shard,
+// the pool or a subscriber's lane is full. It takes no context, so it is
+// never a follow-on add.
 func (b *Bus) TryAddEvent(ev Event) error {
 	return b.add(context.Background(), ev, false, nil, false)
 }

@@ -105,9 +105,11 @@ type Registration struct {
 // Name returns the handler's name.
 func (r *Registration) Name() string { return r.name }
 
-// Unregister removes the handler from its chain. It returns at once and is
-// idempotent; events whose chain had already started may still call the
-// handler. It does nothing once the handler was replaced.
+// Unregister removes the handler from its chain, or the subscriber from its
+// type. It returns at once and is idempotent; events whose chain had
+// already started may still call the handler, and events already queued
+// for a subscriber still run. It does nothing once the handler was
+// replaced.
 func (r *Registration) Unregister() {
 	if r == nil || r.bus == nil {
 		return
@@ -236,9 +238,9 @@ func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wra
 	return &Registration{bus: b, typ: t, id: e.id, name: name}, nil
 }
 
-// UnregisterHandler removes the handler named name from the chain of t and
-// reports whether there was one. Like Registration.Unregister, it returns
-// at once; chains already started may still call the handler.
+// UnregisterHandler removes the handler or subscriber named name from t
+// and reports whether there was one. Like Registration.Unregister, it
+// returns at once; chains already started may still call the handler.
 func (b *Bus) UnregisterHandler(t EventType, name string) bool {
 	return b.removeHandler(t, func(h *handlerEntry) bool { return h.name == name })
 }

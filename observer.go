@@ -27,7 +27,8 @@ func (o Outcome) String() string {
 	return "unknown"
 }
 
-// Observation describes one run of an event's chain, or a dead letter.
+// Observation describes one run of an event's chain or of a subscriber
+// (Subscriber says which), or a dead letter.
 // Every failed attempt is reported, as OutcomeRetried or, if it was the
 // last, OutcomeDeadLettered, with the error in Err.
 type Observation struct {
@@ -46,7 +47,7 @@ type Observation struct {
 	Err               error
 }
 
-// Observer receives an Observation for every run of a chain, so metrics
+// Observer receives an Observation for every run of a chain or subscriber, so metrics
 // systems (Prometheus, OpenTelemetry…) can be wired without this module
 // depending on them. Observe is called on the bus's goroutines (workers
 // and, for the events a Close whose ctx ended gives up, a goroutine that

@@ -60,6 +60,7 @@ func newEngine(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error
 		Shards:    cfg.Shards,
 		QueueSize: cfg.QueueSize,
 		Capacity:  capacity,
+		Insider:   func() bool { return b.inPool(kind) },
 		ErrClosed: ErrClosed,
 	}, p, b.life)
 	return p

@@ -262,6 +262,13 @@ func (b *Bus) fanOutWith(p *pool, ch *chain, it engine.Item[Event], parent engin
 		if res != engine.Full || wait == nil {
 			return res
 		}
+		if b.inPool(p.kind) {
+			// A handler of this pool (chain or subscriber) with a foreign
+			// ctx: a follow-on add in every engine, or it could wait for
+			// room only it can make.
+			parent, first = alwaysRunning{}, -1
+			continue
+		}
 		first = failed
 	}
 	live := 0
@@ -329,4 +336,32 @@ func (b *Bus) reserveAll(targets []target, first int, key uint64, parent engine.
 		}
 	}
 	return -1, engine.Accepted
+}
+
+// inPool reports whether the calling goroutine is a worker of pool kind's
+// engine or of the lanes of one of its subscribers: an add from there that
+// would wait on that pool is made a follow-on add (DESIGN §4.5), since
+// those workers may be the only ones that can make room. Called only on
+// the waiting path of an add.
+func (b *Bus) inPool(kind Pool) bool {
+	id := goroutineID()
+	if id == 0 {
+		return false
+	}
+	if b.pools[kind.index()].eng.IsWorker(id) {
+		return true
+	}
+	for t := range b.chains {
+		if b.types[t].pool != kind {
+			continue
+		}
+		if c := b.chains[t].Load(); c != nil {
+			for _, s := range c.subs {
+				if s.lanes.eng.IsWorker(id) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

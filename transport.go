@@ -110,13 +110,18 @@ func (b *Bus) DeadLetter(d *DeadLetter) {
 		return
 	}
 	pool, typ := "", ""
+	var t EventType
 	if d.Event != nil {
-		if p, t, err := b.route(d.Event); err == nil {
-			pool, typ = string(p.kind), b.TypeName(t)
+		if p, et, err := b.route(d.Event); err == nil {
+			pool, typ, t = string(p.kind), b.TypeName(et), et
 		}
 	}
-	b.log.Warn("eventbus: dead letter", "pool", pool, "type", typ,
-		"handler", d.Handler, "attempts", d.Attempts, "err", d.Err)
+	// Throttled like the bus's own dead letters, per type for letters
+	// from outside (id 0 is no handler's).
+	if n, ok := b.logs.allow(logKey{typ: t, id: 0, dead: true}); ok {
+		b.log.Warn("eventbus: dead letter", withSuppressed([]any{"pool", pool, "type", typ,
+			"handler", d.Handler, "attempts", d.Attempts, "err", d.Err}, n)...)
+	}
 	b.safely("dead-letter sink", func() { b.sink.DeadLetter(d) })
 }
 

@@ -127,6 +127,11 @@ type Config struct {
 	// SampleEvery makes workers time one unit in SampleEvery for latency
 	// quantiles (0 = 64).
 	SampleEvery int
+	// Insider, if set, reports whether the calling goroutine runs a
+	// handler whose adds to this engine must never wait (a worker of this
+	// engine or of an engine it shares events with); default: a worker of
+	// this engine. Called only on the waiting path.
+	Insider func() bool
 }
 
 // PushResult says why Push refused an item.
@@ -356,7 +361,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 			e.spaceWaiters.Add(1)
 			continue
 		}
-		if e.IsWorkerGoroutine() {
+		if e.insider() {
 			inside = true
 			continue
 		}
@@ -393,6 +398,15 @@ func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
 	if schedule {
 		e.runq <- s
 	}
+}
+
+// insider reports whether an add that would wait is made from a handler of
+// this engine's pool (see Config.Insider).
+func (e *Engine[E]) insider() bool {
+	if e.cfg.Insider != nil {
+		return e.cfg.Insider()
+	}
+	return e.IsWorkerGoroutine()
 }
 
 // reserve takes one place of the engine's capacity, if there is one.
