@@ -30,11 +30,15 @@ type PoolStats struct {
 	// Abandoned counts events added with Deliver that a Close deadline
 	// gave up without a dead letter (their transport redelivers them).
 	Abandoned uint64
-	// Latency of one pass of the chain, from a sample of runs.
+	// Latency of one pass of the chain (or of a subscriber's handler),
+	// over the last 10 to 20 seconds; every run is measured.
 	Latency LatencyStats
 }
 
-// LatencyStats are quantiles of handler-chain latency.
+// LatencyStats describe how long runs took in a recent window (the last 10
+// to 20 seconds). Every run is timed; P50 and P99 come from a log-linear
+// histogram (at most 12.5% off), Max is exact: a 300 ms run shows as
+// 300 ms. All are 0 when nothing ran in the window.
 type LatencyStats struct {
 	P50, P99, Max time.Duration
 }

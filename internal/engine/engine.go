@@ -124,9 +124,6 @@ type Config struct {
 	QueueSize, Capacity int
 	// ErrClosed is the error dead letters carry when the bus aborts.
 	ErrClosed error
-	// SampleEvery makes workers time one unit in SampleEvery for latency
-	// quantiles (0 = 64).
-	SampleEvery int
 	// Insider, if set, reports whether the calling goroutine runs a
 	// handler whose adds to this engine must never wait (a worker of this
 	// engine or of an engine it shares events with); default: a worker of
@@ -153,7 +150,7 @@ type Engine[E any] struct {
 	mask     uint64
 	workers  []*worker[E]
 	runq     chan *shard[E]
-	epoch    time.Time
+	epoch    int64  // nanotime at New
 	capacity uint64 // Workers × QueueSize
 
 	_     [64]byte
@@ -189,16 +186,13 @@ type Engine[E any] struct {
 
 // New builds an engine; Start launches its workers.
 func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
-	if cfg.SampleEvery <= 0 {
-		cfg.SampleEvery = 64
-	}
 	cfg.Workers = max(cfg.Workers, 1)
 	cfg.QueueSize = max(cfg.QueueSize, 1)
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = cfg.Workers * cfg.QueueSize
 	}
 	cfg.Shards = 1 << bits.Len(uint(max(cfg.Shards, 1)-1))
-	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: time.Now(),
+	e := &Engine[E]{cfg: cfg, d: d, life: life, epoch: nanotime(),
 		exited:   make(chan struct{}),
 		space:    make(chan struct{}),
 		quit:     make(chan struct{}),
@@ -228,7 +222,7 @@ func (e *Engine[E]) Start() {
 }
 
 // Since returns the time since the engine's epoch, for Item.Added.
-func (e *Engine[E]) Since() time.Duration { return time.Since(e.epoch) }
+func (e *Engine[E]) Since() time.Duration { return time.Duration(nanotime() - e.epoch) }
 
 // Queued returns how long an item has waited since it was added.
 func (e *Engine[E]) Queued(it *Item[E]) time.Duration {

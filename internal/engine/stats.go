@@ -38,8 +38,10 @@ func (e *Engine[E]) Snapshot() Snapshot {
 		snap.Timeouts += p.timeouts.Load()
 		snap.Queued += p.followers.Load()
 		snap.Retrying += p.retrying.Load()
-		w.lat.addTo(&hist)
-		snap.Max = max(snap.Max, time.Duration(w.lat.max.Load()))
+		for i := range w.lat {
+			w.lat[i].addTo(&hist)
+			snap.Max = max(snap.Max, time.Duration(w.lat[i].max.Load()))
+		}
 	}
 	for _, w := range ws {
 		snap.Abandoned += w.pub.abandoned.Load()
@@ -67,7 +69,8 @@ func (e *Engine[E]) Snapshot() Snapshot {
 }
 
 // histogram is a log-linear latency histogram: four buckets per power of
-// two (at most 12.5% error), updated with atomics by its one worker.
+// two (at most 12.5% error), updated with atomics by its one worker, with
+// the exact maximum.
 type histogram struct {
 	counts [histBuckets]atomic.Uint64
 	max    atomic.Int64
@@ -100,6 +103,15 @@ func (h *histogram) record(d time.Duration) {
 	if int64(d) > h.max.Load() {
 		h.max.Store(int64(d))
 	}
+}
+
+// reset empties the histogram for a new window. Readers summing it at the
+// same time see part of the old window: Stats are approximate under load.
+func (h *histogram) reset() {
+	for i := range h.counts {
+		h.counts[i].Store(0)
+	}
+	h.max.Store(0)
 }
 
 func (h *histogram) addTo(dst *[histBuckets]uint64) {

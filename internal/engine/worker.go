@@ -40,9 +40,14 @@ type worker[E any] struct {
 
 	cb callbacks[E] // user callbacks still due for a settled unit
 
-	done   int // finished events of cur whose room is not yet given back
-	sample int
-	lat    histogram
+	done int // finished events of cur whose room is not yet given back
+	// lat holds the run times of the current window (lat[win]) and of the
+	// one before; last is when the worker's previous run ended (0: not in
+	// a run of units), so that a busy worker reads the clock once a run.
+	lat      [2]histogram
+	win      int
+	winStart int64
+	last     int64
 
 	goid atomic.Int64
 	_    [64]byte
@@ -88,7 +93,7 @@ func (p *published) settled() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
-	return &worker[E]{e: e, id: id, sample: e.cfg.SampleEvery - 1} // time the very first unit
+	return &worker[E]{e: e, id: id}
 }
 
 // IsWorkerGoroutine reports whether the calling goroutine is one of the
@@ -287,15 +292,16 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 	}
 }
 
-// execute runs u through the dispatcher, timing one run in SampleEvery. If a
-// handler calls runtime.Goexit, the deferred function settles u as failed
-// and leaves its callbacks to the goroutine that replaces this one.
+// execute runs u through the dispatcher and records how long the run took.
+// If a handler calls runtime.Goexit, the deferred function settles u as
+// failed and leaves its callbacks to the goroutine that replaces this one.
 func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 	returned := false
 	defer func() {
 		if returned {
 			return
 		}
+		w.last = 0
 		// A handler called runtime.Goexit: settle u as failed; run's
 		// deferred function replaces the goroutine, whose first step runs
 		// the callbacks.
@@ -310,18 +316,34 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 			clear(w.group)
 		}
 	}()
-	w.sample++
-	if w.sample >= w.e.cfg.SampleEvery {
-		w.sample = 0
-		// Monotonic readings only: time.Now also reads the wall clock.
-		start := w.e.Since()
-		v = w.e.d.Run(w.id, u)
-		w.lat.record(w.e.Since() - start)
-	} else {
-		v = w.e.d.Run(w.id, u)
+	// Back to back, a run starts when the one before ended: one clock
+	// reading per run (the settling between two runs counts with the
+	// later, a few nanoseconds).
+	start := w.last
+	if start == 0 {
+		start = nanotime()
 	}
+	v = w.e.d.Run(w.id, u)
 	returned = true
+	end := nanotime()
+	w.last = end
+	w.record(end-start, end)
 	return v
+}
+
+// latencyWindow is how long a histogram window lasts: Stats report the
+// current window and the one before, so the last 10 to 20 seconds.
+const latencyWindow = int64(10e9)
+
+// record adds one run time to the current window, starting a new window
+// when the current one is over.
+func (w *worker[E]) record(d, now int64) {
+	if now-w.winStart >= latencyWindow {
+		w.win ^= 1
+		w.lat[w.win].reset()
+		w.winStart = now
+	}
+	w.lat[w.win].record(time.Duration(d))
 }
 
 // count records the failure kind of a run, once per original event: a
@@ -530,6 +552,7 @@ func (w *worker[E]) refill() {
 		w.batch = nil
 	}
 	w.cur = nil
+	w.last = 0 // the next run's start is read anew
 	if requeue {
 		w.e.runq <- s
 		return
