@@ -2,7 +2,6 @@ package eventbus
 
 import (
 	"context"
-	"hash/maphash"
 )
 
 // Per-receiver delivery.
@@ -23,9 +22,24 @@ import (
 // channel in order, while every other receiver goes on at once. The cost
 // is one event per receiver instead of one per message.
 
-// receiverSeed seeds KeyByReceiver: a KeyFunc has no bus to take a seed
-// from, and the keys only need to be spread within one process.
-var receiverSeed = maphash.MakeSeed()
+// fnv64 is FNV-1a, inline so that KeyByReceiver does not allocate. Keys
+// must be the same in every process (Bus.StableKey uses the KeyFunc to
+// partition events across nodes), so no per-process seed.
+type fnv64 uint64
+
+const (
+	fnvOffset fnv64 = 14695981039346656037
+	fnvPrime  fnv64 = 1099511628211
+)
+
+func (h fnv64) byte(b byte) fnv64 { return (h ^ fnv64(b)) * fnvPrime }
+
+func (h fnv64) string(s string) fnv64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ fnv64(s[i])) * fnvPrime
+	}
+	return h
+}
 
 // KeyByReceiver is a PoolConfig.KeyFunc for the pusher pool that orders
 // push events per (receiver, channel) instead of per channel: a
@@ -41,25 +55,21 @@ var receiverSeed = maphash.MakeSeed()
 // AddPerReceiver) or none. A PushContext without a Message, and an event
 // that is not a *PushContext, get key 0.
 //
-// KeyByReceiver hashes two short strings: it does not allocate and is
-// safe for concurrent use.
+// KeyByReceiver hashes two short strings (FNV-1a, the same in every
+// process, so Bus.StableKey can partition by it): it does not allocate and
+// is safe for concurrent use.
 func KeyByReceiver(ev Event) uint64 {
 	pc, ok := ev.(*PushContext)
 	if !ok || pc == nil || pc.Message == nil {
 		return 0
 	}
-	var h maphash.Hash
-	h.SetSeed(receiverSeed)
+	h := fnvOffset
 	if len(pc.Subscribers) == 1 {
-		h.WriteByte(1)
-		h.WriteString(pc.Subscribers[0])
-		h.WriteByte(0)
+		h = h.byte(1).string(pc.Subscribers[0]).byte(0)
 	} else {
-		h.WriteByte(0) // the channel's key stays apart from any receiver's, "" included
+		h = h.byte(0) // the channel's key stays apart from any receiver's, "" included
 	}
-	h.WriteString(pc.Message.ChannelID)
-	h.WriteByte(pc.Message.ChannelType)
-	return h.Sum64()
+	return uint64(h.string(pc.Message.ChannelID).byte(pc.Message.ChannelType))
 }
 
 // SplitPush returns one PushContext per receiver of pc, in the order of

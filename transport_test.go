@@ -210,3 +210,18 @@ func TestDeliverHammer(t *testing.T) {
 	}
 	atRest(t, "user", b.Stats().User)
 }
+
+// TestStableKeyWithKeyByReceiver: a pusher pool keyed per receiver keeps
+// stable keys too (the bridge partitions by them on every node).
+func TestStableKeyWithKeyByReceiver(t *testing.T) {
+	cfg := eventbus.WithPusherPool(eventbus.PoolConfig{KeyFunc: eventbus.KeyByReceiver})
+	b1, b2 := newBus(t, cfg), newBus(t, cfg)
+	ev := &eventbus.PushContext{EventType: eventbus.EventPushOnline, Subscribers: []string{"bob"},
+		Message: &eventbus.Message{ChannelID: "g", ChannelType: 2}}
+	k1, err := b1.StableKey(ev)
+	require.NoError(t, err)
+	k2, err := b2.StableKey(ev)
+	require.NoError(t, err)
+	assert.Equal(t, k1, k2)
+	assert.Equal(t, eventbus.KeyByReceiver(ev), k1)
+}
