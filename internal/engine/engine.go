@@ -162,6 +162,14 @@ type Engine[E any] struct {
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check.
 	tracking atomic.Bool
+	// oversized lists shards left idle with a burst's buffer, spares the
+	// large buffers of sleeping workers; a trim releases both.
+	oversizedMu sync.Mutex
+	oversized   []*shard[E]
+	spares      [][]Item[E]
+	trimTimer   *time.Timer
+	trimArmed   bool
+
 	// reaper gives up, after Abort, the events Abort took out of the FIFOs.
 	reaper atomic.Pointer[worker[E]]
 	// stolen counts the events Abort took out of the FIFOs; over the
@@ -557,6 +565,8 @@ func (e *Engine[E]) Discard() {
 
 func (e *Engine[E]) exit() {
 	if e.running.Add(-1) == 0 {
+		e.stopTrim()
+		e.trim()
 		close(e.exited)
 	}
 }

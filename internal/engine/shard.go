@@ -66,9 +66,89 @@ func (s *shard[E]) dueBy(now time.Time) bool {
 	return len(s.due) > 0 && !s.due[0].at.After(now)
 }
 
-// maxIdleBuffer is the largest FIFO buffer an idle shard keeps, in items:
-// a burst's larger buffer is released when the shard drains.
+// maxIdleBuffer is the largest FIFO buffer, in items, that a shard or a
+// worker keeps for long once its engine goes quiet. A burst's larger
+// buffers are kept for trimDelay after the last worker went to sleep, so
+// that a busy key whose worker keeps catching up does not grow its buffer
+// again and again, and then released.
 const maxIdleBuffer = 256
+
+// trimDelay is how long an engine keeps a burst's buffers after a worker
+// went to sleep.
+var trimDelay = time.Second
+
+// noteOversized remembers a shard left idle with a buffer above
+// maxIdleBuffer, for the next trim.
+func (e *Engine[E]) noteOversized(s *shard[E]) {
+	e.oversizedMu.Lock()
+	e.oversized = append(e.oversized, s)
+	e.oversizedMu.Unlock()
+}
+
+// parkBuffer keeps a sleeping worker's large batch buffer for the next
+// worker that needs one, until the next trim.
+func (e *Engine[E]) parkBuffer(b []Item[E]) {
+	e.oversizedMu.Lock()
+	e.spares = append(e.spares, b[:0])
+	e.oversizedMu.Unlock()
+}
+
+// spareBuffer returns a parked buffer, or nil.
+func (e *Engine[E]) spareBuffer() []Item[E] {
+	e.oversizedMu.Lock()
+	defer e.oversizedMu.Unlock()
+	if n := len(e.spares); n > 0 {
+		b := e.spares[n-1]
+		e.spares[n-1] = nil
+		e.spares = e.spares[:n-1]
+		return b
+	}
+	return nil
+}
+
+// armTrim makes sure a trim runs trimDelay from now if there is something
+// to trim. One timer, armed only after bursts: an idle bus does nothing.
+func (e *Engine[E]) armTrim() {
+	e.oversizedMu.Lock()
+	defer e.oversizedMu.Unlock()
+	if e.trimArmed || (len(e.oversized) == 0 && len(e.spares) == 0) {
+		return
+	}
+	e.trimArmed = true
+	if e.trimTimer == nil {
+		e.trimTimer = time.AfterFunc(trimDelay, e.trim)
+	} else {
+		e.trimTimer.Reset(trimDelay)
+	}
+}
+
+// trim releases parked buffers and the large buffers of shards that are
+// still idle and empty.
+func (e *Engine[E]) trim() {
+	e.oversizedMu.Lock()
+	list := e.oversized
+	e.oversized, e.trimArmed = nil, false
+	clear(e.spares)
+	e.spares = e.spares[:0]
+	e.oversizedMu.Unlock()
+	for _, s := range list {
+		s.mu.Lock()
+		if s.state == idle && len(s.items) == 0 && cap(s.items) > maxIdleBuffer {
+			s.items = nil
+		}
+		s.mu.Unlock()
+	}
+}
+
+// stopTrim stops the trim timer (engines that exit).
+func (e *Engine[E]) stopTrim() {
+	e.oversizedMu.Lock()
+	defer e.oversizedMu.Unlock()
+	if e.trimTimer != nil {
+		e.trimTimer.Stop()
+	}
+	e.trimArmed = false
+}
 
 // release gives back the room of n events the shard no longer holds. s.mu
 // must be held.

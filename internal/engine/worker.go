@@ -158,8 +158,14 @@ func (w *worker[E]) take() *shard[E] {
 		return s
 	default:
 	}
-	// Nothing to do: let go of what finished events left behind, then sleep.
+	// Nothing to do: let go of what finished events left behind and park
+	// a burst's buffer (released if no worker needs it soon), then sleep.
 	w.e.d.Idle(w.id)
+	if cap(w.batch) > maxIdleBuffer {
+		w.e.parkBuffer(w.batch)
+		w.batch = nil
+	}
+	w.e.armTrim()
 	l := w.e.life
 	select {
 	case s := <-w.e.runq:
@@ -525,6 +531,9 @@ func (w *worker[E]) refill() {
 	s.release(n)
 	w.done = 0
 	if len(s.items) > 0 && (w.rounds == 0 || len(w.e.runq) == 0) {
+		if w.batch == nil {
+			w.batch = w.e.spareBuffer()
+		}
 		w.batch, s.items = s.items, w.batch
 		w.rounds++
 		w.pub.taken.Add(uint64(len(w.batch)))
@@ -542,14 +551,12 @@ func (w *worker[E]) refill() {
 			}
 			s.timer.Reset(time.Until(s.due[0].at))
 		}
-		if cap(s.items) > maxIdleBuffer {
-			s.items = nil // a burst's buffer goes with the burst
-		}
 	}
+	oversized := !requeue && cap(s.items) > maxIdleBuffer
 	s.mu.Unlock()
 	w.free(n)
-	if cap(w.batch) > maxIdleBuffer {
-		w.batch = nil
+	if oversized {
+		w.e.noteOversized(s)
 	}
 	w.cur = nil
 	w.last = 0 // the next run's start is read anew
