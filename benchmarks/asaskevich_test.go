@@ -14,7 +14,9 @@ import (
 // ordered mode: transactional handlers, one topic per shard, where Publish
 // waits until the topic's previous event is handled. That mode deadlocks
 // when a handler publishes to its own topic (TestReemitFromHandler), so the
-// other scenarios use the default mode.
+// other scenarios use the default mode: in FollowOn and FullFlow one topic
+// per stage ("user", "channel", "push"), each handler publishing the next
+// stage's events from its own goroutine.
 var asaskevichPeer = peer{name: "asaskevich", start: startAsaskevich}
 
 func startAsaskevich(w *workload) (*runner, error) {
@@ -31,6 +33,20 @@ func startAsaskevich(w *workload) (*runner, error) {
 			}
 		}
 		topic = func(ev *eventbus.UserContext) string { return topics[w.shard(ev.Conn.UID())] }
+	case w.sc.fanOut > 0:
+		err = bus.SubscribeAsync("push", w.handle3, false)
+		if err == nil {
+			err = bus.SubscribeAsync("channel", func(ev *eventbus.ChannelContext) {
+				for _, p := range w.pushesOf(ev) {
+					bus.Publish("push", p)
+				}
+			}, false)
+		}
+		if err == nil {
+			err = bus.SubscribeAsync("user", func(ev *eventbus.UserContext) {
+				bus.Publish("channel", ev.Frame.(*frame).next)
+			}, false)
+		}
 	case w.sc.followOn:
 		err = bus.SubscribeAsync("channel", w.handle2, false)
 		if err == nil {

@@ -16,7 +16,8 @@ import (
 var kelindarPeer = peer{name: "kelindar", start: startKelindar}
 
 // kUser and kChannel carry the bus's events through the dispatcher; their
-// type number is their shard (stage 2 numbers follow stage 1's).
+// type number is their shard (stage 2 numbers follow stage 1's, stage 3's
+// follow stage 2's).
 type kUser struct {
 	shard uint32
 	ev    *eventbus.UserContext
@@ -31,13 +32,30 @@ type kChannel struct {
 
 func (e kChannel) Type() uint32 { return e.shard }
 
+type kPush struct {
+	shard uint32
+	ev    *eventbus.PushContext
+}
+
+func (e kPush) Type() uint32 { return e.shard }
+
 func startKelindar(w *workload) (*runner, error) {
 	d := event.NewDispatcher()
 	n := uint32(w.shards)
 	var subs []context.CancelFunc
 	for s := range n {
-		if w.sc.followOn {
+		switch {
+		case w.sc.fanOut > 0:
+			subs = append(subs, event.SubscribeTo(d, 1+2*n+s, func(e kPush) { w.handle3(e.ev) }))
+			subs = append(subs, event.SubscribeTo(d, 1+n+s, func(e kChannel) {
+				for _, p := range w.pushesOf(e.ev) {
+					event.Publish(d, kPush{shard: 1 + 2*n + uint32(w.shard(p.Message.ChannelID)), ev: p})
+				}
+			}))
+		case w.sc.followOn:
 			subs = append(subs, event.SubscribeTo(d, 1+n+s, func(e kChannel) { w.handle2(e.ev) }))
+		}
+		if w.sc.followOn {
 			subs = append(subs, event.SubscribeTo(d, 1+s, func(e kUser) {
 				next := e.ev.Frame.(*frame).next
 				event.Publish(d, kChannel{shard: 1 + n + uint32(w.shard(next.ChannelID)), ev: next})

@@ -244,13 +244,19 @@ func TestAsyncPeersReorderOneKey(t *testing.T) {
 // part in it: no event lost, and in the Order scenario no event of a key
 // handled before an earlier one.
 func TestScenarios(t *testing.T) {
-	for _, sc := range []scenario{singleKey, keys1k, producers8, followOn, perKeyFIFO} {
+	for _, sc := range []scenario{singleKey, keys1k, keys100k, producers8, followOn, fullFlow, perKeyFIFO} {
+		// 8 000 adds per run; FullFlow handles fanOut events per input, so
+		// it gets every key twice: 2 000 inputs, 20 000 pushes.
+		n := 8_000
+		if sc.fanOut > 0 {
+			n = 2 * sc.keys
+		}
 		for _, p := range peers {
 			t.Run(sc.name+"/peer="+p.name, func(t *testing.T) {
 				if why := p.cannot(sc); why != "" {
 					t.Skip(why)
 				}
-				w, err := runOnce(p, sc, 8_000)
+				w, err := runOnce(p, sc, n)
 				if err == nil {
 					err = w.check()
 				}

@@ -13,8 +13,9 @@ import (
 // of a key: tasks run on whichever worker is free, so events of one key
 // overtake each other unless the pool has one worker
 // (TestExecutorsReorderOneKey). They take no part in the Order scenario.
-// The follow-on stage is a second pool: a task that submits to its own
-// full pool deadlocks (TestReemitFromHandler).
+// The follow-on stage is a second pool (and FullFlow's push stage a third):
+// a task that submits to its own full pool deadlocks
+// (TestReemitFromHandler).
 func withoutOrder(name string) func(scenario) string {
 	return func(sc scenario) string {
 		if sc.ordered {
@@ -31,10 +32,24 @@ var antsPeer = peer{name: "ants", without: withoutOrder("ants"), start: startAnt
 
 func startAnts(w *workload) (*runner, error) {
 	var stage2 *ants.PoolWithFuncGeneric[*eventbus.ChannelContext]
+	var stage3 *ants.PoolWithFuncGeneric[*eventbus.PushContext]
 	handle := w.handle
 	if w.sc.followOn {
 		var err error
-		if stage2, err = ants.NewPoolWithFuncGeneric(w.shards, w.handle2); err != nil {
+		handle2 := w.handle2
+		if w.sc.fanOut > 0 {
+			if stage3, err = ants.NewPoolWithFuncGeneric(w.shards, w.handle3); err != nil {
+				return nil, err
+			}
+			handle2 = func(ev *eventbus.ChannelContext) {
+				for _, p := range w.pushesOf(ev) {
+					if err := stage3.Invoke(p); err != nil {
+						w.fail(err)
+					}
+				}
+			}
+		}
+		if stage2, err = ants.NewPoolWithFuncGeneric(w.shards, handle2); err != nil {
 			return nil, err
 		}
 		handle = func(ev *eventbus.UserContext) {
@@ -55,6 +70,9 @@ func startAnts(w *workload) (*runner, error) {
 			if stage2 != nil {
 				err = errors.Join(err, stage2.ReleaseTimeout(10*time.Second))
 			}
+			if stage3 != nil {
+				err = errors.Join(err, stage3.ReleaseTimeout(10*time.Second))
+			}
 			return err
 		},
 	}, nil
@@ -67,15 +85,34 @@ func startAnts(w *workload) (*runner, error) {
 var pondPeer = peer{name: "pond", without: withoutOrder("pond"), start: startPond}
 
 func startPond(w *workload) (*runner, error) {
-	var stage2 pond.Pool
+	var stage2, stage3 pond.Pool
 	if w.sc.followOn {
 		stage2 = pond.NewPool(w.shards, pond.WithQueueSize(w.shards*queueSize))
+	}
+	if w.sc.fanOut > 0 {
+		stage3 = pond.NewPool(w.shards, pond.WithQueueSize(w.shards*queueSize))
 	}
 	stage1 := pond.NewPool(w.shards, pond.WithQueueSize(w.shards*queueSize))
 	add := func(ev *eventbus.UserContext) error {
 		return stage1.Go(func() { w.handle(ev) })
 	}
-	if stage2 != nil {
+	switch {
+	case stage3 != nil:
+		add = func(ev *eventbus.UserContext) error {
+			return stage1.Go(func() {
+				next := ev.Frame.(*frame).next
+				if err := stage2.Go(func() {
+					for _, p := range w.pushesOf(next) {
+						if err := stage3.Go(func() { w.handle3(p) }); err != nil {
+							w.fail(err)
+						}
+					}
+				}); err != nil {
+					w.fail(err)
+				}
+			})
+		}
+	case stage2 != nil:
 		add = func(ev *eventbus.UserContext) error {
 			return stage1.Go(func() {
 				next := ev.Frame.(*frame).next
@@ -92,6 +129,9 @@ func startPond(w *workload) (*runner, error) {
 			stage1.StopAndWait()
 			if stage2 != nil {
 				stage2.StopAndWait()
+			}
+			if stage3 != nil {
+				stage3.StopAndWait()
 			}
 			return nil
 		},

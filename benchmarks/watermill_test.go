@@ -20,7 +20,9 @@ import (
 // Publish hands each message to a goroutine of its own, which keeps no
 // order (TestAsyncPeersReorderOneKey), so in the Order scenario it runs
 // with BlockPublishUntilSubscriberAck, which does keep it — and deadlocks
-// when a handler publishes to its own topic (TestReemitFromHandler).
+// when a handler publishes to its own topic (TestReemitFromHandler). Each
+// stage has a topic per shard: "user.N", "channel.N" and, in FullFlow,
+// "push.N" (keyed by the message's channel).
 var watermillPeer = peer{name: "watermill", start: startWatermill}
 
 func idPayload(id int) message.Payload {
@@ -62,9 +64,11 @@ func startWatermill(w *workload) (*runner, error) {
 	}
 	users := make([]string, w.shards)
 	chans := make([]string, w.shards)
+	pushes := make([]string, w.shards)
 	for s := range users {
 		users[s] = "user." + strconv.Itoa(s)
 		chans[s] = "channel." + strconv.Itoa(s)
+		pushes[s] = "push." + strconv.Itoa(s)
 	}
 	var err error
 	if w.sc.followOn {
@@ -72,9 +76,27 @@ func startWatermill(w *workload) (*runner, error) {
 		for k := range next {
 			next[k] = message.NewMessage("next-"+strconv.Itoa(k), idPayload(k))
 		}
+		handle2 := func(m *message.Message) { w.handle2(w.next[payloadID(m)]) }
+		if w.sc.fanOut > 0 {
+			push := make([]*message.Message, len(w.pushFlat))
+			for i := range push {
+				push[i] = message.NewMessage("push-"+strconv.Itoa(i), idPayload(i))
+			}
+			for s := 0; s < w.shards && err == nil; s++ {
+				err = consume(pushes[s], func(m *message.Message) { w.handle3(w.pushFlat[payloadID(m)]) })
+			}
+			handle2 = func(m *message.Message) {
+				k := payloadID(m)
+				for i, p := range w.pushes[k] {
+					if err := pubsub.Publish(pushes[w.shard(p.Message.ChannelID)], push[k*w.sc.fanOut+i]); err != nil {
+						w.fail(err)
+					}
+				}
+			}
+		}
 		for s := 0; s < w.shards && err == nil; s++ {
 			err = errors.Join(
-				consume(chans[s], func(m *message.Message) { w.handle2(w.next[payloadID(m)]) }),
+				consume(chans[s], handle2),
 				consume(users[s], func(m *message.Message) {
 					f := w.flat[payloadID(m)].Frame.(*frame)
 					if err := pubsub.Publish(chans[w.shard(f.next.ChannelID)], next[f.key]); err != nil {

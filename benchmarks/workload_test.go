@@ -23,15 +23,25 @@ type scenario struct {
 	keys      int  // distinct keys per producer
 	producers int  // goroutines adding events at once
 	followOn  bool // the handler emits one event to a second stage, which counts it
-	ordered   bool // events carry their position in their key; handlers check it
+	// fanOut > 0 (with followOn) adds a third stage: the second stage's
+	// handler emits fanOut events of its key to it, and the third stage
+	// counts them. Figures stay per input event.
+	fanOut  int
+	ordered bool // events carry their position in their key; handlers check it
 }
 
 var (
 	singleKey  = scenario{name: "SingleKey", keys: 1, producers: 1}
 	keys1k     = scenario{name: "Keys1k", keys: 1000, producers: 1}
 	producers8 = scenario{name: "Producers8", keys: 64, producers: 8}
+	keys100k   = scenario{name: "Keys100k", keys: 100_000, producers: 1}
 	followOn   = scenario{name: "FollowOn", keys: 1000, producers: 1, followOn: true}
 	perKeyFIFO = scenario{name: "Order", keys: 64, producers: 8, ordered: true}
+	// fullFlow is the IM flow OnSend → ChannelDistribute → 10 × PushOnline:
+	// a user event (keyed by user) emits one channel event (keyed by
+	// channel), whose handler emits one push event per receiver, each keyed
+	// by the channel so that every receiver sees the channel in order.
+	fullFlow = scenario{name: "FullFlow", keys: 1000, producers: 1, followOn: true, fanOut: 10}
 )
 
 // queueSize is the capacity of one shard, the bus's default; channel-based
@@ -68,7 +78,8 @@ type frame struct {
 // handler body every peer calls, so that all of them do the same work.
 type workload struct {
 	sc     scenario
-	total  int64 // events to handle
+	inputs int64 // events the producers add: figures are per input event
+	total  int64 // events the last stage handles: inputs × max(1, fanOut)
 	shards int
 	seed   maphash.Seed
 
@@ -76,6 +87,11 @@ type workload struct {
 	prod   [][]*eventbus.UserContext  // per producer: its events in add order, cycled
 	counts []int                      // events each producer adds
 	next   []*eventbus.ChannelContext // follow-on event per key
+	// fanOut > 0: the third-stage events of each key (pushes[key]), all of
+	// them in one slice (pushFlat[key*fanOut+i] = pushes[key][i]). A
+	// second-stage event finds its key in its message's MessageID.
+	pushes   [][]*eventbus.PushContext
+	pushFlat []*eventbus.PushContext
 
 	last []atomic.Uint64 // ordered: last position handled, per key
 	// The counters every handler writes sit on a cache line of their own,
@@ -96,8 +112,8 @@ type workload struct {
 // ordered scenarios every add has an event of its own (it carries its
 // position); otherwise each producer cycles through one event per key.
 func newWorkload(sc scenario, total int) *workload {
-	w := &workload{sc: sc, total: int64(total), shards: shardCount(), seed: maphash.MakeSeed(),
-		done: make(chan struct{}), failed: make(chan struct{})}
+	w := &workload{sc: sc, inputs: int64(total), total: int64(total * max(1, sc.fanOut)),
+		shards: shardCount(), seed: maphash.MakeSeed(), done: make(chan struct{}), failed: make(chan struct{})}
 	nkeys := sc.keys * sc.producers
 	conns := make([]testConn, nkeys)
 	w.next = make([]*eventbus.ChannelContext, nkeys)
@@ -107,6 +123,30 @@ func newWorkload(sc scenario, total int) *workload {
 		chans[k] = eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute,
 			ChannelID: "chan-" + strconv.Itoa(k), ChannelType: 2}
 		w.next[k] = &chans[k]
+	}
+	if sc.fanOut > 0 {
+		receivers := make([]string, sc.fanOut)
+		for i := range receivers {
+			receivers[i] = "receiver-" + strconv.Itoa(i)
+		}
+		msgs := make([]eventbus.Message, nkeys)
+		msgPtrs := make([]*eventbus.Message, nkeys)
+		pushes := make([]eventbus.PushContext, nkeys*sc.fanOut)
+		w.pushFlat = make([]*eventbus.PushContext, len(pushes))
+		w.pushes = make([][]*eventbus.PushContext, nkeys)
+		for k := range nkeys {
+			msgs[k] = eventbus.Message{MessageID: int64(k), ChannelID: chans[k].ChannelID,
+				ChannelType: chans[k].ChannelType, Payload: []byte("hi")}
+			msgPtrs[k] = &msgs[k]
+			chans[k].Messages = msgPtrs[k : k+1 : k+1]
+			for i := range sc.fanOut {
+				at := k*sc.fanOut + i
+				pushes[at] = eventbus.PushContext{EventType: eventbus.EventPushOnline,
+					Message: &msgs[k], Subscribers: receivers[i : i+1 : i+1]}
+				w.pushFlat[at] = &pushes[at]
+			}
+			w.pushes[k] = w.pushFlat[k*sc.fanOut : (k+1)*sc.fanOut : (k+1)*sc.fanOut]
+		}
 	}
 	w.counts = make([]int, sc.producers)
 	for p := range w.counts {
@@ -159,8 +199,21 @@ func (w *workload) handle(ev *eventbus.UserContext) {
 	w.count()
 }
 
-// handle2 is the body of the second-stage handler.
+// handle2 is the body of the second-stage handler when there is no third
+// stage.
 func (w *workload) handle2(*eventbus.ChannelContext) { w.count() }
+
+// channelKey is the index of a second-stage event's key (fanOut > 0).
+func channelKey(ev *eventbus.ChannelContext) int { return int(ev.Messages[0].MessageID) }
+
+// pushesOf returns the third-stage events a second-stage event emits
+// (fanOut > 0).
+func (w *workload) pushesOf(ev *eventbus.ChannelContext) []*eventbus.PushContext {
+	return w.pushes[channelKey(ev)]
+}
+
+// handle3 is the body of the third-stage handler.
+func (w *workload) handle3(*eventbus.PushContext) { w.count() }
 
 func (w *workload) count() {
 	if w.handled.Add(1) == w.total {
@@ -312,8 +365,8 @@ func measure(b *testing.B, w *workload, r *runner) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(w.total), "ns/event")
-	b.ReportMetric(float64(w.total)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(w.inputs), "ns/event")
+	b.ReportMetric(float64(w.inputs)/elapsed.Seconds(), "events/s")
 	if w.sc.ordered {
 		b.ReportMetric(float64(w.violations.Load()), "violations")
 	}
@@ -341,6 +394,8 @@ func runOnce(p peer, sc scenario, n int) (*workload, error) {
 
 func BenchmarkSingleKey(b *testing.B)  { runScenario(b, singleKey) }
 func BenchmarkKeys1k(b *testing.B)     { runScenario(b, keys1k) }
+func BenchmarkKeys100k(b *testing.B)   { runScenario(b, keys100k) }
 func BenchmarkProducers8(b *testing.B) { runScenario(b, producers8) }
 func BenchmarkFollowOn(b *testing.B)   { runScenario(b, followOn) }
+func BenchmarkFullFlow(b *testing.B)   { runScenario(b, fullFlow) }
 func BenchmarkOrder(b *testing.B)      { runScenario(b, perKeyFIFO) }
