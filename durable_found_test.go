@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,4 +53,37 @@ func TestDurableRedriveSeesFreshDeadLetters(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, dls)
 	assert.Equal(t, int64(rounds), stored.Load())
+}
+
+// TestDurableAcksHaveNoFsyncOfTheirOwn: journal/README.md says acks are
+// "written with the next commit, no fsync of their own". Found: the
+// journal's committer fsyncs every batch it writes, ack-only ones too
+// (journal/commit.go: commit → write always calls fdatasync). With one
+// producer, each durable AddEvent then costs two fsyncs: its own, and the
+// one of the previous event's ack, which the next Append queues behind
+// (BenchmarkDurableAdd/durable/producers=1 shows events/fsync ≈ 0.5–0.7).
+// It is in the journal package, which this branch does not touch: the
+// test runs only with EVENTBUS_RUN_FOUND=1 until the journal is fixed.
+func TestDurableAcksHaveNoFsyncOfTheirOwn(t *testing.T) {
+	if os.Getenv("EVENTBUS_RUN_FOUND") == "" {
+		t.Skip("journal fsyncs ack-only batches (see the comment); run with EVENTBUS_RUN_FOUND=1")
+	}
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	done := make(chan struct{}, 1)
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		done <- struct{}{}
+		return nil
+	})
+	mustStart(t, b)
+	const n = 50
+	before := j.Stats().Syncs
+	for i := range n {
+		relAdd(t, b, storeEvent("g", uint64(i)))
+		recvWithin(t, done, 5*time.Second, "the handler") // its ack is queued as the next add starts
+	}
+	idleWithin(t, b, 5*time.Second)
+	syncs := j.Stats().Syncs - before
+	assert.LessOrEqual(t, syncs, uint64(n+n/5), "fsyncs for %d durable adds, one at a time, each acked before the next", n)
+	assert.Empty(t, pending(t, j))
 }
