@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/journal"
 )
 
 // TestDurableRedriveSeesFreshDeadLetters: once WaitIdle has returned, the
@@ -86,4 +89,70 @@ func TestDurableAcksHaveNoFsyncOfTheirOwn(t *testing.T) {
 	syncs := j.Stats().Syncs - before
 	assert.LessOrEqual(t, syncs, uint64(n+n/5), "fsyncs for %d durable adds, one at a time, each acked before the next", n)
 	assert.Empty(t, pending(t, j))
+}
+
+// TestDurableReplayAheadOfAddsDuringStart: Start queues each key's
+// replayed events "ahead of any later add of that key" (DESIGN §6). Found:
+// Start marks the bus started before it replays, so an AddEvent made while
+// Start is still replaying (a producer that began before Start returned,
+// retrying on ErrNotStarted) is accepted and queued between the replayed
+// events of its key: it runs before older events of that key. Its record,
+// appended while the journal's Replay is still going through the pending
+// records, is then replayed too: the event runs twice. The fix is in
+// Start (eventbus.go: replay before the state turns started, or hold adds
+// until replay ends), outside this branch's files: the test runs only with
+// EVENTBUS_RUN_FOUND=1 until then.
+func TestDurableReplayAheadOfAddsDuringStart(t *testing.T) {
+	if os.Getenv("EVENTBUS_RUN_FOUND") == "" {
+		t.Skip("Start accepts adds before its replay is queued (see the comment); run with EVENTBUS_RUN_FOUND=1")
+	}
+	dir := t.TempDir()
+	j := openJournal(t, dir)
+	const n = 20_000
+	enc := newBus(t) // only encodes
+	recs := make([]journal.Record, n)
+	for i := range recs {
+		data, err := enc.EncodeEvent(storeEvent("g", uint64(i)))
+		require.NoError(t, err)
+		recs[i] = journal.Record{Type: uint8(eventbus.EventChannelStore), Payload: data}
+	}
+	_, err := j.Append(recs...)
+	require.NoError(t, err)
+
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	var mu sync.Mutex
+	var order []uint64
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		mu.Lock()
+		order = append(order, ev.Messages[0].MessageSeq)
+		mu.Unlock()
+		return nil
+	})
+	var startReturned atomic.Bool
+	addedEarly := make(chan bool, 1)
+	go func() {
+		for { // a producer that starts with the process: it adds as soon as the bus takes events
+			err := b.AddEvent(context.Background(), storeEvent("g", n))
+			if !errors.Is(err, eventbus.ErrNotStarted) {
+				assert.NoError(t, err)
+				addedEarly <- !startReturned.Load()
+				return
+			}
+			runtime.Gosched()
+		}
+	}()
+	mustStart(t, b)
+	startReturned.Store(true)
+	early := recvWithin(t, addedEarly, 10*time.Second, "the producer's add")
+	idleWithin(t, b, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	var at []int
+	for i, seq := range order {
+		if seq == n {
+			at = append(at, i)
+		}
+	}
+	t.Logf("the producer's AddEvent returned before Start did: %v; its event ran at positions %v of %d", early, at, len(order))
+	assert.Equal(t, []int{n}, at, "the new event of key g runs once, after the %d replayed events of g", n)
 }
