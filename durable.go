@@ -26,6 +26,9 @@ import (
 //     previous attempt count). DeadLetter acks the record in the same write.
 //   - Replay calls fn for every record neither acked nor dead-lettered, in
 //     append order.
+//   - DeadLetters lists the dead letters. If a DeadLetter shows in it only
+//     once written, the store also has a Sync() error method that waits
+//     for the writes queued before it: Redrive calls it first.
 type Journal interface {
 	Append(recs ...journal.Record) (first uint64, err error)
 	AppendAsync(recs ...journal.Record) (first uint64, err error)
@@ -242,6 +245,14 @@ func (b *Bus) replay() error {
 func (b *Bus) Redrive(ctx context.Context, ids ...uint64) (int, error) {
 	if !b.made() || b.journal == nil {
 		return 0, errors.New("eventbus: Redrive: the bus has no journal (WithJournal)")
+	}
+	// A store that applies DeadLetter once written (*journal.Journal)
+	// says so with Sync: without it, the dead letters of events finished
+	// just before (a WaitIdle) would be missed.
+	if s, ok := b.journal.(interface{ Sync() error }); ok {
+		if err := s.Sync(); err != nil {
+			return 0, err
+		}
 	}
 	dls, err := b.journal.DeadLetters()
 	if err != nil {

@@ -48,7 +48,7 @@ func TestExamples(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	build := exec.CommandContext(ctx, goTool(t), "build", "-o", dir+string(filepath.Separator), "./im", "./abtest", "./retry")
+	build := exec.CommandContext(ctx, goTool(t), "build", "-o", dir+string(filepath.Separator), "./im", "./abtest", "./retry", "./durable")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -101,6 +101,19 @@ func TestExamples(t *testing.T) {
 			"channel  added=3 handled=3 failed=2 retried=2 deadlettered=0\n",
 			"bus closed cleanly\n",
 		}},
+		{"durable", []string{
+			"after 200 AddEvent calls returned, the worker was killed with SIGKILL\n",
+			"  each channel's messages replayed in send order: true\n",
+			"  every message whose AddEvent returned nil is stored: true\n",
+			"  lost: 0\n",
+			"  journal dead-letter list: 2\n",
+			"  dead letter: push to dave handler=apns attempts=2 err=apns: 503 service unavailable\n",
+			"  dead letter: push to erin handler=apns attempts=2 err=apns: 503 service unavailable\n",
+			"  APNs is back: Redrive(dave's) re-added 1, delivered to [dave]\n",
+			"  erin's device token was revoked: Purge(erin's) removed 1\n",
+			"  dead letters left: 0\n",
+			"after a clean Close, a restart replays: 0 messages\n",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,14 +130,17 @@ func TestExamples(t *testing.T) {
 		})
 	}
 
-	// The im demo promises the same output on every run, latencies aside.
-	t.Run("im-deterministic", func(t *testing.T) {
-		t.Parallel()
-		bin := filepath.Join(dir, "im")
-		if a, b := stable(runDemo(t, bin)), stable(runDemo(t, bin)); a != b {
-			t.Errorf("two runs differ:\n%s\n----\n%s", a, b)
-		}
-	})
+	// The im and durable demos promise the same output on every run,
+	// latencies and lines marked "varies" aside.
+	for _, name := range []string{"im", "durable"} {
+		t.Run(name+"-deterministic", func(t *testing.T) {
+			t.Parallel()
+			bin := filepath.Join(dir, name)
+			if a, b := stable(runDemo(t, bin)), stable(runDemo(t, bin)); a != b {
+				t.Errorf("two runs differ:\n%s\n----\n%s", a, b)
+			}
+		})
+	}
 }
 
 // runDemo runs a built demo with a 60 s limit and returns its stdout. Any
