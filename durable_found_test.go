@@ -98,14 +98,9 @@ func TestDurableAcksHaveNoFsyncOfTheirOwn(t *testing.T) {
 // retrying on ErrNotStarted) is accepted and queued between the replayed
 // events of its key: it runs before older events of that key. Its record,
 // appended while the journal's Replay is still going through the pending
-// records, is then replayed too: the event runs twice. The fix is in
-// Start (eventbus.go: replay before the state turns started, or hold adds
-// until replay ends), outside this branch's files: the test runs only with
-// EVENTBUS_RUN_FOUND=1 until then.
+// records, is then replayed too: the event runs twice. Fixed: adds are
+// refused (ErrNotStarted) until Start has queued the replay.
 func TestDurableReplayAheadOfAddsDuringStart(t *testing.T) {
-	if os.Getenv("EVENTBUS_RUN_FOUND") == "" {
-		t.Skip("Start accepts adds before its replay is queued (see the comment); run with EVENTBUS_RUN_FOUND=1")
-	}
 	dir := t.TempDir()
 	j := openJournal(t, dir)
 	const n = 20_000

@@ -67,6 +67,9 @@ const (
 	stateNew int32 = iota
 	stateStarted
 	stateClosed
+	// stateStarting: Start replays the journal; adds are refused
+	// (ErrNotStarted) until it has queued every replayed event.
+	stateStarting
 )
 
 // New returns a bus configured by opts. It checks every option and starts
@@ -207,16 +210,19 @@ func (b *Bus) Start() error {
 	if err := b.checkDurableLocked(); err != nil {
 		return err
 	}
-	b.state.Store(stateStarted)
 	var err error
 	if b.journal != nil {
-		// Queued before the workers start and before any later add: each
-		// key's replayed events come first, in their original order.
+		// Queued before the workers start and before any add (adds are
+		// refused until Start returns): each key's replayed events come
+		// first, in their original order, and no record appended now can
+		// be replayed as well.
+		b.state.Store(stateStarting)
 		err = b.replay()
 	}
 	for _, e := range b.allEngines() {
 		e.Start()
 	}
+	b.state.Store(stateStarted)
 	return err
 }
 
@@ -261,7 +267,7 @@ func (b *Bus) addLocal(ctx context.Context, ev Event, wait bool, track *engine.T
 }
 
 func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracker, local bool) error {
-	if b.state.Load() == stateNew {
+	if st := b.state.Load(); st == stateNew || st == stateStarting {
 		if !b.made() {
 			return ErrNotNew
 		}
