@@ -59,6 +59,7 @@ func TestThreeNodesExactlyOnceInOrder(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	require.NoError(t, produce(ctx, nodes, keys, perKey, 48))
+	t.Logf("published in %v; handled so far %d", time.Since(start), o.distinct())
 	waitFor(t, o.done, 60*time.Second, "every event handled")
 	t.Logf("%d events through 3 nodes in %v (%.0f/s)", total, time.Since(start), float64(total)/time.Since(start).Seconds())
 	for _, n := range nodes {

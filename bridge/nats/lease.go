@@ -253,19 +253,29 @@ func (c *coordinator) tick(ctx context.Context) bool {
 	return false
 }
 
-// owner returns the node that should own partition p (rendezvous hash).
+// owner returns the node that should own partition p (rendezvous hash:
+// the node with the highest score for p; every node computes the same).
 func owner(nodes []string, p int) string {
 	var best string
-	var bestH uint64
+	var bestScore uint64
 	for _, n := range nodes {
 		h := fnv.New64a()
 		h.Write([]byte(n))
-		h.Write([]byte{0, byte(p >> 8), byte(p)})
-		if v := h.Sum64(); best == "" || v > bestH || (v == bestH && n < best) {
-			best, bestH = n, v
+		if s := mix64(h.Sum64() ^ (uint64(p)+1)*0x9e3779b97f4a7c15); best == "" || s > bestScore || (s == bestScore && n < best) {
+			best, bestScore = n, s
 		}
 	}
 	return best
+}
+
+// mix64 is the splitmix64 finalizer: FNV alone leaves the high bits of
+// similar inputs alike.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // announce puts this node's liveness key.
