@@ -69,8 +69,14 @@ func (ts *testServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(t
 
 // connect opens a client connection that reconnects for ever.
 func (ts *testServer) connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
-	nc, err := nats.Connect(ts.url(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	return connect(t, ts.url())
+}
+
+func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	require.NoError(t, err)
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	return nc, js
@@ -94,10 +100,16 @@ type node struct {
 // connects, bridges cfg and starts both.
 func startNode(t testing.TB, ts *testServer, name string, cfg natsbridge.Config, setup func(*eventbus.Bus), opts ...eventbus.Option) *node {
 	t.Helper()
+	return startNodeAt(t, ts.url(), name, cfg, setup, opts...)
+}
+
+// startNodeAt is startNode connecting to url (a proxy, say).
+func startNodeAt(t testing.TB, url string, name string, cfg natsbridge.Config, setup func(*eventbus.Bus), opts ...eventbus.Option) *node {
+	t.Helper()
 	bus, err := eventbus.New(opts...)
 	require.NoError(t, err)
 	setup(bus)
-	nc, js := ts.connect(t)
+	nc, js := connect(t, url)
 	cfg.Node = name
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
@@ -159,7 +171,7 @@ func (o *order) record(key string, seq uint64) {
 	defer o.mu.Unlock()
 	o.seen[key] = append(o.seen[key], seq)
 	o.total++
-	if o.total == o.want {
+	if o.total == o.want { // want -1: never
 		close(o.done)
 	}
 }
@@ -243,24 +255,7 @@ func recordChannel(o *order) func(*eventbus.Bus) {
 // goroutines, each key's events in order from one goroutine, through the
 // given nodes in turn. It returns the first error.
 func produce(ctx context.Context, nodes []*node, keys, perKey, producers int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, producers)
-	for g := range producers {
-		wg.Go(func() {
-			n := nodes[g%len(nodes)]
-			for seq := 1; seq <= perKey; seq++ {
-				for k := g; k < keys; k += producers {
-					if err := n.bus.AddEvent(ctx, channelEvent(keyName(k), uint64(seq))); err != nil {
-						errs <- fmt.Errorf("producer %d: key %d seq %d: %w", g, k, seq, err)
-						return
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return produceWith(ctx, nodes, keys, 1, perKey, producers, false)
 }
 
 // waitFor waits for ch, failing the test after d.
@@ -271,4 +266,88 @@ func waitFor(t testing.TB, ch <-chan struct{}, d time.Duration, what string) {
 	case <-time.After(d):
 		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
+}
+
+// waitUntil polls cond until it holds, failing after d. Used only where
+// the state belongs to other processes' worth of machinery (leases,
+// redeliveries) that signal nothing a test can wait on.
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		<-tick.C
+	}
+}
+
+// waitBalanced waits until the nodes own all partitions between them and
+// each owns some.
+func waitBalanced(t testing.TB, nodes ...*node) {
+	t.Helper()
+	waitUntil(t, 20*time.Second, "partitions shared", func() bool {
+		sum := 0
+		for _, n := range nodes {
+			o := n.br.Stats().Owned
+			if o == 0 {
+				return false
+			}
+			sum += o
+		}
+		return sum == natsbridge.DefaultPartitions
+	})
+}
+
+// produceRange is produce for sequence numbers from..to of every key.
+func produceRange(ctx context.Context, nodes []*node, keys, from, to, producers int) error {
+	return produceWith(ctx, nodes, keys, from, to, producers, false)
+}
+
+// produceRetrying is produce that adds an event again when its add fails
+// (a connection cut makes the add fail; the event may still be stored,
+// then it is there twice: at-least-once).
+func produceRetrying(ctx context.Context, nodes []*node, keys, perKey, producers int) error {
+	return produceWith(ctx, nodes, keys, 1, perKey, producers, true)
+}
+
+func produceRetryingRange(ctx context.Context, nodes []*node, keys, from, to, producers int) error {
+	return produceWith(ctx, nodes, keys, from, to, producers, true)
+}
+
+func produceWith(ctx context.Context, nodes []*node, keys, from, to, producers int, retry bool) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, producers)
+	for g := range producers {
+		wg.Go(func() {
+			n := nodes[g%len(nodes)]
+			for seq := from; seq <= to; seq++ {
+				for k := g; k < keys; k += producers {
+					for {
+						actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+						err := n.bus.AddEvent(actx, channelEvent(keyName(k), uint64(seq)))
+						cancel()
+						if err == nil {
+							break
+						}
+						if !retry || ctx.Err() != nil {
+							errs <- fmt.Errorf("producer %d: key %d seq %d: %w", g, k, seq, err)
+							return
+						}
+						t := time.NewTimer(20 * time.Millisecond) // the connection is coming back
+						select {
+						case <-t.C:
+						case <-ctx.Done():
+						}
+						t.Stop()
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
