@@ -69,6 +69,7 @@ type Stats struct {
 	DeliverErrors uint64
 	AckErrors     uint64
 	Owned         int // partitions this node consumes now
+	InFlight      int // publishes sent and waiting for their store ack (at most Config.Window)
 }
 
 // New makes a bridge for bus over js, to be called before bus.Start. It
@@ -214,6 +215,7 @@ func (br *Bridge) Stats() Stats {
 		Acquired: s.acquired.Load(), Released: s.released.Load(), Lost: s.lost.Load(),
 		FetchErrors: s.fetchErrors.Load(), DeliverErrors: s.deliverErrors.Load(), AckErrors: s.ackError.Load(),
 	}
+	st.InFlight = len(br.window)
 	br.mu.Lock()
 	c := br.coord
 	br.mu.Unlock()

@@ -177,6 +177,7 @@ func (p *partition) handle(m jetstream.Msg) {
 		return
 	}
 	seq := meta.Sequence.Stream
+	t, ev, derr := p.decode(m)
 	p.mu.Lock()
 	_, dup := p.inflight[seq]
 	p.mu.Unlock()
@@ -185,12 +186,11 @@ func (p *partition) handle(m jetstream.Msg) {
 		// bus, count the delivery toward MaxDeliver.
 		br.stats.duplicates.Add(1)
 		if int(meta.NumDelivered) > br.cfg.MaxDeliver {
-			p.deadLetter(m, nil, fmt.Errorf("%w: %d deliveries, still unfinished after %v each",
+			p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries, still unfinished after %v each",
 				ErrMaxDeliver, meta.NumDelivered-1, br.cfg.AckWait), int(meta.NumDelivered)-1)
 		}
 		return
 	}
-	t, ev, derr := p.decode(m)
 	if int(meta.NumDelivered) > br.cfg.MaxDeliver {
 		p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries (MaxDeliver %d)", ErrMaxDeliver,
 			meta.NumDelivered-1, br.cfg.MaxDeliver), int(meta.NumDelivered)-1)

@@ -106,7 +106,7 @@ func startNode(t testing.TB, ts *testServer, name string, cfg natsbridge.Config,
 // startNodeAt is startNode connecting to url (a proxy, say).
 func startNodeAt(t testing.TB, url string, name string, cfg natsbridge.Config, setup func(*eventbus.Bus), opts ...eventbus.Option) *node {
 	t.Helper()
-	bus, err := eventbus.New(opts...)
+	bus, err := eventbus.New(append([]eventbus.Option{eventbus.WithLogger(testLogger())}, opts...)...)
 	require.NoError(t, err)
 	setup(bus)
 	nc, js := connect(t, url)
