@@ -67,12 +67,17 @@ func (p *partition) stopFetching() { p.stopOnce.Do(func() { close(p.stop) }) }
 // drained: the fetcher has exited and every event it delivered has
 // finished (acked, or nak'd).
 func (p *partition) drained() bool {
+	return p.exited() && p.inflightLen() == 0
+}
+
+// exited: the fetcher has returned.
+func (p *partition) exited() bool {
 	select {
 	case <-p.done:
+		return true
 	default:
 		return false
 	}
-	return p.inflightLen() == 0
 }
 
 func (p *partition) inflightLen() int {
@@ -111,10 +116,9 @@ func (p *partition) fetch() {
 				return
 			}
 		}
-		fctx, cancel := context.WithTimeout(p.ctx, wait)
-		b, err := p.cons.Fetch(batch, jetstream.FetchContext(fctx))
+		started := time.Now()
+		b, err := p.cons.Fetch(batch, jetstream.FetchMaxWait(wait))
 		if err != nil {
-			cancel()
 			br.stats.fetchErrors.Add(1)
 			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
 			if !p.pause(&backoff) {
@@ -125,14 +129,28 @@ func (p *partition) fetch() {
 		for m := range b.Messages() {
 			p.handle(m)
 		}
-		cancel()
-		if err := b.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&
-			!errors.Is(err, context.Canceled) && !errors.Is(err, jetstream.ErrNoMessages) {
+		err = b.Error()
+		// A fetch ends with the server's "request expired" status, after
+		// every message of the request. When the client gave up first
+		// (slow server, cut connection), messages may have been sent to
+		// the abandoned inbox: they stay pending until AckWait and would
+		// come back after later ones. Rewind before fetching again.
+		if err != nil || time.Since(started) >= wait+900*time.Millisecond {
+			if time.Now().After(p.validUntilTime()) {
+				p.halted = true // the lease may be another node's by now
+				p.dirty.Store(true)
+				return
+			}
+			if rerr := p.rewind(); rerr != nil {
+				br.log.Warn("natsbridge: rewind after an unfinished fetch failed", "partition", p.id, "err", rerr)
+				p.halted = true
+				p.dirty.Store(true)
+				return
+			}
+		}
+		if err != nil {
 			br.stats.fetchErrors.Add(1)
 			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
-			if p.ctx.Err() != nil {
-				p.dirty.Store(true) // messages on the wire when the fetch was cut
-			}
 			if !p.pause(&backoff) {
 				return
 			}
@@ -146,6 +164,21 @@ func (p *partition) fetch() {
 		}
 		backoff = 50 * time.Millisecond
 	}
+}
+
+// rewind resets the partition's consumer to its ack floor: every
+// unacked event comes again in stream order; those still in the bus are
+// recognised and dropped (see handle).
+func (p *partition) rewind() error {
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	defer cancel()
+	br := p.c.br
+	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
+		return err
+	}
+	br.stats.resets.Add(1)
+	br.log.Info("natsbridge: partition rewound to its ack floor after an unfinished fetch", "partition", p.id)
+	return nil
 }
 
 // pause waits out a growing backoff; false when the fetcher must exit.

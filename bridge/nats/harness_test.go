@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -84,7 +85,12 @@ func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 
 // testLogger discards logs unless -v asks for them... they are discarded:
 // tests assert on behaviour, and the logs of cut connections are noisy.
-func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func testLogger() *slog.Logger {
+	if os.Getenv("NATSBRIDGE_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // node is one process of the cluster: a bus, its connection, its bridge.
 type node struct {

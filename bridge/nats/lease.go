@@ -129,7 +129,7 @@ func (br *Bridge) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) 
 	kv, err := br.js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = br.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1,
-			TTL: br.cfg.LeaseTTL, Storage: jetstream.MemoryStorage,
+			TTL: br.cfg.LeaseTTL, Storage: jetstream.FileStorage,
 			Description: "eventbus bridge: partition leases and live nodes"})
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = br.js.KeyValue(ctx, bucket)
@@ -212,6 +212,15 @@ func (c *coordinator) tick(ctx context.Context) bool {
 			c.members = m
 		} else {
 			c.br.log.Warn("natsbridge: listing live nodes failed", "err", err)
+			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+				// The bucket is gone (deleted, or a server that lost it):
+				// make it again; leases start over, as after expiry.
+				octx, cancel := c.opCtx(ctx)
+				if kv, err := c.br.ensureBucket(octx); err == nil {
+					c.kv = kv
+				}
+				cancel()
+			}
 		}
 		members := c.members
 		if !slices.Contains(members, c.br.node) {
@@ -223,10 +232,11 @@ func (c *coordinator) tick(ctx context.Context) bool {
 			}
 		}
 	}
-	// Hand back what is no longer ours, once drained.
+	// Hand back what is no longer ours, once drained; and what is ours
+	// but whose fetcher gave up (it is taken again, dirty, next tick).
 	for _, id := range slices.Sorted(maps.Keys(c.owned)) {
 		p := c.owned[id]
-		if want[id] {
+		if want[id] && !p.exited() {
 			continue
 		}
 		p.stopFetching()
