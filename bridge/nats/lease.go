@@ -482,3 +482,4 @@ func (c *coordinator) shutdown() {
 	}
 	c.left = left
 }
+
