@@ -482,4 +482,3 @@ func (c *coordinator) shutdown() {
 	}
 	c.left = left
 }
-
