@@ -1,0 +1,347 @@
+package natsbridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/imbus/eventbus"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// partition is one partition this node owns: its fetcher goroutine and
+// the events it handed to the bus and has not acked yet.
+type partition struct {
+	c    *coordinator
+	id   int
+	key  string // lease key
+	name string // durable consumer
+	cons jetstream.Consumer
+	rev  uint64 // lease revision; run goroutine only
+
+	validUntil atomic.Int64  // unix nanos: the lease is surely ours until then
+	renewed    chan struct{} // a renewal happened (buffered 1)
+	stop       chan struct{} // closed: finish the current fetch, then exit
+	stopOnce   sync.Once
+	ctx        context.Context // cancelled: stop now (lease lost, Close aborted)
+	cancel     context.CancelFunc
+	done       chan struct{} // closed by the fetcher when it exits
+
+	// dirty: this node may leave events of the partition unacked (some
+	// were fetched and not delivered, or given up at a bus Close).
+	dirty atomic.Bool
+	// halted: stop handing events to the bus (the bus is closed or the
+	// fetcher is stopping hard); fetcher goroutine only.
+	halted bool
+
+	mu       sync.Mutex
+	inflight map[uint64]struct{} // stream sequences in the bus
+}
+
+func newPartition(c *coordinator, id int, key string, rev uint64) *partition {
+	p := &partition{c: c, id: id, key: key, rev: rev,
+		name:    c.br.cfg.Stream + "_p" + strconv.Itoa(id),
+		renewed: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		inflight: map[uint64]struct{}{}}
+	p.ctx, p.cancel = context.WithCancel(c.ctx)
+	return p
+}
+
+func (p *partition) extend(until time.Time) {
+	p.validUntil.Store(until.UnixNano())
+	select {
+	case p.renewed <- struct{}{}:
+	default:
+	}
+}
+
+func (p *partition) validUntilTime() time.Time { return time.Unix(0, p.validUntil.Load()) }
+
+func (p *partition) stopFetching() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// drained: the fetcher has exited and every event it delivered has
+// finished (acked, or nak'd).
+func (p *partition) drained() bool {
+	return p.exited() && p.inflightLen() == 0
+}
+
+// exited: the fetcher has returned.
+func (p *partition) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *partition) inflightLen() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.inflight)
+}
+
+// fetch is the partition's goroutine: it fetches batches in stream order
+// and hands each event to the bus, one at a time, in that order.
+func (p *partition) fetch() {
+	defer func() {
+		close(p.done)
+		p.c.poke()
+	}()
+	br := p.c.br
+	wait := min(time.Second, br.cfg.LeaseTTL/4)
+	batch := min(256, br.cfg.MaxAckPending)
+	backoff := 50 * time.Millisecond
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-p.ctx.Done():
+			return
+		default:
+		}
+		// Fetch only what can be received while the lease surely holds.
+		if time.Until(p.validUntilTime()) < wait+wait/4 {
+			select {
+			case <-p.renewed:
+				continue
+			case <-p.stop:
+				return
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		started := time.Now()
+		b, err := p.cons.Fetch(batch, jetstream.FetchMaxWait(wait))
+		if err != nil {
+			br.stats.fetchErrors.Add(1)
+			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
+			if !p.pause(&backoff) {
+				return
+			}
+			continue
+		}
+		for m := range b.Messages() {
+			p.handle(m)
+		}
+		err = b.Error()
+		// A fetch ends with the server's "request expired" status, after
+		// every message of the request. When the client gave up first
+		// (slow server, cut connection), messages may have been sent to
+		// the abandoned inbox: they stay pending until AckWait and would
+		// come back after later ones. Rewind before fetching again.
+		if err != nil || time.Since(started) >= wait+900*time.Millisecond {
+			if time.Now().After(p.validUntilTime()) {
+				p.halted = true // the lease may be another node's by now
+				p.dirty.Store(true)
+				return
+			}
+			if rerr := p.rewind(); rerr != nil {
+				br.log.Warn("natsbridge: rewind after an unfinished fetch failed", "partition", p.id, "err", rerr)
+				p.halted = true
+				p.dirty.Store(true)
+				return
+			}
+		}
+		if err != nil {
+			br.stats.fetchErrors.Add(1)
+			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
+			if !p.pause(&backoff) {
+				return
+			}
+			continue
+		}
+		if p.ctx.Err() != nil {
+			p.dirty.Store(true)
+		}
+		if p.halted {
+			return
+		}
+		backoff = 50 * time.Millisecond
+	}
+}
+
+// rewind resets the partition's consumer to its ack floor: every
+// unacked event comes again in stream order; those still in the bus are
+// recognised and dropped (see handle).
+func (p *partition) rewind() error {
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+	defer cancel()
+	br := p.c.br
+	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
+		return err
+	}
+	br.stats.resets.Add(1)
+	br.log.Info("natsbridge: partition rewound to its ack floor after an unfinished fetch", "partition", p.id)
+	return nil
+}
+
+// pause waits out a growing backoff; false when the fetcher must exit.
+func (p *partition) pause(backoff *time.Duration) bool {
+	t := time.NewTimer(*backoff)
+	defer t.Stop()
+	*backoff = min(*backoff*2, 2*time.Second)
+	select {
+	case <-t.C:
+		return true
+	case <-p.stop:
+		return false
+	case <-p.ctx.Done():
+		return false
+	}
+}
+
+// handle hands one fetched message to the bus, or dead-letters it.
+func (p *partition) handle(m jetstream.Msg) {
+	br := p.c.br
+	if p.halted || p.ctx.Err() != nil {
+		p.dirty.Store(true) // left unacked: the next owner gets it
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		br.log.Error("natsbridge: message without JetStream metadata, terminated", "partition", p.id, "err", err)
+		_ = m.Term()
+		return
+	}
+	seq := meta.Sequence.Stream
+	t, ev, derr := p.decode(m)
+	p.mu.Lock()
+	_, dup := p.inflight[seq]
+	p.mu.Unlock()
+	if dup {
+		// AckWait passed while the bus still has it: keep the one in the
+		// bus, count the delivery toward MaxDeliver.
+		br.stats.duplicates.Add(1)
+		if int(meta.NumDelivered) > br.cfg.MaxDeliver {
+			p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries, still unfinished after %v each",
+				ErrMaxDeliver, meta.NumDelivered-1, br.cfg.AckWait), int(meta.NumDelivered)-1)
+		}
+		return
+	}
+	if int(meta.NumDelivered) > br.cfg.MaxDeliver {
+		p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries (MaxDeliver %d)", ErrMaxDeliver,
+			meta.NumDelivered-1, br.cfg.MaxDeliver), int(meta.NumDelivered)-1)
+		return
+	}
+	if derr != nil {
+		p.deadLetter(m, nil, derr, 0)
+		return
+	}
+	p.mu.Lock()
+	p.inflight[seq] = struct{}{}
+	p.mu.Unlock()
+	backoff := 50 * time.Millisecond
+	for {
+		err := br.bus.Deliver(p.ctx, ev, func(o eventbus.Outcome) { p.finish(seq, m, o) })
+		if err == nil {
+			br.stats.delivered.Add(1)
+			return
+		}
+		p.forget(seq)
+		switch {
+		case errors.Is(err, eventbus.ErrClosed) || p.ctx.Err() != nil:
+			p.halted = true
+			p.dirty.Store(true)
+			return
+		case errors.Is(err, eventbus.ErrNoHandler), errors.Is(err, eventbus.ErrUnknownEventType),
+			errors.Is(err, eventbus.ErrWrongPool), errors.Is(err, eventbus.ErrNilEvent):
+			p.deadLetter(m, ev, fmt.Errorf("natsbridge: %s cannot be handled on node %s: %w",
+				br.bus.TypeName(t), br.node, err), 0)
+			return
+		}
+		// Anything else (an Admit hook's refusal, say): try the same event
+		// again, keeping the partition's order.
+		br.stats.deliverErrors.Add(1)
+		br.log.Warn("natsbridge: bus refused event, retrying", "partition", p.id, "seq", seq, "err", err)
+		if !p.pause(&backoff) {
+			p.halted = true
+			p.dirty.Store(true)
+			return
+		}
+		p.mu.Lock()
+		p.inflight[seq] = struct{}{}
+		p.mu.Unlock()
+	}
+}
+
+// decode turns a message back into its event.
+func (p *partition) decode(m jetstream.Msg) (eventbus.EventType, eventbus.Event, error) {
+	br := p.c.br
+	subject := m.Subject()
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 {
+		return 0, nil, fmt.Errorf("natsbridge: subject %q is not <stream>.<type>.<partition>", subject)
+	}
+	n, err := strconv.ParseUint(parts[1], 10, 8)
+	if err != nil {
+		return 0, nil, fmt.Errorf("natsbridge: subject %q: bad event type", subject)
+	}
+	t := eventbus.EventType(n)
+	if !br.bridged[t] {
+		return t, nil, fmt.Errorf("natsbridge: subject %q: type %s is not bridged on node %s", subject, br.bus.TypeName(t), br.node)
+	}
+	ev, err := br.bus.DecodeEvent(t, m.Data())
+	if err != nil {
+		return t, nil, fmt.Errorf("natsbridge: decode %s (subject %s): %w", br.bus.TypeName(t), subject, err)
+	}
+	return t, ev, nil
+}
+
+// deadLetter gives an event the bridge will not deliver to the local
+// dead-letter sink and terminates the message.
+func (p *partition) deadLetter(m jetstream.Msg, ev eventbus.Event, err error, attempts int) {
+	br := p.c.br
+	br.stats.deadLettered.Add(1)
+	br.log.Error("natsbridge: event dead-lettered", "partition", p.id, "subject", m.Subject(), "err", err)
+	br.bus.DeadLetter(&eventbus.DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: "natsbridge", Time: time.Now()})
+	if terr := m.Term(); terr != nil {
+		br.stats.ackError.Add(1)
+		br.log.Warn("natsbridge: term failed", "partition", p.id, "err", terr)
+	}
+}
+
+// finish is the bus's done callback: ack what finished, nak what a Close
+// deadline gave up. It runs on a bus worker and does not block (an ack
+// is a buffered publish).
+func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
+	br := p.c.br
+	var err error
+	if o == eventbus.OutcomeAbandoned {
+		p.dirty.Store(true)
+		err = m.Nak()
+		br.stats.naked.Add(1)
+	} else {
+		err = m.Ack()
+		br.stats.acked.Add(1)
+	}
+	if err != nil {
+		br.stats.ackError.Add(1)
+		br.log.Warn("natsbridge: ack failed: the event will be redelivered", "partition", p.id, "seq", seq, "err", err)
+	}
+	if p.forget(seq) {
+		p.c.poke()
+	}
+}
+
+// forget removes seq from the in-flight set; true when the set became
+// empty while the partition is being handed back.
+func (p *partition) forget(seq uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.inflight, seq)
+	if len(p.inflight) > 0 {
+		return false
+	}
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,11 @@
+package natsbridge_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, serverGoroutines()...)
+}

@@ -1,0 +1,5 @@
+//go:build race
+
+package natsbridge_test
+
+func init() { raceEnabled = true }
