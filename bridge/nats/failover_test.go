@@ -102,7 +102,10 @@ func TestConnectionCutMidRun(t *testing.T) {
 		px.cut()
 	}
 	require.NoError(t, <-produced)
-	waitUntil(t, 30*time.Second, "every event handled", func() bool { return o.distinct() == total })
+	// An event the cut left unacked on the server comes back at the latest
+	// after AckWait (the default, 30 s): wait that long and some more for
+	// a loaded machine.
+	waitUntil(t, natsbridge.DefaultAckWait+30*time.Second, "every event handled", func() bool { return o.distinct() == total })
 	dups := o.checkAtLeastOnce(t, keys, perKey)
 	t.Logf("%d events, %d handled twice", total, dups)
 }
