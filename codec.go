@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 )
 
@@ -261,7 +260,13 @@ func appendMessage(b []byte, m *Message) []byte {
 	b = binary.AppendVarint(b, m.Timestamp)
 	b = appendCount(b, len(m.Header), m.Header == nil)
 	if len(m.Header) > 0 {
-		for _, k := range slices.Sorted(maps.Keys(m.Header)) {
+		var stack [16]string // no allocation for the usual few keys
+		keys := stack[:0]
+		for k := range m.Header {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
 			b = appendString(b, k)
 			b = appendString(b, m.Header[k])
 		}

@@ -312,3 +312,29 @@ func FuzzDecodeEvent(f *testing.F) {
 		require.Equal(t, ev, again)
 	})
 }
+
+// BenchmarkEncodeDecode: the cost a durable channel event pays for its
+// encoding, and replay for decoding it.
+func BenchmarkEncodeDecode(b *testing.B) {
+	bus := codecBus(b)
+	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "group/42", ChannelType: 2,
+		Messages: []*eventbus.Message{fullMessage(7)}}
+	data, err := bus.EncodeEvent(ev)
+	require.NoError(b, err)
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := bus.EncodeEvent(ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := bus.DecodeEvent(eventbus.EventChannelStore, data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
