@@ -16,7 +16,8 @@ import (
 // Decode must return a context equal to the one encoded, Conn and Frame
 // included (typically a stand-in connection carrying UID and ID); it need
 // not restore EventType, which the bus sets. Both methods may be called
-// from many goroutines at once. Decode gets a slice it may keep.
+// from many goroutines at once. Decode must not keep data after it returns
+// (the journal reuses the buffer): copy what the event keeps.
 type Codec interface {
 	Encode(ev *UserContext) ([]byte, error)
 	Decode(data []byte) (*UserContext, error)

@@ -22,6 +22,7 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,8 +79,8 @@ type Record struct {
 	// Attempts is how many delivery attempts the record has used, as last
 	// set by SetAttempts (Append stores the value given, normally 0).
 	Attempts int
-	// Payload is stored as given. Records returned by the journal share
-	// their payload with it: do not modify it.
+	// Payload is stored as given (Append copies it). Records returned by
+	// the journal carry their own copy, read back from disk.
 	Payload []byte
 }
 
@@ -179,6 +180,10 @@ type Journal struct {
 	smu sync.Mutex // guards st
 	st  state
 
+	// filesMu is held (read) while payloads are read from segment files,
+	// and (write) by reclamation while it closes and deletes them.
+	filesMu sync.RWMutex
+
 	admin sync.Mutex // serialises Redrive and Purge
 
 	// Owned by the committer goroutine.
@@ -226,6 +231,7 @@ func Open(dir string, opts ...Option) (*Journal, error) {
 		if j.f != nil {
 			j.f.Close()
 		}
+		j.closeReaders()
 		unlockDir(lock)
 		return nil, err
 	}
@@ -390,42 +396,118 @@ func (j *Journal) Sync() error {
 }
 
 // Pending returns every unacked record in append (id) order, with the
-// attempts last set. The payloads are shared with the journal: read only.
+// attempts last set, each with its own copy of its payload (read back from
+// the segment files). Replay avoids the copies.
 func (j *Journal) Pending() ([]Record, error) {
-	if err := j.check(); err != nil {
+	out := []Record{}
+	err := j.Replay(func(r Record) error {
+		r.Payload = bytes.Clone(r.Payload)
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	j.smu.Lock()
-	defer j.smu.Unlock()
-	return j.st.records(), nil
+	return out, nil
 }
 
 // Replay calls fn with every unacked record in append (id) order, as
 // Pending returns them, and stops at fn's first error, which it returns.
-// It copies records out a chunk at a time and holds no lock while fn runs,
-// so fn may call the journal (Append, Ack). Records acked or appended
-// while Replay runs may or may not be included.
+// It reads records a chunk at a time (payloads from the segment files,
+// usually from the page cache; checksums were checked by Open) and holds no
+// lock while fn runs, so fn may call the journal (Append, Ack). The payload
+// given to fn is valid only until fn returns (as bufio.Scanner's Bytes):
+// copy what you keep. Records acked or appended while Replay runs may or
+// may not be included.
 func (j *Journal) Replay(fn func(Record) error) error {
 	if err := j.check(); err != nil {
 		return err
 	}
 	var next uint64
-	chunk := make([]Record, 0, 4096)
+	var ents []entry
+	var recs []Record
+	var buf []byte
 	for {
+		j.filesMu.RLock()
 		j.smu.Lock()
-		chunk = j.st.recordsFrom(next, cap(chunk), chunk[:0])
+		ents = j.st.pendingFrom(next, replayChunk, ents[:0])
 		j.smu.Unlock()
-		for _, r := range chunk {
+		var err error
+		recs, buf, err = readRecords(ents, recs[:0], buf)
+		j.filesMu.RUnlock()
+		if err != nil {
+			return fmt.Errorf("journal: replay: %w", err)
+		}
+		for _, r := range recs {
 			if err := fn(r); err != nil {
 				return err
 			}
 		}
-		if len(chunk) < cap(chunk) {
+		if len(ents) < replayChunk {
 			return nil
 		}
-		next = chunk[len(chunk)-1].ID + 1
+		next = ents[len(ents)-1].ID + 1
 	}
 }
+
+const replayChunk = 4096
+
+// readRecords appends the records of ents, payloads included, to out. A
+// run of entries close together in one segment is read with one ReadAt
+// into buf (grown as needed and returned; frame headers and acked records
+// in between included), and their payloads point into it.
+func readRecords(ents []entry, out []Record, buf []byte) ([]Record, []byte, error) {
+	type run struct {
+		seg      *segment
+		from, to int64
+		at       int
+	}
+	var runs [64]run
+	rs := runs[:0]
+	size := 0
+	for i := 0; i < len(ents); {
+		seg, from := ents[i].seg, int64(ents[i].off)
+		to := from + int64(ents[i].plen)
+		for i++; i < len(ents) && ents[i].seg == seg; i++ {
+			off, end := int64(ents[i].off), int64(ents[i].off)+int64(ents[i].plen)
+			if off < to || end-from > maxRun || off-to > maxGap {
+				break
+			}
+			to = end
+		}
+		rs = append(rs, run{seg, from, to, size})
+		size += int(to - from)
+	}
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	k := 0
+	for _, r := range rs {
+		block := buf[r.at : r.at+int(r.to-r.from)]
+		if _, err := r.seg.rf.ReadAt(block, r.from); err != nil {
+			return out, buf, fmt.Errorf("read %s at %d: %w", r.seg.path, r.from, err)
+		}
+		for ; k < len(ents) && ents[k].seg == r.seg && int64(ents[k].off) >= r.from &&
+			int64(ents[k].off)+int64(ents[k].plen) <= r.to; k++ {
+			e := &ents[k]
+			at := int64(e.off) - r.from
+			rec := e.Record
+			rec.Payload = block[at : at+int64(e.plen) : at+int64(e.plen)]
+			out = append(out, rec)
+		}
+	}
+	if k != len(ents) {
+		return out, buf, fmt.Errorf("replay: %d of %d records placed", k, len(ents))
+	}
+	return out, buf, nil
+}
+
+// How far one read into one block may reach.
+const (
+	maxRun = 4 << 20
+	maxGap = 64 << 10
+)
 
 // DeadLetters returns the dead-letter list in id order.
 func (j *Journal) DeadLetters() ([]DeadLetter, error) {
@@ -570,8 +652,21 @@ func (j *Journal) Close() error {
 			err = fmt.Errorf("journal: close: %w", cerr)
 		}
 	}
+	j.closeReaders()
 	unlockDir(j.lock)
 	return err
+}
+
+// closeReaders closes the segments' read handles (Close, failed Open).
+func (j *Journal) closeReaders() {
+	j.filesMu.Lock()
+	defer j.filesMu.Unlock()
+	for _, seg := range j.st.segs {
+		if seg.rf != nil {
+			seg.rf.Close()
+			seg.rf = nil
+		}
+	}
 }
 
 func (j *Journal) check() error {
