@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,8 +17,7 @@ import (
 // Decode must return a context equal to the one encoded, Conn and Frame
 // included (typically a stand-in connection carrying UID and ID); it need
 // not restore EventType, which the bus sets. Both methods may be called
-// from many goroutines at once. Decode must not keep data after it returns
-// (the journal reuses the buffer): copy what the event keeps.
+// from many goroutines at once. Decode gets a slice it may keep.
 type Codec interface {
 	Encode(ev *UserContext) ([]byte, error)
 	Decode(data []byte) (*UserContext, error)
@@ -132,7 +132,9 @@ func (b *Bus) DecodeEvent(t EventType, data []byte) (Event, error) {
 		if c == nil {
 			return nil, fmt.Errorf("%w %s: give one with WithCodec", ErrNoCodec, b.TypeName(t))
 		}
-		u, err := c.Decode(data[3:])
+		// The Codec may keep what it is given; data may be a buffer the
+		// caller reuses (journal.Replay's is).
+		u, err := c.Decode(bytes.Clone(data[3:]))
 		if err != nil {
 			return nil, fmt.Errorf("eventbus: Codec of %s: decode: %w", b.TypeName(t), err)
 		}

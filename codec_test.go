@@ -338,3 +338,19 @@ func BenchmarkEncodeDecode(b *testing.B) {
 		}
 	})
 }
+
+// keepCodec keeps the slice Decode gets, as Codec's doc allows.
+type keepCodec struct{ lineCodec }
+
+func (keepCodec) Decode(data []byte) (*eventbus.UserContext, error) {
+	return &eventbus.UserContext{Frame: data}, nil
+}
+
+func TestDecodeGivesCodecItsOwnCopy(t *testing.T) {
+	b := codecBus(t, eventbus.WithCodec(eventbus.EventOnSend, keepCodec{}))
+	data := []byte{1, 1, byte(eventbus.EventOnSend), 'h', 'i'}
+	ev, err := b.DecodeEvent(eventbus.EventOnSend, data)
+	require.NoError(t, err)
+	clear(data) // a reused buffer, as journal.Replay's is
+	require.Equal(t, []byte("hi"), ev.(*eventbus.UserContext).Frame)
+}
