@@ -11,12 +11,12 @@ import (
 // one fsync, and applies them to the index. next is the next id to hand
 // out: when it nears the reservation on disk, a new reservation goes first.
 // It returns the reservation written, or 0. Called by the committer only.
-func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
+func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 	seg := j.active
 	buf := j.buf[:0]
 	var reserved uint64
 	j.smu.Lock()
-	if next+reserveChunk/2 > j.durable {
+	if sync && next+reserveChunk/2 > j.durable { // a reservation counts once fsync'd
 		reserved = next + reserveChunk
 		buf = encReserve(buf, reserved)
 		j.st.apply(seg, &frame{kind: kindReserve, reserve: reserved}, seg.size, int32(len(buf)))
@@ -69,10 +69,15 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 	j.st.trim()
 	j.smu.Unlock()
 	j.buf = buf
-	if len(buf) == 0 {
+	if len(buf) > 0 {
+		if err := j.writeOnly(buf); err != nil {
+			return 0, err
+		}
+	}
+	if !sync {
 		return 0, nil
 	}
-	if err := j.write(buf); err != nil {
+	if err := j.syncFile(); err != nil {
 		return 0, err
 	}
 	if reserved > 0 {
@@ -108,23 +113,43 @@ func (j *Journal) payload(e *entry, buf []byte) ([]byte, error) {
 
 // write appends buf to the active segment and fsyncs it.
 func (j *Journal) write(buf []byte) error {
+	if err := j.writeOnly(buf); err != nil {
+		return err
+	}
+	return j.syncFile()
+}
+
+// writeOnly appends buf to the active segment, without an fsync.
+func (j *Journal) writeOnly(buf []byte) error {
 	n, err := j.f.Write(buf)
 	j.smu.Lock()
 	j.active.size += int64(n)
 	j.smu.Unlock()
+	j.unsynced = true
 	if err != nil {
 		return fmt.Errorf("write %s: %w", j.active.path, err)
+	}
+	return nil
+}
+
+// syncFile fsyncs the active segment if it has unsynced writes.
+func (j *Journal) syncFile() error {
+	if !j.unsynced {
+		return nil
 	}
 	if err := fdatasync(j.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", j.active.path, err)
 	}
+	j.unsynced = false
 	j.syncs.Add(1)
 	return nil
 }
 
-// roll starts a new segment (the current one is already fsync'd) and
-// reclaims old ones.
+// roll fsyncs the current segment, starts a new one and reclaims old ones.
 func (j *Journal) roll() error {
+	if err := j.syncFile(); err != nil { // a segment is complete on disk before the next one exists
+		return err
+	}
 	seg, f, err := createSegment(j.dir, j.active.seq+1, j.durable)
 	if err != nil {
 		return err

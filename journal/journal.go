@@ -173,6 +173,7 @@ type Journal struct {
 	spare    []frame      // the committer's last batch, for reuse
 	cur      *batch       // what callers queuing now wait on
 	inflight *batch       // the batch being written, if any
+	dirty    bool         // written data not yet fsync'd (mirrors the committer's unsynced)
 	waiting  atomic.Int32 // appenders waiting on cur
 	kick     chan struct{}
 	exited   chan struct{}
@@ -187,12 +188,13 @@ type Journal struct {
 	admin sync.Mutex // serialises Redrive and Purge
 
 	// Owned by the committer goroutine.
-	active  *segment
-	f       *os.File
-	buf     []byte
-	acks    []uint64
-	durable uint64 // the reservation on disk
-	syncs   atomic.Uint64
+	active   *segment
+	f        *os.File
+	buf      []byte
+	acks     []uint64
+	durable  uint64 // the reservation on disk
+	unsynced bool   // j.f has writes not yet fsync'd
+	syncs    atomic.Uint64
 }
 
 // batch is one group commit: everyone queued into it waits for done.
@@ -200,6 +202,11 @@ type batch struct {
 	done chan struct{}
 	err  error
 	n    int32 // waiting appenders
+	// sync: someone waits for this batch, so it is fsync'd. A batch nobody
+	// waits on (acks, attempts, dead letters, AppendAsync) is only written:
+	// it is in the page cache, safe from a process crash, and on disk with
+	// the next fsync'd batch, roll or Close.
+	sync bool
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -300,6 +307,7 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 	if wait || j.next > j.reserved {
 		b = j.cur
 		b.n++
+		b.sync = true
 		j.waiting.Add(1)
 	}
 	j.signal()
@@ -375,22 +383,21 @@ func (j *Journal) enqueue(f frame) error {
 }
 
 // Sync waits until everything queued before it (AppendAsync, Ack,
-// SetAttempts, DeadLetter) is on disk.
+// SetAttempts, DeadLetter) is on disk (fsync'd).
 func (j *Journal) Sync() error {
 	j.mu.Lock()
 	if err := j.usable(); err != nil {
 		j.mu.Unlock()
 		return err
 	}
-	b := j.inflight
-	if len(j.ops) > 0 {
-		b = j.cur
-		j.signal()
-	}
-	j.mu.Unlock()
-	if b == nil {
+	if len(j.ops) == 0 && j.inflight == nil && !j.dirty {
+		j.mu.Unlock()
 		return nil
 	}
+	b := j.cur // after the one in flight, if any: fsyncs all that is written
+	b.sync = true
+	j.signal()
+	j.mu.Unlock()
 	<-b.done
 	return b.err
 }
@@ -552,6 +559,7 @@ func (j *Journal) redrive(ids []uint64, all bool) ([]Record, error) {
 	}
 	j.ops = append(j.ops, frame{kind: kindPurge, ids: old}) // same batch: one write
 	b := j.cur
+	b.sync = true
 	j.signal()
 	j.mu.Unlock()
 	<-b.done
@@ -586,6 +594,7 @@ func (j *Journal) purge(ids []uint64, all bool) (int, error) {
 	}
 	j.ops = append(j.ops, frame{kind: kindPurge, ids: old})
 	b := j.cur
+	b.sync = true
 	j.signal()
 	j.mu.Unlock()
 	<-b.done
@@ -701,13 +710,21 @@ func (j *Journal) run() {
 	var last int32
 	for {
 		j.mu.Lock()
-		for len(j.ops) == 0 && !j.closed {
+		for len(j.ops) == 0 && !j.cur.sync && !j.closed {
 			j.mu.Unlock()
 			<-j.kick
 			j.mu.Lock()
 		}
-		if len(j.ops) == 0 {
+		if len(j.ops) == 0 && !j.cur.sync { // closed: make what is written durable
+			dirty, failed := j.dirty, j.failed
 			j.mu.Unlock()
+			if dirty && failed == nil {
+				if err := j.syncFile(); err != nil {
+					j.mu.Lock()
+					j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
+					j.mu.Unlock()
+				}
+			}
 			return
 		}
 		if j.opts.linger > 0 && last > 1 && j.waiting.Load() < last && !j.closed {
@@ -727,10 +744,11 @@ func (j *Journal) run() {
 		err := failed
 		var reserved uint64
 		if err == nil {
-			reserved, err = j.commit(ops, next)
+			reserved, err = j.commit(ops, next, b.sync)
 		}
 		clear(ops)
 		j.mu.Lock()
+		j.dirty = j.unsynced
 		if err != nil && j.failed == nil {
 			j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
 		}
