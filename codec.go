@@ -1,10 +1,10 @@
 package eventbus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 )
 
@@ -132,7 +132,9 @@ func (b *Bus) DecodeEvent(t EventType, data []byte) (Event, error) {
 		if c == nil {
 			return nil, fmt.Errorf("%w %s: give one with WithCodec", ErrNoCodec, b.TypeName(t))
 		}
-		u, err := c.Decode(data[3:])
+		// The Codec may keep what it is given; data may be a buffer the
+		// caller reuses (journal.Replay's is).
+		u, err := c.Decode(bytes.Clone(data[3:]))
 		if err != nil {
 			return nil, fmt.Errorf("eventbus: Codec of %s: decode: %w", b.TypeName(t), err)
 		}
@@ -261,7 +263,13 @@ func appendMessage(b []byte, m *Message) []byte {
 	b = binary.AppendVarint(b, m.Timestamp)
 	b = appendCount(b, len(m.Header), m.Header == nil)
 	if len(m.Header) > 0 {
-		for _, k := range slices.Sorted(maps.Keys(m.Header)) {
+		var stack [16]string // no allocation for the usual few keys
+		keys := stack[:0]
+		for k := range m.Header {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
 			b = appendString(b, k)
 			b = appendString(b, m.Header[k])
 		}

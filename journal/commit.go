@@ -11,15 +11,15 @@ import (
 // one fsync, and applies them to the index. next is the next id to hand
 // out: when it nears the reservation on disk, a new reservation goes first.
 // It returns the reservation written, or 0. Called by the committer only.
-func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
+func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 	seg := j.active
 	buf := j.buf[:0]
 	var reserved uint64
 	j.smu.Lock()
-	if next+reserveChunk/2 > j.durable {
+	if sync && next+reserveChunk/2 > j.durable { // a reservation counts once fsync'd
 		reserved = next + reserveChunk
 		buf = encReserve(buf, reserved)
-		j.st.apply(seg, &frame{kind: kindReserve, reserve: reserved}, int32(len(buf)))
+		j.st.apply(seg, &frame{kind: kindReserve, reserve: reserved}, seg.size, int32(len(buf)))
 	}
 	acks := j.acks[:0]
 	for i := range ops {
@@ -38,7 +38,12 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 			if e == nil {
 				continue
 			}
-			f.rec = Record{ID: e.ID, Type: e.Type, Key: e.Key, Attempts: f.rec.Attempts, Payload: e.Payload}
+			p, err := j.payload(e, buf)
+			if err != nil {
+				j.smu.Unlock()
+				return 0, err
+			}
+			f.rec = Record{ID: e.ID, Type: e.Type, Key: e.Key, Attempts: f.rec.Attempts, Payload: p}
 			buf = encDead(buf, &f.rec, &f.dead)
 		case kindAck:
 			// Acks go last, in one frame: after every append of the batch.
@@ -51,7 +56,7 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 		case kindPurge:
 			buf = encIDs(buf, kindPurge, f.ids)
 		}
-		j.st.apply(seg, f, int32(len(buf)-start))
+		j.st.apply(seg, f, seg.size+int64(start), int32(len(buf)-start))
 	}
 	j.acks = acks[:0] // reused next time; apply keeps no reference
 	for len(acks) > 0 {
@@ -59,15 +64,20 @@ func (j *Journal) commit(ops []frame, next uint64) (uint64, error) {
 		acks = acks[len(chunk):]
 		start := len(buf)
 		buf = encIDs(buf, kindAck, chunk)
-		j.st.apply(seg, &frame{kind: kindAck, ids: chunk}, int32(len(buf)-start))
+		j.st.apply(seg, &frame{kind: kindAck, ids: chunk}, seg.size+int64(start), int32(len(buf)-start))
 	}
 	j.st.trim()
 	j.smu.Unlock()
 	j.buf = buf
-	if len(buf) == 0 {
+	if len(buf) > 0 {
+		if err := j.writeOnly(buf); err != nil {
+			return 0, err
+		}
+	}
+	if !sync {
 		return 0, nil
 	}
-	if err := j.write(buf); err != nil {
+	if err := j.syncFile(); err != nil {
 		return 0, err
 	}
 	if reserved > 0 {
@@ -86,25 +96,60 @@ func (j *Journal) maybeRoll() error {
 	return j.roll()
 }
 
+// payload returns a copy of e's payload: from the file, or from buf, the
+// batch being encoded, when e was appended in this very batch.
+func (j *Journal) payload(e *entry, buf []byte) ([]byte, error) {
+	p := make([]byte, e.plen)
+	if e.written() {
+		if _, err := e.seg.rf.ReadAt(p, int64(e.off)); err != nil {
+			return nil, fmt.Errorf("read %s: %w", e.seg.path, err)
+		}
+		return p, nil
+	}
+	at := int64(e.off) - e.seg.size
+	copy(p, buf[at:at+int64(e.plen)])
+	return p, nil
+}
+
 // write appends buf to the active segment and fsyncs it.
 func (j *Journal) write(buf []byte) error {
+	if err := j.writeOnly(buf); err != nil {
+		return err
+	}
+	return j.syncFile()
+}
+
+// writeOnly appends buf to the active segment, without an fsync.
+func (j *Journal) writeOnly(buf []byte) error {
 	n, err := j.f.Write(buf)
 	j.smu.Lock()
 	j.active.size += int64(n)
 	j.smu.Unlock()
+	j.unsynced = true
 	if err != nil {
 		return fmt.Errorf("write %s: %w", j.active.path, err)
+	}
+	return nil
+}
+
+// syncFile fsyncs the active segment if it has unsynced writes.
+func (j *Journal) syncFile() error {
+	if !j.unsynced {
+		return nil
 	}
 	if err := fdatasync(j.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", j.active.path, err)
 	}
+	j.unsynced = false
 	j.syncs.Add(1)
 	return nil
 }
 
-// roll starts a new segment (the current one is already fsync'd) and
-// reclaims old ones.
+// roll fsyncs the current segment, starts a new one and reclaims old ones.
 func (j *Journal) roll() error {
+	if err := j.syncFile(); err != nil { // a segment is complete on disk before the next one exists
+		return err
+	}
 	seg, f, err := createSegment(j.dir, j.active.seq+1, j.durable)
 	if err != nil {
 		return err
@@ -132,6 +177,8 @@ func (j *Journal) reclaim() error {
 		}
 	}
 	var gone []*segment
+	j.filesMu.Lock() // no Replay is reading a file
+	defer j.filesMu.Unlock()
 	j.smu.Lock()
 	for _, s := range slices.Clone(j.st.segs) { // oldest first: a deletion may free newer ones
 		if s != j.active && s.deletable() {
@@ -141,6 +188,7 @@ func (j *Journal) reclaim() error {
 	}
 	j.smu.Unlock()
 	for _, s := range gone {
+		s.rf.Close()
 		if err := os.Remove(s.path); err != nil {
 			return fmt.Errorf("reclaim: %w", err)
 		}
@@ -154,13 +202,19 @@ func (j *Journal) reclaim() error {
 // copyForward rewrites the live frames of segment o into the active
 // segment and fsyncs them, leaving o with nothing live.
 func (j *Journal) copyForward(o *segment) error {
+	data, err := readFile(o.path, nil)
+	if err != nil {
+		return fmt.Errorf("reclaim: %w", err)
+	}
 	var frames []frame
 	for i := j.st.head; i < len(j.st.entries); i++ {
 		e := &j.st.entries[i]
 		switch {
 		case e.done:
 		case e.seg == o:
-			frames = append(frames, frame{kind: kindAppend, copied: true, rec: e.Record})
+			r := e.Record
+			r.Payload = data[e.off : e.off+e.plen]
+			frames = append(frames, frame{kind: kindAppend, copied: true, rec: r})
 		case e.attSeg == o:
 			frames = append(frames, frame{kind: kindAttempts, id: e.ID, n: clampAttempts(e.Attempts)})
 		}
@@ -186,13 +240,15 @@ func (j *Journal) copyForward(o *segment) error {
 		sizes[i] = int32(len(buf) - start)
 	}
 	j.buf = buf
+	at := j.active.size
 	if err := j.write(buf); err != nil {
 		return err
 	}
 	j.smu.Lock()
 	defer j.smu.Unlock()
 	for i := range frames {
-		j.st.apply(j.active, &frames[i], sizes[i])
+		j.st.apply(j.active, &frames[i], at, sizes[i])
+		at += int64(sizes[i])
 	}
 	if o.live != 0 {
 		return fmt.Errorf("reclaim: %d frames of %s left after copy", o.live, o.path)

@@ -34,7 +34,12 @@ func createSegment(dir string, seq, reserved uint64) (*segment, *os.File, error)
 		f.Close()
 		return nil, nil, err
 	}
-	return &segment{seq: seq, path: path, size: headerSize}, f, nil
+	rf, err := os.Open(path)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
+	}
+	return &segment{seq: seq, path: path, size: headerSize, rf: rf}, f, nil
 }
 
 // syncDir makes the directory's entries (created, renamed, removed files)

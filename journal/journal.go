@@ -22,6 +22,7 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,8 +79,8 @@ type Record struct {
 	// Attempts is how many delivery attempts the record has used, as last
 	// set by SetAttempts (Append stores the value given, normally 0).
 	Attempts int
-	// Payload is stored as given. Records returned by the journal share
-	// their payload with it: do not modify it.
+	// Payload is stored as given (Append copies it). Records returned by
+	// the journal carry their own copy, read back from disk.
 	Payload []byte
 }
 
@@ -172,6 +173,7 @@ type Journal struct {
 	spare    []frame      // the committer's last batch, for reuse
 	cur      *batch       // what callers queuing now wait on
 	inflight *batch       // the batch being written, if any
+	dirty    bool         // written data not yet fsync'd (mirrors the committer's unsynced)
 	waiting  atomic.Int32 // appenders waiting on cur
 	kick     chan struct{}
 	exited   chan struct{}
@@ -179,15 +181,20 @@ type Journal struct {
 	smu sync.Mutex // guards st
 	st  state
 
+	// filesMu is held (read) while payloads are read from segment files,
+	// and (write) by reclamation while it closes and deletes them.
+	filesMu sync.RWMutex
+
 	admin sync.Mutex // serialises Redrive and Purge
 
 	// Owned by the committer goroutine.
-	active  *segment
-	f       *os.File
-	buf     []byte
-	acks    []uint64
-	durable uint64 // the reservation on disk
-	syncs   atomic.Uint64
+	active   *segment
+	f        *os.File
+	buf      []byte
+	acks     []uint64
+	durable  uint64 // the reservation on disk
+	unsynced bool   // j.f has writes not yet fsync'd
+	syncs    atomic.Uint64
 }
 
 // batch is one group commit: everyone queued into it waits for done.
@@ -195,6 +202,11 @@ type batch struct {
 	done chan struct{}
 	err  error
 	n    int32 // waiting appenders
+	// sync: someone waits for this batch, so it is fsync'd. A batch nobody
+	// waits on (acks, attempts, dead letters, AppendAsync) is only written:
+	// it is in the page cache, safe from a process crash, and on disk with
+	// the next fsync'd batch, roll or Close.
+	sync bool
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -226,6 +238,7 @@ func Open(dir string, opts ...Option) (*Journal, error) {
 		if j.f != nil {
 			j.f.Close()
 		}
+		j.closeReaders()
 		unlockDir(lock)
 		return nil, err
 	}
@@ -294,6 +307,7 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 	if wait || j.next > j.reserved {
 		b = j.cur
 		b.n++
+		b.sync = true
 		j.waiting.Add(1)
 	}
 	j.signal()
@@ -369,63 +383,138 @@ func (j *Journal) enqueue(f frame) error {
 }
 
 // Sync waits until everything queued before it (AppendAsync, Ack,
-// SetAttempts, DeadLetter) is on disk.
+// SetAttempts, DeadLetter) is on disk (fsync'd).
 func (j *Journal) Sync() error {
 	j.mu.Lock()
 	if err := j.usable(); err != nil {
 		j.mu.Unlock()
 		return err
 	}
-	b := j.inflight
-	if len(j.ops) > 0 {
-		b = j.cur
-		j.signal()
-	}
-	j.mu.Unlock()
-	if b == nil {
+	if len(j.ops) == 0 && j.inflight == nil && !j.dirty {
+		j.mu.Unlock()
 		return nil
 	}
+	b := j.cur // after the one in flight, if any: fsyncs all that is written
+	b.sync = true
+	j.signal()
+	j.mu.Unlock()
 	<-b.done
 	return b.err
 }
 
 // Pending returns every unacked record in append (id) order, with the
-// attempts last set. The payloads are shared with the journal: read only.
+// attempts last set, each with its own copy of its payload (read back from
+// the segment files). Replay avoids the copies.
 func (j *Journal) Pending() ([]Record, error) {
-	if err := j.check(); err != nil {
+	out := []Record{}
+	err := j.Replay(func(r Record) error {
+		r.Payload = bytes.Clone(r.Payload)
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	j.smu.Lock()
-	defer j.smu.Unlock()
-	return j.st.records(), nil
+	return out, nil
 }
 
 // Replay calls fn with every unacked record in append (id) order, as
 // Pending returns them, and stops at fn's first error, which it returns.
-// It copies records out a chunk at a time and holds no lock while fn runs,
-// so fn may call the journal (Append, Ack). Records acked or appended
-// while Replay runs may or may not be included.
+// It reads records a chunk at a time (payloads from the segment files,
+// usually from the page cache; checksums were checked by Open) and holds no
+// lock while fn runs, so fn may call the journal (Append, Ack). The payload
+// given to fn is valid only until fn returns (as bufio.Scanner's Bytes):
+// copy what you keep. Records acked or appended while Replay runs may or
+// may not be included.
 func (j *Journal) Replay(fn func(Record) error) error {
 	if err := j.check(); err != nil {
 		return err
 	}
 	var next uint64
-	chunk := make([]Record, 0, 4096)
+	var ents []entry
+	var recs []Record
+	var buf []byte
 	for {
+		j.filesMu.RLock()
 		j.smu.Lock()
-		chunk = j.st.recordsFrom(next, cap(chunk), chunk[:0])
+		ents = j.st.pendingFrom(next, replayChunk, ents[:0])
 		j.smu.Unlock()
-		for _, r := range chunk {
+		var err error
+		recs, buf, err = readRecords(ents, recs[:0], buf)
+		j.filesMu.RUnlock()
+		if err != nil {
+			return fmt.Errorf("journal: replay: %w", err)
+		}
+		for _, r := range recs {
 			if err := fn(r); err != nil {
 				return err
 			}
 		}
-		if len(chunk) < cap(chunk) {
+		if len(ents) < replayChunk {
 			return nil
 		}
-		next = chunk[len(chunk)-1].ID + 1
+		next = ents[len(ents)-1].ID + 1
 	}
 }
+
+const replayChunk = 4096
+
+// readRecords appends the records of ents, payloads included, to out. A
+// run of entries close together in one segment is read with one ReadAt
+// into buf (grown as needed and returned; frame headers and acked records
+// in between included), and their payloads point into it.
+func readRecords(ents []entry, out []Record, buf []byte) ([]Record, []byte, error) {
+	type run struct {
+		seg      *segment
+		from, to int64
+		at       int
+	}
+	var runs [64]run
+	rs := runs[:0]
+	size := 0
+	for i := 0; i < len(ents); {
+		seg, from := ents[i].seg, int64(ents[i].off)
+		to := from + int64(ents[i].plen)
+		for i++; i < len(ents) && ents[i].seg == seg; i++ {
+			off, end := int64(ents[i].off), int64(ents[i].off)+int64(ents[i].plen)
+			if off < to || end-from > maxRun || off-to > maxGap {
+				break
+			}
+			to = end
+		}
+		rs = append(rs, run{seg, from, to, size})
+		size += int(to - from)
+	}
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	k := 0
+	for _, r := range rs {
+		block := buf[r.at : r.at+int(r.to-r.from)]
+		if _, err := r.seg.rf.ReadAt(block, r.from); err != nil {
+			return out, buf, fmt.Errorf("read %s at %d: %w", r.seg.path, r.from, err)
+		}
+		for ; k < len(ents) && ents[k].seg == r.seg && int64(ents[k].off) >= r.from &&
+			int64(ents[k].off)+int64(ents[k].plen) <= r.to; k++ {
+			e := &ents[k]
+			at := int64(e.off) - r.from
+			rec := e.Record
+			rec.Payload = block[at : at+int64(e.plen) : at+int64(e.plen)]
+			out = append(out, rec)
+		}
+	}
+	if k != len(ents) {
+		return out, buf, fmt.Errorf("replay: %d of %d records placed", k, len(ents))
+	}
+	return out, buf, nil
+}
+
+// How far one read into one block may reach.
+const (
+	maxRun = 4 << 20
+	maxGap = 64 << 10
+)
 
 // DeadLetters returns the dead-letter list in id order.
 func (j *Journal) DeadLetters() ([]DeadLetter, error) {
@@ -470,6 +559,7 @@ func (j *Journal) redrive(ids []uint64, all bool) ([]Record, error) {
 	}
 	j.ops = append(j.ops, frame{kind: kindPurge, ids: old}) // same batch: one write
 	b := j.cur
+	b.sync = true
 	j.signal()
 	j.mu.Unlock()
 	<-b.done
@@ -504,6 +594,7 @@ func (j *Journal) purge(ids []uint64, all bool) (int, error) {
 	}
 	j.ops = append(j.ops, frame{kind: kindPurge, ids: old})
 	b := j.cur
+	b.sync = true
 	j.signal()
 	j.mu.Unlock()
 	<-b.done
@@ -570,8 +661,21 @@ func (j *Journal) Close() error {
 			err = fmt.Errorf("journal: close: %w", cerr)
 		}
 	}
+	j.closeReaders()
 	unlockDir(j.lock)
 	return err
+}
+
+// closeReaders closes the segments' read handles (Close, failed Open).
+func (j *Journal) closeReaders() {
+	j.filesMu.Lock()
+	defer j.filesMu.Unlock()
+	for _, seg := range j.st.segs {
+		if seg.rf != nil {
+			seg.rf.Close()
+			seg.rf = nil
+		}
+	}
 }
 
 func (j *Journal) check() error {
@@ -606,13 +710,21 @@ func (j *Journal) run() {
 	var last int32
 	for {
 		j.mu.Lock()
-		for len(j.ops) == 0 && !j.closed {
+		for len(j.ops) == 0 && !j.cur.sync && !j.closed {
 			j.mu.Unlock()
 			<-j.kick
 			j.mu.Lock()
 		}
-		if len(j.ops) == 0 {
+		if len(j.ops) == 0 && !j.cur.sync { // closed: make what is written durable
+			dirty, failed := j.dirty, j.failed
 			j.mu.Unlock()
+			if dirty && failed == nil {
+				if err := j.syncFile(); err != nil {
+					j.mu.Lock()
+					j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
+					j.mu.Unlock()
+				}
+			}
 			return
 		}
 		if j.opts.linger > 0 && last > 1 && j.waiting.Load() < last && !j.closed {
@@ -632,10 +744,11 @@ func (j *Journal) run() {
 		err := failed
 		var reserved uint64
 		if err == nil {
-			reserved, err = j.commit(ops, next)
+			reserved, err = j.commit(ops, next, b.sync)
 		}
 		clear(ops)
 		j.mu.Lock()
+		j.dirty = j.unsynced
 		if err != nil && j.failed == nil {
 			j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)
 		}

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,19 +57,19 @@ func (j *Journal) recover() error {
 		if err != nil {
 			return fmt.Errorf("journal: open %s: %w", j.dir, err)
 		}
+		buf = data
 		res, err := parseHeader(data)
 		if err != nil {
 			return &CorruptError{File: path, Offset: 0, Err: err}
 		}
 		j.st.reserve = max(j.st.reserve, res)
-		seg := &segment{seq: seq, path: path, size: int64(len(data))}
-		j.st.segs = append(j.st.segs, seg)
-		end, bad, kept := j.scan(seg, data)
-		if !kept {
-			buf = data
-		} else {
-			buf = nil
+		rf, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("journal: open %s: %w", j.dir, err)
 		}
+		seg := &segment{seq: seq, path: path, size: int64(len(data)), rf: rf}
+		j.st.segs = append(j.st.segs, seg)
+		end, bad := j.scan(seg, data)
 		if bad == nil {
 			continue
 		}
@@ -130,12 +131,10 @@ func (j *Journal) reserveEntries(seqs []uint64) error {
 
 // scan applies the frames of one segment and returns the offset after the
 // last good one, and what is wrong with the next one if that is not the
-// end of data. Payloads that stay live are copied out of data, unless they
-// are most of it: then the entries keep data (kept) and the caller must
-// not reuse it.
-func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error, kept bool) {
+// end of data. Only dead letters keep their payload in memory: they are
+// copied out of data, which the caller reuses.
+func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error) {
 	st := &j.st
-	start := len(st.entries)
 	off := headerSize
 	for off < len(data) {
 		if len(data)-off < frameHdrSize {
@@ -161,44 +160,16 @@ func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error, kept bo
 			bad = err
 			break
 		}
-		st.apply(seg, &f, int32(frameHdrSize+n))
+		st.apply(seg, &f, int64(off), int32(frameHdrSize+n))
 		off += frameHdrSize + n
-	}
-	// Copy out the payloads still needed, into one block, so data can go.
-	var keep []*[]byte
-	for i := start; i < len(st.entries); i++ {
-		if e := &st.entries[i]; !e.done && e.seg == seg {
-			keep = append(keep, &e.Payload)
-		}
-	}
-	for _, e := range st.side {
-		if e.seg == seg {
-			keep = append(keep, &e.Payload)
-		}
 	}
 	for _, d := range st.dead {
 		if d.seg == seg {
-			keep = append(keep, &d.Payload)
+			d.Payload = bytes.Clone(d.Payload)
 		}
 	}
-	total := 0
-	for _, p := range keep {
-		total += len(*p)
-	}
-	if total >= len(data)/2 {
-		// Mostly live: keep data itself rather than copy it (it is freed
-		// once its records are acked).
-		j.st.trim()
-		return int64(off), bad, true
-	}
-	block := make([]byte, 0, total)
-	for _, p := range keep {
-		n := len(block)
-		block = append(block, *p...)
-		*p = block[n:len(block):len(block)]
-	}
 	st.trim()
-	return int64(off), bad, false
+	return int64(off), bad
 }
 
 // validFrameAfter reports whether a good frame starts anywhere in

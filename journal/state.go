@@ -3,6 +3,7 @@ package journal
 import (
 	"cmp"
 	"maps"
+	"os"
 	"slices"
 )
 
@@ -10,7 +11,8 @@ import (
 type segment struct {
 	seq  uint64
 	path string
-	size int64 // bytes written (header included)
+	size int64    // bytes written (header included)
+	rf   *os.File // read-only handle, for payloads
 
 	// live counts the frames of this segment that recovery still needs:
 	// appends of unacked records, the latest attempts frame of an unacked
@@ -29,13 +31,21 @@ type segment struct {
 func (s *segment) deletable() bool { return s.live == 0 && s.refs == 0 }
 
 // entry is an unacked record (done marks an acked one not yet trimmed).
+// Its payload is not kept in memory (Record.Payload is nil): it is read back
+// from seg at off when needed.
 type entry struct {
 	Record
 	seg    *segment // holds the append frame
 	attSeg *segment // holds the latest attempts frame, if any
 	size   int32    // of the append frame
+	off    uint32   // of the payload in seg's file
+	plen   uint32   // of the payload
 	done   bool
 }
+
+// written reports whether e's payload is in its segment's file yet (the
+// committer applies a batch before writing it).
+func (e *entry) written() bool { return int64(e.off)+int64(e.plen) <= e.seg.size }
 
 // deadEntry is a listed dead letter and where its frame is.
 type deadEntry struct {
@@ -134,8 +144,9 @@ func (s *state) cancels(seg, target *segment) {
 	seg.refs++
 }
 
-// apply updates the index with a frame of size bytes written in seg.
-func (s *state) apply(seg *segment, f *frame, size int32) {
+// apply updates the index with a frame of size bytes at offset at of seg.
+func (s *state) apply(seg *segment, f *frame, at int64, size int32) {
+	off, plen := uint32(at+frameHdrSize+appendFixed), uint32(len(f.rec.Payload))
 	switch f.kind {
 	case kindAppend:
 		s.maxID = max(s.maxID, f.rec.ID)
@@ -145,7 +156,7 @@ func (s *state) apply(seg *segment, f *frame, size int32) {
 			}
 			// A copy made by reclamation, the original still on disk.
 			s.dropLive(e.seg, e.size)
-			e.seg, e.size = seg, size
+			e.seg, e.size, e.off, e.plen = seg, size, off, plen
 			if e.attSeg != nil {
 				s.dropLive(e.attSeg, attemptsFrameSize)
 				e.attSeg = nil
@@ -156,12 +167,13 @@ func (s *state) apply(seg *segment, f *frame, size int32) {
 		}
 		s.addLive(seg, size)
 		s.pending++
+		e := entry{Record: f.rec, seg: seg, size: size, off: off, plen: plen}
+		e.Payload = nil
 		if n := len(s.entries); n > s.head && s.entries[n-1].ID > f.rec.ID {
-			// Out of order: merged by finishRecovery.
-			s.side[f.rec.ID] = &entry{Record: f.rec, seg: seg, size: size}
+			s.side[f.rec.ID] = &e // out of order: merged by finishRecovery
 			return
 		}
-		s.entries = append(s.entries, entry{Record: f.rec, seg: seg, size: size})
+		s.entries = append(s.entries, e)
 	case kindAck:
 		for _, id := range f.ids {
 			if e := s.pendingEntry(id); e != nil {
@@ -204,7 +216,6 @@ func (s *state) apply(seg *segment, f *frame, size int32) {
 // finish marks e acked by an entry of seg.
 func (s *state) finish(seg *segment, e *entry) {
 	e.done = true
-	e.Payload = nil
 	s.pending--
 	s.dropLive(e.seg, e.size)
 	s.cancels(seg, e.seg)
@@ -264,18 +275,16 @@ func (s *state) finishRecovery() {
 	s.trim()
 }
 
-// records returns the unacked records in id order.
-func (s *state) records() []Record {
-	return s.recordsFrom(0, s.pending, make([]Record, 0, s.pending))
-}
-
-// recordsFrom appends to out up to n unacked records with ids from id on,
-// in id order.
-func (s *state) recordsFrom(id uint64, n int, out []Record) []Record {
+// pendingFrom appends to out up to n unacked entries with ids from id on,
+// in id order, stopping at the first whose payload is not written yet.
+func (s *state) pendingFrom(id uint64, n int, out []entry) []entry {
 	i, _ := s.search(id)
 	for i += s.head; i < len(s.entries) && n > 0; i++ {
 		if e := &s.entries[i]; !e.done {
-			out = append(out, e.Record)
+			if !e.written() {
+				break
+			}
+			out = append(out, *e)
 			n--
 		}
 	}
