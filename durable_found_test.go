@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -65,12 +64,9 @@ func TestDurableRedriveSeesFreshDeadLetters(t *testing.T) {
 // producer, each durable AddEvent then costs two fsyncs: its own, and the
 // one of the previous event's ack, which the next Append queues behind
 // (BenchmarkDurableAdd/durable/producers=1 shows events/fsync ≈ 0.5–0.7).
-// It is in the journal package, which this branch does not touch: the
-// test runs only with EVENTBUS_RUN_FOUND=1 until the journal is fixed.
+// Fixed in the journal: a batch nobody waits for is written without an
+// fsync of its own.
 func TestDurableAcksHaveNoFsyncOfTheirOwn(t *testing.T) {
-	if os.Getenv("EVENTBUS_RUN_FOUND") == "" {
-		t.Skip("journal fsyncs ack-only batches (see the comment); run with EVENTBUS_RUN_FOUND=1")
-	}
 	j := openJournal(t, t.TempDir())
 	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
 	done := make(chan struct{}, 1)
