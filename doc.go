@@ -119,7 +119,7 @@
 //
 // A handler that blocks keeps its worker and its shard while it runs. It
 // delays its own key's later events and those of the few keys that share
-// its shard ([PoolConfig].Shards, default 4096, makes that rarer). It does
+// its shard ([PoolConfig].Shards, default 1024, makes that rarer). It does
 // not delay the pool's other keys while a worker is free, nor other pools,
 // nor subscribers; a slow subscriber does not delay the chain while its
 // lanes have room. Only when every worker is blocked does the rest of the

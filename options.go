@@ -38,7 +38,8 @@ type PoolConfig struct {
 	// two; each subscriber of the pool's types has as many lanes. Each is
 	// drained by one worker at a time, so a slow handler also holds back
 	// the few keys that share its shard; more shards make that rarer, at
-	// about 160 bytes each. Default 4096.
+	// about 160 bytes each, and at some speed when many keys spread over
+	// them. Default 1024.
 	Shards int
 	// HandlerTimeout bounds each handler attempt, the pool's subscribers'
 	// included, by cancelling its context; the worker still waits for the
@@ -58,7 +59,7 @@ type PoolConfig struct {
 
 const (
 	defaultQueueSize = 1024
-	defaultShards    = 4096
+	defaultShards    = 1024
 )
 
 func (c PoolConfig) validate(pool Pool) error {
