@@ -2,7 +2,6 @@ package engine
 
 import (
 	"errors"
-	"runtime"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -151,10 +150,6 @@ func (w *worker[E]) next() bool {
 	return true
 }
 
-// spinRounds is how many times an idle worker yields and looks for work
-// before it sleeps.
-const spinRounds = 4
-
 // take returns the next shard of the run queue, sleeping until there is
 // one, or nil when the Lifecycle stops or aborts.
 func (w *worker[E]) take() *shard[E] {
@@ -162,17 +157,6 @@ func (w *worker[E]) take() *shard[E] {
 	case s := <-w.e.runq:
 		return s
 	default:
-	}
-	// Producers that keep adding hand over more work within microseconds:
-	// look again a few times, yielding the processor to them, before
-	// paying for a sleep and a wake-up.
-	for range spinRounds {
-		runtime.Gosched()
-		select {
-		case s := <-w.e.runq:
-			return s
-		default:
-		}
 	}
 	// Nothing to do: let go of what finished events left behind and park
 	// a burst's buffer (released if no worker needs it soon), then sleep.
