@@ -56,6 +56,9 @@ type Journal interface {
 // same in every process life (delivery is at-least-once: handlers can
 // dedupe on it). A Close that reaches its deadline leaves unfinished
 // durable events for the next Start instead of dead-lettering them.
+// Register the handlers of durable types before Start: a replayed record
+// whose type has no handler (nor subscriber) then goes to the journal's
+// dead-letter list with ErrNoHandler (Bus.Redrive brings it back).
 func WithJournal(j Journal, types ...EventType) Option {
 	return optionFunc(func(cfg *config) {
 		if j == nil {
