@@ -294,6 +294,9 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 		return ErrClosed
 	}
 	if send := b.outbound[t]; send != nil && !local {
+		if !wait {
+			ctx = tryAddCtx // TryAddEvent: the route must not wait for room
+		}
 		return send(ctx, ev)
 	}
 	ch := b.chains[t].Load()

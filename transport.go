@@ -16,7 +16,8 @@ import (
 // OutboundFunc takes an event of a routed type instead of the local pool
 // (see Bus.Outbound). It is called on the goroutine of AddEvent or
 // TryAddEvent, with AddEvent's ctx (a handler's ctx for follow-on adds),
-// and its error is returned to that caller.
+// and its error is returned to that caller. For TryAddEvent, MayWait(ctx)
+// is false: the route should return ErrQueueFull rather than wait for room.
 type OutboundFunc func(ctx context.Context, ev Event) error
 
 // Outbound routes AddEvent and TryAddEvent of the given types to send
@@ -48,6 +49,18 @@ func (b *Bus) Outbound(send OutboundFunc, types ...EventType) error {
 		b.outbound[t] = send
 	}
 	return nil
+}
+
+// tryAddKey marks the ctx an OutboundFunc gets from TryAddEvent.
+type tryAddKey struct{}
+
+// tryAddCtx is that ctx: one value, made once.
+var tryAddCtx = context.WithValue(context.Background(), tryAddKey{}, true)
+
+// MayWait reports whether the add that called an OutboundFunc with ctx may
+// wait for room: false for TryAddEvent, true for AddEvent (bounded by ctx).
+func MayWait(ctx context.Context) bool {
+	return ctx == nil || ctx.Value(tryAddKey{}) == nil
 }
 
 // beforeStartLocked says why a setup call can no longer be made. b.mu must

@@ -225,3 +225,21 @@ func TestStableKeyWithKeyByReceiver(t *testing.T) {
 	assert.Equal(t, k1, k2)
 	assert.Equal(t, eventbus.KeyByReceiver(ev), k1)
 }
+
+// TestOutboundKnowsTryAdd: a route can tell TryAddEvent (must not wait for
+// room) from AddEvent.
+func TestOutboundKnowsTryAdd(t *testing.T) {
+	b := newBus(t)
+	got := make(chan bool, 2)
+	require.NoError(t, b.Outbound(func(ctx context.Context, ev eventbus.Event) error {
+		got <- eventbus.MayWait(ctx)
+		return nil
+	}, eventbus.EventChannelDistribute))
+	mustStart(t, b)
+	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g"}
+	require.NoError(t, b.AddEvent(context.Background(), ev))
+	assert.True(t, <-got, "AddEvent may wait")
+	require.NoError(t, b.TryAddEvent(ev))
+	assert.False(t, <-got, "TryAddEvent may not")
+	assert.True(t, eventbus.MayWait(context.Background()))
+}

@@ -2,6 +2,7 @@ package natsbridge_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -75,4 +76,38 @@ func TestThreeNodesExactlyOnceInOrder(t *testing.T) {
 		assert.Zero(t, st.DeadLettered)
 	}
 	assert.Equal(t, uint64(total), delivered)
+}
+
+// TestSequenceForDedupe: a handler sees the stream sequence of the message
+// its event came from (Sequence), distinct per event, so it can dedupe
+// redeliveries; TryAddEvent of a bridged type publishes too.
+func TestSequenceForDedupe(t *testing.T) {
+	ts := startServer(t)
+	seqs := make(chan uint64, 4)
+	n := startNode(t, ts, "a", bridged(), func(bus *eventbus.Bus) {
+		_, err := eventbus.Register(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			seq, ok := natsbridge.Sequence(ctx)
+			if !ok {
+				return eventbus.Permanent(errors.New("no stream sequence in the handler's ctx"))
+			}
+			seqs <- seq
+			return nil
+		})
+		require.NoError(t, err)
+	})
+	require.NoError(t, n.bus.AddEvent(context.Background(), channelEvent("k", 1)))
+	require.NoError(t, n.bus.AddEvent(context.Background(), channelEvent("k", 2)))
+	require.NoError(t, n.bus.TryAddEvent(channelEvent("k", 3)))
+	got := map[uint64]bool{}
+	for range 3 {
+		select {
+		case s := <-seqs:
+			got[s] = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("timed out waiting for the bridged events")
+		}
+	}
+	assert.Len(t, got, 3, "distinct sequences")
+	assert.NotContains(t, got, uint64(0))
+	n.close(t, 10*time.Second)
 }

@@ -238,7 +238,7 @@ func (p *partition) handle(m jetstream.Msg) {
 	p.mu.Unlock()
 	backoff := 50 * time.Millisecond
 	for {
-		err := br.bus.Deliver(p.ctx, ev, func(o eventbus.Outcome) { p.finish(seq, m, o) })
+		err := br.bus.Deliver(context.WithValue(p.ctx, seqKey{}, seq), ev, func(o eventbus.Outcome) { p.finish(seq, m, o) })
 		if err == nil {
 			br.stats.delivered.Add(1)
 			return
@@ -344,4 +344,17 @@ func (p *partition) forget(seq uint64) bool {
 	default:
 		return false
 	}
+}
+
+// seqKey carries a bridged event's stream sequence to its handlers.
+type seqKey struct{}
+
+// Sequence returns the JetStream stream sequence of the message a bridged
+// event was delivered from, when ctx is (or derives from) the ctx of a
+// handler running it. It is the same on every node and every redelivery
+// and never reused in the stream, so handlers can use it to skip an event
+// they already handled (delivery is at-least-once).
+func Sequence(ctx context.Context) (uint64, bool) {
+	seq, ok := ctx.Value(seqKey{}).(uint64)
+	return seq, ok
 }

@@ -40,6 +40,10 @@ func (br *Bridge) send(ctx context.Context, ev eventbus.Event) error {
 	select {
 	case br.window <- struct{}{}:
 	default:
+		if !eventbus.MayWait(ctx) { // TryAddEvent: no waiting for room
+			br.stats.publishErrors.Add(1)
+			return fmt.Errorf("%w: natsbridge: publish window full (%d in flight)", eventbus.ErrQueueFull, br.cfg.Window)
+		}
 		select {
 		case br.window <- struct{}{}:
 		case <-ctx.Done():
