@@ -41,6 +41,14 @@ type partition struct {
 
 	mu       sync.Mutex
 	inflight map[uint64]struct{} // stream sequences in the bus
+
+	// lastDelivery is the consumer sequence of the last message fetched
+	// (0: none since the fetcher started or rewound); fetcher goroutine
+	// only. Every delivery, redeliveries included, takes the next consumer
+	// sequence, so a gap means a delivery never reached this node (sent to
+	// an inbox a cut connection abandoned) and would come back after later
+	// ones.
+	lastDelivery uint64
 }
 
 func newPartition(c *coordinator, id int, key string, rev uint64) *partition {
@@ -126,10 +134,22 @@ func (p *partition) fetch() {
 			}
 			continue
 		}
+		gap := false
 		for m := range b.Messages() {
+			if gap {
+				continue // left unacked: the rewind below brings them back in order
+			}
+			if p.missedDelivery(m) {
+				gap = true
+				br.log.Warn("natsbridge: a delivery never arrived; rewinding before going on", "partition", p.id)
+				continue
+			}
 			p.handle(m)
 		}
 		err = b.Error()
+		if gap && err == nil {
+			err = errMissedDelivery
+		}
 		// A fetch ends with the server's "request expired" status, after
 		// every message of the request. When the client gave up first
 		// (slow server, cut connection), messages may have been sent to
@@ -176,6 +196,7 @@ func (p *partition) rewind() error {
 	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
 		return err
 	}
+	p.lastDelivery = 0
 	br.stats.resets.Add(1)
 	br.log.Info("natsbridge: partition rewound to its ack floor after an unfinished fetch", "partition", p.id)
 	return nil
@@ -357,4 +378,22 @@ type seqKey struct{}
 func Sequence(ctx context.Context) (uint64, bool) {
 	seq, ok := ctx.Value(seqKey{}).(uint64)
 	return seq, ok
+}
+
+// errMissedDelivery ends a fetch whose deliveries have a gap.
+var errMissedDelivery = errors.New("natsbridge: a delivery of the fetch never arrived")
+
+// missedDelivery reports whether m comes after a delivery this node never
+// received (its consumer sequence skips one), and records it otherwise.
+func (p *partition) missedDelivery(m jetstream.Msg) bool {
+	meta, err := m.Metadata()
+	if err != nil {
+		return false // handle terminates it
+	}
+	c := meta.Sequence.Consumer
+	if p.lastDelivery != 0 && c != p.lastDelivery+1 {
+		return true
+	}
+	p.lastDelivery = c
+	return false
 }
