@@ -118,7 +118,18 @@ func (b *Bus) addSubscriber(t EventType, want Pool, fn HandlerFunc, defName stri
 	call := wrap(fn, mws) // middleware constructors run outside b.mu
 
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	r, err := b.addSubscriberLocked(t, want, fn, call, mws, defName, o)
+	stale := err == nil && len(b.mws) > len(mws)
+	b.mu.Unlock()
+	if stale {
+		b.rewrap() // middleware added meanwhile; it takes b.mu itself
+	}
+	return r, err
+}
+
+// addSubscriberLocked registers a subscriber whose call was wrapped with
+// mws. b.mu must be held.
+func (b *Bus) addSubscriberLocked(t EventType, want Pool, fn, call HandlerFunc, mws []Middleware, defName string, o handlerOptions) (*Registration, error) {
 	if b.state.Load() == stateClosed {
 		return nil, fmt.Errorf("%w: Subscribe after Close", ErrClosed)
 	}
@@ -162,10 +173,6 @@ func (b *Bus) addSubscriber(t EventType, want Pool, fn HandlerFunc, defName stri
 	b.addEngineLocked(s.lanes.eng)
 	if b.state.Load() == stateStarted {
 		s.lanes.eng.Start()
-	}
-	stale := len(b.mws) > len(mws)
-	if stale {
-		defer b.rewrap() // after the deferred unlock
 	}
 	return &Registration{bus: b, typ: t, id: s.id, name: name}, nil
 }
