@@ -452,7 +452,7 @@ func (e *Engine[E]) wakeSpaceWaiters() {
 	}
 }
 
-// Schedule puts a shard with work on the run queue unless it is there or
+// scheduleLocked marks a shard for the run queue unless it is there or
 // held by a worker. s.mu must be held; the caller sends to the run queue
 // after unlocking when it returns true.
 func (s *shard[E]) scheduleLocked() bool {
