@@ -22,25 +22,6 @@ import (
 // channel in order, while every other receiver goes on at once. The cost
 // is one event per receiver instead of one per message.
 
-// fnv64 is FNV-1a, inline so that KeyByReceiver does not allocate. Keys
-// must be the same in every process (Bus.StableKey uses the KeyFunc to
-// partition events across nodes), so no per-process seed.
-type fnv64 uint64
-
-const (
-	fnvOffset fnv64 = 14695981039346656037
-	fnvPrime  fnv64 = 1099511628211
-)
-
-func (h fnv64) byte(b byte) fnv64 { return (h ^ fnv64(b)) * fnvPrime }
-
-func (h fnv64) string(s string) fnv64 {
-	for i := 0; i < len(s); i++ {
-		h = (h ^ fnv64(s[i])) * fnvPrime
-	}
-	return h
-}
-
 // KeyByReceiver is a PoolConfig.KeyFunc for the pusher pool that orders
 // push events per (receiver, channel) instead of per channel: a
 // PushContext with exactly one subscriber is keyed by that subscriber and

@@ -3,7 +3,7 @@ package eventbus
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
+	"strconv"
 
 	"github.com/imbus/eventbus/internal/engine"
 )
@@ -154,26 +154,24 @@ func (b *Bus) StableKey(ev Event) (uint64, error) {
 	if p.cfg.KeyFunc != nil {
 		return p.key(ev)
 	}
-	h := fnv.New64a()
+	h := fnvOffset // FNV-1a, as KeyByReceiver: no per-process seed
 	switch e := ev.(type) {
 	case *UserContext:
 		if _, err := p.key(ev); err != nil { // a nil or panicking Conn
 			return 0, err
 		}
 		if uid := e.Conn.UID(); uid != "" {
-			h.Write([]byte(uid))
+			h = h.string(uid)
 		} else {
-			fmt.Fprintf(h, "\x00conn:%d", e.Conn.ID())
+			h = h.string("\x00conn:" + strconv.FormatInt(e.Conn.ID(), 10))
 		}
 	case *ChannelContext:
-		h.Write([]byte(e.ChannelID))
-		h.Write([]byte{0, e.ChannelType})
+		h = h.string(e.ChannelID).byte(0).byte(e.ChannelType)
 	case *PushContext:
 		if e.Message == nil {
 			return 0, fmt.Errorf("%w: PushContext.Message is nil", ErrNilEvent)
 		}
-		h.Write([]byte(e.Message.ChannelID))
-		h.Write([]byte{0, e.Message.ChannelType})
+		h = h.string(e.Message.ChannelID).byte(0).byte(e.Message.ChannelType)
 	}
-	return h.Sum64(), nil
+	return uint64(h), nil
 }
