@@ -219,10 +219,12 @@ func (b *Bus) Start() error {
 		b.state.Store(stateStarting)
 		err = b.replay()
 	}
+	// Started before the workers run: a replayed event's handler adds
+	// follow-on events, which stateStarting would refuse.
+	b.state.Store(stateStarted)
 	for _, e := range b.allEngines() {
 		e.Start()
 	}
-	b.state.Store(stateStarted)
 	return err
 }
 
