@@ -205,9 +205,9 @@ func TestRegistryCallInfo(t *testing.T) {
 	id := got[0].EventID
 	assert.NotZero(t, id)
 	want := []eventbus.CallInfo{
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "first", Index: 0, Attempt: 1, EventID: id},
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "second", Index: 1, Attempt: 1, EventID: id},
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "second", Index: 1, Attempt: 2, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "first", Index: 0, Attempt: 1, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "second", Index: 1, Attempt: 1, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "second", Index: 1, Attempt: 2, EventID: id},
 	}
 	assert.Equal(t, want, got, "a retry resumes at the failed handler with the next attempt number")
 
@@ -230,9 +230,9 @@ func TestRegistryCallInfo(t *testing.T) {
 		ids[info.EventID] = true
 		assert.Equal(t, 1, info.Attempt, name)
 	}
-	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolChannel, Type: eventbus.EventChannelStore, Handler: "store",
+	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolChannel, Type: eventbus.EventChannelStore, TypeName: "ChannelStore", Handler: "store",
 		Attempt: 1, EventID: byHandler["store"].EventID}, byHandler["store"])
-	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolPusher, Type: eventbus.EventPushOffline, Handler: "offline",
+	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolPusher, Type: eventbus.EventPushOffline, TypeName: "PushOffline", Handler: "offline",
 		Attempt: 1, EventID: byHandler["offline"].EventID}, byHandler["offline"])
 }
 
