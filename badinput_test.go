@@ -79,6 +79,7 @@ func TestBadInputRegister(t *testing.T) {
 	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 6")
 	_, err = eventbus.Register(bus, 200, okUser)
 	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 200")
+	assert.ErrorContains(t, err, "bus.Define(200, pool, name)", "the error says how to declare the type")
 
 	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
 	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "channel handler for a user type")
@@ -110,7 +111,10 @@ func TestBadInputLifecycle(t *testing.T) {
 	mustStart(t, bus)
 	require.Error(t, bus.Start(), "Start twice")
 	require.NoError(t, bus.AddEvent(context.Background(), ev))
+	var noCtx context.Context
+	require.NoError(t, bus.AddEvent(noCtx, ev), "a nil ctx is context.Background(), as AddEvent's doc says")
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	assert.Equal(t, uint64(2), bus.Stats().User.Handled, "the event added with a nil ctx ran")
 	require.ErrorIs(t, bus.AddEvent(context.Background(), ev), eventbus.ErrClosed)
 	require.ErrorIs(t, bus.TryAddEvent(ev), eventbus.ErrClosed)
 }

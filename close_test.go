@@ -387,9 +387,22 @@ func TestCloseTwiceAndAddAfterClose(t *testing.T) {
 	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
 	require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
 	require.Error(t, bus.Start(), "Start after Close")
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	require.ErrorIs(t, err, eventbus.ErrClosed, "Register after Close fails as Subscribe does")
+	_, err = eventbus.Subscribe(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	require.ErrorIs(t, err, eventbus.ErrClosed, "Subscribe after Close")
 	st := bus.Stats().User
 	assert.Equal(t, uint64(1), st.Handled)
 	atRest(t, "user", st)
+}
+
+// TestCloseErrorSaysEventOrEvents: the error of a Close that gave up
+// counts its events in words that agree with the number.
+func TestCloseErrorSaysEventOrEvents(t *testing.T) {
+	assert.Equal(t, "eventbus: close: 1 event left: context deadline exceeded",
+		(&eventbus.CloseError{Left: 1, Err: context.DeadlineExceeded}).Error())
+	assert.Equal(t, "eventbus: close: 2 events left: context deadline exceeded",
+		(&eventbus.CloseError{Left: 2, Err: context.DeadlineExceeded}).Error())
 }
 
 // TestCloseBeforeStart: a bus closed before Start is closed for good; a

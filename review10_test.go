@@ -359,17 +359,27 @@ func TestReview9_DefineAfterClose(t *testing.T) {
 	}
 }
 
-// TestReview13_ZeroValueBus: every method of a zero Bus returns ErrNotNew
-// (or a harmless zero result), at once, without a panic.
+// TestReview13_ZeroValueBus: every method of a zero Bus, and of a nil
+// *Bus, returns ErrNotNew (or a harmless zero result), at once, without a
+// panic.
 func TestReview13_ZeroValueBus(t *testing.T) {
-	var b eventbus.Bus
+	for name, b := range map[string]*eventbus.Bus{"zero Bus": new(eventbus.Bus), "nil *Bus": nil} {
+		t.Run(name, func(t *testing.T) { checkUnmadeBus(t, b) })
+	}
+}
+
+func checkUnmadeBus(t *testing.T, b *eventbus.Bus) {
 	ctx := deadline(t, 5*time.Second)
 	ev := userEvent(eventbus.EventOnSend, "u")
 	errs := map[string]func() error{
 		"Start":  b.Start,
 		"Define": func() error { return b.Define(40, eventbus.PoolUser, "x") },
 		"Register": func() error {
-			_, err := eventbus.Register(&b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+			_, err := eventbus.Register(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+			return err
+		},
+		"Subscribe": func() error {
+			_, err := eventbus.Subscribe(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
 			return err
 		},
 		"AddEvent":    func() error { return b.AddEvent(ctx, ev) },
@@ -386,7 +396,7 @@ func TestReview13_ZeroValueBus(t *testing.T) {
 			}
 			done <- err
 		}()
-		err := recvWithin(t, done, 5*time.Second, name+" on a zero Bus")
+		err := recvWithin(t, done, 5*time.Second, name+" on an unmade Bus")
 		assert.ErrorIs(t, err, eventbus.ErrNotNew, name)
 		if err != nil {
 			assert.Contains(t, err.Error(), "New", "%s: the error says to use New", name)
@@ -397,7 +407,7 @@ func TestReview13_ZeroValueBus(t *testing.T) {
 		assert.Equal(t, eventbus.Stats{}, b.Stats())
 		assert.Equal(t, "OnSend", b.TypeName(eventbus.EventOnSend))
 		assert.False(t, b.UnregisterHandler(eventbus.EventOnSend, "x"))
-	}), "a method of a zero Bus panicked")
+	}), "a method of an unmade Bus panicked")
 }
 
 // TestReview10_NoItsTypos: the possessive is "its". Comments here spell

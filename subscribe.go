@@ -68,7 +68,7 @@ func WithConcurrency(n int) HandlerOption {
 // then its goroutines exit.
 func Subscribe[C EventContext](b *Bus, t EventType, h Handler[C], opts ...HandlerOption) (*Registration, error) {
 	if b == nil {
-		return nil, errors.New("eventbus: Subscribe on a nil *Bus")
+		return nil, fmt.Errorf("%w: Subscribe on a nil *Bus", ErrNotNew)
 	}
 	if h == nil {
 		return nil, ErrNilHandler
@@ -135,7 +135,7 @@ func (b *Bus) addSubscriberLocked(t EventType, want Pool, fn, call HandlerFunc, 
 	}
 	pool := b.types[t].pool
 	if pool == "" {
-		return nil, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+		return nil, unknownType(t)
 	}
 	if pool != want {
 		return nil, fmt.Errorf("%w: %v is a %s event, the handler takes a %s context", ErrWrongPool, b.typeNameLocked(t), pool, want)

@@ -75,14 +75,14 @@ func newConfig(opts []Option) config {
 	return c
 }
 
-// nameOf names type t: with the WithTypeName function when one was given,
-// else busName (the name the bus gave), else t.String(). A WithTypeName
-// function that panics (bus.TypeName of a bus not made yet, say) is a setup
-// mistake: it is reported once to the OpenTelemetry error handler
-// (otel.Handle) and the bus's name is used from then on.
+// nameOf names type t: with the WithTypeName function when one was given
+// and it names t (returns something other than t.String()), else busName
+// (the name the bus gave), else t.String(). A WithTypeName function that
+// panics is a setup mistake: it is reported once to the OpenTelemetry
+// error handler (otel.Handle) and the bus's names are used from then on.
 func (c *config) nameOf(t eventbus.EventType, busName string) string {
 	if f := c.typeName; f != nil && !c.broken.Load() {
-		if name, ok := c.safeName(f, t); ok {
+		if name, ok := c.safeName(f, t); ok && (name != t.String() || busName == "") {
 			return name
 		}
 	}
@@ -121,9 +121,11 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // WithTypeName overrides how event types are named in span names and
 // attributes. Without it they are named as the bus names them
 // (Bus.TypeName: built-in names and the names given to Define), which is
-// what most programs want; use it only for names of your own. The function
-// must work from the first event on; if it panics, the bus's names are
-// used instead and the panic is reported once through otel.Handle.
+// what most programs want; use it only for names of your own. Where name
+// returns t.String() (it does not name t), the bus's name is kept, so
+// bus.TypeName taken while bus was still nil loses no name. If name
+// panics, the bus's names are used from then on and the panic is reported
+// once through otel.Handle.
 func WithTypeName(name func(eventbus.EventType) string) Option {
 	return optionFunc(func(c *config) { c.typeName = name })
 }

@@ -3,6 +3,7 @@ package eventbusotel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -309,16 +310,10 @@ type errorHandler struct{ errs chan error }
 
 func (h errorHandler) Handle(err error) { h.errs <- err }
 
-// TestTypeNameOfUnmadeBusIsReportedNotLost: the mistake the package doc
-// once showed, WithTypeName(bus.TypeName) evaluated while bus is still nil,
-// loses no metric and no span: the bus's names are used, and the panic is
-// reported once through otel.Handle with a message that says what to do.
-func TestTypeNameOfUnmadeBusIsReportedNotLost(t *testing.T) {
-	h := errorHandler{errs: make(chan error, 16)}
-	prev := otel.GetErrorHandler()
-	otel.SetErrorHandler(h)
-	t.Cleanup(func() { otel.SetErrorHandler(prev) })
-
+// TestTypeNameOfUnmadeBusLosesNoName: the mistake the package doc once
+// showed, WithTypeName(bus.TypeName) evaluated while bus is still nil,
+// still names a defined type as the bus does, in metrics and spans.
+func TestTypeNameOfUnmadeBusLosesNoName(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
@@ -329,10 +324,47 @@ func TestTypeNameOfUnmadeBusIsReportedNotLost(t *testing.T) {
 	spans := runDefinedType(t, obs, eventbusotel.WithTypeName(unmade.TypeName))
 	assert.Equal(t, []string{"Audit check"}, spans)
 	assert.Equal(t, []string{"Audit"}, eventTypeNames(t, reader))
+}
+
+// TestPanickingTypeNameIsReportedNotLost: a WithTypeName function that
+// panics loses no metric and no span: the bus's names are used, and the
+// panic is reported once (per Observer or middleware) through otel.Handle
+// with a message that says what to do.
+func TestPanickingTypeNameIsReportedNotLost(t *testing.T) {
+	h := errorHandler{errs: make(chan error, 16)}
+	prev := otel.GetErrorHandler()
+	otel.SetErrorHandler(h)
+	t.Cleanup(func() { otel.SetErrorHandler(prev) })
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	broken := eventbusotel.WithTypeName(func(eventbus.EventType) string { panic("no names yet") })
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp), broken)
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs, broken)
+	assert.Equal(t, []string{"Audit check"}, spans)
+	assert.Equal(t, []string{"Audit"}, eventTypeNames(t, reader))
 	require.Len(t, h.errs, 2, "one report from the observer, one from the middleware")
 	for range 2 {
 		err := <-h.errs
-		assert.ErrorContains(t, err, "WithTypeName: the function panicked")
+		assert.ErrorContains(t, err, "WithTypeName: the function panicked (no names yet)")
 		assert.ErrorContains(t, err, "leave WithTypeName out")
 	}
+}
+
+// TestTypeNameOverrideNamesTypes: a WithTypeName function that does name
+// a type wins over the bus's name.
+func TestTypeNameOverrideNamesTypes(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	custom := eventbusotel.WithTypeName(func(t eventbus.EventType) string { return fmt.Sprintf("im.%d", t) })
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp), custom)
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs, custom)
+	assert.Equal(t, []string{"im.42 check"}, spans)
+	assert.Equal(t, []string{"im.42"}, eventTypeNames(t, reader))
 }
