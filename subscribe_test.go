@@ -393,3 +393,44 @@ func TestSubscriberObservedAndWrapped(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, []string{"hook"}, subs)
 }
+
+// TestForeignCtxAddsFromChainAndSubscriberDoNotDeadlock: an add from a
+// handler's goroutine with a foreign ctx (context.Background()) that would
+// wait on its own pool is taken as a follow-on add, never a deadlock, and a
+// subscriber's ctx is a handler ctx (see ARCHITECTURE.md, Follow-on adds).
+// Both engines of a type with a chain handler and a subscriber recognise
+// both: each of the two, adding with context.Background() while the other
+// fills the pool's queue or the subscriber's lane, returns.
+func TestForeignCtxAddsFromChainAndSubscriberDoNotDeadlock(t *testing.T) {
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
+	conn := &testConn{uid: "alice", id: 1}
+	var inside sync.WaitGroup // both handlers are running the first event
+	inside.Add(2)
+	results := make(chan error, 2)
+	handle := func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame != "first" {
+			return nil
+		}
+		inside.Done()
+		inside.Wait()
+		// A foreign ctx, from a handler's goroutine: a follow-on add.
+		results <- b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: "next"})
+		return nil
+	}
+	mustRegister(t, b, eventbus.EventOnSend, handle, eventbus.WithName("chain"))
+	_, err := eventbus.Subscribe(b, eventbus.EventOnSend, handle, eventbus.WithName("sub"))
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	require.NoError(t, b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: "first"}))
+
+	timeout := time.After(3 * time.Second)
+	for range 2 {
+		select {
+		case err := <-results:
+			require.NoError(t, err)
+		case <-timeout:
+			t.Fatal("a handler's AddEvent(context.Background(), …) is still waiting after 3 s: " +
+				"the chain handler waits for the subscriber's lane, the subscriber for the pool")
+		}
+	}
+}
