@@ -598,10 +598,7 @@ func TestCloseAbortObservesEachEventType(t *testing.T) {
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")))
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventRecvAck, "b")))
 
-	expired, cancel := context.WithCancel(context.Background())
-	cancel()
-	var ce *eventbus.CloseError
-	require.ErrorAs(t, bus.Close(expired), &ce)
+	closeExpired(t, bus)
 	g.open()
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 
@@ -689,10 +686,7 @@ func TestGoexitInSinkDuringAbortEndsEachEventOnce(t *testing.T) {
 	}
 	first.open()
 	recvWithin(t, second.entered, 5*time.Second, "second handler start")
-	expired, cancel := context.WithCancel(context.Background())
-	cancel()
-	var ce *eventbus.CloseError
-	require.ErrorAs(t, bus.Close(expired), &ce)
+	closeExpired(t, bus)
 	second.open()
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
 
@@ -767,13 +761,7 @@ func TestCloseReturnsAtOnceWithSlowSink(t *testing.T) {
 	b := newBus(t, eventbus.WithDeadLetter(sink),
 		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: queued + 1}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-		if ev.Frame == "hold" {
-			close(entered)
-			<-release
-		}
-		return nil
-	})
+	mustRegister(t, b, eventbus.EventOnSend, holdFrame(entered, release))
 	mustStart(t, b)
 	hold := userEvent(eventbus.EventOnSend, "alice")
 	hold.Frame = "hold"

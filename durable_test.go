@@ -213,16 +213,9 @@ func TestDurableDeadLetterRedrive(t *testing.T) {
 	j := openJournal(t, t.TempDir())
 	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry),
 		eventbus.WithDeadLetter(&sinkRecorder{}))
-	var broken atomic.Bool
-	broken.Store(true)
-	var stored atomic.Int64
-	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
-		if broken.Load() {
-			return errors.New("disk full")
-		}
-		stored.Add(1)
-		return nil
-	}, eventbus.WithName("store"))
+	store := &flakyStore{}
+	store.broken.Store(true)
+	mustRegister(t, b, eventbus.EventChannelStore, store.handle, eventbus.WithName("store"))
 	mustStart(t, b)
 	relAdd(t, b, storeEvent("g", 1))
 	relAdd(t, b, storeEvent("g", 2))
@@ -236,12 +229,12 @@ func TestDurableDeadLetterRedrive(t *testing.T) {
 	assert.Equal(t, 1, dls[0].Attempts)
 	assert.False(t, dls[0].Time.IsZero())
 
-	broken.Store(false)
+	store.broken.Store(false)
 	n, err := b.Redrive(context.Background(), dls[0].ID)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 	idleWithin(t, b, 5*time.Second)
-	assert.Equal(t, int64(1), stored.Load())
+	assert.Equal(t, int64(1), store.stored.Load())
 	require.NoError(t, j.Sync())
 	left, err := j.DeadLetters()
 	require.NoError(t, err)
@@ -251,7 +244,7 @@ func TestDurableDeadLetterRedrive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 	idleWithin(t, b, 5*time.Second)
-	assert.Equal(t, int64(2), stored.Load())
+	assert.Equal(t, int64(2), store.stored.Load())
 	require.NoError(t, j.Sync())
 	left, err = j.DeadLetters()
 	require.NoError(t, err)
@@ -348,22 +341,15 @@ func TestDurableUserEventsAndFollowOns(t *testing.T) {
 func TestDurableRedriveSeesFreshDeadLetters(t *testing.T) {
 	j := openJournal(t, t.TempDir())
 	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry))
-	var broken atomic.Bool
-	var stored atomic.Int64
-	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
-		if broken.Load() {
-			return errors.New("disk full")
-		}
-		stored.Add(1)
-		return nil
-	})
+	store := &flakyStore{}
+	mustRegister(t, b, eventbus.EventChannelStore, store.handle)
 	mustStart(t, b)
 	const rounds = 20
 	for i := range rounds {
-		broken.Store(true)
+		store.broken.Store(true)
 		relAdd(t, b, storeEvent(fmt.Sprint("g", i), uint64(i)))
 		idleWithin(t, b, 5*time.Second)
-		broken.Store(false)
+		store.broken.Store(false)
 		n, err := b.Redrive(context.Background())
 		require.NoError(t, err)
 		if !assert.Equal(t, 1, n, "round %d: the event dead-lettered before WaitIdle returned is re-driven", i) {
@@ -375,7 +361,7 @@ func TestDurableRedriveSeesFreshDeadLetters(t *testing.T) {
 	dls, err := j.DeadLetters()
 	require.NoError(t, err)
 	assert.Empty(t, dls)
-	assert.Equal(t, int64(rounds), stored.Load())
+	assert.Equal(t, int64(rounds), store.stored.Load())
 }
 
 // TestDurableAcksHaveNoFsyncOfTheirOwn: acks are written with the next commit,
@@ -459,4 +445,19 @@ func TestDurableReplayAheadOfAddsDuringStart(t *testing.T) {
 	}
 	t.Logf("the producer's AddEvent returned before Start did: %v; its event ran at positions %v of %d", early, at, len(order))
 	assert.Equal(t, []int{n}, at, "the new event of key g runs once, after the %d replayed events of g", n)
+}
+
+// flakyStore is a ChannelStore handler that fails with "disk full" while
+// broken is set, and counts the events it stores.
+type flakyStore struct {
+	broken atomic.Bool
+	stored atomic.Int64
+}
+
+func (s *flakyStore) handle(ctx context.Context, ev *eventbus.ChannelContext) error {
+	if s.broken.Load() {
+		return errors.New("disk full")
+	}
+	s.stored.Add(1)
+	return nil
 }

@@ -215,3 +215,26 @@ func (s *goexitSink) DeadLetter(d *eventbus.DeadLetter) {
 	s.mu.Unlock()
 	s.once.Do(runtime.Goexit)
 }
+
+// holdFrame returns a handler that, for the event whose Frame is "hold",
+// closes entered and waits for release; every other event returns at once.
+func holdFrame(entered, release chan struct{}) eventbus.Handler[eventbus.UserContext] {
+	return func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame == "hold" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+}
+
+// closeExpired calls Close with a ctx that has already ended, which must
+// give up and return a *CloseError, and returns that error.
+func closeExpired(t testing.TB, b *eventbus.Bus) *eventbus.CloseError {
+	t.Helper()
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b.Close(expired), &ce)
+	return ce
+}

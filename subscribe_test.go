@@ -303,13 +303,7 @@ func TestSubscriberCloseDrainsAndGivesUp(t *testing.T) {
 		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			return nil
 		})
-		_, err := eventbus.Subscribe(b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-			if ev.Frame == "hold" {
-				close(entered)
-				<-release
-			}
-			return nil
-		}, eventbus.WithName("hook"))
+		_, err := eventbus.Subscribe(b, eventbus.EventOnSend, holdFrame(entered, release), eventbus.WithName("hook"))
 		require.NoError(t, err)
 		mustStart(t, b)
 		hold := userEvent(eventbus.EventOnSend, "alice")
@@ -321,10 +315,7 @@ func TestSubscriberCloseDrainsAndGivesUp(t *testing.T) {
 		}
 		idle := func() bool { return b.Stats().User.Handled == 4 }
 		require.Eventually(t, idle, 5*time.Second, time.Millisecond, "the chain is done")
-		expired, cancel := context.WithCancel(context.Background())
-		cancel()
-		var ce *eventbus.CloseError
-		require.ErrorAs(t, b.Close(expired), &ce)
+		ce := closeExpired(t, b)
 		assert.Equal(t, 4, ce.Left, "the subscriber's held and queued events")
 		close(release)
 		require.NoError(t, b.Close(deadline(t, 5*time.Second)))
