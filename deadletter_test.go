@@ -177,9 +177,8 @@ type panicSink struct{}
 func (panicSink) DeadLetter(*eventbus.DeadLetter) { panic("sink exploded") }
 
 // TestGoexitInSinkDoesNotKillShard: a dead-letter sink that calls
-// runtime.Goexit (as require does on a failed check) runs on a worker but
-// does not end the shard: the worker is replaced, the next accepted event
-// runs, and WaitIdle and Close still return.
+// runtime.Goexit (as require does on a failed check) does not end the
+// shard it runs on: the next accepted event of that shard still runs.
 func TestGoexitInSinkDoesNotKillShard(t *testing.T) {
 	bus := newBus(t, eventbus.WithDeadLetter(&goexitSink{}), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	handled := make(chan string, 4)

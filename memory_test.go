@@ -53,7 +53,7 @@ func addWeak(t *testing.T, bus *eventbus.Bus) weak.Pointer[eventbus.UserContext]
 type bigValueKey struct{}
 
 // TestIdleWorkerKeepsNoFinishedContext: once the bus is idle, the
-// producers' contexts of finished events are no longer reachable from it.
+// producers' contexts of finished events cannot be reached from it.
 func TestIdleWorkerKeepsNoFinishedContext(t *testing.T) {
 	const n = 50
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))

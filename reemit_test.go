@@ -166,13 +166,12 @@ func TestReemitPusherUserCycle(t *testing.T) {
 	atRest(t, "pusher", st.Pusher)
 }
 
-// TestAddFromReturnedHandlerIsOutsideAdd: whether an add is a follow-on (made
-// with a handler's ctx while that handler runs) is decided once WithAdmit has
-// run. An add started by a goroutine of a handler, whose admit is still
-// running when the handler returns, is an outside add (see ARCHITECTURE.md,
-// Follow-on adds): the closing check refuses it while Close drains, as it
-// refuses every outside add. WaitIdle may return between the parent and such
-// an add.
+// TestAddFromReturnedHandlerIsOutsideAdd: an add made with a handler's ctx
+// is a follow-on only if that handler is still running when the event goes
+// on its queue, after WithAdmit. An add started by a goroutine of a handler,
+// whose admit is still running when the handler returns, is an outside add
+// (see ARCHITECTURE.md, Follow-on adds): WaitIdle may return before it, and
+// Close refuses it with ErrClosed as it refuses every outside add.
 func TestAddFromReturnedHandlerIsOutsideAdd(t *testing.T) {
 	admitEntered, admitRelease := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
