@@ -89,6 +89,21 @@ func (c *conn) closeWith(code websocket.StatusCode, level slog.Level, reason str
 	c.stopOnce.Do(func() { close(c.stop) })
 }
 
+// sendThenClose queues p and closes the connection after it, with a
+// WebSocket close code and reason. The reason is recorded before p is
+// queued: once the client has p (a refused CONNACK, a kick's DISCONNECT),
+// the connection's close reason is already this one, whatever closes it
+// next (a server shutdown, the client leaving).
+func (c *conn) sendThenClose(p wkproto.Packet, code websocket.StatusCode, level slog.Level, reason string) {
+	c.mu.Lock()
+	if c.closeReason == "" {
+		c.closeCode, c.closeReason, c.closeLevel = code, reason, level
+	}
+	c.mu.Unlock()
+	c.send(p)
+	c.closeWith(code, level, reason, true)
+}
+
 func (c *conn) flushRequested() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

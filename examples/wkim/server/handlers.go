@@ -84,8 +84,7 @@ func (s *Server) auth(_ context.Context, ev *eventbus.UserContext) error {
 
 // refuse answers a failed CONNACK and closes the connection after it.
 func (c *conn) refuse(reason uint8, why string) {
-	c.send(&wkproto.ConnackPacket{ReasonCode: reason})
-	c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+	c.sendThenClose(&wkproto.ConnackPacket{ReasonCode: reason}, websocket.StatusPolicyViolation, slog.LevelWarn, why)
 	c.loginDone(false)
 }
 
@@ -165,10 +164,9 @@ func (s *Server) verify(_ context.Context, ev *eventbus.UserContext) error {
 		if errors.Is(err, wkproto.ErrPayload) {
 			reason = wkproto.ReasonPayloadDecodeError
 		}
-		c.send(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: reason})
 		s.badFrames.Add(1)
 		why := fmt.Sprintf("bad frame: SEND clientSeq %d: %v", p.ClientSeq, err)
-		c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+		c.sendThenClose(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: reason}, websocket.StatusPolicyViolation, slog.LevelWarn, why)
 		return stop("%s", why)
 	}
 	uid := c.UID()

@@ -108,9 +108,8 @@ func (ss *sessions) online(s *Server, c *conn) int {
 	}
 	replay := se.offline
 	if old := se.conn; old != nil && old != c {
-		old.send(&wkproto.DisconnectPacket{ReasonCode: wkproto.ReasonConnectKick, Reason: "logged in elsewhere"})
-		old.closeWith(websocket.StatusPolicyViolation, slog.LevelInfo,
-			"kicked: logged in again on conn "+strconv.FormatInt(c.id, 10), true)
+		old.sendThenClose(&wkproto.DisconnectPacket{ReasonCode: wkproto.ReasonConnectKick, Reason: "logged in elsewhere"},
+			websocket.StatusPolicyViolation, slog.LevelInfo, "kicked: logged in again on conn "+strconv.FormatInt(c.id, 10))
 		replay = append(se.pending, replay...)
 	}
 	se.conn, se.pending, se.offline = c, nil, nil
