@@ -93,7 +93,7 @@ func TestAdminAPIRefusesUnauthenticatedWrites(t *testing.T) {
 			{http.MethodGet, "/stats", ""},
 		} {
 			if code, body := s.api(t, c.method, c.path, bearer, c.body); code != http.StatusUnauthorized {
-				t.Errorf("%s %s with bearer %q: %d %s, want 401", c.method, c.path, bearer, code, body)
+				t.Errorf("%s %s with bearer %q: %d %.100s, want 401", c.method, c.path, bearer, code, body)
 			}
 		}
 	}
@@ -286,7 +286,7 @@ func TestGroupSizeIsBounded(t *testing.T) {
 	// The attack: 90 000 members, then just one over the limit.
 	for _, n := range []int{90000, max + 1} {
 		if code, body := s.api(t, http.MethodPut, "/groups/huge", adminToken, members(n)); code != http.StatusRequestEntityTooLarge {
-			t.Fatalf("PUT of %d members: %d %s, want 413", n, code, body)
+			t.Fatalf("PUT of %d members: %d %.100s, want 413", n, code, body)
 		}
 	}
 	if _, ok := s.Group("huge"); ok {
@@ -627,9 +627,7 @@ func TestLongIDsAreRefused(t *testing.T) {
 	}
 	must(t, sender.WritePacket(t.Context(), p))
 	if ack := nextOf[*wkproto.SendackPacket](t, sender); ack.ReasonCode == wkproto.ReasonSuccess {
-		r := nextOf[*wkproto.RecvPacket](t, ben)
-		b, _ := wkproto.Encode(r)
-		t.Fatalf("SEND accepted; its RECV is %d bytes, over the %d-byte limit", len(b)-4, maxBody)
+		t.Fatalf("SEND accepted whose RECV is over the %d-byte limit", maxBody)
 	}
 	roundTrip(t, sender, ben, "the sender still talks")
 	roundTrip(t, ann, ben, "unaffected")
