@@ -154,7 +154,10 @@ func (c *conn) send(p wkproto.Packet) bool {
 		c.mu.Unlock()
 		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn,
 			fmt.Sprintf("slow client: outbound queue full (%d packets, %d bytes waiting)", n, bytes), false)
-		_ = c.ws.CloseNow() // nor a wait for the write it is stuck in
+		// Nor a wait for the write it may be stuck in. Not here: a close
+		// handshake under way would make CloseNow wait for it, and the
+		// caller may hold the user's session lock.
+		go func() { _ = c.ws.CloseNow() }()
 		return false
 	}
 	c.out = append(c.out, b)
