@@ -6,6 +6,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -659,4 +660,151 @@ func smallBufferClient(t *testing.T) *http.Client {
 	tr := &http.Transport{DialContext: dialer.DialContext}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
+}
+
+// TestDuplicatesInFlightGetTheFirstSendack sends a SEND and four copies
+// in one WebSocket message, so that the copies arrive before the first's
+// SENDACK exists: each gets that SENDACK, and the message is delivered
+// once.
+func TestDuplicatesInFlightGetTheFirstSendack(t *testing.T) {
+	s := start(t, server.Config{})
+	alice, bob := s.dial(t, "alice"), s.dial(t, "bob")
+	var stream []byte
+	for i := range 5 {
+		p := &wkproto.SendPacket{ClientSeq: uint32(10 + i), ClientMsgNo: "once", ChannelID: "bob", ChannelType: wkproto.ChannelPerson}
+		alice.Cipher().SealSend(p, text("just once"))
+		b, err := wkproto.Encode(p)
+		must(t, err)
+		stream = append(stream, b...)
+	}
+	must(t, alice.WriteRaw(t.Context(), stream))
+	first := nextOf[*wkproto.SendackPacket](t, alice)
+	seqs := map[uint32]bool{first.ClientSeq: true}
+	for range 4 {
+		ack := nextOf[*wkproto.SendackPacket](t, alice)
+		if ack.MessageID != first.MessageID || ack.MessageSeq != first.MessageSeq || ack.ReasonCode != wkproto.ReasonSuccess {
+			t.Fatalf("copy's SENDACK %+v, want the first's %+v", ack, first)
+		}
+		seqs[ack.ClientSeq] = true
+	}
+	if len(seqs) != 5 {
+		t.Fatalf("SENDACKs answered client sequences %v, want 10 to 14", seqs)
+	}
+	if r := nextOf[*wkproto.RecvPacket](t, bob); content(t, r) != "just once" {
+		t.Fatalf("bob got %q", r.Payload)
+	}
+	roundTrip(t, alice, bob, "next") // not a copy of the first
+}
+
+// TestDuplicateWindowUnderConcurrentSenders: five users send into a group
+// at once, each message twice in a row; every member gets every message
+// exactly once, and every SEND is answered.
+func TestDuplicateWindowUnderConcurrentSenders(t *testing.T) {
+	users := []string{"u0", "u1", "u2", "u3", "u4"}
+	s := start(t, server.Config{Groups: map[string][]string{"g": users}})
+	const perSender = 30
+	var mu sync.Mutex
+	got := map[string]map[string]int{} // receiver → content → times
+	acks := map[string]int{}
+	var all sync.WaitGroup
+	all.Add(len(users)*perSender*(len(users)-1) + len(users)*perSender*2)
+	clients := map[string]*wkclient.Client{}
+	for _, u := range users {
+		got[u] = map[string]int{}
+		clients[u] = s.dial(t, u, func(o *wkclient.Options) {
+			o.OnPacket = func(p wkproto.Packet) {
+				mu.Lock()
+				defer mu.Unlock()
+				switch p := p.(type) {
+				case *wkproto.RecvPacket:
+					var body struct{ Content string }
+					_ = json.Unmarshal(p.Payload, &body)
+					got[u][body.Content]++
+				case *wkproto.SendackPacket:
+					acks[u]++
+				default:
+					return
+				}
+				all.Done()
+			}
+		})
+	}
+	var senders sync.WaitGroup
+	for _, u := range users {
+		senders.Add(1)
+		go func() {
+			defer senders.Done()
+			c := clients[u]
+			for n := range perSender {
+				p := &wkproto.SendPacket{ClientSeq: uint32(n + 1), ClientMsgNo: fmt.Sprint(u, "-", n), ChannelID: "g", ChannelType: wkproto.ChannelGroup}
+				c.Cipher().SealSend(p, text(fmt.Sprint(u, " ", n)))
+				for range 2 {
+					if err := c.WritePacket(t.Context(), p); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	senders.Wait()
+	done := make(chan struct{})
+	go func() { all.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("not everything arrived; stats %+v", s.Stats())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range users {
+		for _, from := range users {
+			for n := range perSender {
+				want := 1
+				if from == r {
+					want = 0
+				}
+				if k := got[r][fmt.Sprint(from, " ", n)]; k != want {
+					t.Fatalf("%s got %s's #%d %d times, want %d", r, from, n, k, want)
+				}
+			}
+		}
+	}
+	if d := s.Stats().Duplicates; d != int64(len(users)*perSender) {
+		t.Fatalf("duplicates %d, want %d", d, len(users)*perSender)
+	}
+}
+
+// TestUserSendRateSurvivesReconnects: a user who spent the burst does not
+// get a new one by logging in again.
+func TestUserSendRateSurvivesReconnects(t *testing.T) {
+	const burst, perSecond = 5, 2
+	s := start(t, server.Config{UserSendRate: perSecond, UserSendBurst: burst, SendRate: 1e6, SendBurst: 1e6})
+	bob := s.dial(t, "bob")
+	alice := s.dial(t, "alice")
+	for i := range burst {
+		roundTrip(t, alice, bob, fmt.Sprint("burst ", i))
+	}
+	alice2 := s.dial(t, "alice") // kicks the first: a fresh connection
+	start := time.Now()
+	roundTrip(t, alice2, bob, "one more")
+	// Its token comes 1/perSecond after the burst was spent: a lower
+	// bound, which a slow machine only makes longer.
+	if d := time.Since(start); d < time.Second/perSecond/2 {
+		t.Fatalf("the SEND after a reconnect went through in %v: the burst was refilled", d)
+	}
+}
+
+func TestConnectionCountIsBounded(t *testing.T) {
+	s := start(t, server.Config{MaxConnections: 2})
+	ann, ben := s.bystanders(t)
+	_, err := s.tryDial(t, "third")
+	var de *wkclient.DialError
+	if !errors.As(err, &de) || de.Status != http.StatusServiceUnavailable {
+		t.Fatalf("third connection: %v, want HTTP 503", err)
+	}
+	roundTrip(t, ann, ben, "unaffected")
+	if n := s.Stats().RefusedConns; n != 1 {
+		t.Fatalf("refused %d, want 1", n)
+	}
 }
