@@ -97,7 +97,6 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 	require.Empty(t, parked)
 }
 
-
 // TestTypesListsChainsInOrderAndSubscribers checks Types against the
 // registrations made.
 func TestTypesListsChainsInOrderAndSubscribers(t *testing.T) {
