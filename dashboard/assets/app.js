@@ -101,28 +101,36 @@
   const series = {}; // pool -> [times, handled/s, failed/s, queued, inFlight, retrying]
   const charts = {};
   for (const p of POOLS) series[p] = [[], [], [], [], [], []];
+  function chartWidth(box) { return Math.max(260, Math.floor(box.getBoundingClientRect().width) - 14); }
   function makeCharts() {
     if (typeof uPlot === "undefined") return;
+    const boxes = {};
     for (const p of POOLS) {
-      const box = el("div", { class: "chart", id: "chart-" + p }, el("div", { class: "title", text: p + " pool, last 5 minutes" }));
-      $("charts").append(box);
-      const width = Math.max(280, box.clientWidth - 12);
+      boxes[p] = el("div", { class: "chart", id: "chart-" + p }, el("div", { class: "title", text: p + " pool, last 5 minutes" }));
+      $("charts").append(boxes[p]);
+    }
+    // Measure once every box is in the grid.
+    for (const p of POOLS) {
+      const s = (label, scale, stroke, width) => ({ label, scale, stroke, width, points: { show: false } });
       charts[p] = new uPlot({
-        width, height: 170,
+        width: chartWidth(boxes[p]), height: 170,
         legend: { show: true, live: false },
         cursor: { show: true, drag: { x: false, y: false } },
         scales: { x: { time: true }, rate: { auto: true, range: (u, lo, hi) => [0, Math.max(1, hi)] }, n: { auto: true, range: (u, lo, hi) => [0, Math.max(1, hi)] } },
         axes: [{}, { scale: "rate", size: 44 }, { scale: "n", side: 1, size: 40, grid: { show: false } }],
         series: [
           {},
-          { label: "handled/s", scale: "rate", stroke: "#2f6fde", width: 1.5 },
-          { label: "failed/s", scale: "rate", stroke: "#c8382f", width: 1.5 },
-          { label: "queued", scale: "n", stroke: "#c98a12", width: 1 },
-          { label: "in flight", scale: "n", stroke: "#2f9e5b", width: 1 },
-          { label: "retrying", scale: "n", stroke: "#8a4fd6", width: 1 },
+          s("handled/s", "rate", "#2f6fde", 1.5),
+          s("failed/s", "rate", "#c8382f", 1.5),
+          s("queued", "n", "#c98a12", 1),
+          s("in flight", "n", "#2f9e5b", 1),
+          s("retrying", "n", "#8a4fd6", 1),
         ],
-      }, series[p], box);
+      }, series[p], boxes[p]);
     }
+    window.addEventListener("resize", () => {
+      for (const p of POOLS) charts[p].setSize({ width: chartWidth(boxes[p]), height: 170 });
+    });
   }
   function addSample(s) {
     for (const pv of s.pools) {
