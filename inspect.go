@@ -53,8 +53,10 @@ type ParkedKey struct {
 // cap(busy) + cap(parked) entries: call it from a tool or a dashboard about
 // once a second, never on a hot path. The snapshot is not atomic across
 // shards. A shard that a worker holds at that instant does not show its
-// parked keys (skipped counts such shards); its retry-waiting keys show
-// once the worker lets it go, which it does while they wait.
+// parked keys: skipped counts the held shards holding more than their FIFO
+// (events in the worker's hands, or parked keys). A key waiting for its
+// retry shows once the worker lets its shard go, which it does while the
+// key waits.
 func (b *Bus) Keys(busy []ShardLoad, parked []ParkedKey) (_ []ShardLoad, _ []ParkedKey, skipped int) {
 	busy, parked = busy[:0], parked[:0]
 	if !b.made() {

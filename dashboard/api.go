@@ -214,7 +214,7 @@ type ParkedView struct {
 type KeysView struct {
 	Busy    []ShardView  `json:"busy"`
 	Parked  []ParkedView `json:"parked"`
-	Skipped int          `json:"skipped"` // shards with parked keys a worker held at that instant
+	Skipped int          `json:"skipped"` // shards a worker held, whose parked keys (if any) could not be read
 }
 
 func (d *Dashboard) keysAPI(w http.ResponseWriter, r *http.Request) {

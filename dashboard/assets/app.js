@@ -201,7 +201,7 @@
     table($("parked-table"), ["key", "type", "where", "handler", "attempt", "last error", "next try", "events held"],
       k.parked.map((p) => el("tr", { class: "parked" }, td(p.event.key, "key"), td(p.event.typeName), td(where(p)), td(p.handler),
         num(p.attempt), td(p.error, "err"), td(inSecs(p.nextTry)), num(p.events))), "no key waits for a retry");
-    $("parked-note").textContent = k.skipped > 0 ? k.skipped + " shard(s) with parked keys were being run at that instant and are not listed." : "";
+    $("parked-note").textContent = k.skipped > 0 ? k.skipped + " shard(s) were in a worker's hands at that instant; keys they may have parked are not listed." : "";
     table($("busy-table"), ["where", "shard", "held", "queued", "running", "head key", "head type", "queued for head key"],
       k.busy.map((b) => el("tr", null, td(where(b)), num(b.shard), num(b.held), num(b.queued), td(b.running ? "yes" : "no"),
         td(b.head ? b.head.key : "(in a worker's hands)", "key"), td(b.head ? b.head.typeName : ""), num(b.headQueued))), "no shard holds work");

@@ -93,10 +93,10 @@ func (e *Engine[E]) Busiest(dst []ShardLoad[E]) []ShardLoad[E] {
 }
 
 // Parked fills dst, up to cap(dst), with the keys parked for a retry and
-// returns it, with how many shards holding parked keys were skipped
-// because a worker held them at that instant (their keys are then left
-// out: a worker owns a held shard's parked keys without a lock). It
-// allocates nothing.
+// returns it. A worker owns the parked keys of the shard it holds without
+// a lock, so the keys of such a shard are left out: skipped counts the
+// held shards that hold more than their FIFO (events in the worker's
+// hands, or parked keys). It allocates nothing.
 //
 // Like Busiest it takes each shard's lock in turn; call it from a tool,
 // never from a handler's hot path.
@@ -109,8 +109,7 @@ func (e *Engine[E]) Parked(dst []ParkedLoad[E]) (_ []ParkedLoad[E], skipped int)
 		s := &e.shards[i]
 		s.mu.Lock()
 		if s.state != idle {
-			// A worker may be changing parked and due right now. occupied
-			// above the FIFO only hints at parked keys; count it so.
+			// A worker may be changing parked and due right now.
 			if s.occupied > len(s.items) {
 				skipped++
 			}
