@@ -13,12 +13,24 @@ func SetSampleInterval(d time.Duration) (restore func()) {
 	return func() { sampleInterval = old }
 }
 
-// SamplerRunning reports whether h's sampler has a loop running.
+// SamplerRunning reports whether h's sampler has a loop running or not
+// yet returned.
 func SamplerRunning(h http.Handler) bool {
 	s := h.(*Dashboard).sampler
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.stop != nil
+	if s.stop != nil {
+		return true
+	}
+	if s.done == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // CSRFToken is the process's token.

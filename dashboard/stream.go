@@ -87,7 +87,7 @@ func (s *sampler) join() chan []byte {
 		// once it has, so that there is never more than one.
 		prev := s.done
 		s.stop, s.done = make(chan struct{}), make(chan struct{})
-		go s.loop(s.stop, s.done, prev)
+		go s.loop(s.stop, s.done, prev, sampleInterval)
 	}
 	return ch
 }
@@ -108,13 +108,13 @@ func (s *sampler) leave(ch chan []byte) {
 	}
 }
 
-func (s *sampler) loop(stop, done, prev chan struct{}) {
+func (s *sampler) loop(stop, done, prev chan struct{}, every time.Duration) {
 	defer close(done)
 	if prev != nil {
 		<-prev
 	}
 	last, lastAt := s.d.bus.Stats(), time.Now()
-	t := time.NewTicker(sampleInterval)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {

@@ -158,6 +158,7 @@
     });
     es.addEventListener("sample", (e) => {
       addSample(JSON.parse(e.data));
+      document.body.dataset.samples = String(Number(document.body.dataset.samples || 0) + 1);
       drawCharts();
       if (current === "overview") refresh();
     });
