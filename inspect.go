@@ -21,11 +21,14 @@ type ShardLoad struct {
 	// Running is true while a worker holds the shard (or it waits for
 	// one on the run queue).
 	Running bool
-	// Head is the first event of the FIFO, nil when the FIFO is empty
-	// (its events are all in a worker's hands); HeadQueued counts the
-	// FIFO's events with Head's key.
+	// Head is the first event of the FIFO and HeadQueued counts the FIFO's
+	// events with Head's key. When the FIFO is empty and no worker holds
+	// the shard, Head is the failed event of the parked key holding the
+	// most events, HeadQueued those events, and HeadParked is true. Head is
+	// nil when neither applies (the events are in a worker's hands).
 	Head       Event
 	HeadQueued int
+	HeadParked bool
 }
 
 // ParkedKey is a key whose event failed and waits for its retry; the
@@ -75,7 +78,7 @@ func (b *Bus) Keys(busy []ShardLoad, parked []ParkedKey) (_ []ShardLoad, _ []Par
 			sb = p.eng.Busiest(sb)
 			for _, l := range sb {
 				sl := ShardLoad{Pool: p.kind, Subscriber: sub, Shard: l.Shard, Held: l.Held,
-					Queued: l.Queued, Running: l.Running, Head: l.Head, HeadQueued: l.HeadQueued}
+					Queued: l.Queued, Running: l.Running, Head: l.Head, HeadQueued: l.HeadQueued, HeadParked: l.HeadParked}
 				if len(busy) < cap(busy) {
 					busy = append(busy, sl)
 				} else if least := len(busy) - 1; sl.Held > busy[least].Held {

@@ -195,6 +195,7 @@ type ShardView struct {
 	Running    bool       `json:"running"`
 	Head       *EventView `json:"head,omitempty"`
 	HeadQueued int        `json:"headQueued"`
+	HeadParked bool       `json:"headParked"` // Head is a parked key's failed event, not the FIFO's first
 }
 
 // ParkedView is a key parked for a retry in GET api/keys.
@@ -237,7 +238,7 @@ func (d *Dashboard) keys(n int) KeysView {
 	out := KeysView{Busy: []ShardView{}, Parked: []ParkedView{}, Skipped: skipped}
 	for _, b := range busy {
 		sv := ShardView{Pool: string(b.Pool), Subscriber: b.Subscriber, Shard: b.Shard, Held: b.Held,
-			Queued: b.Queued, Running: b.Running, HeadQueued: b.HeadQueued}
+			Queued: b.Queued, Running: b.Running, HeadQueued: b.HeadQueued, HeadParked: b.HeadParked}
 		if b.Head != nil {
 			ev := d.describe(b.Head)
 			sv.Head = &ev

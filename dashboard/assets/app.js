@@ -48,14 +48,16 @@
 
   // ---- tabs
   let current = "overview";
-  for (const b of document.querySelectorAll("#tabs button")) {
-    b.addEventListener("click", () => {
-      current = b.dataset.view;
-      for (const x of document.querySelectorAll("#tabs button")) x.classList.toggle("active", x === b);
-      for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + current;
-      refresh();
-    });
+  function show(view) {
+    if (!document.getElementById("view-" + view)) view = "overview";
+    current = view;
+    for (const x of document.querySelectorAll("#tabs button")) x.classList.toggle("active", x.dataset.view === view);
+    for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + view;
+    if (location.hash.slice(1) !== view) history.replaceState(null, "", "#" + view);
+    refresh();
   }
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => show(b.dataset.view));
+  window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 
   // ---- overview: cards and live charts
   const FIELDS = [
@@ -203,9 +205,9 @@
       k.parked.map((p) => el("tr", { class: "parked" }, td(p.event.key, "key"), td(p.event.typeName), td(where(p)), td(p.handler),
         num(p.attempt), td(p.error, "err"), td(inSecs(p.nextTry)), num(p.events))), "no key waits for a retry");
     $("parked-note").textContent = k.skipped > 0 ? k.skipped + " shard(s) were in a worker's hands at that instant; keys they may have parked are not listed." : "";
-    table($("busy-table"), ["where", "shard", "held", "queued", "running", "head key", "head type", "queued for head key"],
+    table($("busy-table"), ["where", "shard", "held", "queued", "running", "head key", "head type", "events of head key"],
       k.busy.map((b) => el("tr", null, td(where(b)), num(b.shard), num(b.held), num(b.queued), td(b.running ? "yes" : "no"),
-        td(b.head ? b.head.key : "(in a worker's hands)", "key"), td(b.head ? b.head.typeName : ""), num(b.headQueued))), "no shard holds work");
+        td(b.head ? b.head.key + (b.headParked ? " (parked)" : "") : "(in a worker's hands)", "key"), td(b.head ? b.head.typeName : ""), num(b.headQueued))), "no shard holds work");
   }
 
   // ---- dead letters
@@ -285,6 +287,6 @@
   setInterval(() => { if (current !== "overview" && !document.hidden) refresh(); }, 1000);
 
   makeCharts();
-  refresh();
+  show(location.hash.slice(1) || "overview");
   connect();
 })();

@@ -5,7 +5,7 @@
 //     checks and emits a store (EventChannelStore, durable: journaled) and
 //     pushes (EventPushOnline, EventPushOffline, durable too).
 //   - The channel "group:hot" is slow to store: about 150 ms a message,
-//     so its shard holds work (see the Keys view).
+//     and gets bursts of 15, so its shard holds work (see the Keys view).
 //   - The session service is flaky for bob: each of his sends fails twice
 //     and waits, parked, for its retry a second later, with the error
 //     (Keys view).
@@ -202,13 +202,18 @@ func workload(ctx context.Context, bus *eventbus.Bus) {
 			return
 		case <-tick.C:
 		}
+		if n%300 == 0 {
+			// Every 3 s a burst of 15 to the slow channel: about 2 s of
+			// work queued on its one key.
+			for k := range 15 {
+				_ = bus.TryAddEvent(&eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &conn{uid: "alice", id: 9},
+					Frame: send{Channel: "group:hot", Text: fmt.Sprintf("burst %d.%d", n/300, k)}})
+			}
+		}
 		for i := range 3 {
 			u := users[(n+i)%len(users)]
 			ch := channels[(n*7+i)%len(channels)]
-			if n%20 == 0 && i == 0 {
-				ch = "group:hot"
-			}
-			if n%150 == 0 && i == 1 {
+			if n%300 == 0 && i == 1 {
 				u = "bob"
 			}
 			text := fmt.Sprintf("message %d from %s", n, u)

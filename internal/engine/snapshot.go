@@ -16,11 +16,15 @@ type ShardLoad[E any] struct {
 	// Running is true while the shard is on the run queue or held by a
 	// worker.
 	Running bool
-	// Head is the FIFO's first event (the zero E when the FIFO is empty),
-	// HeadKey its key and HeadQueued how many events of the FIFO have it.
+	// Head is the FIFO's first event, HeadKey its key and HeadQueued how
+	// many events of the FIFO have it. When the FIFO is empty and no
+	// worker holds the shard, Head is instead the failed event of the
+	// parked key holding the most events, HeadQueued those events, and
+	// HeadParked is true. Otherwise Head is the zero E.
 	Head       E
 	HeadKey    uint64
 	HeadQueued int
+	HeadParked bool
 }
 
 // ParkedLoad describes one key parked for a retry, for inspection tools.
@@ -70,6 +74,17 @@ func (e *Engine[E]) Busiest(dst []ShardLoad[E]) []ShardLoad[E] {
 			for j := range s.items {
 				if s.items[j].Key == l.HeadKey {
 					l.HeadQueued++
+				}
+			}
+		} else if s.state == idle {
+			// Idle: parked is stable while we hold mu (see Parked).
+			for key, pk := range s.parked {
+				n := 0
+				for _, u := range pk.units {
+					n += len(u.Items)
+				}
+				if len(pk.units) > 0 && n > l.HeadQueued {
+					l.Head, l.HeadKey, l.HeadQueued, l.HeadParked = pk.units[0].Event, key, n, true
 				}
 			}
 		}

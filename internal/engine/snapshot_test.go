@@ -99,9 +99,17 @@ func TestBusiestAndParkedReportHeldShardsAndParkedKeys(t *testing.T) {
 	// shard go idle while it waits, so Parked sees it.
 	parked := make([]ParkedLoad[int], 0, 4)
 	deadline := time.Now().Add(time.Minute)
+	var fb ShardLoad[int] // the failing key's shard as Busiest shows it
 	for {
 		parked, _ = e.Parked(parked)
-		if len(parked) > 0 || time.Now().After(deadline) {
+		busy = e.Busiest(make([]ShardLoad[int], 0, 4))
+		fb = ShardLoad[int]{}
+		for _, b := range busy {
+			if b.Shard == e.ShardIndex(failKey) {
+				fb = b
+			}
+		}
+		if len(parked) > 0 && fb.HeadParked || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(time.Millisecond) // polling a state, not synchronising
@@ -112,6 +120,10 @@ func TestBusiestAndParkedReportHeldShardsAndParkedKeys(t *testing.T) {
 	p := parked[0]
 	if p.Key != failKey || p.Event != 200 || p.Attempt < 1 || !errors.Is(p.Err, errInspect) || p.Events != 1 || p.Due.IsZero() {
 		t.Fatalf("parked %+v", p)
+	}
+
+	if !fb.HeadParked || fb.Head != 200 || fb.HeadKey != failKey || fb.HeadQueued != 1 || fb.Queued != 0 {
+		t.Fatalf("failing key's shard %+v, want its parked event as head", fb)
 	}
 
 	allocs := testing.AllocsPerRun(20, func() {
