@@ -86,6 +86,9 @@ type TypeView struct {
 	Routed      bool       `json:"routed"`
 	Handlers    []string   `json:"handlers"`
 	Subscribers []PoolView `json:"subscribers"` // Name is the subscriber's; Queued is its lag
+	// HandlerStats has the counters of each handler of the chain, then of
+	// each subscriber, with WithHandlerStats only.
+	HandlerStats []HandlerView `json:"handlerStats,omitempty"`
 }
 
 // HandlersView is GET api/handlers: per type, the chain in order and the
@@ -110,6 +113,11 @@ func (d *Dashboard) handlers() any {
 		}
 		for _, s := range t.Subscribers {
 			tv.Subscribers = append(tv.Subscribers, poolView(s, st.Subscribers[t.Name+"/"+s]))
+		}
+		if d.hstats != nil {
+			for _, h := range append(t.Handlers[:len(t.Handlers):len(t.Handlers)], t.Subscribers...) {
+				tv.HandlerStats = append(tv.HandlerStats, d.hstats.of(t.Type, h))
+			}
 		}
 		out.Types = append(out.Types, tv)
 	}

@@ -88,6 +88,7 @@ type Dashboard struct {
 	journal  eventbus.Journal
 	bridge   func() any
 	ring     *eventbus.DeadLetterRing
+	hstats   *HandlerStats
 	sampler  *sampler
 	mux      *http.ServeMux
 	// keysMu serialises Keys views, so that many open pages cost one

@@ -552,3 +552,62 @@ func TestNewWithNilBusAnswersAnError(t *testing.T) {
 	dashboard.New(nil).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/overview", nil))
 	require.Equal(t, http.StatusInternalServerError, rec.Code)
 }
+
+// TestHandlerStatsCountEachHandlersAttempts installs the opt-in
+// middleware and checks the per-handler counters the handlers view shows:
+// attempts, failures and retries of each chain handler and subscriber.
+func TestHandlerStatsCountEachHandlersAttempts(t *testing.T) {
+	hs := dashboard.NewHandlerStats()
+	bus, err := eventbus.New(eventbus.WithLogger(slog.New(slog.DiscardHandler)),
+		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, Jitter: -1}))
+	require.NoError(t, err)
+	bus.Use(hs.Middleware())
+	var failedOnce sync.Map
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil },
+		eventbus.WithName("auth"))
+	require.NoError(t, err)
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if _, loaded := failedOnce.LoadOrStore(ev.Conn.UID(), true); !loaded {
+			return errors.New("first attempt fails")
+		}
+		return nil
+	}, eventbus.WithName("store"))
+	require.NoError(t, err)
+	_, err = eventbus.Subscribe(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil },
+		eventbus.WithName("webhook"))
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	defer func() { assert.NoError(t, bus.Close(context.Background())) }()
+	const n = 5
+	for i := range n {
+		require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
+			Conn: &conn{string(rune('a' + i))}}))
+	}
+	require.NoError(t, bus.WaitIdle(t.Context()))
+
+	srv := httptest.NewServer(dashboard.New(bus, dashboard.WithHandlerStats(hs)))
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/api/handlers")
+	require.NoError(t, err)
+	defer res.Body.Close()
+	var hv dashboard.HandlersView
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&hv))
+	var stats []dashboard.HandlerView
+	for _, tv := range hv.Types {
+		if tv.Name == "OnSend" {
+			stats = tv.HandlerStats
+		}
+	}
+	require.Len(t, stats, 3)
+	byName := map[string]dashboard.HandlerView{}
+	for _, h := range stats {
+		byName[h.Name] = h
+	}
+	require.Equal(t, uint64(n), byName["auth"].Calls)
+	require.Zero(t, byName["auth"].Failed)
+	require.Equal(t, uint64(2*n), byName["store"].Calls, "each event: a failed attempt and its retry")
+	require.Equal(t, uint64(n), byName["store"].Failed)
+	require.Equal(t, uint64(n), byName["store"].Retries)
+	require.Equal(t, uint64(n), byName["webhook"].Calls)
+	require.GreaterOrEqual(t, byName["store"].MaxMs, byName["store"].MeanMs)
+}

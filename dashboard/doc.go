@@ -19,7 +19,9 @@
 //     counters.
 //   - Handlers and subscribers: per event type, the chain in order and the
 //     subscribers, each subscriber with its counters and its lag (events
-//     queued in its lanes). Chains share their pool's counters.
+//     queued in its lanes). Chains share their pool's counters; with
+//     WithHandlerStats (an opt-in middleware, see HandlerStats) each
+//     handler has its own attempts, failures, retries and latency.
 //   - Keys: the shards holding the most events, with the key at the head of
 //     each, and the keys parked for a retry with the handler, the attempt,
 //     the last error and the time of the next try (Bus.Keys).

@@ -182,6 +182,12 @@
       if (t.durable) tags.push(el("span", { class: "tag", text: "durable" }));
       if (t.routed) tags.push(el("span", { class: "tag", text: "routed" }));
       const div = el("div", { class: "type" }, el("h3", null, t.name + " (" + t.type + ")", ...tags), chain);
+      if (t.handlerStats && t.handlerStats.length > 0) {
+        const ht = el("table", { class: "handler-stats" });
+        table(ht, ["handler", "attempts", "failed", "retries", "mean ms", "max ms"],
+          t.handlerStats.map((h) => el("tr", null, td(h.name), num(h.calls), num(h.failed), num(h.retries), num(h.meanMs), num(h.maxMs))), "");
+        div.append(ht);
+      }
       if (t.subscribers.length > 0) {
         const st = el("table");
         table(st, ["subscriber", "lag (queued)", "in flight", "retrying", "handled", "failed", "retried", "dead-lettered", "p50 ms", "p99 ms", "max ms"],

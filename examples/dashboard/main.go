@@ -85,6 +85,9 @@ func run(addr string, dur time.Duration, dir string) error {
 	if err != nil {
 		return err
 	}
+	// Per-handler counters for the Handlers view: an opt-in middleware.
+	hs := dashboard.NewHandlerStats()
+	bus.Use(hs.Middleware())
 	start := time.Now()
 	apnsDown := func() bool { return time.Since(start) < 20*time.Second }
 
@@ -165,7 +168,8 @@ func run(addr string, dur time.Duration, dir string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/debug/eventbus/", http.StripPrefix("/debug/eventbus",
-		dashboard.New(bus, dashboard.WithJournal(j), dashboard.WithActions(), dashboard.WithPayloads())))
+		dashboard.New(bus, dashboard.WithJournal(j), dashboard.WithActions(), dashboard.WithPayloads(),
+			dashboard.WithHandlerStats(hs))))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln) //nolint:errcheck // ends with Shutdown below
 	fmt.Printf("dashboard: http://%s/debug/eventbus/\n", ln.Addr())
