@@ -3,6 +3,12 @@
 // never as HTML.
 "use strict";
 (function () {
+  // Count what the Content-Security-Policy blocks, for tests: the page
+  // must need nothing it forbids.
+  document.addEventListener("securitypolicyviolation", (e) => {
+    const d = document.documentElement.dataset;
+    d.cspViolations = (d.cspViolations ? d.cspViolations + " " : "") + e.violatedDirective + ":" + e.blockedURI;
+  });
   const meta = (n) => (document.querySelector('meta[name="' + n + '"]') || {}).content || "";
   const actions = meta("eventbus-actions") === "on";
   const token = meta("eventbus-csrf");

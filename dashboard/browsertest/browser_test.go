@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/chromedp"
 	"github.com/imbus/eventbus"
 	"github.com/imbus/eventbus/dashboard"
@@ -142,6 +143,21 @@ func TestDashboardInBrowserShowsLivePoolsAndRedrivesADeadLetter(t *testing.T) {
 	ctx, tcancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer tcancel()
 
+	// The browser logs what the Content-Security-Policy blocks, also
+	// while it parses the page (before any script of the page runs).
+	var cspMu sync.Mutex
+	var cspLog []string
+	chromedp.ListenTarget(ctx, func(ev any) {
+		if e, ok := ev.(*cdplog.EventEntryAdded); ok && strings.Contains(e.Entry.Text, "Content Security Policy") {
+			cspMu.Lock()
+			cspLog = append(cspLog, e.Entry.Text)
+			cspMu.Unlock()
+		}
+	})
+	if err := chromedp.Run(ctx, cdplog.Enable()); err != nil {
+		t.Fatal(err)
+	}
+
 	handled := `Number(document.querySelector('[data-pool="user"][data-field="handled"]').textContent.replace(/[^0-9]/g, '') || 0)`
 	var first, later float64
 	step := func(what string, actions ...chromedp.Action) {
@@ -193,6 +209,14 @@ func TestDashboardInBrowserShowsLivePoolsAndRedrivesADeadLetter(t *testing.T) {
 	if dls, err := j.DeadLetters(); err != nil || len(dls) != 0 {
 		t.Fatalf("journal dead letters after redrive: %d, %v", len(dls), err)
 	}
+
+	var violations string
+	step("no CSP violation", chromedp.Evaluate(`document.documentElement.dataset.cspViolations || ""`, &violations))
+	cspMu.Lock()
+	if violations != "" || len(cspLog) > 0 {
+		t.Errorf("the page broke its own Content-Security-Policy: %s %q", violations, cspLog)
+	}
+	cspMu.Unlock()
 
 	var png []byte
 	step("screenshot", chromedp.Click(`button[data-view="overview"]`, chromedp.ByQuery),
