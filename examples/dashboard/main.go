@@ -25,6 +25,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -57,13 +58,13 @@ func main() {
 	dur := flag.Duration("for", 0, "stop after this long (0: until interrupted)")
 	dir := flag.String("dir", "", "journal directory (default: a temporary one)")
 	flag.Parse()
-	if err := run(*addr, *dur, *dir); err != nil {
+	if err := run(os.Stdout, *addr, *dur, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "dashboard:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, dur time.Duration, dir string) error {
+func run(out io.Writer, addr string, dur time.Duration, dir string) error {
 	if dir == "" {
 		d, err := os.MkdirTemp("", "eventbus-dashboard-")
 		if err != nil {
@@ -171,8 +172,13 @@ func run(addr string, dur time.Duration, dir string) error {
 		dashboard.New(bus, dashboard.WithJournal(j), dashboard.WithActions(), dashboard.WithPayloads(),
 			dashboard.WithHandlerStats(hs))))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck // ends with Shutdown below
-	fmt.Printf("dashboard: http://%s/debug/eventbus/\n", ln.Addr())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(ln) // ends with Shutdown below
+	}()
+	defer func() { <-served }()
+	fmt.Fprintf(out, "dashboard: http://%s/debug/eventbus/\n", ln.Addr())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -189,7 +195,7 @@ func run(addr string, dur time.Duration, dir string) error {
 	if err := bus.Close(sctx); err != nil {
 		return err
 	}
-	fmt.Println("dashboard: stopped")
+	fmt.Fprintln(out, "dashboard: stopped")
 	return nil
 }
 
