@@ -71,7 +71,7 @@ func pools(st eventbus.Stats) (ps, subs []PoolView) {
 	return ps, subs
 }
 
-func (d *Dashboard) overview() any {
+func (d *handler) overview() any {
 	ps, subs := pools(d.bus.Stats())
 	return Overview{Pools: ps, Subscribers: subs, Actions: d.actions, Payloads: d.payloads,
 		Journal: d.journal != nil, Bridge: d.bridge != nil}
@@ -98,7 +98,7 @@ type HandlersView struct {
 	Types []TypeView `json:"types"`
 }
 
-func (d *Dashboard) handlers() any {
+func (d *handler) handlers() any {
 	st := d.bus.Stats()
 	ps, _ := pools(st)
 	out := HandlersView{Pools: ps, Types: []TypeView{}}
@@ -154,7 +154,7 @@ func text(b []byte) string {
 	return fmt.Sprintf("%q", b)
 }
 
-func (d *Dashboard) describe(ev eventbus.Event) EventView {
+func (d *handler) describe(ev eventbus.Event) EventView {
 	if ev == nil {
 		return EventView{}
 	}
@@ -226,7 +226,7 @@ type KeysView struct {
 	Skipped int          `json:"skipped"` // shards a worker held, whose parked keys (if any) could not be read
 }
 
-func (d *Dashboard) keysAPI(w http.ResponseWriter, r *http.Request) {
+func (d *handler) keysAPI(w http.ResponseWriter, r *http.Request) {
 	n := 20
 	if s := r.URL.Query().Get("n"); s != "" {
 		v, err := strconv.Atoi(s)
@@ -239,7 +239,7 @@ func (d *Dashboard) keysAPI(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d.keys(n))
 }
 
-func (d *Dashboard) keys(n int) KeysView {
+func (d *handler) keys(n int) KeysView {
 	d.keysMu.Lock()
 	busy, parked, skipped := d.bus.Keys(make([]eventbus.ShardLoad, 0, n), make([]eventbus.ParkedKey, 0, n))
 	d.keysMu.Unlock()
@@ -289,7 +289,7 @@ type DeadLettersView struct {
 // maxLetters bounds each list the API returns.
 const maxLetters = 500
 
-func (d *Dashboard) deadLetters() any {
+func (d *handler) deadLetters() any {
 	out := DeadLettersView{Recent: []LetterView{}, Journal: []LetterView{}, HasJournal: d.journal != nil, Actions: d.actions}
 	if d.ring != nil {
 		ls := d.ring.Letters()
@@ -336,7 +336,7 @@ type JournalView struct {
 	Syncs       uint64 `json:"syncs"`
 }
 
-func (d *Dashboard) journalStats() any {
+func (d *handler) journalStats() any {
 	js, ok := d.journal.(journalStatser)
 	if !ok {
 		return JournalView{Present: d.journal != nil}
@@ -353,7 +353,7 @@ type BridgeView struct {
 	Error   string          `json:"error,omitempty"`
 }
 
-func (d *Dashboard) bridgeStats() any {
+func (d *handler) bridgeStats() any {
 	if d.bridge == nil {
 		return BridgeView{}
 	}

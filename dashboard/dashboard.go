@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"embed"
-	"encoding/hex"
 	"encoding/json"
 	"html/template"
 	"io/fs"
@@ -27,13 +26,7 @@ var page = template.Must(template.ParseFS(assets, "assets/index.html"))
 // csrfToken is the per-process token every action must carry in the
 // X-CSRF-Token header. A page served by this process embeds it; another
 // site's page cannot read it.
-var csrfToken = sync.OnceValue(func() string {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("dashboard: no randomness for the CSRF token: " + err.Error())
-	}
-	return hex.EncodeToString(b[:])
-})
+var csrfToken = sync.OnceValue(rand.Text)
 
 // contentSecurityPolicy allows only the page's own scripts, styles and
 // requests: no inline script, no other origin, no framing.
@@ -41,28 +34,28 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 	"img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Option configures New.
-type Option interface{ apply(*Dashboard) }
+type Option interface{ apply(*handler) }
 
-type optionFunc func(*Dashboard)
+type optionFunc func(*handler)
 
-func (f optionFunc) apply(d *Dashboard) { f(d) }
+func (f optionFunc) apply(d *handler) { f(d) }
 
 // WithActions shows the Redrive and Purge buttons of the dead letters and
 // accepts the matching POST requests (with the page's CSRF token). Without
 // it the dashboard is read-only: every POST is refused with 403.
-func WithActions() Option { return optionFunc(func(d *Dashboard) { d.actions = true }) }
+func WithActions() Option { return optionFunc(func(d *handler) { d.actions = true }) }
 
 // WithPayloads shows the events' contents (decoded with the bus's codecs)
 // in the dead letters and keys views. Without it only their type, key,
 // handler and error show.
-func WithPayloads() Option { return optionFunc(func(d *Dashboard) { d.payloads = true }) }
+func WithPayloads() Option { return optionFunc(func(d *handler) { d.payloads = true }) }
 
 // WithJournal shows the journal's persisted dead letters, Redrive (through
 // Bus.Redrive) and Purge acting on them, and, when j has a
 // Stats() journal.Stats method (a *journal.Journal does), its segments,
 // pending records and bytes. Pass the journal given to eventbus.WithJournal.
 func WithJournal(j eventbus.Journal) Option {
-	return optionFunc(func(d *Dashboard) { d.journal = j })
+	return optionFunc(func(d *handler) { d.journal = j })
 }
 
 // WithBridge shows a transport's counters: stats is called about once a
@@ -70,18 +63,18 @@ func WithJournal(j eventbus.Journal) Option {
 // WithBridge(func() any { return br.Stats() }) for bridge/nats. It must be
 // safe for concurrent use.
 func WithBridge(stats func() any) Option {
-	return optionFunc(func(d *Dashboard) { d.bridge = stats })
+	return optionFunc(func(d *handler) { d.bridge = stats })
 }
 
 // WithDeadLetterRing shows the letters of r as the recent dead letters, for
 // a bus whose sink is not its default ring (a ring inside a fan-out sink,
 // say). By default the dashboard shows Bus.DeadLetterRing.
 func WithDeadLetterRing(r *eventbus.DeadLetterRing) Option {
-	return optionFunc(func(d *Dashboard) { d.ring = r })
+	return optionFunc(func(d *handler) { d.ring = r })
 }
 
-// Dashboard is the http.Handler New returns.
-type Dashboard struct {
+// handler is the http.Handler New returns.
+type handler struct {
 	bus      *eventbus.Bus
 	actions  bool
 	payloads bool
@@ -100,7 +93,7 @@ type Dashboard struct {
 // prefix with http.StripPrefix. It starts no goroutine: the sampler of
 // the live charts runs only while a page is connected.
 func New(bus *eventbus.Bus, opts ...Option) http.Handler {
-	d := &Dashboard{bus: bus}
+	d := &handler{bus: bus}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(d)
@@ -128,7 +121,7 @@ func New(bus *eventbus.Bus, opts ...Option) http.Handler {
 }
 
 // ServeHTTP serves the page, its assets and the JSON API.
-func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (d *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", contentSecurityPolicy)
@@ -147,7 +140,7 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.mux.ServeHTTP(w, r)
 }
 
-func (d *Dashboard) index(w http.ResponseWriter, r *http.Request) {
+func (d *handler) index(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	data := struct {
@@ -166,7 +159,7 @@ var assetTypes = map[string]string{
 	".LICENSE": "text/plain; charset=utf-8",
 }
 
-func (d *Dashboard) asset(w http.ResponseWriter, r *http.Request) {
+func (d *handler) asset(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ct, ok := assetTypes[path.Ext(name)]
 	if !ok {
@@ -184,7 +177,7 @@ func (d *Dashboard) asset(w http.ResponseWriter, r *http.Request) {
 }
 
 // jsonGET serves f's result as JSON.
-func (d *Dashboard) jsonGET(f func() any) http.HandlerFunc {
+func (d *handler) jsonGET(f func() any) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, f()) }
 }
 
@@ -205,7 +198,7 @@ type apiError struct {
 
 // action guards a POST: actions enabled, the CSRF token right, the request
 // not a cross-site one.
-func (d *Dashboard) action(f func(r *http.Request) (any, error)) http.HandlerFunc {
+func (d *handler) action(f func(r *http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !d.actions {
 			writeJSON(w, http.StatusForbidden, apiError{"actions are disabled (dashboard.WithActions)"})
@@ -259,7 +252,7 @@ type errBadRequest string
 
 func (e errBadRequest) Error() string { return string(e) }
 
-func (d *Dashboard) redrive(r *http.Request) (any, error) {
+func (d *handler) redrive(r *http.Request) (any, error) {
 	if d.journal == nil {
 		return nil, errBadRequest("no journal (dashboard.WithJournal): only a journal's dead letters can be redriven")
 	}
@@ -278,7 +271,7 @@ func (d *Dashboard) redrive(r *http.Request) (any, error) {
 	return actionResult{n}, err
 }
 
-func (d *Dashboard) purge(r *http.Request) (any, error) {
+func (d *handler) purge(r *http.Request) (any, error) {
 	if d.journal == nil {
 		return nil, errBadRequest("no journal (dashboard.WithJournal): only a journal's dead letters can be purged")
 	}

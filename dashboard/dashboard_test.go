@@ -284,7 +284,7 @@ func (f *fixture) post(t *testing.T, path, token, body string) (int, string) {
 	return res.StatusCode, string(b)
 }
 
-var metaToken = regexp.MustCompile(`<meta name="eventbus-csrf" content="([0-9a-f]*)">`)
+var metaToken = regexp.MustCompile(`<meta name="eventbus-csrf" content="([A-Z2-7]*)">`)
 
 func pageToken(t *testing.T, f *fixture) string {
 	t.Helper()

@@ -16,7 +16,8 @@
 //   - Overview: per pool, workers busy and idle, queued, in flight,
 //     retrying, handled/s, failed/s, dead-lettered and the p50, p99 and max
 //     run time, with live charts of the last five minutes; the subscribers'
-//     counters.
+//     counters. Busy workers are estimated as min(in flight, workers): a
+//     batch in flight counts its events.
 //   - Handlers and subscribers: per event type, the chain in order and the
 //     subscribers, each subscriber with its counters and its lag (events
 //     queued in its lanes). Chains share their pool's counters; with
@@ -55,6 +56,12 @@
 //
 // Both answer {"done": n}. A POST without the right token, from another
 // site (Sec-Fetch-Site), or to a dashboard without WithActions gets 403.
+// Only the journal's letters can be acted on: the in-memory ring is a
+// read-only record.
+//
+// The stream is a long response: an http.Server WriteTimeout ends it,
+// and the page then reconnects every WriteTimeout. Serve the dashboard
+// from a server without one (or a long one) for an unbroken stream.
 //
 // # Security
 //

@@ -16,7 +16,7 @@ func SetSampleInterval(d time.Duration) (restore func()) {
 // SamplerRunning reports whether h's sampler has a loop running or not
 // yet returned.
 func SamplerRunning(h http.Handler) bool {
-	s := h.(*Dashboard).sampler
+	s := h.(*handler).sampler
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stop != nil {

@@ -102,5 +102,5 @@ func (s *HandlerStats) of(t eventbus.EventType, name string) HandlerView {
 // WithHandlerStats shows s's per-handler counters in the Handlers view.
 // s must be installed on the bus (bus.Use(s.Middleware())).
 func WithHandlerStats(s *HandlerStats) Option {
-	return optionFunc(func(d *Dashboard) { d.hstats = s })
+	return optionFunc(func(d *handler) { d.hstats = s })
 }

@@ -46,7 +46,7 @@ type SamplePool struct {
 // one stream client is connected, and fans each sample out to them. With no
 // client it has no goroutine and costs nothing.
 type sampler struct {
-	d *Dashboard
+	d *handler
 
 	mu      sync.Mutex
 	clients map[chan []byte]struct{}
@@ -56,7 +56,7 @@ type sampler struct {
 	next    int
 }
 
-func newSampler(d *Dashboard) *sampler {
+func newSampler(d *handler) *sampler {
 	return &sampler{d: d, clients: map[chan []byte]struct{}{}}
 }
 
@@ -174,7 +174,7 @@ func makeSample(now time.Time, dt time.Duration, prev, cur eventbus.Stats) Sampl
 // stream is GET api/stream: Server-Sent Events, a "history" event with
 // the kept samples, then a "sample" event per sampleInterval, until the
 // client goes away.
-func (d *Dashboard) stream(w http.ResponseWriter, r *http.Request) {
+func (d *handler) stream(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
