@@ -1,7 +1,7 @@
 # The verbs everyone runs. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test
+.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test dashboard-test
 
 test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
@@ -17,6 +17,13 @@ SDKTEST := examples/wkim/sdktest
 sdk-test:
 	@test -d $(SDKTEST)/node_modules || (cd $(SDKTEST) && npm ci --no-audit --no-fund)
 	cd $(SDKTEST) && node --test interop.test.mjs
+
+# The dashboard in a real headless Chromium (own module: chromedp stays out
+# of go.mod). Prints SKIPPED where no Chromium is installed.
+dashboard-test:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$CHROME" ]; then \
+		cd dashboard/browsertest && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...; \
+	else echo "dashboard-test: SKIPPED: chromium is not installed (apt-get install -y chromium)"; fi
 
 vet:
 	$(GO) vet ./...
