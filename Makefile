@@ -11,6 +11,7 @@ test: lint
 	cd journal/bench && $(GO) vet ./...
 	@if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory sdk-test; \
 	else echo "sdk-test: SKIPPED: node is not on PATH (the WuKongIM JS SDK interop test needs Node 20 and npm)"; fi
+	@$(MAKE) --no-print-directory dashboard-test
 
 # Interop test of examples/wkim with the official WuKongIM JS SDK (Node).
 SDKTEST := examples/wkim/sdktest
