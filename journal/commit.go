@@ -70,6 +70,7 @@ func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 	j.smu.Unlock()
 	j.buf = buf
 	if len(buf) > 0 {
+		j.chain = seal(buf, j.chain)
 		if err := j.writeOnly(buf); err != nil {
 			return 0, err
 		}
@@ -150,12 +151,12 @@ func (j *Journal) roll() error {
 	if err := j.syncFile(); err != nil { // a segment is complete on disk before the next one exists
 		return err
 	}
-	seg, f, err := createSegment(j.dir, j.active.seq+1, j.durable)
+	seg, f, seed, err := createSegment(j.dir, j.active.seq+1, j.durable)
 	if err != nil {
 		return err
 	}
 	old := j.f
-	j.f = f
+	j.f, j.chain = f, seed
 	j.smu.Lock()
 	j.st.segs = append(j.st.segs, seg)
 	j.active = seg
@@ -241,6 +242,7 @@ func (j *Journal) copyForward(o *segment) error {
 	}
 	j.buf = buf
 	at := j.active.size
+	j.chain = seal(buf, j.chain)
 	if err := j.write(buf); err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@
 // its own (it does not import the bus).
 //
 // A Journal owns a directory of segment files. Append writes records with
-// a CRC each and returns once they are fsync'd; concurrent appends share
-// one write and one fsync (group commit). Ack marks records done; acked
+// a checksum each, chained from record to record (so that a torn write is
+// told from corruption by the format, whatever the payloads hold), and
+// returns once they are fsync'd; concurrent appends share one write and
+// one fsync (group commit). Ack marks records done; acked
 // records are reclaimed segment by segment, so disk use follows the
 // unacked backlog, not the history. Records that failed for good move to
 // a persisted dead-letter list (DeadLetter) in the same write that acks
@@ -194,6 +196,7 @@ type Journal struct {
 	acks     []uint64
 	durable  uint64 // the reservation on disk
 	unsynced bool   // j.f has writes not yet fsync'd
+	chain    uint32 // checksum of the active segment's last frame, which the next one chains to
 	syncs    atomic.Uint64
 }
 
