@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"time"
 )
 
 // commit writes ops (all queued since the last commit) with one write and
@@ -87,6 +88,18 @@ func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 	return reserved, nil
 }
 
+// lingerFor returns how long the committer may wait for the appenders it
+// just woke: a share of the measured fsync time, at most the WithLinger
+// cap. Waiting costs latency only when they do not come back; when they
+// do, the next fsync carries all of them.
+func (j *Journal) lingerFor() time.Duration {
+	return min(j.opts.linger, time.Duration(float64(j.fsyncAvg)*lingerShare))
+}
+
+// lingerShare is the share of the measured fsync time the committer may
+// linger for.
+const lingerShare = 0.5
+
 // maybeRoll starts a new segment when the active one is full. The
 // committer calls it after waking the batch's callers, so they do not wait
 // for it.
@@ -138,9 +151,11 @@ func (j *Journal) syncFile() error {
 	if !j.unsynced {
 		return nil
 	}
+	t0 := time.Now()
 	if err := fdatasync(j.f); err != nil {
 		return fmt.Errorf("fsync %s: %w", j.active.path, err)
 	}
+	j.fsyncAvg += (time.Since(t0) - j.fsyncAvg) / 8
 	j.unsynced = false
 	j.syncs.Add(1)
 	return nil
