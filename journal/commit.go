@@ -8,11 +8,11 @@ import (
 	"time"
 )
 
-// commit writes ops (all queued since the last commit) with one write and
-// one fsync, and applies them to the index. next is the next id to hand
+// commit writes ops and then acks (all queued since the last commit) with
+// one write and one fsync, and applies them to the index. next is the next id to hand
 // out: when it nears the reservation on disk, a new reservation goes first.
 // It returns the reservation written, or 0. Called by the committer only.
-func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
+func (j *Journal) commit(ops []frame, acks []uint64, next uint64, sync bool) (uint64, error) {
 	seg := j.active
 	buf := j.buf[:0]
 	var reserved uint64
@@ -22,7 +22,6 @@ func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 		buf = encReserve(buf, reserved)
 		j.st.apply(seg, &frame{kind: kindReserve, reserve: reserved}, seg.size, int32(len(buf)))
 	}
-	acks := j.acks[:0]
 	for i := range ops {
 		f := &ops[i]
 		start := len(buf)
@@ -46,20 +45,13 @@ func (j *Journal) commit(ops []frame, next uint64, sync bool) (uint64, error) {
 			}
 			f.rec = Record{ID: e.ID, Type: e.Type, Key: e.Key, Attempts: f.rec.Attempts, Payload: p}
 			buf = encDead(buf, &f.rec, &f.dead)
-		case kindAck:
-			// Acks go last, in one frame: after every append of the batch.
-			if f.ids == nil {
-				acks = append(acks, f.id)
-			} else {
-				acks = append(acks, f.ids...)
-			}
-			continue
 		case kindPurge:
 			buf = encIDs(buf, kindPurge, f.ids)
 		}
 		j.st.apply(seg, f, seg.size+int64(start), int32(len(buf)-start))
 	}
-	j.acks = acks[:0] // reused next time; apply keeps no reference
+	// Acks go last, in as few frames as can be: after every append of the
+	// batch (apply keeps no reference to acks).
 	for len(acks) > 0 {
 		chunk := acks[:min(len(acks), maxIDsInFrame)]
 		acks = acks[len(chunk):]

@@ -97,11 +97,16 @@ func putFrameHeader(b []byte, body []byte) {
 // link is the chained checksum of a frame of n body bytes whose body
 // checksum is bodyCRC, following the frame whose chained checksum is prev.
 func link(prev uint32, n int, bodyCRC uint32) uint32 {
-	var b [12]byte
-	binary.LittleEndian.PutUint32(b[0:], prev)
-	binary.LittleEndian.PutUint32(b[4:], uint32(n))
-	binary.LittleEndian.PutUint32(b[8:], bodyCRC)
-	return crc32.Checksum(b[:], castagnoli)
+	// crc32.Checksum of the 12 bytes, table-driven here: through the
+	// package's function the array escapes, an allocation per frame.
+	crc := ^uint32(0)
+	for _, w := range [3]uint32{prev, uint32(n), bodyCRC} {
+		for range 4 {
+			crc = castagnoli[byte(crc)^byte(w)] ^ (crc >> 8)
+			w >>= 8
+		}
+	}
+	return ^crc
 }
 
 // seal chains the frames of buf (back to back, as appendFrame makes them,

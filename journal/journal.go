@@ -174,6 +174,8 @@ type Journal struct {
 	next     uint64       // next id to hand out
 	reserved uint64       // ids below it may be handed out without a commit
 	ops      []frame      // queued for the committer
+	ackq     []uint64     // ids acked, queued for the committer (written after ops)
+	ackSpare []uint64     // the committer's last ackq, for reuse
 	spare    []frame      // the committer's last batch, for reuse
 	cur      *batch       // what callers queuing now wait on
 	inflight *batch       // the batch being written, if any
@@ -195,7 +197,6 @@ type Journal struct {
 	active   *segment
 	f        *os.File
 	buf      []byte
-	acks     []uint64
 	durable  uint64        // the reservation on disk
 	unsynced bool          // j.f has writes not yet fsync'd
 	fsyncAvg time.Duration // moving average of an fsync's duration
@@ -326,13 +327,14 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 // a crash means the record is replayed once more). Ids not pending (acked,
 // dead-lettered, unknown) are ignored.
 func (j *Journal) Ack(ids ...uint64) error {
-	switch len(ids) {
-	case 0:
-		return j.check()
-	case 1:
-		return j.enqueue(frame{kind: kindAck, id: ids[0]})
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.usable(); err != nil || len(ids) == 0 {
+		return err
 	}
-	return j.enqueue(frame{kind: kindAck, ids: append([]uint64(nil), ids...)})
+	j.ackq = append(j.ackq, ids...) // a queue of its own: acks are written last in a batch anyway
+	j.signal()
+	return nil
 }
 
 // SetAttempts records that record id has used n delivery attempts, so that
@@ -396,7 +398,7 @@ func (j *Journal) Sync() error {
 		j.mu.Unlock()
 		return err
 	}
-	if len(j.ops) == 0 && j.inflight == nil && !j.dirty {
+	if len(j.ops) == 0 && len(j.ackq) == 0 && j.inflight == nil && !j.dirty {
 		j.mu.Unlock()
 		return nil
 	}
@@ -716,12 +718,12 @@ func (j *Journal) run() {
 	var last int32
 	for {
 		j.mu.Lock()
-		for len(j.ops) == 0 && !j.cur.sync && !j.closed {
+		for len(j.ops) == 0 && len(j.ackq) == 0 && !j.cur.sync && !j.closed {
 			j.mu.Unlock()
 			<-j.kick
 			j.mu.Lock()
 		}
-		if len(j.ops) == 0 && !j.cur.sync { // closed: make what is written durable
+		if len(j.ops) == 0 && len(j.ackq) == 0 && !j.cur.sync { // closed: make what is written durable
 			dirty, failed := j.dirty, j.failed
 			j.mu.Unlock()
 			if dirty && failed == nil {
@@ -741,8 +743,8 @@ func (j *Journal) run() {
 			}
 			j.mu.Lock()
 		}
-		ops, b := j.ops, j.cur
-		j.ops, j.cur, j.inflight = j.spare[:0], newBatch(), b
+		ops, acks, b := j.ops, j.ackq, j.cur
+		j.ops, j.ackq, j.cur, j.inflight = j.spare[:0], j.ackSpare[:0], newBatch(), b
 		j.waiting.Store(0)
 		next, failed := j.next, j.failed
 		j.mu.Unlock()
@@ -750,7 +752,7 @@ func (j *Journal) run() {
 		err := failed
 		var reserved uint64
 		if err == nil {
-			reserved, err = j.commit(ops, next, b.sync)
+			reserved, err = j.commit(ops, acks, next, b.sync)
 		}
 		clear(ops)
 		j.mu.Lock()
@@ -761,7 +763,7 @@ func (j *Journal) run() {
 		if reserved > j.reserved {
 			j.reserved = reserved
 		}
-		j.inflight, j.spare = nil, ops
+		j.inflight, j.spare, j.ackSpare = nil, ops, acks[:0]
 		b.err = j.failed
 		j.mu.Unlock()
 		close(b.done)
