@@ -738,7 +738,10 @@ func (j *Journal) run() {
 		if linger := j.lingerFor(); linger > 0 && last > 1 && j.waiting.Load() < last && !j.closed {
 			j.mu.Unlock()
 			deadline := time.Now().Add(linger)
-			for j.waiting.Load() < last && time.Now().Before(deadline) {
+			for i := 0; j.waiting.Load() < last; i++ {
+				if i%8 == 7 && !time.Now().Before(deadline) { // the clock is read sparingly: it is not free
+					break
+				}
 				runtime.Gosched()
 			}
 			j.mu.Lock()
