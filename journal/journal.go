@@ -294,7 +294,11 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 		}
 		total += len(recs[i].Payload)
 	}
+	// Payloads are copied before the lock is taken: its hold is short.
 	arena := make([]byte, 0, total)
+	for _, r := range recs {
+		arena = append(arena, r.Payload...)
+	}
 	j.mu.Lock()
 	if err := j.usable(); err != nil {
 		j.mu.Unlock()
@@ -302,11 +306,12 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 	}
 	first := j.next
 	j.next += uint64(len(recs))
+	at := 0
 	for _, r := range recs {
-		p := arena[len(arena) : len(arena)+len(r.Payload) : len(arena)+len(r.Payload)]
-		arena = append(arena, r.Payload...)
+		n := len(r.Payload)
 		j.ops = append(j.ops, frame{kind: kindAppend, rec: Record{ID: first, Type: r.Type, Key: r.Key,
-			Attempts: r.Attempts, Payload: p}})
+			Attempts: r.Attempts, Payload: arena[at : at+n : at+n]}})
+		at += n
 		first++
 	}
 	first -= uint64(len(recs))
@@ -317,8 +322,8 @@ func (j *Journal) append(recs []Record, wait bool) (uint64, *batch, error) {
 		b.sync = true
 		j.waiting.Add(1)
 	}
-	j.signal()
 	j.mu.Unlock()
+	j.signal() // after the unlock: the committer's kick is buffered, never lost
 	return first, b, nil
 }
 
