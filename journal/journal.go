@@ -51,8 +51,10 @@ var (
 )
 
 // CorruptError is a bad record or segment header that recovery cannot cut
-// off as a torn tail: in a segment other than the last, or followed by good
-// records. Nothing was changed on disk.
+// off as a torn tail: in a segment other than the last, followed by a good
+// record chained to it, or with a good checksum but a body that does not
+// decode; or a segment of a format version this journal does not read.
+// Nothing was changed on disk.
 type CorruptError struct {
 	File   string // path of the segment file
 	Offset int64  // byte offset of the bad record in File
