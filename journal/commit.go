@@ -92,6 +92,32 @@ func (j *Journal) lingerFor() time.Duration {
 // linger for.
 const lingerShare = 0.5
 
+// preallocate writes zeros ahead of the active segment's end once less
+// than half a chunk of them is left (up to a chunk ahead), without an fsync: the next commit's
+// fdatasync makes them durable with its own data, and the ones after it
+// overwrite blocks that already exist, so they change no file size or
+// extent and sync only data (several times faster on ext4 than growing
+// the file). Recovery takes a zero tail as the end of the data; Close
+// cuts it off. Called by the committer, after waking a batch.
+func (j *Journal) preallocate() error {
+	chunk := min(preallocChunk, j.opts.segSize/4)
+	if j.zeroed-j.active.size >= chunk/2 {
+		return nil
+	}
+	if cap(j.zeros) < int(chunk) {
+		j.zeros = make([]byte, chunk)
+	}
+	n := j.active.size + chunk - j.zeroed // up to a chunk ahead of the end
+	if _, err := j.f.WriteAt(j.zeros[:n], j.zeroed); err != nil {
+		return fmt.Errorf("write %s: %w", j.active.path, err)
+	}
+	j.zeroed += n
+	return nil
+}
+
+// preallocChunk is how many bytes of zeros preallocate writes at a time.
+const preallocChunk = 1 << 20
+
 // maybeRoll starts a new segment when the active one is full. The
 // committer calls it after waking the batch's callers, so they do not wait
 // for it.
@@ -125,12 +151,14 @@ func (j *Journal) write(buf []byte) error {
 	return j.syncFile()
 }
 
-// writeOnly appends buf to the active segment, without an fsync.
+// writeOnly appends buf to the active segment, without an fsync: at the
+// segment's end, over the zeros written ahead of it (preallocate).
 func (j *Journal) writeOnly(buf []byte) error {
-	n, err := j.f.Write(buf)
+	n, err := j.f.WriteAt(buf, j.active.size)
 	j.smu.Lock()
 	j.active.size += int64(n)
 	j.smu.Unlock()
+	j.zeroed = max(j.zeroed, j.active.size)
 	j.unsynced = true
 	if err != nil {
 		return fmt.Errorf("write %s: %w", j.active.path, err)
@@ -163,7 +191,10 @@ func (j *Journal) roll() error {
 		return err
 	}
 	old := j.f
-	j.f, j.chain = f, seed
+	if err := old.Truncate(j.active.size); err != nil { // the zeros ahead of the end
+		return fmt.Errorf("cut %s: %w", j.active.path, err)
+	}
+	j.f, j.chain, j.zeroed = f, seed, headerSize
 	j.smu.Lock()
 	j.st.segs = append(j.st.segs, seg)
 	j.active = seg

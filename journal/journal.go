@@ -99,7 +99,7 @@ type DeadLetter struct {
 // Stats is a snapshot of a journal's size and content.
 type Stats struct {
 	Segments    int    // segment files on disk
-	Bytes       int64  // their total size
+	Bytes       int64  // the data in them (the active one also holds up to 1 MiB of zeros written ahead)
 	Pending     int    // unacked records
 	DeadLetters int    // records in the dead-letter list
 	NextID      uint64 // no record id handed out so far is at or above it
@@ -203,6 +203,8 @@ type Journal struct {
 	unsynced bool          // j.f has writes not yet fsync'd
 	fsyncAvg time.Duration // moving average of an fsync's duration
 	chain    uint32        // checksum of the active segment's last frame, which the next one chains to
+	zeroed   int64         // the active file's size: its data, then zeros written ahead (preallocate)
+	zeros    []byte        // a chunk of zeros, for preallocate
 	syncs    atomic.Uint64
 }
 
@@ -671,6 +673,13 @@ func (j *Journal) Close() error {
 	j.mu.Unlock()
 	<-j.exited
 	err := j.failed
+	if j.f != nil && err == nil && j.zeroed > j.active.size { // the zeros written ahead
+		if terr := j.f.Truncate(j.active.size); terr != nil {
+			err = fmt.Errorf("journal: close: %w", terr)
+		} else if serr := fdatasync(j.f); serr != nil {
+			err = fmt.Errorf("journal: close: %w", serr)
+		}
+	}
 	if j.f != nil {
 		if cerr := j.f.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("journal: close: %w", cerr)
@@ -781,7 +790,11 @@ func (j *Journal) run() {
 			last = b.n
 		}
 		if err == nil {
-			if err := j.maybeRoll(); err != nil {
+			err := j.maybeRoll()
+			if err == nil {
+				err = j.preallocate()
+			}
+			if err != nil {
 				j.mu.Lock()
 				if j.failed == nil {
 					j.failed = fmt.Errorf("journal: write failed, journal stopped: %w", err)

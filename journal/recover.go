@@ -72,7 +72,9 @@ func (j *Journal) recover() error {
 		j.st.segs = append(j.st.segs, seg)
 		sc := j.scan(seg, data, info)
 		lastInfo, lastChain = info, sc.chain
+		j.zeroed = int64(len(data))
 		if sc.bad == nil {
+			seg.size = sc.end // before a tail of zeros written ahead, if any
 			continue
 		}
 		end := sc.end
@@ -92,7 +94,7 @@ func (j *Journal) recover() error {
 		if err := truncate(path, end); err != nil {
 			return err
 		}
-		seg.size = end
+		seg.size, j.zeroed = end, end
 	}
 	j.st.finishRecovery()
 	last := j.st.segs[len(j.st.segs)-1]
@@ -106,7 +108,7 @@ func (j *Journal) recover() error {
 		j.active, j.f, j.chain = seg, f, seed
 		return nil
 	}
-	f, err := os.OpenFile(last.path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(last.path, os.O_WRONLY, 0) // written at its end (WriteAt)
 	if err != nil {
 		return fmt.Errorf("journal: open %s: %w", last.path, err)
 	}
@@ -176,6 +178,9 @@ func (j *Journal) scan(seg *segment, data []byte, info segInfo) scanResult {
 			break
 		}
 		n := int(binary.LittleEndian.Uint32(data[off:]))
+		if n == 0 && allZero(data[off:]) {
+			break // zeros written ahead of the data (preallocate): its end
+		}
 		if n == 0 || n > maxBody {
 			bad = fmt.Errorf("bad record length %d", n)
 			break
@@ -209,6 +214,22 @@ func (j *Journal) scan(seg *segment, data []byte, info segInfo) scanResult {
 	}
 	st.trim()
 	return scanResult{end: int64(off), chain: chain, bad: bad, corrupt: corrupt}
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // chainedAt reports whether a complete frame at off in data is good

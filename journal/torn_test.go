@@ -200,3 +200,66 @@ func TestCorruptRecordBeforeChainedOneIsAnError(t *testing.T) {
 	require.Equal(t, seg, ce.File)
 	require.Contains(t, err.Error(), "good records follow")
 }
+
+// TestZerosWrittenAheadAreTheEndOfData copies a segment while its journal
+// is open, as a kill -9 leaves it: its data, then zeros the journal wrote
+// ahead of its end (so that its fsyncs overwrite existing blocks). The
+// copy opens with every record and no torn tail; with a record torn in
+// the zeros, that record is cut, with a warning. Close leaves no zeros.
+func TestZerosWrittenAheadAreTheEndOfData(t *testing.T) {
+	dir := t.TempDir()
+	j := open(t, dir)
+	var want []journal.Record
+	for i := range 5 {
+		r := rec(i)
+		id, err := j.Append(r)
+		require.NoError(t, err)
+		r.ID = id
+		want = append(want, r)
+	}
+	seg := segments(t, dir)[0]
+	live, err := os.ReadFile(seg)
+	require.NoError(t, err)
+	end := int(j.Stats().Bytes)
+	require.Greater(t, len(live), end, "zeros are written ahead of the data")
+	require.True(t, bytes.Equal(live[end:], make([]byte, len(live)-end)))
+
+	last := append([]byte(nil), live[:end]...)
+	torn := lastFrameOf(t, last[24:])
+	for _, c := range []struct {
+		name  string
+		data  []byte
+		want  []journal.Record
+		warns bool
+	}{
+		{"zeros after the data", live, want, false},
+		{"the last record torn, zeros after it", slices.Concat(live[:end-len(torn)/2], make([]byte, len(live)-end+len(torn)/2)), want[:4], true},
+	} {
+		d := t.TempDir()
+		require.NoError(t, os.WriteFile(filepath.Join(d, filepath.Base(seg)), c.data, 0o644))
+		var logs bytes.Buffer
+		j2, err := journal.Open(d, journal.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		require.NoError(t, err, c.name)
+		require.Equal(t, c.want, pending(t, j2), c.name)
+		if c.warns {
+			require.Contains(t, logs.String(), "torn tail", c.name)
+		} else {
+			require.Empty(t, logs.String(), c.name)
+		}
+		id, err := j2.Append(rec(9))
+		require.NoError(t, err)
+		require.NoError(t, j2.Close())
+		j2 = open(t, d)
+		got := pending(t, j2)
+		require.Equal(t, id, got[len(got)-1].ID, c.name)
+		require.Len(t, got, len(c.want)+1, c.name)
+		require.NoError(t, j2.Close())
+		after, err := os.ReadFile(filepath.Join(d, filepath.Base(seg)))
+		require.NoError(t, err)
+		require.NotZero(t, after[len(after)-1], "%s: Close cuts the zeros written ahead", c.name)
+	}
+	require.NoError(t, j.Close())
+	closed, err := os.ReadFile(seg)
+	require.NoError(t, err)
+	require.Equal(t, last, closed)
+}
