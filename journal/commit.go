@@ -101,6 +101,7 @@ const lingerShare = 0.5
 // cuts it off. Called by the committer, after waking a batch.
 func (j *Journal) preallocate() error {
 	chunk := min(preallocChunk, j.opts.segSize/4)
+	j.zeroed = max(j.zeroed, j.active.size) // never before the data's end
 	if j.zeroed-j.active.size >= chunk/2 {
 		return nil
 	}

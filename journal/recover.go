@@ -42,7 +42,7 @@ func (j *Journal) recover() error {
 		if err != nil {
 			return fmt.Errorf("journal: %w", err)
 		}
-		j.st.segs, j.active, j.f, j.chain = []*segment{seg}, seg, f, seed
+		j.st.segs, j.active, j.f, j.chain, j.zeroed = []*segment{seg}, seg, f, seed, headerSize
 		return nil
 	}
 	if err := j.reserveEntries(seqs); err != nil {
@@ -105,7 +105,7 @@ func (j *Journal) recover() error {
 			return fmt.Errorf("journal: %w", err)
 		}
 		j.st.segs = append(j.st.segs, seg)
-		j.active, j.f, j.chain = seg, f, seed
+		j.active, j.f, j.chain, j.zeroed = seg, f, seed, headerSize
 		return nil
 	}
 	f, err := os.OpenFile(last.path, os.O_WRONLY, 0) // written at its end (WriteAt)

@@ -263,3 +263,25 @@ func TestZerosWrittenAheadAreTheEndOfData(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, last, closed)
 }
+
+// TestNothingWrittenKeepsTheSegmentHeader: a commit that writes nothing
+// (attempts of an unknown record) on a new journal, or one reopened from
+// the previous format, leaves the segment's header intact.
+func TestNothingWrittenKeepsTheSegmentHeader(t *testing.T) {
+	for _, v1 := range []bool{false, true} {
+		dir := t.TempDir()
+		if v1 {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "0000000000000001.seg"), v1Segment([]journal.Record{rec(0)}), 0o644))
+		}
+		j := open(t, dir)
+		require.NoError(t, j.SetAttempts(12345, 1)) // a commit with nothing to write
+		require.NoError(t, j.Close())
+		j = open(t, dir)
+		_, err := j.Append(rec(1))
+		require.NoError(t, err)
+		require.NoError(t, j.Close())
+		j = open(t, dir)
+		require.Len(t, pending(t, j), map[bool]int{false: 1, true: 2}[v1])
+		require.NoError(t, j.Close())
+	}
+}
