@@ -21,7 +21,8 @@ import (
 // segment: user data can be anything), then tears that record's write at
 // every offset, as a kill -9 can. Every cut must open as a torn tail: the
 // record is dropped with a warning, the records before it are kept, and
-// the journal takes new appends.
+// the journal takes new appends. The same cut in an older segment is a
+// *CorruptError.
 func TestTornRecordHoldingFrameBytesIsATornTail(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
@@ -71,6 +72,24 @@ func TestTornRecordHoldingFrameBytesIsATornTail(t *testing.T) {
 		require.Greater(t, id, evil.ID, "ids are never reused")
 		require.NoError(t, j.Close())
 	}
+
+	// The same cut in a segment that is not the last is corruption: that
+	// segment was complete on disk before the next one was created.
+	cut := payloadAt + len(payload)/2
+	dir := filepath.Join(base, "older")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(seg)), full[:cut], 0o644))
+	other := filepath.Join(base, "other")
+	j = open(t, other)
+	require.NoError(t, j.Close())
+	next, err := os.ReadFile(segments(t, other)[0])
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "0000000000000002.seg"), next, 0o644))
+	_, err = journal.Open(dir, quiet)
+	var ce *journal.CorruptError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, filepath.Join(dir, filepath.Base(seg)), ce.File)
+	require.Less(t, ce.Offset, int64(cut))
 }
 
 // lastFrameOf returns the last frame of frames (back to back, each a
