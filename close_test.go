@@ -556,3 +556,47 @@ func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 		atRest(t, "user", bus.Stats().User)
 	}
 }
+
+// TestCloseDeadlineGivesUpLastAttempt: a Close deadline that cuts short a
+// handler's last attempt (NoRetry's only one, the default policy's third)
+// gives the event up like any other attempt: its dead letter carries
+// ErrClosed, not only the cancelled context's error, because an abort wins
+// over the attempt count.
+func TestCloseDeadlineGivesUpLastAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []eventbus.Option
+		last  int // the attempt the handler hangs in
+		which string
+	}{
+		{"NoRetry", []eventbus.Option{eventbus.WithRetry(eventbus.NoRetry)}, 1, "only"},
+		{"default policy", nil, 3, "third"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &sinkRecorder{}
+			b := newBus(t, append(tc.opts, eventbus.WithDeadLetter(sink))...)
+			hanging := make(chan struct{})
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				info, _ := eventbus.CallInfoFrom(ctx)
+				if info.Attempt < tc.last {
+					return errors.New("flaky")
+				}
+				close(hanging)
+				<-ctx.Done() // Close gives up on this attempt
+				return ctx.Err()
+			}, eventbus.WithName("h"))
+			mustStart(t, b)
+			relAdd(t, b, userEvent(eventbus.EventOnSend, "u1"))
+			recvWithin(t, hanging, 5*time.Second, "the "+tc.which+" attempt")
+			expired, cancel := context.WithCancel(context.Background())
+			cancel()
+			var ce *eventbus.CloseError
+			require.ErrorAs(t, b.Close(expired), &ce)
+			require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+			dls := sink.all()
+			require.Len(t, dls, 1)
+			assert.ErrorIs(t, dls[0].Err, eventbus.ErrClosed, "the %s attempt was cut short by Close, not failed", tc.which)
+			assert.Equal(t, "h", dls[0].Handler)
+		})
+	}
+}

@@ -115,11 +115,17 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	if h.retry != nil {
 		policy = h.retry.withDefaults()
 	}
+	// An abort wins over the attempt count: a last attempt that Close's
+	// deadline cut short (its handler returned the cancelled context's
+	// error) is given up, so a durable record stays for the next start and
+	// a tracked event is reported abandoned, never dead-lettered.
 	switch {
-	case (!panicked && IsPermanent(err)) || u.Attempt >= policy.MaxAttempts:
+	case !panicked && IsPermanent(err):
 		v.Outcome, v.Err = engine.Dead, err
 	case p.bus.life.Aborted():
 		v.Outcome, v.Err = givenUp(u), closedErr(err)
+	case u.Attempt >= policy.MaxAttempts:
+		v.Outcome, v.Err = engine.Dead, err
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
 		if p.bus.journal != nil {

@@ -338,3 +338,47 @@ func TestDurableUserEventsAndFollowOns(t *testing.T) {
 	st := j.Stats()
 	t.Logf("640 durable records in %d syncs", st.Syncs)
 }
+
+// TestDurableLastAttemptCutByCloseIsReplayed: a Close deadline that cuts
+// short a durable event's last attempt (NoRetry) leaves its record for the
+// next start: it is not in the journal's dead-letter list, and the next bus
+// on the journal handles it with the same EventID.
+func TestDurableLastAttemptCutByCloseIsReplayed(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	sink := &sinkRecorder{}
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry),
+		eventbus.WithDeadLetter(sink))
+	hanging := make(chan uint64, 1)
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		hanging <- info.EventID
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	mustStart(t, b1)
+	relAdd(t, b1, storeEvent("g", 1))
+	id := recvWithin(t, hanging, 5*time.Second, "the handler's only attempt")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b1.Close(expired), &ce)
+	require.NoError(t, b1.Close(deadline(t, 5*time.Second)))
+	assert.Empty(t, sink.all(), "not dead-lettered")
+	require.NoError(t, j.Sync())
+	dls, err := j.DeadLetters()
+	require.NoError(t, err)
+	assert.Empty(t, dls, "the record is not in the journal's dead-letter list")
+	require.Len(t, pending(t, j), 1, "the record is left for the next start")
+
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry))
+	replayed := make(chan uint64, 1)
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		replayed <- info.EventID
+		return nil
+	})
+	mustStart(t, b2)
+	assert.Equal(t, id, recvWithin(t, replayed, 5*time.Second, "the replayed event"))
+	relClose(t, b2)
+	assert.Empty(t, pending(t, j))
+}
