@@ -600,3 +600,62 @@ func TestCloseDeadlineGivesUpLastAttempt(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseDeadlineStartsNoHandlerAfterItReturns: once a Close that gave
+// up has returned, no worker commits to a handler call, even while every
+// worker is busy starting calls. Each handler adds a follow-on event, so
+// the bus never drains and Close gives up with workers between two calls.
+// The moment of commit is observed by a hook the bus runs right before the
+// call (a handler's own first instruction can always run a few
+// instructions later); the hook also yields, so that workers linger there.
+// A round in which the bus happened to drain as Close began (its
+// follow-ons refused, Close returns nil) proves nothing and is not counted.
+func TestCloseDeadlineStartsNoHandlerAfterItReturns(t *testing.T) {
+	const (
+		rounds  = 60
+		workers = 8
+		keys    = 32
+	)
+	conclusive := 0
+	for round := range rounds {
+		b, err := eventbus.New(eventbus.WithLogger(quiet),
+			eventbus.WithUserPool(eventbus.PoolConfig{Workers: workers, HandlerTimeout: time.Minute}))
+		require.NoError(t, err)
+		var (
+			returned      atomic.Bool
+			started, late atomic.Int64
+			warm          = make(chan struct{})
+		)
+		eventbus.SetBeforeCall(b, func() {
+			runtime.Gosched()
+			if returned.Load() {
+				late.Add(1)
+			}
+		})
+		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			if started.Add(1) == 20*keys {
+				close(warm)
+			}
+			_ = b.AddEvent(ctx, userEvent(eventbus.EventOnSend, ev.Conn.UID())) // refused once Close gives up
+			return nil
+		})
+		mustStart(t, b)
+		for k := range keys {
+			relAdd(t, b, userEvent(eventbus.EventOnSend, fmt.Sprint("u", k)))
+		}
+		recvWithin(t, warm, 10*time.Second, "handlers to run")
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+		gaveUp := b.Close(expired)
+		returned.Store(true)
+		require.NoError(t, b.Close(deadline(t, 10*time.Second)))
+		if gaveUp == nil {
+			continue
+		}
+		var ce *eventbus.CloseError
+		require.ErrorAs(t, gaveUp, &ce)
+		conclusive++
+		require.Zero(t, late.Load(), "round %d: handler calls started after Close returned", round)
+	}
+	require.Greater(t, conclusive, rounds/2, "Close gave up in too few rounds to prove anything")
+}

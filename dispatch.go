@@ -39,8 +39,12 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		}
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
 	}
+	g := p.eng.Gate(wid)
 	for u.Index < len(ch.handlers) {
-		if p.bus.life.Aborted() {
+		// No handler call starts once Close has given up and returned:
+		// the gate is closed (Entered) only right before the call, and
+		// Close waits for open gates (see engine.Gate).
+		if !g.Enter(p.bus.life) {
 			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
 		if retry {
@@ -48,7 +52,7 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 			retry = false
 		}
 		h := &ch.handlers[u.Index]
-		err, timedOut := p.call(wid, u, h)
+		err, timedOut := p.call(wid, u, h, g)
 		if err != nil {
 			return p.failed(u, h, err, timedOut)
 		}
@@ -58,30 +62,33 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	return engine.Verdict{Outcome: engine.Handled}
 }
 
-// call runs one attempt of one handler with a fresh handler context.
-func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
+// call runs one attempt of one handler with a fresh handler context. g is
+// the worker's gate, open: invoke closes it right before the call.
+func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry, g *engine.Gate) (err error, timedOut bool) {
 	c := p.slabs[wid].next(p, h, u.Items[0].Ctx)
 	c.eventID, c.typ = u.ID, u.Event.Type()
 	c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
 	if p.cfg.HandlerTimeout > 0 {
-		return p.callWithTimeout(c, h, u.Event)
+		return p.callWithTimeout(c, h, u.Event, g)
 	}
-	return invoke(c, c, h, u.Event), false
+	return invoke(c, c, h, u.Event, g), false
 }
 
-// invoke calls the handler, turning a panic into a *PanicError. The context
-// stops counting as a running handler's once it returns (or exits).
-func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event) (err error) {
+// invoke closes the gate g and calls the handler, turning a panic into a
+// *PanicError. The context stops counting as a running handler's once it
+// returns (or exits).
+func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (err error) {
 	defer func() {
 		c.returned.Store(true)
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
+	g.Entered()
 	return h.call(ctx, ev)
 }
 
-func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bool) {
+func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (error, bool) {
 	d := p.cfg.HandlerTimeout
 	ctx, cancel := context.WithTimeout(c, d)
 	defer cancel()
@@ -93,7 +100,10 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bo
 			"handler", h.name, "timeout", d)
 	})
 	defer slow.Stop()
-	err := invoke(ctx, c, h, ev)
+	if f := p.bus.beforeCall; f != nil {
+		f()
+	}
+	err := invoke(ctx, c, h, ev, g)
 	return err, err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
 

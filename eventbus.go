@@ -31,6 +31,10 @@ type Bus struct {
 	observer Observer
 	admit    func(context.Context, Event) error
 	seed     maphash.Seed
+	// beforeCall, set only by tests before Start, runs where a worker
+	// commits to a handler call (with a HandlerTimeout only), so that
+	// tests can observe that moment itself.
+	beforeCall func()
 
 	// mu guards types before Start, the registry's writers and lifecycle
 	// transitions. Readers of chains use the atomic pointers only.
@@ -449,8 +453,10 @@ var goroutineID = goid.Get
 //
 // If ctx ends with events left, Close gives up: handler contexts are
 // cancelled, and Close returns a *CloseError counting the events not
-// finished, at once — it runs no user code after the deadline. The
-// workers then hand every event not handled to the dead-letter sink with
+// finished, at once — it runs no user code after the deadline, and no
+// handler call starts after it returns (a worker that was about to start
+// one when the deadline hit has started it before Close returns, or gives
+// the event up). The workers then hand every event not handled to the dead-letter sink with
 // ErrClosed (events with a completion callback are reported abandoned
 // instead) and exit; a worker inside a handler does so once the handler
 // returns. A later Close waits, bounded by its ctx, for that to end and
@@ -524,6 +530,10 @@ func (b *Bus) Close(ctx context.Context) error {
 		e.Abort()
 	}
 	b.life.Abort()
+	// A worker that passed its abort check before the line above is
+	// committed to its handler call; wait for those few instructions, so
+	// that no handler call starts after Close returns.
+	engine.WaitGates(b.allEngines()...)
 	closeOnce(b.finished)
 	return &CloseError{Left: left, Err: ctx.Err()}
 }

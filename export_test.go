@@ -13,3 +13,7 @@ func ShardOf(b *Bus, ev Event) (Pool, int) {
 	}
 	return p.kind, p.eng.ShardIndex(key)
 }
+
+// SetBeforeCall makes f run on the worker at the moment it commits to a
+// handler call, for buses with a HandlerTimeout. Call it before Start.
+func SetBeforeCall(b *Bus, f func()) { b.beforeCall = f }
