@@ -220,6 +220,11 @@ func (p *pool) DeadLetter(u *engine.Unit[Event], i int, err error) {
 	name, attempts, id := "", 0, uint64(0)
 	if h := current(u); h != nil && u.Err != nil {
 		name, attempts, id = h.name, u.Attempt, h.id
+	} else if p.sub != nil {
+		// A subscriber's lane runs one handler, the subscriber: its dead
+		// letters name it even when none of its attempts failed (a Close
+		// deadline), so the sink can tell the chain had the event.
+		name = p.sub.name
 	}
 	ev := u.Items[i].Event
 	noteDead(&u.Items[i], name, attempts, err)
