@@ -133,7 +133,8 @@ func New(opts ...Option) (*Bus, error) {
 // Define declares event type t, without a built-in meaning, for pool p,
 // under name. Types 1–29 must be declared in the pool of their range
 // (ErrWrongPool); 30–255 may go to any pool. A built-in or already defined
-// type is ErrTypeDefined. Define must be called before Start (ErrStarted;
+// type, or a name another type (built-ins included) has, is
+// ErrTypeDefined: type names are unique. Define must be called before Start (ErrStarted;
 // ErrClosed once the bus is closed).
 func (b *Bus) Define(t EventType, p Pool, name string) error {
 	if !b.made() {
@@ -159,6 +160,13 @@ func (b *Bus) Define(t EventType, p Pool, name string) error {
 	}
 	if name == "" {
 		name = t.String()
+	}
+	// Names key Stats (Subscribers, by "<type name>/<name>") and logs: one
+	// name for two types would merge them.
+	for other := range b.types {
+		if b.types[other].pool != "" && b.types[other].name == name {
+			return fmt.Errorf("%w: Define(%d): the name %q is taken by type %d", ErrTypeDefined, t, name, other)
+		}
 	}
 	b.types[t] = typeInfo{pool: p, index: p.index(), name: name}
 	return nil
