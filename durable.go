@@ -52,8 +52,9 @@ type Journal interface {
 // subscriber have finished with it; a dead-lettered one moves to j's
 // dead-letter list (see Bus.Redrive). Start queues every event not acked,
 // each key's in its original order, ahead of any later add; its attempts
-// count from where they were, and CallInfo.EventID is its record id, the
-// same in every process life (delivery is at-least-once: handlers can
+// count from where they were, and CallInfo.EventID is DurableEventID of its
+// record id (RecordID maps back), the same in every process life and unique
+// among the process's EventIDs (delivery is at-least-once: handlers can
 // dedupe on it). A Close that reaches its deadline leaves unfinished
 // durable events for the next Start instead of dead-lettering them.
 // Register the handlers of durable types before Start: a replayed record
@@ -163,8 +164,29 @@ func (b *Bus) durableTracker(id uint64, prior int) *engine.Tracker {
 			b.log.Error("eventbus: journal", "record", d.id, "outcome", o, "err", err)
 		}
 	})
-	t.ID, t.Prior, t.Info = id, prior, d
+	t.ID, t.Prior, t.Info = DurableEventID(id), prior, d
 	return t
+}
+
+// durableIDBit marks the EventIDs of durable events. The other events'
+// EventIDs come from a process-wide counter that never reaches it, so the
+// two kinds never collide in one process; bit 62 rather than 63 keeps every
+// EventID a positive int64 (tracing attributes are int64).
+const durableIDBit = 1 << 62
+
+// DurableEventID returns the CallInfo.EventID of the durable event stored
+// as journal record recordID: the same in every process life, and never
+// equal to the EventID of an event that is not durable. It costs nothing.
+func DurableEventID(recordID uint64) uint64 { return recordID | durableIDBit }
+
+// RecordID returns the journal record id of a durable event's
+// CallInfo.EventID (to look it up in the journal, or Redrive it), or false
+// when eventID is not a durable event's.
+func RecordID(eventID uint64) (id uint64, durable bool) {
+	if eventID&durableIDBit == 0 {
+		return 0, false
+	}
+	return eventID &^ durableIDBit, true
 }
 
 // durableOf returns the journaled event an item stands for, or nil.

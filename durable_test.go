@@ -368,7 +368,11 @@ func TestDurableLastAttemptCutByCloseIsReplayed(t *testing.T) {
 	dls, err := j.DeadLetters()
 	require.NoError(t, err)
 	assert.Empty(t, dls, "the record is not in the journal's dead-letter list")
-	require.Len(t, pending(t, j), 1, "the record is left for the next start")
+	left := pending(t, j)
+	require.Len(t, left, 1, "the record is left for the next start")
+	rec, ok := eventbus.RecordID(id)
+	require.True(t, ok, "a durable event's EventID names its record")
+	assert.Equal(t, left[0].ID, rec)
 
 	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry))
 	replayed := make(chan uint64, 1)
@@ -381,4 +385,58 @@ func TestDurableLastAttemptCutByCloseIsReplayed(t *testing.T) {
 	assert.Equal(t, id, recvWithin(t, replayed, 5*time.Second, "the replayed event"))
 	relClose(t, b2)
 	assert.Empty(t, pending(t, j))
+}
+
+// TestEventIDsUniqueAcrossDurableAndPlainEvents: in one bus, durable events
+// (whose EventID comes from their record id) and plain ones (from the
+// process's counter) never share an EventID, and a durable event's EventID
+// maps back to its record.
+func TestEventIDsUniqueAcrossDurableAndPlainEvents(t *testing.T) {
+	const pairs = 300
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	var mu sync.Mutex
+	owner := map[uint64]string{} // EventID → the event that had it
+	var dups []string
+	record := func(ctx context.Context, what string) {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if prev, ok := owner[info.EventID]; ok {
+			dups = append(dups, fmt.Sprintf("%s and %s share EventID %#x", prev, what, info.EventID))
+		}
+		owner[info.EventID] = what
+	}
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		record(ctx, fmt.Sprint("durable ", ev.Messages[0].MessageSeq))
+		return nil
+	})
+	mustRegister(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		record(ctx, fmt.Sprint("plain ", ev.Messages[0].MessageSeq))
+		return nil
+	})
+	mustStart(t, b)
+	for i := range pairs {
+		relAdd(t, b, storeEvent(fmt.Sprint("g", i%5), uint64(i)))
+		plain := storeEvent(fmt.Sprint("g", i%5), uint64(i))
+		plain.EventType = eventbus.EventChannelDistribute
+		relAdd(t, b, plain)
+	}
+	idleWithin(t, b, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dups) > 0 {
+		t.Errorf("%d EventIDs shared, the first: %s", len(dups), dups[0])
+	}
+	assert.Equal(t, 2*pairs, len(owner), "one EventID per event")
+	durable := 0
+	for id, what := range owner {
+		rec, ok := eventbus.RecordID(id)
+		assert.Equal(t, what[:7] == "durable", ok, "%s: RecordID(%#x) says durable=%v", what, id, ok)
+		if ok {
+			durable++
+			assert.Equal(t, id, eventbus.DurableEventID(rec))
+		}
+	}
+	assert.Equal(t, pairs, durable)
 }
