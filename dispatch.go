@@ -47,11 +47,13 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		if !g.Enter(p.bus.life) {
 			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
+		h := &ch.handlers[u.Index]
 		if retry {
 			u.Attempt++ // the next attempt of the handler that failed
 			retry = false
+		} else if u.Items[0].Track != nil {
+			u.Prior = priorAttempts(u, h) // h's first attempt in this life
 		}
-		h := &ch.handlers[u.Index]
 		err, timedOut := p.call(wid, u, h, g)
 		if err != nil {
 			return p.failed(u, h, err, timedOut)
@@ -116,9 +118,12 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		return engine.Verdict{Outcome: engine.Stopped, Err: err}
 	}
 	u.Err = err
-	if u.Prior > 0 { // attempts an earlier process life used (journal)
+	if u.Prior > 0 { // attempts earlier process lives used (journal)
 		u.Attempt += u.Prior
 		u.Prior = 0
+	}
+	if u.Items[0].Track != nil {
+		u.Attempt += legacyAttempts(u)
 	}
 	v := engine.Verdict{Failed: true, Panicked: panicked, TimedOut: timedOut}
 	policy := p.retry
@@ -139,7 +144,7 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
 		if p.bus.journal != nil {
-			p.persistAttempts(u)
+			p.persistAttempts(u, h)
 		}
 	}
 	suppressed, log := p.bus.logs.allow(logKey{typ: u.Event.Type(), id: h.id})
@@ -172,16 +177,42 @@ func givenUp(u *engine.Unit[Event]) engine.Outcome {
 	return engine.Dead
 }
 
-// persistAttempts records in the journal the attempts the unit's durable
-// events have used, so that MaxAttempts counts across process lives.
-func (p *pool) persistAttempts(u *engine.Unit[Event]) {
+// persistAttempts records in the journal the attempts handler h has used
+// of the unit's durable events, so that MaxAttempts counts h's attempts
+// across process lives (and no other handler's).
+func (p *pool) persistAttempts(u *engine.Unit[Event], h *handlerEntry) {
 	for i := range u.Items {
 		if d := durableOf(&u.Items[i]); d != nil {
-			if err := p.bus.journal.SetAttempts(d.id, u.Attempt); err != nil {
+			if err := p.bus.journal.SetHandlerAttempts(d.id, h.name, u.Attempt); err != nil {
 				p.bus.log.Error("eventbus: journal", "record", d.id, "err", err)
 			}
 		}
 	}
+}
+
+// priorAttempts returns how many attempts of handler h earlier process
+// lives used of the unit's durable events (the most of any, for a batch).
+func priorAttempts(u *engine.Unit[Event], h *handlerEntry) int {
+	n := 0
+	for i := range u.Items {
+		if d := durableOf(&u.Items[i]); d != nil {
+			n = max(n, d.prior[h.name])
+		}
+	}
+	return n
+}
+
+// legacyAttempts takes the single attempts count that records of an older
+// release carry (no per-handler counts), so that it is charged once, to
+// the first handler that fails, as that release did.
+func legacyAttempts(u *engine.Unit[Event]) int {
+	n := 0
+	for i := range u.Items {
+		if d := durableOf(&u.Items[i]); d != nil && d.legacy.Load() != 0 {
+			n = max(n, int(d.legacy.Swap(0)))
+		}
+	}
+	return n
 }
 
 // Goexited reports a runtime.Goexit in the current handler as a panic.

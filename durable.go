@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/imbus/eventbus/internal/engine"
@@ -19,13 +20,16 @@ import (
 //
 //   - Append returns once its records are on disk; concurrent Appends may
 //     share one sync. AppendAsync queues records and returns at once; they
-//     reach the disk before any Ack, SetAttempts or DeadLetter made after
-//     it returns. Ids are increasing, never reused.
-//   - Ack, SetAttempts and DeadLetter need not wait for the disk: one lost
-//     in a crash only means a record is replayed again (or with its
-//     previous attempt count). DeadLetter acks the record in the same write.
+//     reach the disk before any Ack, SetHandlerAttempts or DeadLetter made
+//     after it returns. Ids are increasing, never reused.
+//   - Ack, SetHandlerAttempts and DeadLetter need not wait for the disk:
+//     one lost in a crash only means a record is replayed again (or with a
+//     handler's previous attempt count). DeadLetter acks the record in the
+//     same write. SetHandlerAttempts keeps the other handlers' counts.
 //   - Replay calls fn for every record neither acked nor dead-lettered, in
-//     append order.
+//     append order, with the counts in Record.HandlerAttempts (a record
+//     with none but a Record.Attempts, from an older release, has that
+//     count charged to the first handler that fails).
 //   - DeadLetters lists the dead letters. If a DeadLetter shows in it only
 //     once written, the store also has a Sync() error method that waits
 //     for the writes queued before it: Redrive calls it first.
@@ -33,7 +37,7 @@ type Journal interface {
 	Append(recs ...journal.Record) (first uint64, err error)
 	AppendAsync(recs ...journal.Record) (first uint64, err error)
 	Ack(ids ...uint64) error
-	SetAttempts(id uint64, n int) error
+	SetHandlerAttempts(id uint64, handler string, n int) error
 	DeadLetter(d journal.DeadLetter) error
 	Replay(fn func(journal.Record) error) error
 	DeadLetters() ([]journal.DeadLetter, error)
@@ -52,7 +56,7 @@ type Journal interface {
 // subscriber have finished with it; a dead-lettered one moves to j's
 // dead-letter list (see Bus.Redrive). Start queues every event not acked,
 // each key's in its original order, ahead of any later add; its attempts
-// count from where they were, and CallInfo.EventID is DurableEventID of its
+// count, per handler and per subscriber, from where they were, and CallInfo.EventID is DurableEventID of its
 // record id (RecordID maps back), the same in every process life and unique
 // among the process's EventIDs (delivery is at-least-once: handlers can
 // dedupe on it). A Close that reaches its deadline leaves unfinished
@@ -107,10 +111,18 @@ func (b *Bus) checkDurable(final bool) error {
 }
 
 // durableEvent is what the bus keeps of a journaled event while it runs:
-// its record, and the dead letter to persist if it is given up.
+// its record, the attempts earlier process lives used, and the dead letter
+// to persist if it is given up.
 type durableEvent struct {
 	id   uint64
 	dead *journal.DeadLetter
+	// prior counts, by handler (or subscriber) name, the attempts earlier
+	// lives used: MaxAttempts counts one handler's attempts over all lives.
+	// Read only.
+	prior map[string]int
+	// legacy is the single count of a record written by an older release
+	// (no per-handler counts), charged to the first handler that fails.
+	legacy atomic.Int64
 }
 
 // addDurable adds ev of a durable type: it reserves room in every engine
@@ -137,15 +149,20 @@ func (b *Bus) addDurable(p *pool, ch *chain, it engine.Item[Event], parent engin
 			appendErr = fmt.Errorf("eventbus: journal append: %w", err)
 			return nil, appendErr
 		}
-		return b.durableTracker(id, 0), nil
+		return b.durableTracker(id, nil, 0), nil
 	})
 	return res, appendErr
 }
 
-// durableTracker returns the tracker of journal record id: it acks the
-// record when the event has finished, or moves it to the dead-letter list.
-func (b *Bus) durableTracker(id uint64, prior int) *engine.Tracker {
-	d := &durableEvent{id: id}
+// durableTracker returns the tracker of journal record id, whose handlers
+// used prior attempts in earlier lives (legacy: an older release's single
+// count): it acks the record when the event has finished, or moves it to
+// the dead-letter list.
+func (b *Bus) durableTracker(id uint64, prior map[string]int, legacy int) *engine.Tracker {
+	d := &durableEvent{id: id, prior: prior}
+	if prior == nil {
+		d.legacy.Store(int64(legacy))
+	}
 	t := engine.NewTracker(1, func(o engine.Outcome) {
 		var err error
 		switch o {
@@ -164,7 +181,7 @@ func (b *Bus) durableTracker(id uint64, prior int) *engine.Tracker {
 			b.log.Error("eventbus: journal", "record", d.id, "outcome", o, "err", err)
 		}
 	})
-	t.ID, t.Prior, t.Info = DurableEventID(id), prior, d
+	t.ID, t.Info = DurableEventID(id), d
 	return t
 }
 
@@ -251,7 +268,7 @@ func (b *Bus) replay() error {
 		if ch == nil || (len(ch.handlers) == 0 && len(ch.subs) == 0) {
 			return give(fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t)))
 		}
-		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.Attempts)}
+		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.HandlerAttempts, rec.Attempts)}
 		if b.observer != nil {
 			it.Added = p.eng.Since()
 		}
