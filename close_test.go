@@ -281,7 +281,8 @@ func TestCloseWithExpiredContextStillCloses(t *testing.T) {
 // TestCloseErrorLeftCountsOnlyUnfinished: CloseError.Left is "how many
 // accepted events had not finished". Events the worker had already handled
 // earlier in the same batch as the blocked one are finished and must not
-// count.
+// count. Every key is picked on the gate's shard (the hash seed is random
+// per bus), so the worker takes them as one batch, in add order.
 func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	sink := &sinkRecorder{}
 	bus := newBus(t, eventbus.WithDeadLetter(sink),
@@ -293,13 +294,23 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	t.Cleanup(unstick)
 	started := make(chan string, 2)
 	var handled atomic.Int64
+	// Four fast keys and the stuck one, all on the gate's shard.
+	_, gateShard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, "gate"))
+	var same []string
+	for i := 0; len(same) < 5; i++ {
+		uid := fmt.Sprintf("key-%d", i)
+		if _, shard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, uid)); shard == gateShard {
+			same = append(same, uid)
+		}
+	}
+	fast, stuckUID := same[:4], same[4]
 	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		switch uid := ev.Conn.UID(); uid {
 		case "gate":
 			started <- uid
 			<-gate
-		case "stuck":
-			started <- uid
+		case stuckUID:
+			started <- "stuck"
 			<-stuck
 		}
 		handled.Add(1)
@@ -309,10 +320,10 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "gate")))
 	require.Equal(t, "gate", recvWithin(t, started, 5*time.Second, "the gate handler"))
 	// Queued behind the gate, these are taken by the worker together.
-	for i := range 4 {
-		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("fast-%d", i))))
+	for _, uid := range fast {
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, uid)))
 	}
-	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "stuck")))
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, stuckUID)))
 	openGate()
 	require.Equal(t, "stuck", recvWithin(t, started, 5*time.Second, "the stuck handler"))
 	require.EqualValues(t, 5, handled.Load(), "gate and the four fast events are done")
