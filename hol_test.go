@@ -43,15 +43,15 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	slowStarted := make(chan struct{}, slowKeys)
 	var slowBusy atomic.Int64
 	var (
-		mu        sync.Mutex
-		late      = map[string]bool{} // keys handled after a slow handler returned
-		latency   = map[string]time.Duration{}
-		slowTook  []time.Duration
-		timedOut  atomic.Bool
-		freeLeft  atomic.Int64 // keys not sharing a slow shard, not yet handled
-		freeDone  = make(chan struct{})
-		sharing   = map[string]bool{} // written before the others are added
-		addedAt   = make([]time.Time, others)
+		mu          sync.Mutex
+		late        = map[string]bool{} // keys handled after a slow handler returned
+		latency     = map[string]time.Duration{}
+		slowTook    []time.Duration
+		timedOut    atomic.Bool
+		freeLeft    atomic.Int64 // keys not sharing a slow shard, not yet handled
+		freeDone    = make(chan struct{})
+		sharing     = map[string]bool{} // written before the others are added
+		addedAt     = make([]time.Time, others)
 		releaseOnce sync.Once
 	)
 	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
