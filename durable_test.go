@@ -584,6 +584,7 @@ func TestDurableOlderRecordChargesItsCountOnce(t *testing.T) {
 	id, err := j.Append(journal.Record{Type: uint8(eventbus.EventChannelStore), Key: 1, Payload: data})
 	require.NoError(t, err)
 	require.NoError(t, j.SetAttempts(id, 2)) // what an older release wrote
+	require.NoError(t, j.Sync())             // applied before Start replays it
 	attempts := make(chan string, 10)
 	for _, name := range []string{"a", "b"} {
 		mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
