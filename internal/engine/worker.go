@@ -50,6 +50,7 @@ type worker[E any] struct {
 	last     int64
 
 	goid atomic.Int64
+	gate Gate // see Gate; written only by this worker, read by Close
 	_    [64]byte
 	pub  published
 }
