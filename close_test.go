@@ -834,6 +834,9 @@ func TestCloseDeadlineGivesUpLastAttempt(t *testing.T) {
 			dls := sink.all()
 			require.Len(t, dls, 1)
 			assert.ErrorIs(t, dls[0].Err, eventbus.ErrClosed, "the %s attempt was cut short by Close, not failed", tc.which)
+			assert.ErrorIs(t, dls[0].Err, context.Canceled, "the handler's own error is kept")
+			assert.Equal(t, "eventbus: bus closed: context canceled", dls[0].Err.Error(),
+				"one line, so that the dead letter's log record stays on one line")
 			assert.Equal(t, "h", dls[0].Handler)
 		})
 	}

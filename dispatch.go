@@ -3,6 +3,7 @@ package eventbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"runtime/debug"
@@ -242,7 +243,9 @@ func closedErr(last error) error {
 	if last == nil {
 		return ErrClosed
 	}
-	return errors.Join(ErrClosed, last)
+	// One line, "eventbus: bus closed: <last>", so that a log record of
+	// the dead letter stays on one line; errors.Is finds both.
+	return fmt.Errorf("%w: %w", ErrClosed, last)
 }
 
 // DeadLetter hands original event i of u to the sink.
