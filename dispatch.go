@@ -72,7 +72,7 @@ func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry, g *engine.G
 	c.eventID, c.typ = u.ID, u.Event.Type()
 	c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
 	if p.cfg.HandlerTimeout > 0 {
-		return p.callWithTimeout(c, h, u.Event, g)
+		return p.callWithTimeout(c, h, u, g)
 	}
 	return invoke(c, c, h, u.Event, g), false
 }
@@ -91,7 +91,11 @@ func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engin
 	return h.call(ctx, ev)
 }
 
-func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (error, bool) {
+// callWithTimeout runs one attempt under HandlerTimeout. An attempt that
+// fails after its timeout fired is a timed-out failure; one that overran
+// its timeout and still returned nil is handled, and counted in Timeouts
+// (overran) so that Stats shows it.
+func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, u *engine.Unit[Event], g *engine.Gate) (error, bool) {
 	d := p.cfg.HandlerTimeout
 	ctx, cancel := context.WithTimeout(c, d)
 	defer cancel()
@@ -106,8 +110,12 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event, g *engine.
 	if f := p.bus.beforeCall; f != nil {
 		f()
 	}
-	err := invoke(ctx, c, h, ev, g)
-	return err, err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
+	err := invoke(ctx, c, h, u.Event, g)
+	expired := errors.Is(ctx.Err(), context.DeadlineExceeded)
+	if err == nil && expired {
+		p.overran.Add(uint64(len(u.Items)))
+	}
+	return err, err != nil && expired
 }
 
 // failed turns a handler's error into a verdict: stop, retry or give up.

@@ -26,6 +26,9 @@ type pool struct {
 	sub *subscriber
 
 	rejected atomic.Uint64
+	// overran counts attempts that ran past HandlerTimeout and then
+	// returned nil: handled, yet counted in Timeouts.
+	overran atomic.Uint64
 }
 
 func newPool(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error), batching bool) *pool {

@@ -23,7 +23,9 @@ type PoolStats struct {
 	Queued, InFlight, Retrying, Overflow int64
 	// Added events were accepted. Each ends Handled, Stopped or
 	// DeadLettered. Failed counts failed attempts, Retried the retries they
-	// caused; Panics and Timeouts are failed attempts of those kinds. All
+	// caused; Panics are failed attempts that panicked. Timeouts counts
+	// attempts that ran past HandlerTimeout: failed ones, and ones that
+	// returned nil after it (counted Handled too, not Failed). All
 	// count original events: a failing batch of n events counts n.
 	// Rejected counts adds refused by the WithAdmit function.
 	Added, Handled, Stopped, Failed, Retried, DeadLettered, Panics, Timeouts, Rejected uint64
@@ -70,7 +72,7 @@ func (p *pool) stats() PoolStats {
 		Queued:  s.Queued, InFlight: s.InFlight, Retrying: s.Retrying, Overflow: s.Overflow,
 		Added: s.Added, Handled: s.Handled, Stopped: s.Stopped, Failed: s.Failed,
 		Retried: s.Retried, DeadLettered: s.DeadLettered, Panics: s.Panics,
-		Timeouts: s.Timeouts, Rejected: p.rejected.Load(), Abandoned: s.Abandoned,
+		Timeouts: s.Timeouts + p.overran.Load(), Rejected: p.rejected.Load(), Abandoned: s.Abandoned,
 		Latency: LatencyStats{P50: s.P50, P99: s.P99, Max: s.Max},
 	}
 }

@@ -185,3 +185,27 @@ func TestCloseNotHeldByHandlerIgnoringContext(t *testing.T) {
 	assert.Len(t, sink.all(), 1)
 	atRest(t, "user", s)
 }
+
+// TestHandlerOverrunningTimeoutThenSucceedingCountsTimeout: a handler that
+// ignores its context, runs past HandlerTimeout and then returns nil is
+// handled (no retry, no failure), and the overrun shows in Stats.Timeouts.
+func TestHandlerOverrunningTimeoutThenSucceedingCountsTimeout(t *testing.T) {
+	const timeout = 5 * time.Millisecond
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{HandlerTimeout: timeout}))
+	var calls int
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		calls++
+		<-ctx.Done() // past its timeout, then a success all the same
+		return nil
+	}, eventbus.WithName("overrun"))
+	mustStart(t, b)
+	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+	idleWithin(t, b, 5*time.Second)
+
+	s := b.Stats().User
+	assert.Equal(t, 1, calls, "a success after the timeout is not retried")
+	assert.EqualValues(t, 1, s.Handled)
+	assert.EqualValues(t, 0, s.Failed)
+	assert.EqualValues(t, 1, s.Timeouts, "the overrun is counted")
+	atRest(t, "user", s)
+}
