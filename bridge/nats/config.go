@@ -50,6 +50,15 @@ type Config struct {
 	// WithPublishAsyncMaxPending (4 000 by default). Default 2048.
 	Window int
 
+	// PublishTimeout bounds how long an AddEvent of a bridged type waits
+	// for room in the window and for its store ack, in all, while the
+	// connection is slow or reconnecting; the error then wraps
+	// ErrPublishTimeout (and nats.ErrDisconnected while reconnecting), and
+	// the event may or may not be stored. A closed connection, or the
+	// bridge or the bus closing, ends the wait at once instead (see
+	// Bridge.Close). Default 5s.
+	PublishTimeout time.Duration
+
 	// MaxAckPending is the most events of one partition delivered to the
 	// owning node and not yet acked (JetStream's MaxAckPending of the
 	// partition's consumer). Default 1024.
@@ -70,12 +79,13 @@ type Config struct {
 
 // Defaults of the optional Config fields.
 const (
-	DefaultPartitions    = 16
-	DefaultAckWait       = 30 * time.Second
-	DefaultMaxDeliver    = 5
-	DefaultWindow        = 2048
-	DefaultMaxAckPending = 1024
-	DefaultLeaseTTL      = 3 * time.Second
+	DefaultPartitions     = 16
+	DefaultAckWait        = 30 * time.Second
+	DefaultMaxDeliver     = 5
+	DefaultWindow         = 2048
+	DefaultMaxAckPending  = 1024
+	DefaultLeaseTTL       = 3 * time.Second
+	DefaultPublishTimeout = 5 * time.Second
 )
 
 // Errors of the bridge. Compare with errors.Is.
@@ -85,10 +95,15 @@ var (
 	// ErrMaxDeliver: the dead letter of an event delivered more than
 	// Config.MaxDeliver times.
 	ErrMaxDeliver = errors.New("natsbridge: delivered too many times")
-	// ErrClosed: Start after Close, or the bridge was already closed.
+	// ErrClosed: Start after Close; or an add from outside a handler
+	// while the bridge or the bus is closing (such an error wraps
+	// eventbus.ErrClosed too).
 	ErrClosed = errors.New("natsbridge: closed")
 	// ErrStarted: Start called twice.
 	ErrStarted = errors.New("natsbridge: already started")
+	// ErrPublishTimeout: an AddEvent of a bridged type had no room or no
+	// store ack within Config.PublishTimeout; the event may be stored.
+	ErrPublishTimeout = errors.New("natsbridge: publish timed out")
 	// ErrPartitions: the stream was made with another partition count.
 	ErrPartitions = errors.New("natsbridge: partition count differs from the stream's")
 )
@@ -146,6 +161,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}{
 		{"AckWait", &cfg.AckWait, DefaultAckWait, 10 * time.Millisecond},
 		{"LeaseTTL", &cfg.LeaseTTL, DefaultLeaseTTL, 300 * time.Millisecond},
+		{"PublishTimeout", &cfg.PublishTimeout, DefaultPublishTimeout, 10 * time.Millisecond},
 	} {
 		switch {
 		case *f.v < 0:

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -48,6 +49,8 @@ type coordinator struct {
 	cancel context.CancelFunc
 	kick   chan struct{}
 	period time.Duration
+	// connStatus receives the connection's CLOSED status.
+	connStatus chan nats.Status
 
 	closing atomic.Bool
 	left    int // events unfinished at an aborted Close; set by run before it returns
@@ -70,6 +73,15 @@ func newCoordinator(ctx context.Context, br *Bridge) (*coordinator, error) {
 	c := &coordinator{br: br, kv: kv, kick: make(chan struct{}, 1),
 		period: br.cfg.LeaseTTL / 3, owned: map[int]*partition{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// Hear of the connection closing for good; a close before this is
+	// seen by run's first check (the channel has a pending value then).
+	nc := br.js.Conn()
+	c.connStatus = nc.StatusChanged(nats.CLOSED)
+	if nc.IsClosed() {
+		nc.RemoveStatusListener(c.connStatus)
+		c.cancel()
+		return nil, fmt.Errorf("natsbridge: start: %w", nats.ErrConnectionClosed)
+	}
 	return c, nil
 }
 
@@ -146,11 +158,25 @@ func (br *Bridge) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) 
 func (c *coordinator) run() {
 	t := time.NewTicker(c.period)
 	defer t.Stop()
+	nc := c.br.js.Conn()
+	defer nc.RemoveStatusListener(c.connStatus)
+	busClosing := c.br.bus.Closing()
 	for {
 		select {
 		case <-c.ctx.Done():
 			c.shutdown()
 			return
+		case <-c.connStatus:
+			if nc.IsClosed() {
+				c.br.log.Warn("natsbridge: connection closed: stopped consuming; unacked events go to the next owner")
+				c.cancel()
+				c.shutdown()
+				return
+			}
+			continue
+		case <-busClosing:
+			busClosing = nil // as Close: drain, hand back, leave
+			c.beginClose()
 		case <-t.C:
 		case <-c.kick:
 		}
