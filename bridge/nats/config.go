@@ -39,9 +39,11 @@ type Config struct {
 	AckWait time.Duration
 
 	// MaxDeliver: an event delivered more than MaxDeliver times without
-	// finishing goes to the local dead-letter sink (with ErrMaxDeliver)
-	// and is not delivered again. Default 5. See the README for when
-	// delivery counts restart.
+	// finishing (each delivery outlived AckWait), or whose deliveries
+	// never finished MaxDeliver times because the node running it died
+	// (counted across takeovers, at least two deaths), goes to the local
+	// dead-letter sink (with ErrMaxDeliver) and is not delivered again.
+	// Default 5. See the README's MaxDeliver section.
 	MaxDeliver int
 
 	// Window is the most publishes in flight (sent, store ack not yet

@@ -49,6 +49,21 @@ type partition struct {
 	// an inbox a cut connection abandoned) and would come back after later
 	// ones.
 	lastDelivery uint64
+
+	// Careful redelivery after a takeover (fetcher goroutine only, set by
+	// prepare): events up to stream sequence carefulTo (0: none) may have
+	// been running when the last owner stopped. They are handed to the
+	// bus one at a time, each after writing "<seq> <count>" under runKey
+	// in the runs bucket, so that if this node dies too, the next owner
+	// knows which event was running and how many deliveries of it never
+	// finished (runSeq, runCount: what the last owner wrote). See careful.
+	carefulTo        uint64
+	runKey           string
+	runSeq, runCount uint64
+	runWritten       bool
+	waitSeq          uint64        // guarded by mu: the careful event being waited for
+	waitDone         chan struct{} // guarded by mu: closed when waitSeq finishes
+	carefulWaited    time.Duration // time spent waiting for careful events in this fetch
 }
 
 func newPartition(c *coordinator, id int, key string, rev uint64) *partition {
@@ -125,7 +140,12 @@ func (p *partition) fetch() {
 			}
 		}
 		started := time.Now()
-		b, err := p.cons.Fetch(batch, jetstream.FetchMaxWait(wait))
+		p.carefulWaited = 0
+		n := batch
+		if p.carefulTo > 0 {
+			n = min(n, 16) // handled one at a time: fetch little ahead
+		}
+		b, err := p.cons.Fetch(n, jetstream.FetchMaxWait(wait))
 		if err != nil {
 			br.stats.fetchErrors.Add(1)
 			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
@@ -155,7 +175,7 @@ func (p *partition) fetch() {
 		// (slow server, cut connection), messages may have been sent to
 		// the abandoned inbox: they stay pending until AckWait and would
 		// come back after later ones. Rewind before fetching again.
-		if err != nil || time.Since(started) >= wait+900*time.Millisecond {
+		if err != nil || time.Since(started)-p.carefulWaited >= wait+900*time.Millisecond {
 			if time.Now().After(p.validUntilTime()) {
 				p.halted = true // the lease may be another node's by now
 				p.dirty.Store(true)
@@ -254,9 +274,28 @@ func (p *partition) handle(m jetstream.Msg) {
 		p.deadLetter(m, nil, derr, 0)
 		return
 	}
+	careful := false
+	if p.carefulTo > 0 {
+		if seq <= p.carefulTo {
+			var stop bool
+			if careful, stop = p.careful(m, ev, seq); stop {
+				return
+			}
+		} else {
+			p.endCareful()
+		}
+	}
 	p.mu.Lock()
 	p.inflight[seq] = struct{}{}
+	var done chan struct{}
+	if careful {
+		done = make(chan struct{})
+		p.waitSeq, p.waitDone = seq, done
+	}
 	p.mu.Unlock()
+	if careful {
+		defer func() { p.awaitCareful(seq, done) }() // at once if never delivered
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		err := br.bus.Deliver(context.WithValue(p.ctx, seqKey{}, seq), ev, func(o eventbus.Outcome) { p.finish(seq, m, o) })
@@ -264,6 +303,7 @@ func (p *partition) handle(m jetstream.Msg) {
 			br.stats.delivered.Add(1)
 			return
 		}
+		p.unwait(seq)
 		p.forget(seq)
 		switch {
 		case errors.Is(err, eventbus.ErrClosed) || p.ctx.Err() != nil:
@@ -287,6 +327,10 @@ func (p *partition) handle(m jetstream.Msg) {
 		}
 		p.mu.Lock()
 		p.inflight[seq] = struct{}{}
+		if careful {
+			done = make(chan struct{})
+			p.waitSeq, p.waitDone = seq, done
+		}
 		p.mu.Unlock()
 	}
 }
@@ -348,6 +392,91 @@ func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
 	if p.forget(seq) {
 		p.c.poke()
 	}
+	p.unwait(seq)
+}
+
+// careful prepares the careful delivery of event seq (see the fields):
+// it counts this delivery in the runs bucket before the event reaches
+// the bus, or dead-letters the event when MaxDeliver deliveries of it
+// never finished. A delivery that was under way when the last owner
+// stopped, without a count of its own, counts as one: the first death
+// cannot tell the running event from those queued behind it, so an event
+// is dead-lettered only after at least one counted death. stop: the
+// event was dead-lettered, or the count could not be written (the
+// fetcher stops, the partition is handed back dirty).
+func (p *partition) careful(m jetstream.Msg, ev eventbus.Event, seq uint64) (careful, stop bool) {
+	br := p.c.br
+	unfinished := uint64(1)
+	if p.runSeq == seq {
+		unfinished = max(p.runCount, 1)
+		if unfinished >= uint64(br.cfg.MaxDeliver) {
+			p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries never finished (the node handling it stopped each time; MaxDeliver %d)",
+				ErrMaxDeliver, unfinished, br.cfg.MaxDeliver), int(unfinished))
+			return false, true
+		}
+	}
+	ctx, cancel := p.c.opCtx(p.ctx)
+	defer cancel()
+	if _, err := p.c.runs.Put(ctx, p.runKey, []byte(strconv.FormatUint(seq, 10)+" "+strconv.FormatUint(unfinished+1, 10))); err != nil {
+		br.log.Warn("natsbridge: counting a redelivery failed; handing the partition back", "partition", p.id, "seq", seq, "err", err)
+		p.halted = true
+		p.dirty.Store(true)
+		return false, true
+	}
+	p.runWritten = true
+	return true, false
+}
+
+// unwait stops waiting for seq (its delivery failed: it never finishes).
+func (p *partition) unwait(seq uint64) {
+	p.mu.Lock()
+	if p.waitSeq == seq && p.waitDone != nil {
+		close(p.waitDone)
+		p.waitSeq, p.waitDone = 0, nil
+	}
+	p.mu.Unlock()
+}
+
+// awaitCareful waits until careful event seq has finished (or the
+// partition stops), so that the next one starts only then.
+func (p *partition) awaitCareful(seq uint64, done chan struct{}) {
+	start := time.Now()
+	defer func() { p.carefulWaited += time.Since(start) }()
+	select {
+	case <-done:
+	case <-p.ctx.Done():
+	}
+	p.mu.Lock()
+	if p.waitSeq == seq {
+		p.waitSeq, p.waitDone = 0, nil
+	}
+	p.mu.Unlock()
+}
+
+// endCareful leaves careful redelivery: the events that follow were not
+// under way at the last owner; the count written last is removed.
+func (p *partition) endCareful() {
+	p.carefulTo = 0
+	if !p.runWritten {
+		return
+	}
+	p.runWritten = false
+	ctx, cancel := p.c.opCtx(p.ctx)
+	defer cancel()
+	if err := p.c.runs.Delete(ctx, p.runKey); err != nil {
+		p.c.br.log.Warn("natsbridge: removing a redelivery count failed", "partition", p.id, "err", err)
+	}
+}
+
+// parseRun reads "<seq> <count>".
+func parseRun(v []byte) (seq, n uint64, ok bool) {
+	a, b, found := strings.Cut(string(v), " ")
+	if !found {
+		return 0, 0, false
+	}
+	seq, err1 := strconv.ParseUint(a, 10, 64)
+	n, err2 := strconv.ParseUint(b, 10, 64)
+	return seq, n, err1 == nil && err2 == nil
 }
 
 // forget removes seq from the in-flight set; true when the set became

@@ -45,6 +45,10 @@ const (
 type coordinator struct {
 	br     *Bridge
 	kv     jetstream.KeyValue
+	// runs holds, per partition taken over with unfinished events, the
+	// event being redelivered and its count of unfinished deliveries
+	// (see partition.careful). Set once: fetchers read it.
+	runs jetstream.KeyValue
 	ctx    context.Context
 	cancel context.CancelFunc
 	kick   chan struct{}
@@ -70,7 +74,11 @@ func newCoordinator(ctx context.Context, br *Bridge) (*coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &coordinator{br: br, kv: kv, kick: make(chan struct{}, 1),
+	runs, err := br.ensureRunsBucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &coordinator{br: br, kv: kv, runs: runs, kick: make(chan struct{}, 1),
 		period: br.cfg.LeaseTTL / 3, owned: map[int]*partition{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Hear of the connection closing for good; a close before this is
@@ -149,6 +157,26 @@ func (br *Bridge) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("natsbridge: lease bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// ensureRunsBucket opens or creates the bucket of unfinished-delivery
+// counts. Unlike the leases, its keys do not expire: a count must outlive
+// the node that wrote it and the lease TTL of the takeover after it.
+func (br *Bridge) ensureRunsBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	bucket := br.cfg.Stream + "_bridge_unfinished"
+	kv, err := br.js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = br.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1,
+			Storage:     jetstream.FileStorage,
+			Description: "eventbus bridge: deliveries that never finished, per partition taken over"})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = br.js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("natsbridge: bucket %s: %w", bucket, err)
 	}
 	return kv, nil
 }
@@ -456,6 +484,18 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 	}
 	if info.NumAckPending == 0 {
 		return nil
+	}
+	// The events above the ack floor up to the last delivered one may have
+	// been running when the last owner stopped: redeliver them one at a
+	// time, counting each delivery first (see careful).
+	p.carefulTo = info.Delivered.Stream
+	p.runKey = "c." + strconv.Itoa(p.id)
+	if e, err := c.runs.Get(ctx, p.runKey); err == nil {
+		if seq, n, ok := parseRun(e.Value()); ok && seq > info.AckFloor.Stream && seq <= info.Delivered.Stream {
+			p.runSeq, p.runCount = seq, n
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("unfinished-delivery count of partition %d: %w", p.id, err)
 	}
 	if _, err := js.ResetConsumer(ctx, cfg.Stream, p.name); err != nil {
 		return fmt.Errorf("consumer %s: rewind to ack floor: %w", p.name, err)
