@@ -43,12 +43,12 @@ const (
 // coordinator owns the leases and the fetchers of one bridge. Its run
 // goroutine is the only one that takes, renews and releases leases.
 type coordinator struct {
-	br     *Bridge
-	kv     jetstream.KeyValue
+	br *Bridge
+	kv jetstream.KeyValue
 	// runs holds, per partition taken over with unfinished events, the
 	// event being redelivered and its count of unfinished deliveries
 	// (see partition.careful). Set once: fetchers read it.
-	runs jetstream.KeyValue
+	runs   jetstream.KeyValue
 	ctx    context.Context
 	cancel context.CancelFunc
 	kick   chan struct{}
