@@ -26,6 +26,10 @@ type Bridge struct {
 	log  *slog.Logger
 	node string
 
+	// ackAll: the stream has limits retention, so new partition consumers
+	// ack cumulatively (see acks.go). Set by Start before any fetcher.
+	ackAll bool
+
 	bridged  [256]bool
 	subjects [256][]string // per bridged type, per partition
 	window   chan struct{}

@@ -26,6 +26,21 @@ type Config struct {
 	// (eventbus.WithCodec).
 	Types []eventbus.EventType
 
+	// Retention is how the stream keeps events, when Start creates it (an
+	// existing stream keeps its own). WorkQueue (the default): an ack
+	// deletes the event. Limits: acked events stay until MaxAge or
+	// MaxBytes, and a full stream refuses publishes (an AddEvent then
+	// fails with the server's error) instead of dropping events; about
+	// twice the throughput on a file store, as an ack no longer writes a
+	// deletion. Under Limits an event not consumed within MaxAge is
+	// dropped by the server: choose MaxAge far above any backlog.
+	Retention Retention
+
+	// MaxAge and MaxBytes bound a Limits stream (ignored for WorkQueue).
+	// Defaults 24h and 1 GiB.
+	MaxAge   time.Duration
+	MaxBytes int64
+
 	// Partitions is the number of partitions (and durable consumers) the
 	// stream is split into; an event's partition is its StableKey modulo
 	// Partitions, so events of one key stay in one partition, in order.
@@ -79,6 +94,17 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Retention is how the stream keeps events (Config.Retention).
+type Retention int
+
+const (
+	// WorkQueue: an acked event is deleted from the stream.
+	WorkQueue Retention = iota
+	// Limits: events stay until Config.MaxAge or Config.MaxBytes; a full
+	// stream refuses publishes.
+	Limits
+)
+
 // Defaults of the optional Config fields.
 const (
 	DefaultPartitions     = 16
@@ -88,6 +114,8 @@ const (
 	DefaultMaxAckPending  = 1024
 	DefaultLeaseTTL       = 3 * time.Second
 	DefaultPublishTimeout = 5 * time.Second
+	DefaultMaxAge         = 24 * time.Hour
+	DefaultMaxBytes       = 1 << 30
 )
 
 // Errors of the bridge. Compare with errors.Is.
@@ -173,6 +201,20 @@ func (cfg Config) withDefaults() (Config, error) {
 		case *f.v < f.min:
 			return bad(f.name, fmt.Sprintf("at least %v", f.min), *f.v)
 		}
+	}
+	switch {
+	case cfg.Retention != WorkQueue && cfg.Retention != Limits:
+		return bad("Retention", "want WorkQueue or Limits", cfg.Retention)
+	case cfg.MaxAge < 0:
+		return bad("MaxAge", "must not be negative", cfg.MaxAge)
+	case cfg.MaxBytes < 0:
+		return bad("MaxBytes", "must not be negative", cfg.MaxBytes)
+	}
+	if cfg.MaxAge == 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -42,6 +42,12 @@ type partition struct {
 	mu       sync.Mutex
 	inflight map[uint64]struct{} // stream sequences in the bus
 
+	// ackAll: the consumer acks cumulatively (see acks.go); acks is then
+	// its queue (guarded by mu), and ackMu is held while an ack is sent.
+	ackAll bool
+	acks   ackQueue
+	ackMu  sync.Mutex
+
 	// lastDelivery is the consumer sequence of the last message fetched
 	// (0: none since the fetcher started or rewound); fetcher goroutine
 	// only. Every delivery, redeliveries included, takes the next consumer
@@ -213,6 +219,7 @@ func (p *partition) rewind() error {
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
 	br := p.c.br
+	p.flushAcks() // what finished is not delivered again
 	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
 		return err
 	}
@@ -287,6 +294,9 @@ func (p *partition) handle(m jetstream.Msg) {
 	}
 	p.mu.Lock()
 	p.inflight[seq] = struct{}{}
+	if p.ackAll {
+		p.acks.add(seq, m, false)
+	}
 	var done chan struct{}
 	if careful {
 		done = make(chan struct{})
@@ -365,6 +375,14 @@ func (p *partition) deadLetter(m jetstream.Msg, ev eventbus.Event, err error, at
 	br.stats.deadLettered.Add(1)
 	br.log.Error("natsbridge: event dead-lettered", "partition", p.id, "subject", m.Subject(), "err", err)
 	br.bus.DeadLetter(&eventbus.DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: "natsbridge", Time: time.Now()})
+	if p.ackAll {
+		// A cumulative ack covers it (a Term would ack everything before
+		// it too, finished or not).
+		if meta, merr := m.Metadata(); merr == nil {
+			p.settle(meta.Sequence.Stream, m)
+		}
+		return
+	}
 	if terr := m.Term(); terr != nil {
 		br.stats.ackError.Add(1)
 		br.log.Warn("natsbridge: term failed", "partition", p.id, "err", terr)
@@ -377,11 +395,19 @@ func (p *partition) deadLetter(m jetstream.Msg, ev eventbus.Event, err error, at
 func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
 	br := p.c.br
 	var err error
-	if o == eventbus.OutcomeAbandoned {
+	switch {
+	case p.ackAll && o == eventbus.OutcomeAbandoned:
+		// Never acked: the prefix stops here; the next owner rewinds.
+		p.dirty.Store(true)
+		br.stats.naked.Add(1)
+	case p.ackAll:
+		p.settle(seq, nil)
+		br.stats.acked.Add(1)
+	case o == eventbus.OutcomeAbandoned:
 		p.dirty.Store(true)
 		err = m.Nak()
 		br.stats.naked.Add(1)
-	} else {
+	default:
 		err = m.Ack()
 		br.stats.acked.Add(1)
 	}

@@ -107,6 +107,10 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Metadata:    map[string]string{"eventbus.partitions": parts},
 	}
+	if br.cfg.Retention == Limits {
+		want.Retention, want.MaxAge, want.MaxBytes, want.Discard =
+			jetstream.LimitsPolicy, br.cfg.MaxAge, br.cfg.MaxBytes, jetstream.DiscardNew
+	}
 	for attempt := 0; ; attempt++ {
 		s, err := br.js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -117,6 +121,7 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("natsbridge: create stream %s: %w", name, err)
 			}
+			br.ackAll = want.Retention == jetstream.LimitsPolicy
 			br.log.Info("natsbridge: stream created", "subjects", subject, "partitions", br.cfg.Partitions)
 			return nil
 		}
@@ -124,6 +129,8 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 			return fmt.Errorf("natsbridge: stream %s: %w", name, err)
 		}
 		cfg := s.CachedInfo().Config
+		// A work-queue stream requires an ack per message.
+		br.ackAll = cfg.Retention == jetstream.LimitsPolicy
 		if got, ok := cfg.Metadata["eventbus.partitions"]; ok && got != parts {
 			return fmt.Errorf("%w: stream %s has %s partitions, Config.Partitions is %s", ErrPartitions, name, got, parts)
 		}
@@ -298,14 +305,24 @@ func (c *coordinator) tick(ctx context.Context) bool {
 			c.release(ctx, p)
 		}
 	}
-	// Take what is ours and free.
+	// Take what is ours and free, all at once: a takeover of a dead
+	// node's share costs a few round trips per partition, which on a
+	// loaded machine add up to seconds one after another.
+	var free []int
 	for p := range c.br.cfg.Partitions {
 		if want[p] && c.owned[p] == nil {
+			free = append(free, p)
+		}
+	}
+	var taking sync.WaitGroup
+	for _, p := range free {
+		taking.Go(func() {
 			if err := c.acquire(ctx, p); err != nil {
 				c.br.log.Warn("natsbridge: taking partition failed", "partition", p, "err", err)
 			}
-		}
+		})
 	}
+	taking.Wait()
 	if closing && len(c.owned) == 0 {
 		octx, cancel := c.opCtx(ctx)
 		defer cancel()
@@ -374,29 +391,36 @@ func (c *coordinator) liveNodes(ctx context.Context) ([]string, error) {
 // may have expired is given up (the fetcher stops, the partition is
 // dropped without release).
 func (c *coordinator) renew(ctx context.Context) {
-	for _, id := range slices.Sorted(maps.Keys(c.owned)) {
-		p := c.owned[id]
-		start := time.Now()
-		octx, cancel := c.opCtx(ctx)
-		rev, err := c.kv.Update(octx, p.key, []byte("o:"+c.br.node), p.rev)
-		cancel()
-		if err == nil {
-			p.rev = rev
-			p.extend(start.Add(c.br.cfg.LeaseTTL * 5 / 6))
-			continue
-		}
-		lost := errors.Is(err, jetstream.ErrKeyExists) || time.Now().After(p.validUntilTime())
-		if !lost {
-			c.br.log.Warn("natsbridge: renewing lease failed, will retry", "partition", id, "err", err)
-			continue
-		}
-		c.br.stats.lost.Add(1)
-		c.br.log.Error("natsbridge: partition lease lost: stopped consuming it; its unacked events go to the next owner",
-			"partition", id, "err", err)
-		p.cancel()
-		<-p.done
-		c.drop(id)
+	// All at once: one after another, a slow server would let the last
+	// leases expire while the first are renewed.
+	var renewing sync.WaitGroup
+	for _, p := range slices.Collect(maps.Values(c.owned)) {
+		renewing.Go(func() { c.renewOne(ctx, p) })
 	}
+	renewing.Wait()
+}
+
+func (c *coordinator) renewOne(ctx context.Context, p *partition) {
+	start := time.Now()
+	octx, cancel := c.opCtx(ctx)
+	rev, err := c.kv.Update(octx, p.key, []byte("o:"+c.br.node), p.rev)
+	cancel()
+	if err == nil {
+		p.rev = rev
+		p.extend(start.Add(c.br.cfg.LeaseTTL * 5 / 6))
+		return
+	}
+	lost := errors.Is(err, jetstream.ErrKeyExists) || time.Now().After(p.validUntilTime())
+	if !lost {
+		c.br.log.Warn("natsbridge: renewing lease failed, will retry", "partition", p.id, "err", err)
+		return
+	}
+	c.br.stats.lost.Add(1)
+	c.br.log.Error("natsbridge: partition lease lost: stopped consuming it; its unacked events go to the next owner",
+		"partition", p.id, "err", err)
+	p.cancel()
+	<-p.done
+	c.drop(p.id)
 }
 
 // acquire takes partition id if its lease is free, dirty or expired.
@@ -459,6 +483,9 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		MaxAckPending: cfg.MaxAckPending,
 		MaxWaiting:    64,
 	}
+	if c.br.ackAll {
+		want.AckPolicy = jetstream.AckAllPolicy // see acks.go
+	}
 	js := c.br.js
 	cons, err := js.Consumer(ctx, cfg.Stream, p.name)
 	switch {
@@ -466,6 +493,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		cons, err = js.CreateConsumer(ctx, cfg.Stream, want)
 	case err == nil:
 		got := cons.CachedInfo().Config
+		want.AckPolicy = got.AckPolicy // cannot change; an older consumer acks each event
 		if got.AckWait != want.AckWait || got.MaxAckPending != want.MaxAckPending ||
 			got.FilterSubject != want.FilterSubject || got.MaxDeliver != want.MaxDeliver {
 			cons, err = js.UpdateConsumer(ctx, cfg.Stream, want)
@@ -475,6 +503,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
 	p.cons = cons
+	p.ackAll = cons.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy
 	if !dirty {
 		return nil
 	}
@@ -516,6 +545,7 @@ func (c *coordinator) release(ctx context.Context, p *partition) {
 	defer cancel()
 	// Acks are fire-and-forget: make sure the server has them before the
 	// next owner looks at the consumer.
+	p.flushAcks()
 	if err := c.br.js.Conn().FlushWithContext(octx); err != nil {
 		value = leaseDirty
 	}
