@@ -165,12 +165,13 @@ func (p *partition) fetch() {
 			if gap {
 				continue // left unacked: the rewind below brings them back in order
 			}
-			if p.missedDelivery(m) {
+			meta, merr := m.Metadata() // parsed once per message
+			if merr == nil && p.missedDelivery(meta) {
 				gap = true
 				br.log.Warn("natsbridge: a delivery never arrived; rewinding before going on", "partition", p.id)
 				continue
 			}
-			p.handle(m)
+			p.handle(m, meta, merr)
 		}
 		err = b.Error()
 		if gap && err == nil {
@@ -244,14 +245,14 @@ func (p *partition) pause(backoff *time.Duration) bool {
 	}
 }
 
-// handle hands one fetched message to the bus, or dead-letters it.
-func (p *partition) handle(m jetstream.Msg) {
+// handle hands one fetched message (meta: its metadata, or err) to the
+// bus, or dead-letters it.
+func (p *partition) handle(m jetstream.Msg, meta *jetstream.MsgMetadata, err error) {
 	br := p.c.br
 	if p.halted || p.ctx.Err() != nil {
 		p.dirty.Store(true) // left unacked: the next owner gets it
 		return
 	}
-	meta, err := m.Metadata()
 	if err != nil {
 		br.log.Error("natsbridge: message without JetStream metadata, terminated", "partition", p.id, "err", err)
 		_ = m.Term()
@@ -538,13 +539,10 @@ func Sequence(ctx context.Context) (uint64, bool) {
 // errMissedDelivery ends a fetch whose deliveries have a gap.
 var errMissedDelivery = errors.New("natsbridge: a delivery of the fetch never arrived")
 
-// missedDelivery reports whether m comes after a delivery this node never
-// received (its consumer sequence skips one), and records it otherwise.
-func (p *partition) missedDelivery(m jetstream.Msg) bool {
-	meta, err := m.Metadata()
-	if err != nil {
-		return false // handle terminates it
-	}
+// missedDelivery reports whether the message of meta comes after a
+// delivery this node never received (its consumer sequence skips one),
+// and records it otherwise.
+func (p *partition) missedDelivery(meta *jetstream.MsgMetadata) bool {
 	c := meta.Sequence.Consumer
 	if p.lastDelivery != 0 && c != p.lastDelivery+1 {
 		return true
