@@ -183,7 +183,8 @@ func (br *Bridge) Start(ctx context.Context) error {
 // error wrapping ctx's error that says how many events were unfinished:
 // they are not acked, and their partitions are taken over after LeaseTTL
 // and redelivered from the oldest unacked event (a bus Close that gives
-// them up reports them abandoned, and the bridge naks them).
+// them up reports them abandoned, and the bridge naks them, or on a Limits
+// stream leaves them unacked: never acks them).
 //
 // From the moment Close begins, adds of bridged types from outside a
 // handler fail with an error wrapping eventbus.ErrClosed and ErrClosed
