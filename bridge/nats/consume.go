@@ -69,6 +69,7 @@ type partition struct {
 	runWritten       bool
 	waitSeq          uint64        // guarded by mu: the careful event being waited for
 	waitDone         chan struct{} // guarded by mu: closed when waitSeq finishes
+	waitAbandoned    bool          // guarded by mu: waitSeq was given up at a bus Close deadline
 	carefulWaited    time.Duration // time spent waiting for careful events in this fetch
 }
 
@@ -419,6 +420,11 @@ func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
 	if p.forget(seq) {
 		p.c.poke()
 	}
+	p.mu.Lock()
+	if p.waitSeq == seq && p.waitDone != nil {
+		p.waitAbandoned = o == eventbus.OutcomeAbandoned
+	}
+	p.mu.Unlock()
 	p.unwait(seq)
 }
 
@@ -466,18 +472,38 @@ func (p *partition) unwait(seq uint64) {
 
 // awaitCareful waits until careful event seq has finished (or the
 // partition stops), so that the next one starts only then.
+//
+// Once the event has finished, its count is removed: its ack is
+// fire-and-forget and may be lost if this node dies now, and a count
+// left behind would charge an event that finished with a death it did
+// not cause (the next owner would see it unacked and counted). Without
+// the count it is redelivered as any event that was under way. An event
+// given up at a Close deadline keeps its count: it never finished.
 func (p *partition) awaitCareful(seq uint64, done chan struct{}) {
 	start := time.Now()
 	defer func() { p.carefulWaited += time.Since(start) }()
+	finished := false
 	select {
 	case <-done:
+		finished = true
 	case <-p.ctx.Done():
 	}
 	p.mu.Lock()
 	if p.waitSeq == seq {
 		p.waitSeq, p.waitDone = 0, nil
 	}
+	abandoned := p.waitAbandoned
+	p.waitAbandoned = false
 	p.mu.Unlock()
+	if finished && !abandoned && p.runWritten {
+		ctx, cancel := p.c.opCtx(p.ctx)
+		defer cancel()
+		if err := p.c.runs.Delete(ctx, p.runKey); err != nil {
+			p.c.br.log.Warn("natsbridge: removing a redelivery count failed", "partition", p.id, "err", err)
+			return
+		}
+		p.runWritten = false
+	}
 }
 
 // endCareful leaves careful redelivery: the events that follow were not
