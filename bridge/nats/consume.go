@@ -286,8 +286,18 @@ func (p *partition) handle(m jetstream.Msg, meta *jetstream.MsgMetadata, err err
 	careful := false
 	if p.carefulTo > 0 {
 		if seq <= p.carefulTo {
+			// One careful event at a time on the whole node: if it
+			// dies, only the event that was running carries a count.
+			select {
+			case p.c.carefulSlot <- struct{}{}:
+			case <-p.ctx.Done():
+				p.halted = true
+				p.dirty.Store(true)
+				return
+			}
 			var stop bool
 			if careful, stop = p.careful(m, ev, seq); stop {
+				<-p.c.carefulSlot
 				return
 			}
 		} else {
@@ -495,6 +505,7 @@ func (p *partition) awaitCareful(seq uint64, done chan struct{}) {
 	abandoned := p.waitAbandoned
 	p.waitAbandoned = false
 	p.mu.Unlock()
+	defer func() { <-p.c.carefulSlot }()
 	if finished && !abandoned && p.runWritten {
 		ctx, cancel := p.c.opCtx(p.ctx)
 		defer cancel()

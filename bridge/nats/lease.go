@@ -48,11 +48,14 @@ type coordinator struct {
 	// runs holds, per partition taken over with unfinished events, the
 	// event being redelivered and its count of unfinished deliveries
 	// (see partition.careful). Set once: fetchers read it.
-	runs   jetstream.KeyValue
-	ctx    context.Context
-	cancel context.CancelFunc
-	kick   chan struct{}
-	period time.Duration
+	runs jetstream.KeyValue
+	// carefulSlot is held while a careful redelivery runs (see
+	// partition.careful): one at a time on the node.
+	carefulSlot chan struct{}
+	ctx         context.Context
+	cancel      context.CancelFunc
+	kick        chan struct{}
+	period      time.Duration
 	// connStatus receives the connection's CLOSED status.
 	connStatus chan nats.Status
 
@@ -78,7 +81,7 @@ func newCoordinator(ctx context.Context, br *Bridge) (*coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &coordinator{br: br, kv: kv, runs: runs, kick: make(chan struct{}, 1),
+	c := &coordinator{br: br, kv: kv, runs: runs, kick: make(chan struct{}, 1), carefulSlot: make(chan struct{}, 1),
 		period: br.cfg.LeaseTTL / 3, owned: map[int]*partition{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	// Hear of the connection closing for good; a close before this is
