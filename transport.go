@@ -75,6 +75,19 @@ func (b *Bus) beforeStartLocked(what string) error {
 	return nil
 }
 
+// Closing returns a channel that is closed when Close begins, from which
+// moment the bus refuses outside adds. A transport waits on it so that an
+// outside add it is holding (waiting for room or for an acknowledgement)
+// returns ErrClosed at once, as the bus's own waiting adds do, and so
+// that its goroutines stop with the bus. It costs nothing; a Bus not
+// built by New returns nil (a channel that never closes).
+func (b *Bus) Closing() <-chan struct{} {
+	if !b.made() {
+		return nil
+	}
+	return b.life.ClosingCh()
+}
+
 // OutcomeAbandoned reports, to a Deliver callback only, an event the bus
 // gave up at a Close deadline: it was neither handled nor dead-lettered,
 // so its transport should redeliver it.

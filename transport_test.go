@@ -261,3 +261,35 @@ func TestDeliverAbandonsLastAttemptCutByClose(t *testing.T) {
 	assert.Equal(t, eventbus.OutcomeAbandoned, recvWithin(t, got, 5*time.Second, "the outcome"))
 	assert.Empty(t, sink.all(), "an abandoned event is not dead-lettered")
 }
+
+// TestClosingSignalsCloseBegan: Closing's channel is open while the bus
+// runs and closed as soon as Close begins (here a Close that waits for a
+// held handler), so a transport can end the outside adds it holds; a Bus
+// not built by New returns a nil channel.
+func TestClosingSignalsCloseBegan(t *testing.T) {
+	b := newBus(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		close(entered)
+		<-release
+		return nil
+	})
+	require.NoError(t, b.Start())
+	require.NoError(t, b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{id: 1, uid: "u1"}}))
+	<-entered
+	select {
+	case <-b.Closing():
+		t.Fatal("Closing closed before Close")
+	default:
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close(context.Background()) }()
+	select {
+	case <-b.Closing():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Closing still open while Close waits for a handler")
+	}
+	close(release)
+	require.NoError(t, <-closed)
+	assert.Nil(t, (&eventbus.Bus{}).Closing())
+}

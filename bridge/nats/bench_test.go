@@ -2,6 +2,7 @@ package natsbridge_test
 
 import (
 	"context"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/imbus/eventbus"
+	natsbridge "github.com/imbus/eventbus/bridge/nats"
 )
 
 // latencies collects add→handled durations (the add time rides in the
@@ -24,17 +26,21 @@ type latencies struct {
 
 func (l *latencies) handler(bus *eventbus.Bus) {
 	_, err := eventbus.Register(bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
-		d := time.Duration(time.Now().UnixNano() - ev.Messages[0].Timestamp)
-		l.mu.Lock()
-		l.d = append(l.d, d)
-		l.mu.Unlock()
-		if l.n.Add(1) == l.want {
-			close(l.done)
-		}
+		l.add(time.Duration(time.Now().UnixNano() - ev.Messages[0].Timestamp))
 		return nil
 	})
 	if err != nil {
 		panic(err)
+	}
+}
+
+// add records one event's latency; the want-th closes done.
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+	if l.n.Add(1) == l.want {
+		close(l.done)
 	}
 }
 
@@ -97,18 +103,31 @@ func boolInt(v bool) int {
 // 1 000 keys, 64 producer goroutines. ns/op is the cost of one event at
 // full speed; the "paced" variants add at a fixed rate to read latency
 // below saturation. BenchmarkInProcess is the same workload on one bus.
+//
+// The "-limits" variants use Config.Retention Limits (cumulative acks).
+// NATSBRIDGE_PACE=<events/s> adds paced-env and paced-env-limits (to read
+// p99 at half of a measured maximum).
 func BenchmarkBridge(b *testing.B) {
-	for _, bc := range []struct {
-		name string
-		rate int
-	}{{"max", 0}, {"paced-20k", 20000}, {"paced-50k", 50000}} {
+	type bench struct {
+		name      string
+		rate      int
+		retention natsbridge.Retention
+	}
+	benches := []bench{{"max", 0, natsbridge.WorkQueue}, {"max-limits", 0, natsbridge.Limits},
+		{"paced-20k", 20000, natsbridge.WorkQueue}, {"paced-20k-limits", 20000, natsbridge.Limits}}
+	if r, err := strconv.Atoi(os.Getenv("NATSBRIDGE_PACE")); err == nil && r > 0 {
+		benches = append(benches, bench{"paced-env", r, natsbridge.WorkQueue}, bench{"paced-env-limits", r, natsbridge.Limits})
+	}
+	for _, bc := range benches {
 		b.Run(bc.name, func(b *testing.B) {
 			ts := startServer(b)
 			l := &latencies{want: int64(b.N), done: make(chan struct{})}
 			var buses []*eventbus.Bus
 			var nodes []*node
+			cfg := bridged()
+			cfg.Retention = bc.retention
 			for _, name := range []string{"a", "b", "c"} {
-				n := startNode(b, ts, name, bridged(), l.handler)
+				n := startNode(b, ts, name, cfg, l.handler)
 				nodes = append(nodes, n)
 				buses = append(buses, n.bus)
 			}

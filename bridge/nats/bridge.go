@@ -26,9 +26,15 @@ type Bridge struct {
 	log  *slog.Logger
 	node string
 
+	// ackAll: the stream has limits retention, so new partition consumers
+	// ack cumulatively (see acks.go). Set by Start before any fetcher.
+	ackAll bool
+
 	bridged  [256]bool
 	subjects [256][]string // per bridged type, per partition
 	window   chan struct{}
+	// closingCh is closed when Close begins: outside adds fail from then on.
+	closingCh chan struct{}
 
 	mu      sync.Mutex
 	state   int // stateNew, stateStarted, stateClosed
@@ -89,7 +95,7 @@ func New(bus *eventbus.Bus, js jetstream.JetStream, cfg Config) (*Bridge, error)
 		return nil, err
 	}
 	br := &Bridge{bus: bus, js: js, cfg: cfg, log: cfg.Logger, node: cfg.Node,
-		window: make(chan struct{}, cfg.Window)}
+		window: make(chan struct{}, cfg.Window), closingCh: make(chan struct{})}
 	if br.node == "" {
 		var b [6]byte
 		_, _ = rand.Read(b[:])
@@ -177,13 +183,26 @@ func (br *Bridge) Start(ctx context.Context) error {
 // error wrapping ctx's error that says how many events were unfinished:
 // they are not acked, and their partitions are taken over after LeaseTTL
 // and redelivered from the oldest unacked event (a bus Close that gives
-// them up reports them abandoned, and the bridge naks them).
+// them up reports them abandoned, and the bridge naks them, or on a Limits
+// stream leaves them unacked: never acks them).
 //
-// Adds of bridged types keep publishing after Close, as long as the
-// connection is open (handlers of events still in the bus may add
-// follow-on events). A second Close returns nil.
+// From the moment Close begins, adds of bridged types from outside a
+// handler fail with an error wrapping eventbus.ErrClosed and ErrClosed
+// (also those waiting for room or for their store ack), as the bus's own
+// do when it closes; follow-on adds of handlers still in the bus keep
+// publishing as long as the connection is open. A second Close returns
+// nil.
+//
+// The bridge also stops by itself, without Close: when its connection is
+// closed (fetchers stop at once; the events it was given are left to
+// the next owner) and when the bus begins closing (as Close, waiting for
+// the bus to finish or give up what it holds). Its goroutines never
+// outlive the closing of the connection, or of the bus and Close.
 func (br *Bridge) Close(ctx context.Context) error {
 	br.mu.Lock()
+	if br.state != stateClosed {
+		close(br.closingCh)
+	}
 	if br.state != stateStarted {
 		br.state = stateClosed
 		br.mu.Unlock()

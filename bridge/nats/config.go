@@ -26,6 +26,21 @@ type Config struct {
 	// (eventbus.WithCodec).
 	Types []eventbus.EventType
 
+	// Retention is how the stream keeps events, when Start creates it (an
+	// existing stream keeps its own). WorkQueue (the default): an ack
+	// deletes the event. Limits: acked events stay until MaxAge or
+	// MaxBytes, and a full stream refuses publishes (an AddEvent then
+	// fails with the server's error) instead of dropping events; about
+	// twice the throughput on a file store, as an ack no longer writes a
+	// deletion. Under Limits an event not consumed within MaxAge is
+	// dropped by the server: choose MaxAge far above any backlog.
+	Retention Retention
+
+	// MaxAge and MaxBytes bound a Limits stream (ignored for WorkQueue).
+	// Defaults 24h and 1 GiB.
+	MaxAge   time.Duration
+	MaxBytes int64
+
 	// Partitions is the number of partitions (and durable consumers) the
 	// stream is split into; an event's partition is its StableKey modulo
 	// Partitions, so events of one key stay in one partition, in order.
@@ -39,9 +54,11 @@ type Config struct {
 	AckWait time.Duration
 
 	// MaxDeliver: an event delivered more than MaxDeliver times without
-	// finishing goes to the local dead-letter sink (with ErrMaxDeliver)
-	// and is not delivered again. Default 5. See the README for when
-	// delivery counts restart.
+	// finishing (each delivery outlived AckWait), or whose deliveries
+	// never finished MaxDeliver times because the node running it died
+	// (counted across takeovers, at least two deaths), goes to the local
+	// dead-letter sink (with ErrMaxDeliver) and is not delivered again.
+	// Default 5. See the README's MaxDeliver section.
 	MaxDeliver int
 
 	// Window is the most publishes in flight (sent, store ack not yet
@@ -49,6 +66,15 @@ type Config struct {
 	// room, bounded by its ctx. Keep it at most the JetStream context's
 	// WithPublishAsyncMaxPending (4 000 by default). Default 2048.
 	Window int
+
+	// PublishTimeout bounds how long an AddEvent of a bridged type waits
+	// for room in the window and for its store ack, in all, while the
+	// connection is slow or reconnecting; the error then wraps
+	// ErrPublishTimeout (and nats.ErrDisconnected while reconnecting), and
+	// the event may or may not be stored. A closed connection, or the
+	// bridge or the bus closing, ends the wait at once instead (see
+	// Bridge.Close). Default 5s.
+	PublishTimeout time.Duration
 
 	// MaxAckPending is the most events of one partition delivered to the
 	// owning node and not yet acked (JetStream's MaxAckPending of the
@@ -68,14 +94,28 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Retention is how the stream keeps events (Config.Retention).
+type Retention int
+
+const (
+	// WorkQueue: an acked event is deleted from the stream.
+	WorkQueue Retention = iota
+	// Limits: events stay until Config.MaxAge or Config.MaxBytes; a full
+	// stream refuses publishes.
+	Limits
+)
+
 // Defaults of the optional Config fields.
 const (
-	DefaultPartitions    = 16
-	DefaultAckWait       = 30 * time.Second
-	DefaultMaxDeliver    = 5
-	DefaultWindow        = 2048
-	DefaultMaxAckPending = 1024
-	DefaultLeaseTTL      = 3 * time.Second
+	DefaultPartitions     = 16
+	DefaultAckWait        = 30 * time.Second
+	DefaultMaxDeliver     = 5
+	DefaultWindow         = 2048
+	DefaultMaxAckPending  = 1024
+	DefaultLeaseTTL       = 3 * time.Second
+	DefaultPublishTimeout = 5 * time.Second
+	DefaultMaxAge         = 24 * time.Hour
+	DefaultMaxBytes       = 1 << 30
 )
 
 // Errors of the bridge. Compare with errors.Is.
@@ -85,10 +125,15 @@ var (
 	// ErrMaxDeliver: the dead letter of an event delivered more than
 	// Config.MaxDeliver times.
 	ErrMaxDeliver = errors.New("natsbridge: delivered too many times")
-	// ErrClosed: Start after Close, or the bridge was already closed.
+	// ErrClosed: Start after Close; or an add from outside a handler
+	// while the bridge or the bus is closing (such an error wraps
+	// eventbus.ErrClosed too).
 	ErrClosed = errors.New("natsbridge: closed")
 	// ErrStarted: Start called twice.
 	ErrStarted = errors.New("natsbridge: already started")
+	// ErrPublishTimeout: an AddEvent of a bridged type had no room or no
+	// store ack within Config.PublishTimeout; the event may be stored.
+	ErrPublishTimeout = errors.New("natsbridge: publish timed out")
 	// ErrPartitions: the stream was made with another partition count.
 	ErrPartitions = errors.New("natsbridge: partition count differs from the stream's")
 )
@@ -146,6 +191,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	}{
 		{"AckWait", &cfg.AckWait, DefaultAckWait, 10 * time.Millisecond},
 		{"LeaseTTL", &cfg.LeaseTTL, DefaultLeaseTTL, 300 * time.Millisecond},
+		{"PublishTimeout", &cfg.PublishTimeout, DefaultPublishTimeout, 10 * time.Millisecond},
 	} {
 		switch {
 		case *f.v < 0:
@@ -155,6 +201,20 @@ func (cfg Config) withDefaults() (Config, error) {
 		case *f.v < f.min:
 			return bad(f.name, fmt.Sprintf("at least %v", f.min), *f.v)
 		}
+	}
+	switch {
+	case cfg.Retention != WorkQueue && cfg.Retention != Limits:
+		return bad("Retention", "want WorkQueue or Limits", cfg.Retention)
+	case cfg.MaxAge < 0:
+		return bad("MaxAge", "must not be negative", cfg.MaxAge)
+	case cfg.MaxBytes < 0:
+		return bad("MaxBytes", "must not be negative", cfg.MaxBytes)
+	}
+	if cfg.MaxAge == 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = DefaultMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -42,6 +42,12 @@ type partition struct {
 	mu       sync.Mutex
 	inflight map[uint64]struct{} // stream sequences in the bus
 
+	// ackAll: the consumer acks cumulatively (see acks.go); acks is then
+	// its queue (guarded by mu), and ackMu is held while an ack is sent.
+	ackAll bool
+	acks   ackQueue
+	ackMu  sync.Mutex
+
 	// lastDelivery is the consumer sequence of the last message fetched
 	// (0: none since the fetcher started or rewound); fetcher goroutine
 	// only. Every delivery, redeliveries included, takes the next consumer
@@ -49,6 +55,22 @@ type partition struct {
 	// an inbox a cut connection abandoned) and would come back after later
 	// ones.
 	lastDelivery uint64
+
+	// Careful redelivery after a takeover (fetcher goroutine only, set by
+	// prepare): events up to stream sequence carefulTo (0: none) may have
+	// been running when the last owner stopped. They are handed to the
+	// bus one at a time, each after writing "<seq> <count>" under runKey
+	// in the runs bucket, so that if this node dies too, the next owner
+	// knows which event was running and how many deliveries of it never
+	// finished (runSeq, runCount: what the last owner wrote). See careful.
+	carefulTo        uint64
+	runKey           string
+	runSeq, runCount uint64
+	runWritten       bool
+	waitSeq          uint64        // guarded by mu: the careful event being waited for
+	waitDone         chan struct{} // guarded by mu: closed when waitSeq finishes
+	waitAbandoned    bool          // guarded by mu: waitSeq was given up at a bus Close deadline
+	carefulWaited    time.Duration // time spent waiting for careful events in this fetch
 }
 
 func newPartition(c *coordinator, id int, key string, rev uint64) *partition {
@@ -125,7 +147,12 @@ func (p *partition) fetch() {
 			}
 		}
 		started := time.Now()
-		b, err := p.cons.Fetch(batch, jetstream.FetchMaxWait(wait))
+		p.carefulWaited = 0
+		n := batch
+		if p.carefulTo > 0 {
+			n = min(n, 16) // handled one at a time: fetch little ahead
+		}
+		b, err := p.cons.Fetch(n, jetstream.FetchMaxWait(wait))
 		if err != nil {
 			br.stats.fetchErrors.Add(1)
 			br.log.Warn("natsbridge: fetch failed", "partition", p.id, "err", err)
@@ -139,12 +166,13 @@ func (p *partition) fetch() {
 			if gap {
 				continue // left unacked: the rewind below brings them back in order
 			}
-			if p.missedDelivery(m) {
+			meta, merr := m.Metadata() // parsed once per message
+			if merr == nil && p.missedDelivery(meta) {
 				gap = true
 				br.log.Warn("natsbridge: a delivery never arrived; rewinding before going on", "partition", p.id)
 				continue
 			}
-			p.handle(m)
+			p.handle(m, meta, merr)
 		}
 		err = b.Error()
 		if gap && err == nil {
@@ -155,7 +183,7 @@ func (p *partition) fetch() {
 		// (slow server, cut connection), messages may have been sent to
 		// the abandoned inbox: they stay pending until AckWait and would
 		// come back after later ones. Rewind before fetching again.
-		if err != nil || time.Since(started) >= wait+900*time.Millisecond {
+		if err != nil || time.Since(started)-p.carefulWaited >= wait+900*time.Millisecond {
 			if time.Now().After(p.validUntilTime()) {
 				p.halted = true // the lease may be another node's by now
 				p.dirty.Store(true)
@@ -193,6 +221,7 @@ func (p *partition) rewind() error {
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
 	br := p.c.br
+	p.flushAcks() // what finished is not delivered again
 	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
 		return err
 	}
@@ -217,14 +246,14 @@ func (p *partition) pause(backoff *time.Duration) bool {
 	}
 }
 
-// handle hands one fetched message to the bus, or dead-letters it.
-func (p *partition) handle(m jetstream.Msg) {
+// handle hands one fetched message (meta: its metadata, or err) to the
+// bus, or dead-letters it.
+func (p *partition) handle(m jetstream.Msg, meta *jetstream.MsgMetadata, err error) {
 	br := p.c.br
 	if p.halted || p.ctx.Err() != nil {
 		p.dirty.Store(true) // left unacked: the next owner gets it
 		return
 	}
-	meta, err := m.Metadata()
 	if err != nil {
 		br.log.Error("natsbridge: message without JetStream metadata, terminated", "partition", p.id, "err", err)
 		_ = m.Term()
@@ -254,9 +283,41 @@ func (p *partition) handle(m jetstream.Msg) {
 		p.deadLetter(m, nil, derr, 0)
 		return
 	}
+	careful := false
+	if p.carefulTo > 0 {
+		if seq <= p.carefulTo {
+			// One careful event at a time on the whole node: if it
+			// dies, only the event that was running carries a count.
+			select {
+			case p.c.carefulSlot <- struct{}{}:
+			case <-p.ctx.Done():
+				p.halted = true
+				p.dirty.Store(true)
+				return
+			}
+			var stop bool
+			if careful, stop = p.careful(m, ev, seq); stop {
+				<-p.c.carefulSlot
+				return
+			}
+		} else {
+			p.endCareful()
+		}
+	}
 	p.mu.Lock()
 	p.inflight[seq] = struct{}{}
+	if p.ackAll {
+		p.acks.add(seq, m, false)
+	}
+	var done chan struct{}
+	if careful {
+		done = make(chan struct{})
+		p.waitSeq, p.waitDone = seq, done
+	}
 	p.mu.Unlock()
+	if careful {
+		defer func() { p.awaitCareful(seq, done) }() // at once if never delivered
+	}
 	backoff := 50 * time.Millisecond
 	for {
 		err := br.bus.Deliver(context.WithValue(p.ctx, seqKey{}, seq), ev, func(o eventbus.Outcome) { p.finish(seq, m, o) })
@@ -264,6 +325,7 @@ func (p *partition) handle(m jetstream.Msg) {
 			br.stats.delivered.Add(1)
 			return
 		}
+		p.unwait(seq)
 		p.forget(seq)
 		switch {
 		case errors.Is(err, eventbus.ErrClosed) || p.ctx.Err() != nil:
@@ -287,6 +349,10 @@ func (p *partition) handle(m jetstream.Msg) {
 		}
 		p.mu.Lock()
 		p.inflight[seq] = struct{}{}
+		if careful {
+			done = make(chan struct{})
+			p.waitSeq, p.waitDone = seq, done
+		}
 		p.mu.Unlock()
 	}
 }
@@ -321,6 +387,14 @@ func (p *partition) deadLetter(m jetstream.Msg, ev eventbus.Event, err error, at
 	br.stats.deadLettered.Add(1)
 	br.log.Error("natsbridge: event dead-lettered", "partition", p.id, "subject", m.Subject(), "err", err)
 	br.bus.DeadLetter(&eventbus.DeadLetter{Event: ev, Err: err, Attempts: attempts, Handler: "natsbridge", Time: time.Now()})
+	if p.ackAll {
+		// A cumulative ack covers it (a Term would ack everything before
+		// it too, finished or not).
+		if meta, merr := m.Metadata(); merr == nil {
+			p.settle(meta.Sequence.Stream, m)
+		}
+		return
+	}
 	if terr := m.Term(); terr != nil {
 		br.stats.ackError.Add(1)
 		br.log.Warn("natsbridge: term failed", "partition", p.id, "err", terr)
@@ -333,11 +407,19 @@ func (p *partition) deadLetter(m jetstream.Msg, ev eventbus.Event, err error, at
 func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
 	br := p.c.br
 	var err error
-	if o == eventbus.OutcomeAbandoned {
+	switch {
+	case p.ackAll && o == eventbus.OutcomeAbandoned:
+		// Never acked: the prefix stops here; the next owner rewinds.
+		p.dirty.Store(true)
+		br.stats.naked.Add(1)
+	case p.ackAll:
+		p.settle(seq, nil)
+		br.stats.acked.Add(1)
+	case o == eventbus.OutcomeAbandoned:
 		p.dirty.Store(true)
 		err = m.Nak()
 		br.stats.naked.Add(1)
-	} else {
+	default:
 		err = m.Ack()
 		br.stats.acked.Add(1)
 	}
@@ -348,6 +430,117 @@ func (p *partition) finish(seq uint64, m jetstream.Msg, o eventbus.Outcome) {
 	if p.forget(seq) {
 		p.c.poke()
 	}
+	p.mu.Lock()
+	if p.waitSeq == seq && p.waitDone != nil {
+		p.waitAbandoned = o == eventbus.OutcomeAbandoned
+	}
+	p.mu.Unlock()
+	p.unwait(seq)
+}
+
+// careful prepares the careful delivery of event seq (see the fields):
+// it counts this delivery in the runs bucket before the event reaches
+// the bus, or dead-letters the event when MaxDeliver deliveries of it
+// never finished. A delivery that was under way when the last owner
+// stopped, without a count of its own, counts as one: the first death
+// cannot tell the running event from those queued behind it, so an event
+// is dead-lettered only after at least one counted death. stop: the
+// event was dead-lettered, or the count could not be written (the
+// fetcher stops, the partition is handed back dirty).
+func (p *partition) careful(m jetstream.Msg, ev eventbus.Event, seq uint64) (careful, stop bool) {
+	br := p.c.br
+	unfinished := uint64(1)
+	if p.runSeq == seq {
+		unfinished = max(p.runCount, 1)
+		if unfinished >= uint64(br.cfg.MaxDeliver) {
+			p.deadLetter(m, ev, fmt.Errorf("%w: %d deliveries never finished (the node handling it stopped each time; MaxDeliver %d)",
+				ErrMaxDeliver, unfinished, br.cfg.MaxDeliver), int(unfinished))
+			return false, true
+		}
+	}
+	ctx, cancel := p.c.opCtx(p.ctx)
+	defer cancel()
+	if _, err := p.c.runs.Put(ctx, p.runKey, []byte(strconv.FormatUint(seq, 10)+" "+strconv.FormatUint(unfinished+1, 10))); err != nil {
+		br.log.Warn("natsbridge: counting a redelivery failed; handing the partition back", "partition", p.id, "seq", seq, "err", err)
+		p.halted = true
+		p.dirty.Store(true)
+		return false, true
+	}
+	p.runWritten = true
+	return true, false
+}
+
+// unwait stops waiting for seq (its delivery failed: it never finishes).
+func (p *partition) unwait(seq uint64) {
+	p.mu.Lock()
+	if p.waitSeq == seq && p.waitDone != nil {
+		close(p.waitDone)
+		p.waitSeq, p.waitDone = 0, nil
+	}
+	p.mu.Unlock()
+}
+
+// awaitCareful waits until careful event seq has finished (or the
+// partition stops), so that the next one starts only then.
+//
+// Once the event has finished, its count is removed: its ack is
+// fire-and-forget and may be lost if this node dies now, and a count
+// left behind would charge an event that finished with a death it did
+// not cause (the next owner would see it unacked and counted). Without
+// the count it is redelivered as any event that was under way. An event
+// given up at a Close deadline keeps its count: it never finished.
+func (p *partition) awaitCareful(seq uint64, done chan struct{}) {
+	start := time.Now()
+	defer func() { p.carefulWaited += time.Since(start) }()
+	finished := false
+	select {
+	case <-done:
+		finished = true
+	case <-p.ctx.Done():
+	}
+	p.mu.Lock()
+	if p.waitSeq == seq {
+		p.waitSeq, p.waitDone = 0, nil
+	}
+	abandoned := p.waitAbandoned
+	p.waitAbandoned = false
+	p.mu.Unlock()
+	defer func() { <-p.c.carefulSlot }()
+	if finished && !abandoned && p.runWritten {
+		ctx, cancel := p.c.opCtx(p.ctx)
+		defer cancel()
+		if err := p.c.runs.Delete(ctx, p.runKey); err != nil {
+			p.c.br.log.Warn("natsbridge: removing a redelivery count failed", "partition", p.id, "err", err)
+			return
+		}
+		p.runWritten = false
+	}
+}
+
+// endCareful leaves careful redelivery: the events that follow were not
+// under way at the last owner; the count written last is removed.
+func (p *partition) endCareful() {
+	p.carefulTo = 0
+	if !p.runWritten {
+		return
+	}
+	p.runWritten = false
+	ctx, cancel := p.c.opCtx(p.ctx)
+	defer cancel()
+	if err := p.c.runs.Delete(ctx, p.runKey); err != nil {
+		p.c.br.log.Warn("natsbridge: removing a redelivery count failed", "partition", p.id, "err", err)
+	}
+}
+
+// parseRun reads "<seq> <count>".
+func parseRun(v []byte) (seq, n uint64, ok bool) {
+	a, b, found := strings.Cut(string(v), " ")
+	if !found {
+		return 0, 0, false
+	}
+	seq, err1 := strconv.ParseUint(a, 10, 64)
+	n, err2 := strconv.ParseUint(b, 10, 64)
+	return seq, n, err1 == nil && err2 == nil
 }
 
 // forget removes seq from the in-flight set; true when the set became
@@ -383,13 +576,10 @@ func Sequence(ctx context.Context) (uint64, bool) {
 // errMissedDelivery ends a fetch whose deliveries have a gap.
 var errMissedDelivery = errors.New("natsbridge: a delivery of the fetch never arrived")
 
-// missedDelivery reports whether m comes after a delivery this node never
-// received (its consumer sequence skips one), and records it otherwise.
-func (p *partition) missedDelivery(m jetstream.Msg) bool {
-	meta, err := m.Metadata()
-	if err != nil {
-		return false // handle terminates it
-	}
+// missedDelivery reports whether the message of meta comes after a
+// delivery this node never received (its consumer sequence skips one),
+// and records it otherwise.
+func (p *partition) missedDelivery(meta *jetstream.MsgMetadata) bool {
 	c := meta.Sequence.Consumer
 	if p.lastDelivery != 0 && c != p.lastDelivery+1 {
 		return true

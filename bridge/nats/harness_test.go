@@ -332,7 +332,14 @@ func produceWith(ctx context.Context, nodes []*node, keys, from, to, producers i
 			for seq := from; seq <= to; seq++ {
 				for k := g; k < keys; k += producers {
 					for {
-						actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+						// Without retries an add must not fail: it is
+						// bounded by ctx and PublishTimeout only. With
+						// retries (cuts), a short wait brings a cut add
+						// back sooner.
+						actx, cancel := ctx, context.CancelFunc(func() {})
+						if retry {
+							actx, cancel = context.WithTimeout(ctx, 2*time.Second)
+						}
 						err := n.bus.AddEvent(actx, channelEvent(keyName(k), uint64(seq)))
 						cancel()
 						if err == nil {

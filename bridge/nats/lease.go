@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -42,12 +43,21 @@ const (
 // coordinator owns the leases and the fetchers of one bridge. Its run
 // goroutine is the only one that takes, renews and releases leases.
 type coordinator struct {
-	br     *Bridge
-	kv     jetstream.KeyValue
-	ctx    context.Context
-	cancel context.CancelFunc
-	kick   chan struct{}
-	period time.Duration
+	br *Bridge
+	kv jetstream.KeyValue
+	// runs holds, per partition taken over with unfinished events, the
+	// event being redelivered and its count of unfinished deliveries
+	// (see partition.careful). Set once: fetchers read it.
+	runs jetstream.KeyValue
+	// carefulSlot is held while a careful redelivery runs (see
+	// partition.careful): one at a time on the node.
+	carefulSlot chan struct{}
+	ctx         context.Context
+	cancel      context.CancelFunc
+	kick        chan struct{}
+	period      time.Duration
+	// connStatus receives the connection's CLOSED status.
+	connStatus chan nats.Status
 
 	closing atomic.Bool
 	left    int // events unfinished at an aborted Close; set by run before it returns
@@ -67,9 +77,22 @@ func newCoordinator(ctx context.Context, br *Bridge) (*coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &coordinator{br: br, kv: kv, kick: make(chan struct{}, 1),
+	runs, err := br.ensureRunsBucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &coordinator{br: br, kv: kv, runs: runs, kick: make(chan struct{}, 1), carefulSlot: make(chan struct{}, 1),
 		period: br.cfg.LeaseTTL / 3, owned: map[int]*partition{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	// Hear of the connection closing for good; a close before this is
+	// seen by run's first check (the channel has a pending value then).
+	nc := br.js.Conn()
+	c.connStatus = nc.StatusChanged(nats.CLOSED)
+	if nc.IsClosed() {
+		nc.RemoveStatusListener(c.connStatus)
+		c.cancel()
+		return nil, fmt.Errorf("natsbridge: start: %w", nats.ErrConnectionClosed)
+	}
 	return c, nil
 }
 
@@ -87,6 +110,10 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 		Storage:     jetstream.FileStorage,
 		Metadata:    map[string]string{"eventbus.partitions": parts},
 	}
+	if br.cfg.Retention == Limits {
+		want.Retention, want.MaxAge, want.MaxBytes, want.Discard =
+			jetstream.LimitsPolicy, br.cfg.MaxAge, br.cfg.MaxBytes, jetstream.DiscardNew
+	}
 	for attempt := 0; ; attempt++ {
 		s, err := br.js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -97,6 +124,7 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("natsbridge: create stream %s: %w", name, err)
 			}
+			br.ackAll = want.Retention == jetstream.LimitsPolicy
 			br.log.Info("natsbridge: stream created", "subjects", subject, "partitions", br.cfg.Partitions)
 			return nil
 		}
@@ -104,6 +132,8 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 			return fmt.Errorf("natsbridge: stream %s: %w", name, err)
 		}
 		cfg := s.CachedInfo().Config
+		// A work-queue stream requires an ack per message.
+		br.ackAll = cfg.Retention == jetstream.LimitsPolicy
 		if got, ok := cfg.Metadata["eventbus.partitions"]; ok && got != parts {
 			return fmt.Errorf("%w: stream %s has %s partitions, Config.Partitions is %s", ErrPartitions, name, got, parts)
 		}
@@ -141,16 +171,50 @@ func (br *Bridge) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) 
 	return kv, nil
 }
 
+// ensureRunsBucket opens or creates the bucket of unfinished-delivery
+// counts. Unlike the leases, its keys do not expire: a count must outlive
+// the node that wrote it and the lease TTL of the takeover after it.
+func (br *Bridge) ensureRunsBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	bucket := br.cfg.Stream + "_bridge_unfinished"
+	kv, err := br.js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = br.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1,
+			Storage:     jetstream.FileStorage,
+			Description: "eventbus bridge: deliveries that never finished, per partition taken over"})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = br.js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("natsbridge: bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
 // run is the coordinator's goroutine: it keeps leases alive, follows the
 // live nodes and settles hand-overs, until Close is done or aborted.
 func (c *coordinator) run() {
 	t := time.NewTicker(c.period)
 	defer t.Stop()
+	nc := c.br.js.Conn()
+	defer nc.RemoveStatusListener(c.connStatus)
+	busClosing := c.br.bus.Closing()
 	for {
 		select {
 		case <-c.ctx.Done():
 			c.shutdown()
 			return
+		case <-c.connStatus:
+			if nc.IsClosed() {
+				c.br.log.Warn("natsbridge: connection closed: stopped consuming; unacked events go to the next owner")
+				c.cancel()
+				c.shutdown()
+				return
+			}
+			continue
+		case <-busClosing:
+			busClosing = nil // as Close: drain, hand back, leave
+			c.beginClose()
 		case <-t.C:
 		case <-c.kick:
 		}
@@ -244,14 +308,24 @@ func (c *coordinator) tick(ctx context.Context) bool {
 			c.release(ctx, p)
 		}
 	}
-	// Take what is ours and free.
+	// Take what is ours and free, all at once: a takeover of a dead
+	// node's share costs a few round trips per partition, which on a
+	// loaded machine add up to seconds one after another.
+	var free []int
 	for p := range c.br.cfg.Partitions {
 		if want[p] && c.owned[p] == nil {
+			free = append(free, p)
+		}
+	}
+	var taking sync.WaitGroup
+	for _, p := range free {
+		taking.Go(func() {
 			if err := c.acquire(ctx, p); err != nil {
 				c.br.log.Warn("natsbridge: taking partition failed", "partition", p, "err", err)
 			}
-		}
+		})
 	}
+	taking.Wait()
 	if closing && len(c.owned) == 0 {
 		octx, cancel := c.opCtx(ctx)
 		defer cancel()
@@ -320,29 +394,36 @@ func (c *coordinator) liveNodes(ctx context.Context) ([]string, error) {
 // may have expired is given up (the fetcher stops, the partition is
 // dropped without release).
 func (c *coordinator) renew(ctx context.Context) {
-	for _, id := range slices.Sorted(maps.Keys(c.owned)) {
-		p := c.owned[id]
-		start := time.Now()
-		octx, cancel := c.opCtx(ctx)
-		rev, err := c.kv.Update(octx, p.key, []byte("o:"+c.br.node), p.rev)
-		cancel()
-		if err == nil {
-			p.rev = rev
-			p.extend(start.Add(c.br.cfg.LeaseTTL * 5 / 6))
-			continue
-		}
-		lost := errors.Is(err, jetstream.ErrKeyExists) || time.Now().After(p.validUntilTime())
-		if !lost {
-			c.br.log.Warn("natsbridge: renewing lease failed, will retry", "partition", id, "err", err)
-			continue
-		}
-		c.br.stats.lost.Add(1)
-		c.br.log.Error("natsbridge: partition lease lost: stopped consuming it; its unacked events go to the next owner",
-			"partition", id, "err", err)
-		p.cancel()
-		<-p.done
-		c.drop(id)
+	// All at once: one after another, a slow server would let the last
+	// leases expire while the first are renewed.
+	var renewing sync.WaitGroup
+	for _, p := range slices.Collect(maps.Values(c.owned)) {
+		renewing.Go(func() { c.renewOne(ctx, p) })
 	}
+	renewing.Wait()
+}
+
+func (c *coordinator) renewOne(ctx context.Context, p *partition) {
+	start := time.Now()
+	octx, cancel := c.opCtx(ctx)
+	rev, err := c.kv.Update(octx, p.key, []byte("o:"+c.br.node), p.rev)
+	cancel()
+	if err == nil {
+		p.rev = rev
+		p.extend(start.Add(c.br.cfg.LeaseTTL * 5 / 6))
+		return
+	}
+	lost := errors.Is(err, jetstream.ErrKeyExists) || time.Now().After(p.validUntilTime())
+	if !lost {
+		c.br.log.Warn("natsbridge: renewing lease failed, will retry", "partition", p.id, "err", err)
+		return
+	}
+	c.br.stats.lost.Add(1)
+	c.br.log.Error("natsbridge: partition lease lost: stopped consuming it; its unacked events go to the next owner",
+		"partition", p.id, "err", err)
+	p.cancel()
+	<-p.done
+	c.drop(p.id)
 }
 
 // acquire takes partition id if its lease is free, dirty or expired.
@@ -405,6 +486,9 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		MaxAckPending: cfg.MaxAckPending,
 		MaxWaiting:    64,
 	}
+	if c.br.ackAll {
+		want.AckPolicy = jetstream.AckAllPolicy // see acks.go
+	}
 	js := c.br.js
 	cons, err := js.Consumer(ctx, cfg.Stream, p.name)
 	switch {
@@ -412,6 +496,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		cons, err = js.CreateConsumer(ctx, cfg.Stream, want)
 	case err == nil:
 		got := cons.CachedInfo().Config
+		want.AckPolicy = got.AckPolicy // cannot change; an older consumer acks each event
 		if got.AckWait != want.AckWait || got.MaxAckPending != want.MaxAckPending ||
 			got.FilterSubject != want.FilterSubject || got.MaxDeliver != want.MaxDeliver {
 			cons, err = js.UpdateConsumer(ctx, cfg.Stream, want)
@@ -421,6 +506,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
 	p.cons = cons
+	p.ackAll = cons.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy
 	if !dirty {
 		return nil
 	}
@@ -430,6 +516,18 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 	}
 	if info.NumAckPending == 0 {
 		return nil
+	}
+	// The events above the ack floor up to the last delivered one may have
+	// been running when the last owner stopped: redeliver them one at a
+	// time, counting each delivery first (see careful).
+	p.carefulTo = info.Delivered.Stream
+	p.runKey = "c." + strconv.Itoa(p.id)
+	if e, err := c.runs.Get(ctx, p.runKey); err == nil {
+		if seq, n, ok := parseRun(e.Value()); ok && seq > info.AckFloor.Stream && seq <= info.Delivered.Stream {
+			p.runSeq, p.runCount = seq, n
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("unfinished-delivery count of partition %d: %w", p.id, err)
 	}
 	if _, err := js.ResetConsumer(ctx, cfg.Stream, p.name); err != nil {
 		return fmt.Errorf("consumer %s: rewind to ack floor: %w", p.name, err)
@@ -450,6 +548,7 @@ func (c *coordinator) release(ctx context.Context, p *partition) {
 	defer cancel()
 	// Acks are fire-and-forget: make sure the server has them before the
 	// next owner looks at the consumer.
+	p.flushAcks()
 	if err := c.br.js.Conn().FlushWithContext(octx); err != nil {
 		value = leaseDirty
 	}

@@ -202,14 +202,18 @@ func TestConfigErrors(t *testing.T) {
 	}
 	types := []eventbus.EventType{eventbus.EventChannelDistribute}
 	for name, cfg := range map[string]natsbridge.Config{
-		"Stream":     {Types: types},
-		"Stream ":    {Stream: "A.B", Types: types},
-		"Types":      {Stream: "S"},
-		"Partitions": {Stream: "S", Types: types, Partitions: -1},
-		"AckWait":    {Stream: "S", Types: types, AckWait: -time.Second},
-		"LeaseTTL":   {Stream: "S", Types: types, LeaseTTL: time.Millisecond},
-		"Window":     {Stream: "S", Types: types, Window: -3},
-		"Node":       {Stream: "S", Types: types, Node: "a b"},
+		"Stream":         {Types: types},
+		"Stream ":        {Stream: "A.B", Types: types},
+		"Types":          {Stream: "S"},
+		"Partitions":     {Stream: "S", Types: types, Partitions: -1},
+		"AckWait":        {Stream: "S", Types: types, AckWait: -time.Second},
+		"LeaseTTL":       {Stream: "S", Types: types, LeaseTTL: time.Millisecond},
+		"Window":         {Stream: "S", Types: types, Window: -3},
+		"Node":           {Stream: "S", Types: types, Node: "a b"},
+		"PublishTimeout": {Stream: "S", Types: types, PublishTimeout: time.Microsecond},
+		"Retention":      {Stream: "S", Types: types, Retention: 7},
+		"MaxAge":         {Stream: "S", Types: types, Retention: natsbridge.Limits, MaxAge: -time.Second},
+		"MaxBytes":       {Stream: "S", Types: types, Retention: natsbridge.Limits, MaxBytes: -1},
 	} {
 		_, err := natsbridge.New(newBus(), js, cfg)
 		require.ErrorIs(t, err, natsbridge.ErrConfig, name)

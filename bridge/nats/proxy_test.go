@@ -110,6 +110,13 @@ func (p *proxy) cut() {
 	}
 }
 
+// refuse cuts every proxied connection and accepts no new one: the
+// clients behind the proxy reconnect for ever and never get through.
+func (p *proxy) refuse() {
+	p.ln.Close()
+	p.cut()
+}
+
 func (p *proxy) close() {
 	p.ln.Close()
 	p.unpause()

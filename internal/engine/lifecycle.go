@@ -47,6 +47,9 @@ func (l *Lifecycle) AbortContext() context.Context { return l.abortCtx }
 // Closing reports whether outside adds are refused.
 func (l *Lifecycle) Closing() bool { return l.closing.Load() }
 
+// ClosingCh is closed when Closing becomes true.
+func (l *Lifecycle) ClosingCh() <-chan struct{} { return l.closingCh }
+
 // Aborted reports whether the bus gave up draining.
 func (l *Lifecycle) Aborted() bool { return l.aborted.Load() }
 
