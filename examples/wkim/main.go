@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var cfg server.Config
 	d := server.Defaults()
+	fs.StringVar(&cfg.Durable, "durable", "", "store every message in this `directory` before its SENDACK, with the offline queues,\nchannel sequences, login tokens and groups: a restart (even after kill -9) loses no acknowledged message")
 	fs.IntVar(&cfg.MaxConnections, "max-conns", d.MaxConnections, "open WebSocket connections at most")
 	fs.IntVar(&cfg.MaxOffline, "max-offline", d.MaxOffline, "messages kept per offline user (oldest dropped); memory: up to this × -max-packet per user")
 	fs.DurationVar(&cfg.OfflineTTL, "offline-ttl", d.OfflineTTL, "how long a message waits for an offline user")

@@ -45,9 +45,9 @@ func (s *Server) register() error {
 	reg(eventbus.Register(b, eventbus.EventRecvAck, s.recvAck, eventbus.WithName("recvack")))
 	reg(eventbus.Register(b, eventbus.EventConnClose, s.connClose, eventbus.WithName("close")))
 	// Channel pool.
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.store, eventbus.WithName("store")))
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.fanout, eventbus.WithName("fanout")))
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.sendack, eventbus.WithName("sendack")))
+	reg(eventbus.Register(b, s.msgType, s.store, eventbus.WithName("store")))
+	reg(eventbus.Register(b, s.msgType, s.fanout, eventbus.WithName("fanout")))
+	reg(eventbus.Register(b, s.msgType, s.sendack, eventbus.WithName("sendack")))
 	// Pusher pool.
 	reg(eventbus.Register(b, eventbus.EventPushOnline, s.deliver, eventbus.WithName("deliver")))
 	reg(eventbus.Register(b, eventbus.EventPushOffline, s.offlinePush, eventbus.WithName("offline-push")))
@@ -275,22 +275,42 @@ func contains(sorted []string, s string) bool {
 
 // forward gives the message its id and hands it to its channel: a
 // follow-on event, so it never waits and keeps this user's order.
+//
+// In durable mode the channel event is an EventChannelStore, durable, and
+// added from outside (context.Background()): the add returns only once
+// the message is on disk, and the SENDACK comes after it. This user's
+// next SEND waits meanwhile (one user's SENDs are handled in order
+// anyway); other users' run on the pool's other workers, and their
+// messages share the fsync. A message that could not be stored is
+// answered with a failed SENDACK.
 func (s *Server) forward(ctx context.Context, ev *eventbus.UserContext) error {
-	m := ev.Frame.(*sendFrame).msg
+	f := ev.Frame.(*sendFrame)
+	m := f.msg
 	m.MessageID = s.nextMsgID.Add(1)
-	return s.bus.AddEvent(ctx, &eventbus.ChannelContext{
-		EventType:   eventbus.EventChannelDistribute,
+	cc := &eventbus.ChannelContext{
+		EventType:   s.msgType,
 		ChannelID:   m.ChannelID,
 		ChannelType: m.ChannelType,
 		Messages:    []*eventbus.Message{m},
-	})
+	}
+	if s.dur == nil {
+		return s.bus.AddEvent(ctx, cc)
+	}
+	if err := s.bus.AddEvent(context.Background(), cc); err != nil {
+		c := ev.Conn.(*conn)
+		ack := &wkproto.SendackPacket{ClientSeq: f.packet.ClientSeq, ReasonCode: wkproto.ReasonUnknown}
+		c.send(ack)
+		s.answerDuplicates(c.se, m.ClientMsgNo, ack)
+		return stop("SEND clientSeq %d not stored: %v", f.packet.ClientSeq, err)
+	}
+	return nil
 }
 
 // ---- user pool: RECVACK and close ----
 
 func (s *Server) recvAck(_ context.Context, ev *eventbus.UserContext) error {
 	p := ev.Frame.(*wkproto.RecvackPacket)
-	if s.sessions.ack(ev.Conn.(*conn), p.MessageID) {
+	if s.sessions.ack(s, ev.Conn.(*conn), p.MessageID) {
 		s.acked.Add(1)
 	}
 	return nil
@@ -308,9 +328,16 @@ func (s *Server) connClose(_ context.Context, ev *eventbus.UserContext) error {
 
 // ---- channel pool ----
 
-// store gives each message the channel's next sequence and keeps it.
+// store gives each message the channel's next sequence and keeps it. In
+// durable mode it first reserves the sequence numbers on disk, so that
+// they are never handed out again after a crash.
 func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
 	ch := s.channels.get(ev.ChannelID, ev.ChannelType)
+	if s.dur != nil {
+		if err := s.dur.reserve(ch, ev.ChannelID, ev.ChannelType, ch.seq+uint64(len(ev.Messages))); err != nil {
+			return err // nothing changed yet: retried
+		}
+	}
 	for _, m := range ev.Messages {
 		ch.append(m, s.cfg.History)
 	}
@@ -318,24 +345,62 @@ func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
 }
 
 // fanout emits one push event per receiver: the group's members but the
-// sender, or the other user of a person channel.
+// sender, or the other user of a person channel. In durable mode it first
+// appends a delivery record per receiver and waits for the disk (see
+// persist).
 func (s *Server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error {
+	if s.dur != nil {
+		return s.fanoutDurable(ctx, ev)
+	}
 	for _, m := range ev.Messages {
-		var receivers []string
-		if m.ChannelType == wkproto.ChannelPerson {
-			receivers = []string{m.Header[HeaderTo]}
-		} else {
-			receivers, _ = s.groups.get(m.ChannelID)
-		}
-		for _, uid := range receivers {
+		for _, uid := range s.receivers(m) {
 			if uid == m.FromUID && m.ChannelType != wkproto.ChannelPerson {
 				continue
 			}
-			if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
-				EventType: eventbus.EventPushOnline, Message: m, Subscribers: []string{uid},
-			}); err != nil {
-				return eventbus.Permanent(err)
+			if err := s.push1(ctx, m, uid); err != nil {
+				return err
 			}
+		}
+	}
+	return nil
+}
+
+// receivers returns the members of m's group, or the receiver of a person
+// message.
+func (s *Server) receivers(m *eventbus.Message) []string {
+	if m.ChannelType == wkproto.ChannelPerson {
+		return []string{m.Header[HeaderTo]}
+	}
+	members, _ := s.groups.get(m.ChannelID)
+	return members
+}
+
+// push1 emits the push event of m to uid.
+func (s *Server) push1(ctx context.Context, m *eventbus.Message, uid string) error {
+	if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
+		EventType: eventbus.EventPushOnline, Message: m, Subscribers: []string{uid},
+	}); err != nil {
+		return eventbus.Permanent(err)
+	}
+	return nil
+}
+
+func (s *Server) fanoutDurable(ctx context.Context, ev *eventbus.ChannelContext) error {
+	var ds []delivery
+	for _, m := range ev.Messages {
+		for _, uid := range s.receivers(m) {
+			if uid != m.FromUID || m.ChannelType == wkproto.ChannelPerson {
+				ds = append(ds, delivery{m, uid})
+			}
+		}
+	}
+	ds, err := s.persist(ds)
+	if err != nil {
+		return err // nothing emitted yet: retried
+	}
+	for _, d := range ds {
+		if err := s.push1(ctx, d.m, d.uid); err != nil {
+			return err
 		}
 	}
 	return nil

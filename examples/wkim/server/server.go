@@ -164,6 +164,14 @@ type Config struct {
 	Now func() time.Time
 	// BusOptions are added to the bus's options (pool sizes, observer).
 	BusOptions []eventbus.Option
+	// Durable, if set, is a directory where every message is stored
+	// before its SENDACK (a durable EventChannelStore, see
+	// eventbus.WithJournal), with what each receiver has not acknowledged
+	// yet, each channel's sequence, and the login tokens and groups set
+	// through the API: a restart, even after a kill -9, delivers every
+	// message that got a successful SENDACK. Created if missing; one
+	// server at a time (it is locked). Empty: everything is in memory.
+	Durable string
 }
 
 // AnyToken is the development mode of Config.Authenticate: any non-empty
@@ -257,6 +265,9 @@ type Server struct {
 	sessions sessions
 	tokens   tokens
 
+	dur     *durable           // durable mode, or nil
+	msgType eventbus.EventType // the channel event of a message
+
 	sent, delivered, offline, acked, badFrames           atomic.Int64
 	offlineDropped, duplicates, slowClosed, refusedConns atomic.Int64
 }
@@ -267,29 +278,25 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < MinAdminToken {
 		return nil, fmt.Errorf("server: AdminToken is %d bytes, want at least %d", len(cfg.AdminToken), MinAdminToken)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, conns: map[int64]*conn{}}
-	s.base, s.cancel = context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, log: cfg.Logger, conns: map[int64]*conn{}, msgType: eventbus.EventChannelDistribute}
 	s.groups.m = map[string][]string{}
-	for id, members := range cfg.Groups {
-		if err := s.SetGroup(id, members); err != nil {
-			return nil, err
-		}
-	}
 	s.channels.m = map[string]*channel{}
 	s.sessions.m = map[string]*session{}
 	s.tokens.m = map[string][sha256.Size]byte{}
 	if s.cfg.Authenticate == nil {
 		s.cfg.Authenticate = s.tokens.check // per-user tokens
 	}
-	// Message ids start at the start time in ms times 1000, so they grow
-	// across restarts.
+	// Message and connection ids start at the start time in ms times
+	// 1000, so they grow across restarts: a message replayed after one
+	// keeps its id, and its SENDACK goes to no connection of the new life.
 	s.nextMsgID.Store(cfg.Now().UnixMilli() * 1000)
+	s.nextConnID.Store(cfg.Now().UnixMilli() * 1000)
 
 	seed := maphash.MakeSeed()
 	opts := []eventbus.Option{
 		eventbus.WithLogger(cfg.Logger),
-		// Channel events of one channel that queue up are stored as one batch.
-		eventbus.WithBatch(eventbus.EventChannelDistribute, 64),
+		// Channel events of one channel that queue up are stored as one
+		// batch (WithBatch below).
 		// Push events are keyed by receiver, not by channel: each receiver
 		// sees every channel in order, and receivers run in parallel.
 		eventbus.WithPusherPool(eventbus.PoolConfig{KeyFunc: func(ev eventbus.Event) uint64 {
@@ -300,17 +307,53 @@ func New(cfg Config) (*Server, error) {
 			return maphash.String(seed, p.Message.ChannelID)
 		}}),
 	}
+	if cfg.Durable != "" {
+		d, err := openDurable(cfg.Durable, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		s.dur, s.msgType = d, eventbus.EventChannelStore
+		opts = append(opts,
+			eventbus.WithJournal(d.bus, eventbus.EventChannelStore),
+			eventbus.WithBatch(eventbus.EventChannelStore, 64),
+			// Each worker of these pools waits for an fsync ("forward",
+			// "fanout"): many of them, so that one fsync carries many
+			// messages.
+			eventbus.WithUserPool(eventbus.PoolConfig{Workers: 256}),
+			eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 128}))
+	} else {
+		opts = append(opts, eventbus.WithBatch(eventbus.EventChannelDistribute, 64))
+	}
+	fail := func(err error) (*Server, error) {
+		if s.dur != nil {
+			err = errors.Join(err, s.dur.close())
+		}
+		return nil, err
+	}
 	bus, err := eventbus.New(append(opts, cfg.BusOptions...)...)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	s.bus = bus
+	if s.dur != nil {
+		// Before Start: the messages it replays are fanned out to the
+		// groups and against the offline queues loaded here.
+		if err := s.load(); err != nil {
+			return fail(err)
+		}
+	}
+	for id, members := range cfg.Groups {
+		if err := s.SetGroup(id, members); err != nil {
+			return fail(err)
+		}
+	}
 	if err := s.register(); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	if err := bus.Start(); err != nil {
-		return nil, err
+		return fail(errors.Join(err, bus.Close(context.Background())))
 	}
+	s.base, s.cancel = context.WithCancel(context.Background())
 
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /groups/{id}", s.getGroup)
@@ -400,7 +443,12 @@ func (s *Server) Close(ctx context.Context) error {
 		<-done
 	}
 	s.cancel()
-	return errors.Join(err, s.bus.Close(ctx))
+	err = errors.Join(err, s.bus.Close(ctx))
+	if s.dur != nil {
+		// After the bus: what it left unfinished is replayed next time.
+		err = errors.Join(err, s.dur.close())
+	}
+	return err
 }
 
 // WaitIdle waits until every event accepted so far, and every event they
@@ -493,6 +541,11 @@ func (s *Server) SetGroup(id string, members []string) error {
 			return err
 		}
 	}
+	if s.dur != nil {
+		return s.dur.put("g/"+id, recGroup, groupRecord(id, members), func() error {
+			return s.groups.set(id, members, s.cfg.MaxGroups)
+		})
+	}
 	return s.groups.set(id, members, s.cfg.MaxGroups)
 }
 
@@ -530,7 +583,14 @@ func (s *Server) SetUserToken(uid, token string) error {
 	if s.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) == 1 {
 		return fmt.Errorf("%w: a login token must not be the admin token", ErrBadID)
 	}
-	s.tokens.set(uid, token)
+	h := sha256.Sum256([]byte(token))
+	if s.dur != nil {
+		return s.dur.put("t/"+uid, recToken, tokenRecord(uid, h), func() error {
+			s.tokens.setHash(uid, h)
+			return nil
+		})
+	}
+	s.tokens.setHash(uid, h)
 	return nil
 }
 
@@ -660,8 +720,8 @@ type tokens struct {
 	m  map[string][sha256.Size]byte
 }
 
-func (t *tokens) set(uid, token string) {
-	h := sha256.Sum256([]byte(token))
+// setHash sets uid's token by its SHA-256 hash.
+func (t *tokens) setHash(uid string, h [sha256.Size]byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.m[uid] = h
