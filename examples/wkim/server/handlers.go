@@ -276,34 +276,20 @@ func contains(sorted []string, s string) bool {
 // forward gives the message its id and hands it to its channel: a
 // follow-on event, so it never waits and keeps this user's order.
 //
-// In durable mode the channel event is an EventChannelStore, durable, and
-// added from outside (context.Background()): the add returns only once
-// the message is on disk, and the SENDACK comes after it. This user's
-// next SEND waits meanwhile (one user's SENDs are handled in order
-// anyway); other users' run on the pool's other workers, and their
-// messages share the fsync. A message that could not be stored is
-// answered with a failed SENDACK.
+// In durable mode the channel event is an EventChannelStore, durable: the
+// bus appends it to its journal as it is added, without waiting for the
+// disk (a follow-on add), and "fanout" waits for that journal's fsync
+// before the SENDACK. So one user's SENDs are not held back by the disk
+// one by one, and one fsync carries every message added before it.
 func (s *Server) forward(ctx context.Context, ev *eventbus.UserContext) error {
-	f := ev.Frame.(*sendFrame)
-	m := f.msg
+	m := ev.Frame.(*sendFrame).msg
 	m.MessageID = s.nextMsgID.Add(1)
-	cc := &eventbus.ChannelContext{
+	return s.bus.AddEvent(ctx, &eventbus.ChannelContext{
 		EventType:   s.msgType,
 		ChannelID:   m.ChannelID,
 		ChannelType: m.ChannelType,
 		Messages:    []*eventbus.Message{m},
-	}
-	if s.dur == nil {
-		return s.bus.AddEvent(ctx, cc)
-	}
-	if err := s.bus.AddEvent(context.Background(), cc); err != nil {
-		c := ev.Conn.(*conn)
-		ack := &wkproto.SendackPacket{ClientSeq: f.packet.ClientSeq, ReasonCode: wkproto.ReasonUnknown}
-		c.send(ack)
-		s.answerDuplicates(c.se, m.ClientMsgNo, ack)
-		return stop("SEND clientSeq %d not stored: %v", f.packet.ClientSeq, err)
-	}
-	return nil
+	})
 }
 
 // ---- user pool: RECVACK and close ----
@@ -347,7 +333,8 @@ func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
 // fanout emits one push event per receiver: the group's members but the
 // sender, or the other user of a person channel. In durable mode it first
 // appends a delivery record per receiver and waits for the disk (see
-// persist).
+// persist), and for the bus's journal to have the messages on disk: the
+// SENDACK comes after.
 func (s *Server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error {
 	if s.dur != nil {
 		return s.fanoutDurable(ctx, ev)
@@ -394,8 +381,12 @@ func (s *Server) fanoutDurable(ctx context.Context, ev *eventbus.ChannelContext)
 			}
 		}
 	}
+	// The messages' records in the bus's journal reach the disk while
+	// their delivery records are written to the server's.
+	synced := make(chan error, 1)
+	go func() { synced <- s.dur.bus.Sync() }()
 	ds, err := s.persist(ds)
-	if err != nil {
+	if err = errors.Join(err, <-synced); err != nil {
 		return err // nothing emitted yet: retried
 	}
 	for _, d := range ds {

@@ -63,6 +63,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/journal"
 )
 
 // Config configures a Server. Zero fields take the defaults, which are
@@ -316,10 +317,9 @@ func New(cfg Config) (*Server, error) {
 		opts = append(opts,
 			eventbus.WithJournal(d.bus, eventbus.EventChannelStore),
 			eventbus.WithBatch(eventbus.EventChannelStore, 64),
-			// Each worker of these pools waits for an fsync ("forward",
-			// "fanout"): many of them, so that one fsync carries many
-			// messages.
-			eventbus.WithUserPool(eventbus.PoolConfig{Workers: 256}),
+			// Each worker of the channel pool waits for fsyncs in
+			// "fanout": many of them, so that one fsync carries the
+			// messages of many channels.
 			eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 128}))
 	} else {
 		opts = append(opts, eventbus.WithBatch(eventbus.EventChannelDistribute, 64))
@@ -668,6 +668,10 @@ type Stats struct {
 	SlowClosed     int64          `json:"slowClosed"`   // connections closed for not reading fast enough
 	RefusedConns   int64          `json:"refusedConns"` // upgrades refused over MaxConnections
 	Bus            eventbus.Stats `json:"bus"`
+	// Journals are the journals' counters in durable mode (nil
+	// otherwise): "bus" holds the messages not yet fanned out, "server"
+	// the deliveries not yet acknowledged.
+	Journals map[string]journal.Stats `json:"journals,omitempty"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -675,10 +679,14 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	return Stats{Connections: n, Sent: s.sent.Load(), Delivered: s.delivered.Load(), Offline: s.offline.Load(),
+	st := Stats{Connections: n, Sent: s.sent.Load(), Delivered: s.delivered.Load(), Offline: s.offline.Load(),
 		Acked: s.acked.Load(), BadFrames: s.badFrames.Load(), OfflineDropped: s.offlineDropped.Load(),
 		Duplicates: s.duplicates.Load(), SlowClosed: s.slowClosed.Load(), RefusedConns: s.refusedConns.Load(),
 		Bus: s.bus.Stats()}
+	if s.dur != nil {
+		st.Journals = map[string]journal.Stats{"bus": s.dur.bus.Stats(), "server": s.dur.state.Stats()}
+	}
+	return st
 }
 
 func (s *Server) getStats(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Stats()) }
