@@ -132,6 +132,7 @@ func TestDurableRestartKeepsQueuesTokensGroupsAndSequences(t *testing.T) {
 	s3 := start(t, cfg)
 	alice3, bob3 := s3.login(t, "alice"), s3.login(t, "bob")
 	roundTrip(t, alice3, bob3, "third life")
+	s3.waitAcked(t, 1)
 	if st := s3.Stats(); st.Journals["server"].Pending > 8 {
 		// The tokens, the group and the channels' sequence reservations.
 		t.Fatalf("server journal holds %d records, want only tokens, group and reservations", st.Journals["server"].Pending)
