@@ -21,6 +21,12 @@
 //	curl -H "Authorization: Bearer $WKIM_ADMIN_TOKEN" -X PUT \
 //	    -d '{"members":["alice","bob"]}' https://host:5200/groups/g2
 //
+// With -durable DIR every message is on disk before its SENDACK, and the
+// offline queues, login tokens and groups survive a restart, kill -9
+// included (package server, Durable mode):
+//
+//	go run ./examples/wkim -addr :5200 -admin-token "$WKIM_ADMIN_TOKEN" -durable /var/lib/wkim
+//
 // -token T (one token for every user) is an insecure development mode.
 // Every queue has a limit, each a flag with a safe default (-h lists
 // them). Counters and the bus's statistics are at /stats. SIGINT or

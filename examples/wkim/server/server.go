@@ -41,6 +41,41 @@
 // the connection ends, what is pending goes back to the front of the
 // offline queue, replayed in order on the next login. Each receiver sees a
 // channel's messages in sequence order.
+//
+// # Durable mode
+//
+// With Config.Durable (wkim -durable DIR) a kill -9 loses no message that
+// got a successful SENDACK. The channel event is then EventChannelStore,
+// durable in the bus's journal (DIR/bus, eventbus.WithJournal): "forward"
+// adds it as a follow-on event, which the bus appends to the journal as
+// it is added. "fanout" appends one delivery record per receiver to the
+// server's own journal (DIR/server) and waits for its fsync, and, at the
+// same time, for the fsync of the bus's journal; only then does it emit
+// the push events, and "sendack" answers after it. The bus acks the
+// message's record when that chain has finished; a delivery record is
+// acked when its receiver acknowledges the RECV, or when the message is
+// dropped from the offline queue (MaxOffline, OfflineTTL). So until every
+// receiver has it, each accepted message is on disk in one journal or the
+// other, and New puts it back: the delivery records into the offline
+// queues, each receiver's in its original order, then the bus's Start
+// replays the messages not yet fanned out, in each channel's order.
+//
+// What a client sees after a crash: every acknowledged message comes, under
+// the MessageID of its SENDACK. One may come twice (it was delivered and
+// acknowledged, but the bus's ack of its record was lost with the process,
+// so it is fanned out again, with a new sequence number): always under the
+// same MessageID and ClientMsgNo, so a client drops what it has. A SEND whose SENDACK was lost with
+// the process and that the client sends again after the restart gets a new
+// MessageID (the duplicate window is in memory): receivers drop it by
+// (FromUID, ClientMsgNo). Sequence numbers are reserved on disk in blocks
+// of 1024, so after a crash a channel's sequence jumps ahead but never
+// repeats a number. Login tokens and groups set through the API (and the
+// Groups of Config) are in the server's journal too and survive a
+// restart; History (the messages kept in memory per channel) does not.
+//
+// The cost: two fsyncs on every SENDACK's path, shared by everything that
+// waits at the same time (group commit), and a delivery record per
+// receiver on disk until its RECVACK.
 package server
 
 import (
