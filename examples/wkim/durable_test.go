@@ -179,9 +179,9 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	first.put(t, admin, "/groups/g", `{"members":["s0","s1","s2","s3","r0","r1"]}`)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // the first life
 	defer cancel()
-	dial := func(url, uid string, onPacket func(wkproto.Packet)) *wkclient.Client {
+	dial := func(ctx context.Context, url, uid string, onPacket func(wkproto.Packet)) *wkclient.Client {
 		t.Helper()
 		c, err := wkclient.Dial(ctx, url, wkclient.Options{UID: uid, Token: "t-" + uid, OnPacket: onPacket})
 		if err != nil {
@@ -190,7 +190,7 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		return c
 	}
 	online1 := newReceiver() // r0 in the first life; r1 stays offline
-	r0 := dial(first.url, "r0", online1.onPacket)
+	r0 := dial(ctx, first.url, "r0", online1.onPacket)
 	defer r0.CloseNow()
 
 	var mu sync.Mutex
@@ -198,43 +198,77 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	progress := make(chan struct{}, killAfter)
 	var wg sync.WaitGroup
 	for i, uid := range senders {
-		c := dial(first.url, uid, nil)
+		c := dial(ctx, first.url, uid, nil)
 		defer c.CloseNow()
-		wg.Add(1)
-		go func() {
+		// Each sender keeps up to window SENDs waiting for their SENDACK,
+		// until the server is gone. Its client numbers SENDs 1, 2, ...
+		const window = 8
+		slots := make(chan struct{}, window)
+		var pmu sync.Mutex
+		pending := map[uint32]struct {
+			payload string
+			a       acked
+		}{}
+		readerDone := make(chan struct{})
+		wg.Add(2)
+		go func() { // SENDACKs
 			defer wg.Done()
-			for k := 0; ; k++ {
-				to, typ, channel, recvs := "r0", wkproto.ChannelPerson, uid, []string{"r0"}
-				switch k % 3 {
-				case 1:
-					to, recvs = "r1", []string{"r1"}
-				case 2:
-					to, typ, channel, recvs = "g", wkproto.ChannelGroup, "g", []string{"r0", "r1"}
-				}
-				payload := fmt.Sprintf("s%d-%d", i, k)
-				seq, err := c.Send(ctx, to, typ, []byte(payload))
+			defer close(readerDone)
+			for {
+				p, err := c.Next(ctx)
 				if err != nil {
 					return // the server is gone
 				}
-				for {
-					p, err := c.Next(ctx)
-					if err != nil {
-						return
-					}
-					if a, ok := p.(*wkproto.SendackPacket); ok && a.ClientSeq == seq {
-						if a.ReasonCode != wkproto.ReasonSuccess {
-							t.Errorf("%s: SENDACK reason %d", payload, a.ReasonCode)
-							return
-						}
-						mu.Lock()
-						sent[payload] = acked{id: a.MessageID, channel: channel, to: recvs}
-						mu.Unlock()
-						select {
-						case progress <- struct{}{}:
-						default:
-						}
-						break
-					}
+				a, ok := p.(*wkproto.SendackPacket)
+				if !ok {
+					continue // a RECV of the group
+				}
+				pmu.Lock()
+				m, found := pending[a.ClientSeq]
+				delete(pending, a.ClientSeq)
+				pmu.Unlock()
+				if !found || a.ReasonCode != wkproto.ReasonSuccess {
+					t.Errorf("%s: SENDACK %+v for no SEND waiting, or failed", uid, a)
+					return
+				}
+				m.a.id = a.MessageID
+				mu.Lock()
+				sent[m.payload] = m.a
+				mu.Unlock()
+				<-slots
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		go func() { // SENDs
+			defer wg.Done()
+			for k := 0; ; k++ {
+				select {
+				case slots <- struct{}{}:
+				case <-readerDone:
+					return
+				}
+				to, typ, a := "r0", wkproto.ChannelPerson, acked{channel: uid, to: []string{"r0"}}
+				switch k % 3 {
+				case 1:
+					to, a.to = "r1", []string{"r1"}
+				case 2:
+					to, typ, a = "g", wkproto.ChannelGroup, acked{channel: "g", to: []string{"r0", "r1"}}
+				}
+				payload := fmt.Sprintf("s%d-%d", i, k)
+				pmu.Lock()
+				pending[uint32(k+1)] = struct {
+					payload string
+					a       acked
+				}{payload, a}
+				pmu.Unlock()
+				if seq, err := c.Send(ctx, to, typ, []byte(payload)); err != nil {
+					return // the server is gone
+				} else if seq != uint32(k+1) {
+					t.Errorf("%s: SEND %d got client sequence %d", uid, k+1, seq)
+					return
 				}
 			}
 		}()
@@ -255,6 +289,8 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	defer mu.Unlock()
 	t.Logf("%d messages got a successful SENDACK before the kill; r0 got %d RECVs", len(sent), len(life1))
 
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 20*time.Second) // the second life
+	defer cancel2()
 	second := startProcess(t, bin, args...)
 	defer func() {
 		if second != nil {
@@ -263,7 +299,7 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 	}()
 	got := map[string]*receiver{"r0": newReceiver(), "r1": newReceiver()}
 	for uid, r := range got {
-		c := dial(second.url, uid, r.onPacket) // the tokens survived
+		c := dial(ctx2, second.url, uid, r.onPacket) // the tokens survived
 		defer c.CloseNow()
 	}
 	want := map[string]map[string]bool{"r0": {}, "r1": {}} // receiver → payloads
@@ -294,7 +330,7 @@ func TestDurableKill9LosesNoAcknowledgedMessage(t *testing.T) {
 		for len(missing(uid, r.snapshot())) > 0 {
 			select {
 			case <-r.wake:
-			case <-ctx.Done():
+			case <-ctx2.Done():
 				t.Fatalf("%s: %d acknowledged messages not delivered after the restart, e.g. %v\n%s",
 					uid, len(missing(uid, r.snapshot())), missing(uid, r.snapshot())[:1], second.stderr)
 			}
