@@ -1,13 +1,18 @@
 package server
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imbus/eventbus"
 	"github.com/imbus/eventbus/journal"
@@ -22,11 +27,12 @@ import (
 //     its chain (store, fanout, sendack) has finished; until then a restart
 //     replays it.
 //   - server/: the server's own records. One delivery record per
-//     (receiver, message), appended (and fsync'd) by "fanout" before the
-//     push events and the SENDACK, and acked when the receiver
-//     acknowledges the RECV, or when the message is dropped from its
-//     offline queue (MaxOffline, OfflineTTL). A restart loads them back
-//     into the offline queues, each receiver's in its original order. The
+//     message, with its receivers, appended (and fsync'd) by "fanout"
+//     before the push events and the SENDACK, and acked when the last of
+//     them has acknowledged the RECV, or had the message dropped from its
+//     offline queue (MaxOffline, OfflineTTL); Close rewrites those that
+//     some receivers are done with. A restart loads them back into the
+//     offline queues, each receiver's in its original order. The
 //     same journal holds each channel's sequence reservation, and the login
 //     tokens and groups set through the API (the latest of each).
 //
@@ -74,6 +80,18 @@ func (d *durable) close() error { return errors.Join(d.bus.Close(), d.state.Clos
 // (and replays the messages not yet fanned out).
 func (s *Server) load() error {
 	d := s.dur
+	reordered := false
+	defer func() {
+		if !reordered {
+			return
+		}
+		// Records rewritten by Close go back to their first place.
+		for _, se := range s.sessions.m {
+			slices.SortStableFunc(se.offline, func(a, b *eventbus.Message) int {
+				return cmp.Compare(se.inbox[a.MessageID].order, se.inbox[b.MessageID].order)
+			})
+		}
+	}()
 	return d.state.Replay(func(r journal.Record) error {
 		switch r.Type {
 		case recDelivery:
@@ -82,15 +100,27 @@ func (s *Server) load() error {
 				return fmt.Errorf("server: durable: delivery record %d: %w", r.ID, err)
 			}
 			p := ev.(*eventbus.PushContext)
-			if len(p.Subscribers) != 1 || p.Message == nil {
-				return fmt.Errorf("server: durable: delivery record %d: want one message for one receiver", r.ID)
+			if len(p.Subscribers) == 0 || p.Message == nil {
+				return fmt.Errorf("server: durable: delivery record %d: want a message and its receivers", r.ID)
 			}
-			se := s.sessions.get(p.Subscribers[0])
-			if se.inbox == nil {
-				se.inbox = map[int64]uint64{}
+			e := &inboxEntry{rec: r.ID, order: r.ID, n: int32(len(p.Subscribers))}
+			if o, err := strconv.ParseUint(p.Message.Header[headerOrder], 10, 64); err == nil {
+				e.order = o // rewritten by Close
+				reordered = true
 			}
-			se.offline = append(se.offline, p.Message)
-			se.inbox[p.Message.MessageID] = r.ID
+			e.left.Store(e.n)
+			for _, uid := range p.Subscribers {
+				se := s.sessions.get(uid)
+				if se.inbox == nil {
+					se.inbox = map[int64]*inboxEntry{}
+				}
+				if _, dup := se.inbox[p.Message.MessageID]; dup {
+					s.release(e)
+					continue
+				}
+				se.offline = append(se.offline, p.Message)
+				se.inbox[p.Message.MessageID] = e
+			}
 		case recSeq:
 			if len(r.Payload) < 9 {
 				return fmt.Errorf("server: durable: reservation record %d: %d bytes", r.ID, len(r.Payload))
@@ -196,36 +226,94 @@ func (d *durable) reserve(ch *channel, id string, typ uint8, seq uint64) error {
 	return nil
 }
 
-// delivery is one message for one receiver, as fanout emits it.
+// delivery is one message for one receiver, as fanout emits it; the
+// deliveries of one message are next to each other.
 type delivery struct {
 	m   *eventbus.Message
 	uid string
 }
 
-// persist appends a delivery record for each of ds whose receiver has no
-// record of that message yet (a message replayed after a crash may have
-// them already), waits for the disk, and registers the records with the
-// receivers' sessions. It returns the deliveries to push. On error nothing
-// is registered: a retry appends them again (the orphans are replayed as
-// duplicates with the same MessageID at the next start).
-func (s *Server) persist(ds []delivery) ([]delivery, error) {
-	recs := make([]journal.Record, 0, len(ds))
-	kept := ds[:0]
-	for _, d := range ds {
-		se := s.sessions.get(d.uid)
+// inboxEntry is a delivery record in the receivers' sessions: acked when
+// the last of its receivers is done with the message.
+type inboxEntry struct {
+	rec   uint64
+	order uint64 // the id of its first record: its place in the offline queues
+	n     int32  // receivers in the record
+	left  atomic.Int32
+}
+
+// headerOrder, in a rewritten delivery record, is the entry's order.
+const headerOrder = "inboxOrder"
+
+// compact rewrites, at Close, the delivery records that some of their
+// receivers are done with, naming only the others, so that a restart does
+// not deliver the message again to those who had it. The bus is closed.
+func (s *Server) compact() error {
+	left := map[*inboxEntry][]string{}
+	msgs := map[*inboxEntry]*eventbus.Message{}
+	s.sessions.mu.Lock()
+	for uid, se := range s.sessions.m {
 		se.mu.Lock()
-		_, dup := se.inbox[d.m.MessageID]
+		for _, m := range append(se.pending, se.offline...) {
+			if e := se.inbox[m.MessageID]; e != nil && e.left.Load() < e.n {
+				left[e] = append(left[e], uid)
+				msgs[e] = m
+			}
+		}
 		se.mu.Unlock()
-		if dup {
+	}
+	s.sessions.mu.Unlock()
+	var errs []error
+	for e, uids := range left {
+		m := *msgs[e]
+		m.Header = maps.Clone(m.Header)
+		m.Header[headerOrder] = strconv.FormatUint(e.order, 10)
+		data, err := s.bus.EncodeEvent(&eventbus.PushContext{EventType: eventbus.EventPushOffline,
+			Message: &m, Subscribers: uids})
+		if err == nil {
+			_, err = s.dur.state.AppendAsync(journal.Record{Type: recDelivery, Payload: data})
+		}
+		if err == nil {
+			err = s.dur.state.Ack(e.rec)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// persist appends a delivery record for each message of ds, naming its
+// receivers that have no record of it yet (a message replayed after a
+// crash may have them already), waits for the disk, and registers the
+// records with the receivers' sessions. It returns the deliveries to push.
+// On error nothing is registered: a retry appends them again (the orphans
+// are replayed as duplicates with the same MessageID at the next start).
+func (s *Server) persist(ds []delivery) ([]delivery, error) {
+	var recs []journal.Record
+	var counts []int // receivers of each record
+	kept := ds[:0]
+	for i := 0; i < len(ds); {
+		m := ds[i].m
+		var uids []string
+		for ; i < len(ds) && ds[i].m == m; i++ {
+			se := s.sessions.get(ds[i].uid)
+			se.mu.Lock()
+			_, dup := se.inbox[m.MessageID]
+			se.mu.Unlock()
+			if !dup {
+				uids = append(uids, ds[i].uid)
+				kept = append(kept, ds[i])
+			}
+		}
+		if len(uids) == 0 {
 			continue
 		}
 		data, err := s.bus.EncodeEvent(&eventbus.PushContext{EventType: eventbus.EventPushOffline,
-			Message: d.m, Subscribers: []string{d.uid}})
+			Message: m, Subscribers: uids})
 		if err != nil {
 			return nil, eventbus.Permanent(err)
 		}
 		recs = append(recs, journal.Record{Type: recDelivery, Payload: data})
-		kept = append(kept, d)
+		counts = append(counts, len(uids))
 	}
 	if len(recs) == 0 {
 		// Nothing to append: the sequence reservation must still be on
@@ -236,29 +324,44 @@ func (s *Server) persist(ds []delivery) ([]delivery, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: durable: %w", err)
 	}
-	for i, d := range kept {
-		se := s.sessions.get(d.uid)
-		se.mu.Lock()
-		if se.inbox == nil {
-			se.inbox = map[int64]uint64{}
+	k := 0
+	for i, n := range counts {
+		e := &inboxEntry{rec: first + uint64(i), order: first + uint64(i), n: int32(n)}
+		e.left.Store(e.n)
+		for _, d := range kept[k : k+n] {
+			se := s.sessions.get(d.uid)
+			se.mu.Lock()
+			if se.inbox == nil {
+				se.inbox = map[int64]*inboxEntry{}
+			}
+			se.inbox[d.m.MessageID] = e
+			se.mu.Unlock()
 		}
-		se.inbox[d.m.MessageID] = first + uint64(i)
-		se.mu.Unlock()
+		k += n
 	}
 	return kept, nil
 }
 
-// done acks the delivery record of m for se's user, if there is one: the
-// receiver acknowledged it, or it was dropped from the offline queue.
-// se.mu must be held.
+// done drops se's user from the delivery record of m, if there is one
+// (it acknowledged the message, or it was dropped from its offline
+// queue), and acks the record when it was the last. se.mu must be held.
 func (s *Server) done(se *session, m *eventbus.Message) {
 	if s.dur == nil {
 		return
 	}
-	if id, ok := se.inbox[m.MessageID]; ok {
+	if e, ok := se.inbox[m.MessageID]; ok {
 		delete(se.inbox, m.MessageID)
-		if err := s.dur.state.Ack(id); err != nil {
-			s.log.Error("durable: ack delivery record", "record", id, "err", err)
-		}
+		s.release(e)
+	}
+}
+
+// release counts one receiver of e done and acks e's record after the
+// last.
+func (s *Server) release(e *inboxEntry) {
+	if e.left.Add(-1) != 0 {
+		return
+	}
+	if err := s.dur.state.Ack(e.rec); err != nil {
+		s.log.Error("durable: ack delivery record", "record", e.rec, "err", err)
 	}
 }

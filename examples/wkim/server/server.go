@@ -481,6 +481,9 @@ func (s *Server) Close(ctx context.Context) error {
 	err = errors.Join(err, s.bus.Close(ctx))
 	if s.dur != nil {
 		// After the bus: what it left unfinished is replayed next time.
+		if err == nil {
+			err = s.compact() // nothing runs any more
+		}
 		err = errors.Join(err, s.dur.close())
 	}
 	return err

@@ -88,7 +88,7 @@ type session struct {
 	recent  recentSends
 	// inbox maps the MessageID of each message pending or offline to its
 	// delivery record (durable mode only).
-	inbox map[int64]uint64
+	inbox map[int64]*inboxEntry
 }
 
 // initLimiter creates the user's SEND limiter on its first login.
