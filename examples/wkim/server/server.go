@@ -48,24 +48,28 @@
 // got a successful SENDACK. The channel event is then EventChannelStore,
 // durable in the bus's journal (DIR/bus, eventbus.WithJournal): "forward"
 // adds it as a follow-on event, which the bus appends to the journal as
-// it is added. "fanout" appends one delivery record per receiver to the
-// server's own journal (DIR/server) and waits for its fsync, and, at the
-// same time, for the fsync of the bus's journal; only then does it emit
-// the push events, and "sendack" answers after it. The bus acks the
-// message's record when that chain has finished; a delivery record is
-// acked when its receiver acknowledges the RECV, or when the message is
-// dropped from the offline queue (MaxOffline, OfflineTTL). So until every
-// receiver has it, each accepted message is on disk in one journal or the
-// other, and New puts it back: the delivery records into the offline
-// queues, each receiver's in its original order, then the bus's Start
-// replays the messages not yet fanned out, in each channel's order.
+// it is added. "fanout" appends a delivery record (the message and its
+// receivers) to the server's own journal (DIR/server) and waits for its
+// fsync, and, at the same time, for the fsync of the bus's journal; only
+// then does it emit the push events, and "sendack" answers after it. The
+// bus acks the message's record when that chain has finished; a delivery
+// record is acked when the last of its receivers has acknowledged the RECV
+// or had the message dropped from its offline queue (MaxOffline,
+// OfflineTTL), and Close rewrites those that some receivers are done with,
+// naming only the others. So until every receiver has it, each accepted
+// message is on disk in one journal or the other, and New puts it back:
+// the delivery records into the offline queues, each receiver's in its
+// original order, then the bus's Start replays the messages not yet
+// fanned out, in each channel's order.
 //
 // What a client sees after a crash: every acknowledged message comes, under
-// the MessageID of its SENDACK. One may come twice (it was delivered and
-// acknowledged, but the bus's ack of its record was lost with the process,
-// so it is fanned out again, with a new sequence number): always under the
-// same MessageID and ClientMsgNo, so a client drops what it has. A SEND whose SENDACK was lost with
-// the process and that the client sends again after the restart gets a new
+// the MessageID of its SENDACK. One may come twice: it was delivered but
+// its RECVACK not yet handled, or acknowledged while another receiver had
+// not (its delivery record names them all until Close), or the bus's ack
+// of its record was lost with the process (it is fanned out again, with a
+// new sequence number). Always under the same MessageID and ClientMsgNo,
+// so a client drops what it has. A SEND whose SENDACK was lost with the
+// process and that the client sends again after the restart gets a new
 // MessageID (the duplicate window is in memory): receivers drop it by
 // (FromUID, ClientMsgNo). Sequence numbers are reserved on disk in blocks
 // of 1024, so after a crash a channel's sequence jumps ahead but never
@@ -74,8 +78,8 @@
 // restart; History (the messages kept in memory per channel) does not.
 //
 // The cost: two fsyncs on every SENDACK's path, shared by everything that
-// waits at the same time (group commit), and a delivery record per
-// receiver on disk until its RECVACK.
+// waits at the same time (group commit), and a delivery record per message
+// on disk until its last receiver's RECVACK.
 package server
 
 import (
