@@ -21,11 +21,11 @@ import (
 // Durable mode (Config.Durable) keeps two journals in its directory:
 //
 //   - bus/: the bus's journal. Messages are EventChannelStore events,
-//     durable (eventbus.WithJournal): "forward" adds each one from outside
-//     the channel pool, so the add returns only once the message is
-//     fsync'd, and the SENDACK comes after that. The record is acked when
-//     its chain (store, fanout, sendack) has finished; until then a restart
-//     replays it.
+//     durable (eventbus.WithJournal), appended as "forward" adds them (a
+//     follow-on add, which does not wait for the disk); "fanout" waits for
+//     this journal's fsync beside its own append, before the SENDACK. The
+//     record is acked when its chain (store, fanout, sendack) has
+//     finished; until then a restart replays it.
 //   - server/: the server's own records. One delivery record per
 //     message, with its receivers, appended (and fsync'd) by "fanout"
 //     before the push events and the SENDACK, and acked when the last of
