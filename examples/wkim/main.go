@@ -21,6 +21,12 @@
 //	curl -H "Authorization: Bearer $WKIM_ADMIN_TOKEN" -X PUT \
 //	    -d '{"members":["alice","bob"]}' https://host:5200/groups/g2
 //
+// With -durable DIR every message is on disk before its SENDACK, and the
+// offline queues, login tokens and groups survive a restart, kill -9
+// included (package server, Durable mode):
+//
+//	go run ./examples/wkim -addr :5200 -admin-token "$WKIM_ADMIN_TOKEN" -durable /var/lib/wkim
+//
 // -token T (one token for every user) is an insecure development mode.
 // Every queue has a limit, each a flag with a safe default (-h lists
 // them). Counters and the bus's statistics are at /stats. SIGINT or
@@ -93,6 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var cfg server.Config
 	d := server.Defaults()
+	fs.StringVar(&cfg.Durable, "durable", "", "store every message in this `directory` before its SENDACK, with the offline queues,\nchannel sequences, login tokens and groups: a restart (even after kill -9) loses no acknowledged message")
 	fs.IntVar(&cfg.MaxConnections, "max-conns", d.MaxConnections, "open WebSocket connections at most")
 	fs.IntVar(&cfg.MaxOffline, "max-offline", d.MaxOffline, "messages kept per offline user (oldest dropped); memory: up to this × -max-packet per user")
 	fs.DurationVar(&cfg.OfflineTTL, "offline-ttl", d.OfflineTTL, "how long a message waits for an offline user")

@@ -48,7 +48,7 @@ func main() {
 type config struct {
 	clients, messages, groupSize, window, dialers int
 	rate                                          float64
-	addr, adminToken                              string
+	addr, adminToken, durable                     string
 	timeout                                       time.Duration
 }
 
@@ -63,6 +63,7 @@ func run(args []string, out io.Writer) error {
 	fs.Float64Var(&cfg.rate, "rate", 0, "total SENDs per second, spread over the clients (default 0: as fast as the window allows)")
 	fs.StringVar(&cfg.addr, "addr", "", "host:port of a running wkim server (default: start one in this process)")
 	fs.StringVar(&cfg.adminToken, "admin-token", "", "with -addr: the server's admin token, to set groups and login tokens")
+	fs.StringVar(&cfg.durable, "durable", "", "without -addr: the in-process server stores messages in this `directory` (as wkim -durable)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up after")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run (clients and in-process server) to this file")
 	if err := fs.Parse(args); err != nil {
@@ -97,7 +98,7 @@ func run(args []string, out io.Writer) error {
 
 	addr := cfg.addr
 	if addr == "" {
-		srv, ln, err := startServer(groups, uids)
+		srv, ln, err := startServer(groups, uids, cfg.durable)
 		if err != nil {
 			return err
 		}
@@ -188,9 +189,9 @@ func run(args []string, out io.Writer) error {
 // token is the login token of uid.
 func token(uid string) string { return "load-" + uid }
 
-func startServer(groups map[string][]string, uids []string) (*server.Server, net.Listener, error) {
+func startServer(groups map[string][]string, uids []string, durable string) (*server.Server, net.Listener, error) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := server.New(server.Config{Logger: logger, Groups: groups})
+	srv, err := server.New(server.Config{Logger: logger, Groups: groups, Durable: durable})
 	if err != nil {
 		return nil, nil, err
 	}

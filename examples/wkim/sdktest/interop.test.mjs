@@ -7,7 +7,8 @@
 // that every receiver's SDK delivers its messages in order, and that a
 // user who was offline gets what it missed when it logs in.
 //
-// Run: npm ci && node --test   (or `make sdk-test` from the repository root)
+// Run: npm ci && node --test   (or `make sdk-test` from the repository root;
+// WKIM_DURABLE=1 runs it against a server with -durable)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -44,7 +45,10 @@ before(async () => {
   workDir = mkdtempSync(path.join(tmpdir(), 'wkim-sdktest-'));
   const bin = path.join(workDir, 'wkim');
   execFileSync('go', ['build', '-o', bin, './examples/wkim'], { cwd: repoRoot, stdio: 'inherit' });
-  server = await startServer(bin, ['-addr', '127.0.0.1:0', '-admin-token', ADMIN, '-group', 'g1=alice,bob,carol,dave']);
+  const args = ['-addr', '127.0.0.1:0', '-admin-token', ADMIN, '-group', 'g1=alice,bob,carol,dave'];
+  // WKIM_DURABLE=1: the same against a server with -durable.
+  if (process.env.WKIM_DURABLE) args.push('-durable', path.join(workDir, 'data'));
+  server = await startServer(bin, args);
   // The application server gives each user a login token of its own.
   for (const uid of ['alice', 'bob', 'carol', 'dave']) await admin('PUT', `/users/${uid}/token`, { token: 'token-' + uid });
 });

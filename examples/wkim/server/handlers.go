@@ -45,9 +45,9 @@ func (s *Server) register() error {
 	reg(eventbus.Register(b, eventbus.EventRecvAck, s.recvAck, eventbus.WithName("recvack")))
 	reg(eventbus.Register(b, eventbus.EventConnClose, s.connClose, eventbus.WithName("close")))
 	// Channel pool.
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.store, eventbus.WithName("store")))
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.fanout, eventbus.WithName("fanout")))
-	reg(eventbus.Register(b, eventbus.EventChannelDistribute, s.sendack, eventbus.WithName("sendack")))
+	reg(eventbus.Register(b, s.msgType, s.store, eventbus.WithName("store")))
+	reg(eventbus.Register(b, s.msgType, s.fanout, eventbus.WithName("fanout")))
+	reg(eventbus.Register(b, s.msgType, s.sendack, eventbus.WithName("sendack")))
 	// Pusher pool.
 	reg(eventbus.Register(b, eventbus.EventPushOnline, s.deliver, eventbus.WithName("deliver")))
 	reg(eventbus.Register(b, eventbus.EventPushOffline, s.offlinePush, eventbus.WithName("offline-push")))
@@ -275,11 +275,17 @@ func contains(sorted []string, s string) bool {
 
 // forward gives the message its id and hands it to its channel: a
 // follow-on event, so it never waits and keeps this user's order.
+//
+// In durable mode the channel event is an EventChannelStore, durable: the
+// bus appends it to its journal as it is added, without waiting for the
+// disk (a follow-on add), and "fanout" waits for that journal's fsync
+// before the SENDACK. So one user's SENDs are not held back by the disk
+// one by one, and one fsync carries every message added before it.
 func (s *Server) forward(ctx context.Context, ev *eventbus.UserContext) error {
 	m := ev.Frame.(*sendFrame).msg
 	m.MessageID = s.nextMsgID.Add(1)
 	return s.bus.AddEvent(ctx, &eventbus.ChannelContext{
-		EventType:   eventbus.EventChannelDistribute,
+		EventType:   s.msgType,
 		ChannelID:   m.ChannelID,
 		ChannelType: m.ChannelType,
 		Messages:    []*eventbus.Message{m},
@@ -290,7 +296,7 @@ func (s *Server) forward(ctx context.Context, ev *eventbus.UserContext) error {
 
 func (s *Server) recvAck(_ context.Context, ev *eventbus.UserContext) error {
 	p := ev.Frame.(*wkproto.RecvackPacket)
-	if s.sessions.ack(ev.Conn.(*conn), p.MessageID) {
+	if s.sessions.ack(s, ev.Conn.(*conn), p.MessageID) {
 		s.acked.Add(1)
 	}
 	return nil
@@ -308,9 +314,16 @@ func (s *Server) connClose(_ context.Context, ev *eventbus.UserContext) error {
 
 // ---- channel pool ----
 
-// store gives each message the channel's next sequence and keeps it.
+// store gives each message the channel's next sequence and keeps it. In
+// durable mode it first reserves the sequence numbers on disk, so that
+// they are never handed out again after a crash.
 func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
 	ch := s.channels.get(ev.ChannelID, ev.ChannelType)
+	if s.dur != nil {
+		if err := s.dur.reserve(ch, ev.ChannelID, ev.ChannelType, ch.seq+uint64(len(ev.Messages))); err != nil {
+			return err // nothing changed yet: retried
+		}
+	}
 	for _, m := range ev.Messages {
 		ch.append(m, s.cfg.History)
 	}
@@ -318,24 +331,67 @@ func (s *Server) store(_ context.Context, ev *eventbus.ChannelContext) error {
 }
 
 // fanout emits one push event per receiver: the group's members but the
-// sender, or the other user of a person channel.
+// sender, or the other user of a person channel. In durable mode it first
+// appends a delivery record per receiver and waits for the disk (see
+// persist), and for the bus's journal to have the messages on disk: the
+// SENDACK comes after.
 func (s *Server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error {
+	if s.dur != nil {
+		return s.fanoutDurable(ctx, ev)
+	}
 	for _, m := range ev.Messages {
-		var receivers []string
-		if m.ChannelType == wkproto.ChannelPerson {
-			receivers = []string{m.Header[HeaderTo]}
-		} else {
-			receivers, _ = s.groups.get(m.ChannelID)
-		}
-		for _, uid := range receivers {
+		for _, uid := range s.receivers(m) {
 			if uid == m.FromUID && m.ChannelType != wkproto.ChannelPerson {
 				continue
 			}
-			if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
-				EventType: eventbus.EventPushOnline, Message: m, Subscribers: []string{uid},
-			}); err != nil {
-				return eventbus.Permanent(err)
+			if err := s.push1(ctx, m, uid); err != nil {
+				return err
 			}
+		}
+	}
+	return nil
+}
+
+// receivers returns the members of m's group, or the receiver of a person
+// message.
+func (s *Server) receivers(m *eventbus.Message) []string {
+	if m.ChannelType == wkproto.ChannelPerson {
+		return []string{m.Header[HeaderTo]}
+	}
+	members, _ := s.groups.get(m.ChannelID)
+	return members
+}
+
+// push1 emits the push event of m to uid.
+func (s *Server) push1(ctx context.Context, m *eventbus.Message, uid string) error {
+	if err := s.bus.AddEvent(ctx, &eventbus.PushContext{
+		EventType: eventbus.EventPushOnline, Message: m, Subscribers: []string{uid},
+	}); err != nil {
+		return eventbus.Permanent(err)
+	}
+	return nil
+}
+
+func (s *Server) fanoutDurable(ctx context.Context, ev *eventbus.ChannelContext) error {
+	var ds []delivery
+	for _, m := range ev.Messages {
+		for _, uid := range s.receivers(m) {
+			if uid != m.FromUID || m.ChannelType == wkproto.ChannelPerson {
+				ds = append(ds, delivery{m, uid})
+			}
+		}
+	}
+	// The messages' records in the bus's journal reach the disk while
+	// their delivery records are written to the server's.
+	synced := make(chan error, 1)
+	go func() { synced <- s.dur.bus.Sync() }()
+	ds, err := s.persist(ds)
+	if err = errors.Join(err, <-synced); err != nil {
+		return err // nothing emitted yet: retried
+	}
+	for _, d := range ds {
+		if err := s.push1(ctx, d.m, d.uid); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -41,6 +41,45 @@
 // the connection ends, what is pending goes back to the front of the
 // offline queue, replayed in order on the next login. Each receiver sees a
 // channel's messages in sequence order.
+//
+// # Durable mode
+//
+// With Config.Durable (wkim -durable DIR) a kill -9 loses no message that
+// got a successful SENDACK. The channel event is then EventChannelStore,
+// durable in the bus's journal (DIR/bus, eventbus.WithJournal): "forward"
+// adds it as a follow-on event, which the bus appends to the journal as
+// it is added. "fanout" appends a delivery record (the message and its
+// receivers) to the server's own journal (DIR/server) and waits for its
+// fsync, and, at the same time, for the fsync of the bus's journal; only
+// then does it emit the push events, and "sendack" answers after it. The
+// bus acks the message's record when that chain has finished; a delivery
+// record is acked when the last of its receivers has acknowledged the RECV
+// or had the message dropped from its offline queue (MaxOffline,
+// OfflineTTL), and Close rewrites those that some receivers are done with,
+// naming only the others. So until every receiver has it, each accepted
+// message is on disk in one journal or the other, and New puts it back:
+// the delivery records into the offline queues, each receiver's in its
+// original order, then the bus's Start replays the messages not yet
+// fanned out, in each channel's order.
+//
+// What a client sees after a crash: every acknowledged message comes, under
+// the MessageID of its SENDACK. One may come twice: it was delivered but
+// its RECVACK not yet handled, or acknowledged while another receiver had
+// not (its delivery record names them all until Close), or the bus's ack
+// of its record was lost with the process (it is fanned out again, with a
+// new sequence number). Always under the same MessageID and ClientMsgNo,
+// so a client drops what it has. A SEND whose SENDACK was lost with the
+// process and that the client sends again after the restart gets a new
+// MessageID (the duplicate window is in memory): receivers drop it by
+// (FromUID, ClientMsgNo). Sequence numbers are reserved on disk in blocks
+// of 1024, so after a crash a channel's sequence jumps ahead but never
+// repeats a number. Login tokens and groups set through the API (and the
+// Groups of Config) are in the server's journal too and survive a
+// restart; History (the messages kept in memory per channel) does not.
+//
+// The cost: two fsyncs on every SENDACK's path, shared by everything that
+// waits at the same time (group commit), and a delivery record per message
+// on disk until its last receiver's RECVACK.
 package server
 
 import (
@@ -63,6 +102,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/imbus/eventbus"
+	"github.com/imbus/eventbus/journal"
 )
 
 // Config configures a Server. Zero fields take the defaults, which are
@@ -164,6 +204,14 @@ type Config struct {
 	Now func() time.Time
 	// BusOptions are added to the bus's options (pool sizes, observer).
 	BusOptions []eventbus.Option
+	// Durable, if set, is a directory where every message is stored
+	// before its SENDACK (a durable EventChannelStore, see
+	// eventbus.WithJournal), with what each receiver has not acknowledged
+	// yet, each channel's sequence, and the login tokens and groups set
+	// through the API: a restart, even after a kill -9, delivers every
+	// message that got a successful SENDACK. Created if missing; one
+	// server at a time (it is locked). Empty: everything is in memory.
+	Durable string
 }
 
 // AnyToken is the development mode of Config.Authenticate: any non-empty
@@ -257,6 +305,9 @@ type Server struct {
 	sessions sessions
 	tokens   tokens
 
+	dur     *durable           // durable mode, or nil
+	msgType eventbus.EventType // the channel event of a message
+
 	sent, delivered, offline, acked, badFrames           atomic.Int64
 	offlineDropped, duplicates, slowClosed, refusedConns atomic.Int64
 }
@@ -267,29 +318,25 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminToken != "" && len(cfg.AdminToken) < MinAdminToken {
 		return nil, fmt.Errorf("server: AdminToken is %d bytes, want at least %d", len(cfg.AdminToken), MinAdminToken)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, conns: map[int64]*conn{}}
-	s.base, s.cancel = context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, log: cfg.Logger, conns: map[int64]*conn{}, msgType: eventbus.EventChannelDistribute}
 	s.groups.m = map[string][]string{}
-	for id, members := range cfg.Groups {
-		if err := s.SetGroup(id, members); err != nil {
-			return nil, err
-		}
-	}
 	s.channels.m = map[string]*channel{}
 	s.sessions.m = map[string]*session{}
 	s.tokens.m = map[string][sha256.Size]byte{}
 	if s.cfg.Authenticate == nil {
 		s.cfg.Authenticate = s.tokens.check // per-user tokens
 	}
-	// Message ids start at the start time in ms times 1000, so they grow
-	// across restarts.
+	// Message and connection ids start at the start time in ms times
+	// 1000, so they grow across restarts: a message replayed after one
+	// keeps its id, and its SENDACK goes to no connection of the new life.
 	s.nextMsgID.Store(cfg.Now().UnixMilli() * 1000)
+	s.nextConnID.Store(cfg.Now().UnixMilli() * 1000)
 
 	seed := maphash.MakeSeed()
 	opts := []eventbus.Option{
 		eventbus.WithLogger(cfg.Logger),
-		// Channel events of one channel that queue up are stored as one batch.
-		eventbus.WithBatch(eventbus.EventChannelDistribute, 64),
+		// Channel events of one channel that queue up are stored as one
+		// batch (WithBatch below).
 		// Push events are keyed by receiver, not by channel: each receiver
 		// sees every channel in order, and receivers run in parallel.
 		eventbus.WithPusherPool(eventbus.PoolConfig{KeyFunc: func(ev eventbus.Event) uint64 {
@@ -300,17 +347,52 @@ func New(cfg Config) (*Server, error) {
 			return maphash.String(seed, p.Message.ChannelID)
 		}}),
 	}
+	if cfg.Durable != "" {
+		d, err := openDurable(cfg.Durable, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		s.dur, s.msgType = d, eventbus.EventChannelStore
+		opts = append(opts,
+			eventbus.WithJournal(d.bus, eventbus.EventChannelStore),
+			eventbus.WithBatch(eventbus.EventChannelStore, 64),
+			// Each worker of the channel pool waits for fsyncs in
+			// "fanout": many of them, so that one fsync carries the
+			// messages of many channels.
+			eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 128}))
+	} else {
+		opts = append(opts, eventbus.WithBatch(eventbus.EventChannelDistribute, 64))
+	}
+	fail := func(err error) (*Server, error) {
+		if s.dur != nil {
+			err = errors.Join(err, s.dur.close())
+		}
+		return nil, err
+	}
 	bus, err := eventbus.New(append(opts, cfg.BusOptions...)...)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	s.bus = bus
+	if s.dur != nil {
+		// Before Start: the messages it replays are fanned out to the
+		// groups and against the offline queues loaded here.
+		if err := s.load(); err != nil {
+			return fail(err)
+		}
+	}
+	for id, members := range cfg.Groups {
+		if err := s.SetGroup(id, members); err != nil {
+			return fail(err)
+		}
+	}
 	if err := s.register(); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	if err := bus.Start(); err != nil {
-		return nil, err
+		return fail(errors.Join(err, bus.Close(context.Background())))
 	}
+	s.base, s.cancel = context.WithCancel(context.Background())
 
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /groups/{id}", s.getGroup)
@@ -400,7 +482,15 @@ func (s *Server) Close(ctx context.Context) error {
 		<-done
 	}
 	s.cancel()
-	return errors.Join(err, s.bus.Close(ctx))
+	err = errors.Join(err, s.bus.Close(ctx))
+	if s.dur != nil {
+		// After the bus: what it left unfinished is replayed next time.
+		if err == nil {
+			err = s.compact() // nothing runs any more
+		}
+		err = errors.Join(err, s.dur.close())
+	}
+	return err
 }
 
 // WaitIdle waits until every event accepted so far, and every event they
@@ -493,6 +583,11 @@ func (s *Server) SetGroup(id string, members []string) error {
 			return err
 		}
 	}
+	if s.dur != nil {
+		return s.dur.put("g/"+id, recGroup, groupRecord(id, members), func() error {
+			return s.groups.set(id, members, s.cfg.MaxGroups)
+		})
+	}
 	return s.groups.set(id, members, s.cfg.MaxGroups)
 }
 
@@ -530,7 +625,14 @@ func (s *Server) SetUserToken(uid, token string) error {
 	if s.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.cfg.AdminToken)) == 1 {
 		return fmt.Errorf("%w: a login token must not be the admin token", ErrBadID)
 	}
-	s.tokens.set(uid, token)
+	h := sha256.Sum256([]byte(token))
+	if s.dur != nil {
+		return s.dur.put("t/"+uid, recToken, tokenRecord(uid, h), func() error {
+			s.tokens.setHash(uid, h)
+			return nil
+		})
+	}
+	s.tokens.setHash(uid, h)
 	return nil
 }
 
@@ -608,6 +710,10 @@ type Stats struct {
 	SlowClosed     int64          `json:"slowClosed"`   // connections closed for not reading fast enough
 	RefusedConns   int64          `json:"refusedConns"` // upgrades refused over MaxConnections
 	Bus            eventbus.Stats `json:"bus"`
+	// Journals are the journals' counters in durable mode (nil
+	// otherwise): "bus" holds the messages not yet fanned out, "server"
+	// the deliveries not yet acknowledged.
+	Journals map[string]journal.Stats `json:"journals,omitempty"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -615,10 +721,14 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	return Stats{Connections: n, Sent: s.sent.Load(), Delivered: s.delivered.Load(), Offline: s.offline.Load(),
+	st := Stats{Connections: n, Sent: s.sent.Load(), Delivered: s.delivered.Load(), Offline: s.offline.Load(),
 		Acked: s.acked.Load(), BadFrames: s.badFrames.Load(), OfflineDropped: s.offlineDropped.Load(),
 		Duplicates: s.duplicates.Load(), SlowClosed: s.slowClosed.Load(), RefusedConns: s.refusedConns.Load(),
 		Bus: s.bus.Stats()}
+	if s.dur != nil {
+		st.Journals = map[string]journal.Stats{"bus": s.dur.bus.Stats(), "server": s.dur.state.Stats()}
+	}
+	return st
 }
 
 func (s *Server) getStats(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Stats()) }
@@ -660,8 +770,8 @@ type tokens struct {
 	m  map[string][sha256.Size]byte
 }
 
-func (t *tokens) set(uid, token string) {
-	h := sha256.Sum256([]byte(token))
+// setHash sets uid's token by its SHA-256 hash.
+func (t *tokens) setHash(uid string, h [sha256.Size]byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.m[uid] = h

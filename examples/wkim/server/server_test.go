@@ -352,9 +352,15 @@ func TestOfflineReplay(t *testing.T) {
 // person channels at once; every receiver must see each channel's
 // messages exactly once, in growing sequence order, and each sender's
 // messages in the order sent, none missing.
-func TestOrderPerReceiver(t *testing.T) {
+func TestOrderPerReceiver(t *testing.T) { orderPerReceiver(t, "") }
+
+// TestOrderPerReceiverDurable is TestOrderPerReceiver with every message
+// stored on disk before its SENDACK.
+func TestOrderPerReceiverDurable(t *testing.T) { orderPerReceiver(t, t.TempDir()) }
+
+func orderPerReceiver(t *testing.T, durable string) {
 	users := []string{"u0", "u1", "u2", "u3", "u4"}
-	s := start(t, server.Config{Groups: map[string][]string{"ga": users, "gb": users[:3]}})
+	s := start(t, server.Config{Groups: map[string][]string{"ga": users, "gb": users[:3]}, Durable: durable})
 	const perSender = 40
 	type stream struct {
 		lastSeq uint32

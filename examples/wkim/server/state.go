@@ -20,6 +20,9 @@ type channel struct {
 	mu   sync.Mutex
 	seq  uint64
 	msgs []*eventbus.Message
+	// Durable mode: the sequence reserved on disk and its record. Only
+	// the channel's own events (and the load, before them) use them.
+	reserved, resRec uint64
 }
 
 // append gives m the next sequence and keeps it, and at most keep messages.
@@ -83,6 +86,9 @@ type session struct {
 	offline []*eventbus.Message
 	limiter *rate.Limiter
 	recent  recentSends
+	// inbox maps the MessageID of each message pending or offline to its
+	// delivery record (durable mode only).
+	inbox map[int64]*inboxEntry
 }
 
 // initLimiter creates the user's SEND limiter on its first login.
@@ -142,19 +148,25 @@ func (ss *sessions) online(s *Server, c *conn) int {
 		replay = append(se.pending, replay...)
 	}
 	se.conn, se.pending, se.offline = c, nil, nil
-	replay = s.dropExpired(replay)
+	replay = s.dropExpired(se, replay)
 	for _, m := range replay {
 		s.push(se, c, m)
 	}
 	return len(replay)
 }
 
-// dropExpired returns q without its messages older than OfflineTTL,
-// counted as dropped.
-func (s *Server) dropExpired(q []*eventbus.Message) []*eventbus.Message {
+// dropExpired returns q, se's, without its messages older than
+// OfflineTTL, counted as dropped. se.mu must be held.
+func (s *Server) dropExpired(se *session, q []*eventbus.Message) []*eventbus.Message {
 	oldest := s.cfg.Now().Add(-s.cfg.OfflineTTL).UnixMilli()
 	n := len(q)
-	q = slices.DeleteFunc(q, func(m *eventbus.Message) bool { return m.Timestamp < oldest })
+	q = slices.DeleteFunc(q, func(m *eventbus.Message) bool {
+		if m.Timestamp < oldest {
+			s.done(se, m)
+			return true
+		}
+		return false
+	})
 	s.offlineDropped.Add(int64(n - len(q)))
 	return q
 }
@@ -164,13 +176,16 @@ func (s *Server) dropExpired(q []*eventbus.Message) []*eventbus.Message {
 func (s *Server) trimOffline(se *session) {
 	q := se.offline
 	if over := len(q) - s.cfg.MaxOffline; over > 0 {
+		for _, m := range q[:over] {
+			s.done(se, m)
+		}
 		clear(q[:over])
 		q = q[over:]
 		s.offlineDropped.Add(int64(over))
 	}
 	// Expired messages are at the front but for requeued RECVs; drop
 	// them all the same.
-	q = s.dropExpired(q)
+	q = s.dropExpired(se, q)
 	if cap(q) > 2*s.cfg.MaxOffline { // the array slid along: copy it once
 		q = slices.Clone(q)
 	}
@@ -209,7 +224,7 @@ func (ss *sessions) deliver(s *Server, uid string, m *eventbus.Message) bool {
 }
 
 // ack drops the pending RECV with id, if c is the user's connection.
-func (ss *sessions) ack(c *conn, id int64) bool {
+func (ss *sessions) ack(s *Server, c *conn, id int64) bool {
 	se := ss.get(c.UID())
 	se.mu.Lock()
 	defer se.mu.Unlock()
@@ -221,6 +236,7 @@ func (ss *sessions) ack(c *conn, id int64) bool {
 	if i < 0 {
 		return false
 	}
+	s.done(se, se.pending[i])
 	if i == 0 {
 		se.pending[0] = nil
 		se.pending = se.pending[1:]
