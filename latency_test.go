@@ -10,8 +10,9 @@ import (
 )
 
 // TestLatencyMaxIsExact: one slow run among thousands of fast ones shows
-// in Max with its true duration (every run is timed, not a sample), and
-// P99 stays with the fast ones.
+// in Max with its true duration (every run is counted, not a sample; a
+// stretch timed together adds only fast runs to it), and P99 stays with
+// the fast ones.
 func TestLatencyMaxIsExact(t *testing.T) {
 	const slow = 300 * time.Millisecond
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))

@@ -326,8 +326,7 @@ func (e *Engine[E]) Cancel(sl Slot[E]) {
 // admit waits for room in s and takes it: on Accepted it returns with
 // s.mu held, s.occupied and e.added counting the item to come.
 func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) PushResult {
-	registered := false
-	inside := false
+	registered, inside, checked := false, false, false
 	for {
 		var space <-chan struct{}
 		if registered {
@@ -363,9 +362,12 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 			e.spaceWaiters.Add(1)
 			continue
 		}
-		if e.insider() {
-			inside = true
-			continue
+		if !checked { // once: a goroutine's identity does not change
+			checked = true
+			if e.insider() {
+				inside = true
+				continue
+			}
 		}
 		select {
 		case <-space:

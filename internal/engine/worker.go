@@ -42,12 +42,13 @@ type worker[E any] struct {
 
 	done int // finished events of cur whose room is not yet given back
 	// lat holds the run times of the current window (lat[win]) and of the
-	// one before; last is when the worker's previous run ended (0: not in
-	// a run of units), so that a busy worker reads the clock once a run.
+	// one before; last is when the current stretch of runs started (0: not
+	// in one) and runs how many runs it holds (see timeRun).
 	lat      [2]histogram
 	win      int
 	winStart int64
 	last     int64
+	runs     int
 
 	goid atomic.Int64
 	_    [64]byte
@@ -307,7 +308,7 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 		if returned {
 			return
 		}
-		w.last = 0
+		w.last, w.runs = 0, 0
 		// A handler called runtime.Goexit: settle u as failed; run's
 		// deferred function replaces the goroutine, whose first step runs
 		// the callbacks.
@@ -322,34 +323,67 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 			clear(w.group)
 		}
 	}()
-	// Back to back, a run starts when the one before ended: one clock
-	// reading per run (the settling between two runs counts with the
-	// later, a few nanoseconds).
-	start := w.last
-	if start == 0 {
-		start = nanotime()
+	// Runs are timed in stretches (see timeRun): a run starts when the one
+	// before ended, and the clock is read at the end of a stretch only.
+	if w.last == 0 {
+		w.last = nanotime()
 	}
 	v = w.e.d.Run(w.id, u)
 	returned = true
-	end := nanotime()
-	w.last = end
-	w.record(end-start, end)
+	w.timeRun(u, v)
 	return v
+}
+
+// stretchRuns is how many back-to-back runs a worker times with one clock
+// reading: a clock read per event costs more than a short handler here.
+const stretchRuns = 16
+
+// timeRun accounts for one finished run. A dispatcher that timed the run
+// itself (u.Took, with an observer) gives its exact time. Otherwise the
+// worker times stretches of up to stretchRuns runs: the clock is read when
+// a stretch ends (stretchRuns runs, a run that did not end Handled, or the
+// worker letting go of its shard), each run of the stretch counts as the
+// stretch's mean in the quantiles, and Max sees the whole stretch, an upper
+// bound of its slowest run that is exact for a run timed alone.
+func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
+	if u.Took > 0 {
+		w.endStretch()
+		now := nanotime()
+		w.last = now
+		w.record(int64(u.Took), 1, int64(u.Took), now)
+		return
+	}
+	w.runs++
+	if w.runs >= stretchRuns || v.Outcome != Handled {
+		w.endStretch()
+	}
+}
+
+// endStretch records the stretch of runs timed since w.last, if any, and
+// starts a new one.
+func (w *worker[E]) endStretch() {
+	if w.runs == 0 {
+		return
+	}
+	now := nanotime()
+	d := now - w.last
+	w.record(d/int64(w.runs), uint64(w.runs), d, now)
+	w.last, w.runs = now, 0
 }
 
 // latencyWindow is how long a histogram window lasts: Stats report the
 // current window and the one before, so the last 10 to 20 seconds.
 const latencyWindow = int64(10e9)
 
-// record adds one run time to the current window, starting a new window
-// when the current one is over.
-func (w *worker[E]) record(d, now int64) {
+// record adds n runs of about d each, the longest at most maxd, to the
+// current window, starting a new window when the current one is over.
+func (w *worker[E]) record(d int64, n uint64, maxd, now int64) {
 	if now-w.winStart >= latencyWindow {
 		w.win ^= 1
 		w.lat[w.win].reset()
 		w.winStart = now
 	}
-	w.lat[w.win].record(time.Duration(d))
+	w.lat[w.win].record(time.Duration(d), n, time.Duration(maxd))
 }
 
 // count records the failure kind of a run, once per original event: a
@@ -559,6 +593,7 @@ func (w *worker[E]) refill() {
 		w.e.noteOversized(s)
 	}
 	w.cur = nil
+	w.endStretch()
 	w.last = 0 // the next run's start is read anew
 	if requeue {
 		w.e.runq <- s
