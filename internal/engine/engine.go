@@ -149,7 +149,7 @@ type Engine[E any] struct {
 	shards   []shard[E]
 	mask     uint64
 	workers  []*worker[E]
-	runq     chan *shard[E]
+	rq       runQueue
 	epoch    int64  // nanotime at New
 	capacity uint64 // Workers × QueueSize
 
@@ -162,10 +162,12 @@ type Engine[E any] struct {
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check.
 	tracking atomic.Bool
-	// oversized lists shards left idle with a burst's buffer, spares the
-	// large buffers of sleeping workers; a trim releases both.
+	// segs is the free list of FIFO segments.
+	segs segPool[E]
+	_    [64]byte
+	// spares holds the large batch buffers of sleeping workers; a trim
+	// releases them and the segments above what New made.
 	oversizedMu sync.Mutex
-	oversized   []*shard[E]
 	spares      [][]Item[E]
 	trimTimer   *time.Timer
 	trimArmed   bool
@@ -209,11 +211,13 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	}
 	e.shards = make([]shard[E], cfg.Shards)
 	for i := range e.shards {
-		e.shards[i].e = e
+		e.shards[i].e, e.shards[i].idx = e, int32(i)
 	}
-	// Room for every shard: a send never blocks, since a shard is queued
-	// at most once.
-	e.runq = make(chan *shard[E], cfg.Shards)
+	// Segments for the engine's capacity (the first item of a shard is
+	// inline), and a few for workers' follow-on adds; more only for
+	// overflow, up to a bound on what New allocates.
+	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
+	e.rq = newRunQueue(cfg.Shards, cfg.Workers)
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)
@@ -245,6 +249,9 @@ func (e *Engine[E]) Queued(it *Item[E]) time.Duration {
 func (e *Engine[E]) shardFor(key uint64) *shard[E] {
 	return &e.shards[mix(key)&e.mask]
 }
+
+// maxPrealloc bounds the segments New allocates for an engine.
+const maxPrealloc = 1024
 
 // idBlocks hands out blocks of unit IDs to workers, so that IDs are unique
 // in the process at the cost of one atomic add per idBlock units.
@@ -390,7 +397,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 // enqueueLocked appends it to s, whose room admit took, and puts s on the
 // run queue if no worker holds it. It unlocks s.mu.
 func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
-	s.items = append(s.items, it)
+	s.pushLocked(&it)
 	schedule := s.state == idle
 	if schedule {
 		s.state = scheduled
@@ -400,7 +407,16 @@ func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
 		e.tracking.Store(true)
 	}
 	if schedule {
-		e.runq <- s
+		e.ready(s)
+	}
+}
+
+// ready puts s, just scheduled, on the run queue, and wakes a worker if
+// none is looking for work while one sleeps.
+func (e *Engine[E]) ready(s *shard[E]) {
+	e.rq.mark(int(s.idx))
+	if e.rq.wakeNeeded() {
+		e.rq.wakeOne()
 	}
 }
 
@@ -479,17 +495,16 @@ func (e *Engine[E]) Abort() {
 		s := &e.shards[i]
 		s.mu.Lock()
 		s.stopped, s.halted = true, true
-		if n := len(s.items); n > 0 {
-			stolen = append(stolen, s.items...)
-			s.items = nil
+		if n := int(s.queued); n > 0 {
+			stolen = s.appendFIFOLocked(stolen)
 			s.release(n)
 		}
 		// An idle shard is held by no worker, so its parked keys can be
 		// read here; a scheduled one is aborted by the worker that takes it.
-		push := s.state == idle && len(s.parked) > 0 && s.scheduleLocked()
+		push := s.state == idle && s.parkedKeys() > 0 && s.scheduleLocked()
 		s.mu.Unlock()
 		if push {
-			e.runq <- s
+			e.ready(s)
 		}
 	}
 	if len(stolen) > 0 {

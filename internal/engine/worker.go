@@ -22,10 +22,20 @@ type worker[E any] struct {
 	id int
 
 	cur    *shard[E] // the shard held; nil between shards
-	rounds int       // FIFO swaps taken from cur since it was taken
+	from   int       // where the next look at the run queue starts
+	sl     sleeper
+	rounds int // FIFO swaps taken from cur since it was taken
 
-	batch []Item[E] // items in hand, swapped out of cur
-	pos   int       // next item of batch to run
+	// batch is the items in hand, taken from cur's FIFO: one (its first
+	// item), then each segment of the list in turn (seg, the one run; segs,
+	// those still to run), or, in a batching engine, all of them copied
+	// into buf so that gather sees one key's adjacent items together.
+	batch []Item[E]
+	pos   int // next item of batch to run
+	one   [1]Item[E]
+	seg   *segment[E]
+	segs  *segment[E]
+	buf   []Item[E]
 	// taken marks items of batch merged into an earlier unit; it is sized
 	// only once gather merges something (anyTaken).
 	taken    []bool
@@ -94,7 +104,7 @@ func (p *published) settled() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
-	return &worker[E]{e: e, id: id}
+	return &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1)}}
 }
 
 // IsWorkerGoroutine reports whether the calling goroutine is one of the
@@ -137,6 +147,9 @@ func (w *worker[E]) next() bool {
 		w.step()
 		return true
 	}
+	if w.advance() {
+		return true
+	}
 	if w.cur != nil {
 		w.refill()
 		return true
@@ -152,30 +165,57 @@ func (w *worker[E]) next() bool {
 }
 
 // take returns the next shard of the run queue, sleeping until there is
-// one, or nil when the Lifecycle stops or aborts.
+// one, or nil when the Lifecycle stops or aborts or the engine retires
+// (see runQueue for when a sleeping worker is woken).
 func (w *worker[E]) take() *shard[E] {
-	select {
-	case s := <-w.e.runq:
-		return s
-	default:
+	q := &w.e.rq
+	q.looking.Add(1)
+	tidied := false
+	for {
+		if i := q.claim(w.from); i >= 0 {
+			w.from = i + 1
+			q.found()
+			return &w.e.shards[i]
+		}
+		if !tidied {
+			// Nothing to do: let go of what finished events left behind
+			// and park a burst's buffer (released if no worker needs it
+			// soon), then sleep.
+			tidied = true
+			w.e.d.Idle(w.id)
+			if cap(w.buf) > maxIdleBuffer {
+				w.e.parkBuffer(w.buf)
+				w.buf = nil
+			}
+			w.e.armTrim()
+		}
+		// Sleeping first, then no longer looking, then one more look: a
+		// shard marked meanwhile is seen here or wakes a worker.
+		q.sleep(&w.sl)
+		q.looking.Add(-1)
+		if q.any() {
+			if q.unsleep(&w.sl) {
+				q.looking.Add(1)
+				continue
+			}
+			// A waker took this worker off the list: its wake is on the
+			// way, and the worker counts as looking.
+		}
+		l := w.e.life
+		select {
+		case <-w.sl.wake:
+			continue // counted as looking by the waker
+		case <-l.stopCh:
+		case <-l.abortCtx.Done():
+		case <-w.e.quit:
+		}
+		if !q.unsleep(&w.sl) {
+			// Woken as well: hand the looking on.
+			<-w.sl.wake
+			q.found()
+		}
+		return nil
 	}
-	// Nothing to do: let go of what finished events left behind and park
-	// a burst's buffer (released if no worker needs it soon), then sleep.
-	w.e.d.Idle(w.id)
-	if cap(w.batch) > maxIdleBuffer {
-		w.e.parkBuffer(w.batch)
-		w.batch = nil
-	}
-	w.e.armTrim()
-	l := w.e.life
-	select {
-	case s := <-w.e.runq:
-		return s
-	case <-l.stopCh:
-	case <-l.abortCtx.Done():
-	case <-w.e.quit:
-	}
-	return nil
 }
 
 // step runs the next item of the batch, or parks it behind its key.
@@ -186,8 +226,8 @@ func (w *worker[E]) step() {
 		return
 	}
 	s := w.cur
-	if len(s.parked) > 0 {
-		if pk, ok := s.parked[it.Key]; ok {
+	if s.rt != nil && len(s.rt.parked) > 0 {
+		if pk, ok := s.rt.parked[it.Key]; ok {
 			pu := &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event}
 			if t := it.Track; t != nil {
 				pu.ID, pu.Prior = w.trackedID(t, pu.ID), t.Prior
@@ -222,6 +262,61 @@ func (w *worker[E]) step() {
 	}
 	if len(u.Items) > 1 {
 		clear(w.group)
+	}
+}
+
+// takeLocked takes s's whole FIFO into the worker's hands and returns how
+// many items it held. s.mu must be held.
+func (w *worker[E]) takeLocked(s *shard[E]) int {
+	n, head := s.drainLocked(&w.one[0])
+	if n > 0 {
+		w.batch, w.pos, w.segs = w.one[:1], 0, head
+	}
+	return n
+}
+
+// flatten copies the segments taken into buf after the first item, and
+// gives them back (batching engines: gather merges across segments).
+func (w *worker[E]) flatten() {
+	if w.buf == nil {
+		w.buf = w.e.spareBuffer()
+	}
+	w.buf = append(w.buf[:0], w.one[0])
+	w.one[0] = Item[E]{}
+	w.e.putList(w.segs, func(seg *segment[E]) { w.buf = append(w.buf, seg.items[:seg.n]...) })
+	w.segs = nil
+	w.batch = w.buf
+}
+
+// advance moves on to the next segment taken, giving back the one run;
+// it returns false when none is left.
+func (w *worker[E]) advance() bool {
+	if w.seg != nil {
+		w.e.segs.put(w.seg, w.seg, 1)
+		w.seg = nil
+		w.unit.Items = nil // it pointed into the segment
+	}
+	next := w.segs
+	if next == nil {
+		return false
+	}
+	w.one[0] = Item[E]{}
+	w.segs, w.seg = next.next, next
+	w.batch, w.pos = next.items[:next.n], 0
+	return true
+}
+
+// resetBatch drops the batch just run (its segments are given back).
+func (w *worker[E]) resetBatch() {
+	w.one[0] = Item[E]{}
+	if len(w.buf) > 0 {
+		clear(w.buf)
+		w.buf = w.buf[:0]
+	}
+	w.batch, w.pos = nil, 0
+	if w.anyTaken {
+		clear(w.taken)
+		w.anyTaken = false
 	}
 }
 
@@ -416,12 +511,10 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	s := w.cur
 	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
 		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err, Prior: u.Prior}
-	if s.parked == nil {
-		s.parked = make(map[uint64]*parkedKey[E])
-	}
-	s.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
+	rt := s.retryState()
+	rt.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
 	w.pub.retrying.Add(int64(len(parked.Items)))
-	s.due.push(time.Now().Add(v.Delay), u.Key())
+	rt.due.push(time.Now().Add(v.Delay), u.Key())
 	w.pend(parked, v)
 }
 
@@ -437,7 +530,7 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 			w.pub.followers.Add(-n)
 			w.pub.retrying.Add(n)
 		}
-		s.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
+		s.rt.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
 		w.pend(u, v)
 		return
 	}
@@ -452,9 +545,9 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 	pk.units[0] = nil
 	pk.units = pk.units[1:]
 	if len(pk.units) == 0 {
-		delete(s.parked, key)
+		delete(s.rt.parked, key)
 	} else {
-		s.due.push(time.Time{}, key) // the next unit of the key is due at once
+		s.rt.due.push(time.Time{}, key) // the next unit of the key is due at once
 	}
 }
 
@@ -525,8 +618,8 @@ func (w *worker[E]) runDue(now time.Time) {
 		if w.e.life.aborted.Load() {
 			return
 		}
-		key := s.due.pop()
-		pk := s.parked[key]
+		key := s.rt.due.pop()
+		pk := s.rt.parked[key]
 		if pk == nil {
 			continue
 		}
@@ -545,17 +638,12 @@ func (w *worker[E]) runDue(now time.Time) {
 // its retry timer armed if keys are parked).
 func (w *worker[E]) refill() {
 	s := w.cur
-	clear(w.batch)
-	w.batch, w.pos = w.batch[:0], 0
+	w.resetBatch()
 	// Drop the scratch unit's references, or an idle worker would keep
 	// its last event alive.
 	u := &w.unit
 	u.Items, u.Event, u.Chain, u.Err = nil, *new(E), nil, nil
-	if w.anyTaken {
-		clear(w.taken)
-		w.anyTaken = false
-	}
-	if len(s.due) > 0 {
+	if s.hasDue() {
 		if now := time.Now(); s.dueBy(now) {
 			w.runDue(now)
 		}
@@ -564,39 +652,36 @@ func (w *worker[E]) refill() {
 	n := w.done
 	s.release(n)
 	w.done = 0
-	if len(s.items) > 0 && (w.rounds == 0 || len(w.e.runq) == 0) {
-		if w.batch == nil {
-			w.batch = w.e.spareBuffer()
-		}
-		w.batch, s.items = s.items, w.batch
+	if s.queued > 0 && (w.rounds == 0 || !w.e.rq.any()) {
+		taken := w.takeLocked(s)
 		w.rounds++
-		w.pub.taken.Add(uint64(len(w.batch)))
+		w.pub.taken.Add(uint64(taken))
 		s.mu.Unlock()
+		if w.segs != nil && w.e.cfg.Batching {
+			w.flatten()
+		}
 		w.free(n)
 		return
 	}
-	requeue := len(s.items) > 0 || (s.halted && s.holds()) ||
-		(len(s.due) > 0 && s.dueBy(time.Now()))
+	requeue := s.queued > 0 || (s.halted && s.holds()) || (s.hasDue() && s.dueBy(time.Now()))
 	if !requeue {
 		s.state = idle
-		if len(s.due) > 0 {
-			if s.timer == nil {
-				s.timer = time.AfterFunc(time.Hour, s.wake)
+		if s.hasDue() {
+			rt := s.rt
+			if rt.timer == nil {
+				rt.timer = time.AfterFunc(time.Hour, s.wake)
 			}
-			s.timer.Reset(time.Until(s.due[0].at))
+			rt.timer.Reset(time.Until(rt.due[0].at))
 		}
 	}
-	oversized := !requeue && cap(s.items) > maxIdleBuffer
 	s.mu.Unlock()
 	w.free(n)
-	if oversized {
-		w.e.noteOversized(s)
-	}
 	w.cur = nil
 	w.endStretch()
 	w.last = 0 // the next run's start is read anew
 	if requeue {
-		w.e.runq <- s
+		// No wake: this worker looks at the run queue next.
+		w.e.rq.mark(int(s.idx))
 		return
 	}
 	if l := w.e.life; l.idleWaiters.Load() > 0 && w.e.added.Load() == w.e.settled() {
@@ -632,11 +717,11 @@ func (w *worker[E]) abortAll() {
 		if w.cur != nil {
 			w.abortShard()
 		}
-		select {
-		case w.cur = <-w.e.runq:
-		default:
+		i := w.e.rq.claim(w.from)
+		if i < 0 {
 			return
 		}
+		w.cur = &w.e.shards[i]
 	}
 }
 
@@ -649,32 +734,35 @@ func (w *worker[E]) abortShard() {
 	s := w.cur
 	closed := w.e.cfg.ErrClosed
 	for {
-		for w.pos < len(w.batch) {
-			i := w.pos
-			w.pos++
-			if w.anyTaken && w.taken[i] {
-				continue
+		for {
+			for w.pos < len(w.batch) {
+				i := w.pos
+				w.pos++
+				if w.anyTaken && w.taken[i] {
+					continue
+				}
+				it := w.batch[i]
+				w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, closed)
 			}
-			it := w.batch[i]
-			w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, closed)
+			if !w.advance() {
+				break
+			}
 		}
+		w.resetBatch()
 		s.mu.Lock()
 		s.stopped = true
-		queued := s.items
-		s.items = nil
-		w.pub.taken.Add(uint64(len(queued)))
+		taken := w.takeLocked(s)
+		w.pub.taken.Add(uint64(taken))
 		s.mu.Unlock()
-		if len(queued) == 0 {
+		if taken == 0 {
 			break
 		}
-		clear(w.batch)
-		w.batch, w.pos = queued, 0
-		if w.anyTaken {
-			clear(w.taken)
-			w.anyTaken = false
-		}
 	}
-	for key, pk := range s.parked {
+	var parked map[uint64]*parkedKey[E]
+	if s.rt != nil {
+		parked = s.rt.parked
+	}
+	for key, pk := range parked {
 		for len(pk.units) > 0 {
 			u := pk.units[0]
 			pk.units[0] = nil
@@ -692,14 +780,15 @@ func (w *worker[E]) abortShard() {
 			}
 			w.giveUp(u, err)
 		}
-		delete(s.parked, key)
+		delete(parked, key)
 	}
-	s.due = s.due[:0]
-	if s.timer != nil {
-		s.timer.Stop()
+	if rt := s.rt; rt != nil {
+		rt.due = rt.due[:0]
+		if rt.timer != nil {
+			rt.timer.Stop()
+		}
 	}
-	clear(w.batch)
-	w.batch, w.pos = w.batch[:0], 0
+	w.resetBatch()
 	s.mu.Lock()
 	s.release(w.done)
 	n := w.done
