@@ -143,15 +143,18 @@ const (
 
 // Engine is one pool's shards, run queue and workers.
 type Engine[E any] struct {
-	cfg      Config
-	d        Dispatcher[E]
-	life     *Lifecycle
-	shards   []shard[E]
-	mask     uint64
-	workers  []*worker[E]
-	rq       runQueue
-	epoch    int64  // nanotime at New
-	capacity uint64 // Workers × QueueSize
+	cfg     Config
+	d       Dispatcher[E]
+	life    *Lifecycle
+	shards  []shard[E]
+	mask    uint64
+	workers []*worker[E]
+	rq      runQueue
+	epoch   int64 // nanotime at New
+	// giveBackEvery is how many finished events make a worker give their
+	// room back before its batch ends, when producers wait for room.
+	giveBackEvery int
+	capacity      uint64 // Workers × QueueSize
 
 	_     [64]byte
 	added atomic.Uint64 // accepted events; written by producers
@@ -171,6 +174,7 @@ type Engine[E any] struct {
 	spares      [][]Item[E]
 	trimTimer   *time.Timer
 	trimArmed   bool
+	trimMark    uint64 // added when the trim was armed
 
 	// reaper gives up, after Abort, the events Abort took out of the FIFOs.
 	reaper atomic.Pointer[worker[E]]
@@ -217,7 +221,8 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	// inline), and a few for workers' follow-on adds; more only for
 	// overflow, up to a bound on what New allocates.
 	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
-	e.rq = newRunQueue(cfg.Shards, cfg.Workers)
+	e.rq.init(cfg.Shards, cfg.Workers)
+	e.giveBackEvery = max(cfg.QueueSize/16, 1)
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)

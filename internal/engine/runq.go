@@ -2,32 +2,34 @@ package engine
 
 import (
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
 
-// runQueue is an engine's run queue: which shards have work for a worker,
-// and which workers sleep.
+// runQueue is an engine's run queue: the shards that have work for a
+// worker, in the order they got it, and the workers that sleep.
 //
-// It is a bitmap, not a channel: one atomic OR marks a shard runnable and
-// one atomic AND claims it; a summary word (one bit per group of bitmap
-// words) answers "is any shard waiting?" with one load. Each worker scans
-// from where its last claim was, so every runnable shard is reached within
-// one sweep.
+// It is a bounded lock-free ring (Vyukov's MPMC queue), not a channel: one
+// compare-and-swap puts a shard in and one takes it out, and a shard is in
+// it at most once (its state says so), so a ring of Shards cells never
+// fills. The order is first in, first out across shards, as a channel's.
 //
-// Wakes are never per event: a producer that marks a shard wakes a
-// sleeping worker only when no worker is looking for work, and it counts
-// the woken worker as looking at once, so at most one is woken at a time.
-// A looking worker that finds a shard stops looking; if it was the last
-// one and more shards wait, it wakes one more. Every write that makes
+// Wakes are never per event: a producer that queues a shard wakes a
+// sleeping worker only when fewer workers are looking for work than shards
+// wait (usually: none is looking), and it counts the woken worker as
+// looking at once. A looking worker that finds a shard stops looking; if
+// more shards wait than workers still look, it wakes one more. Every write that makes
 // work visible is followed by a read of the lookers, and every worker that
-// stops looking reads the bitmap after, so one of the two always sees the
-// other: while a worker sleeps, no runnable shard is left unseen.
+// stops looking reads the ring after, so one of the two always sees the
+// other: while a worker sleeps, no queued shard is left unseen.
 type runQueue struct {
-	ready    []atomic.Uint64 // bit i: shard i is runnable and unclaimed
-	sumShift uint            // bitmap word w is summarised by bit w>>sumShift
+	cells    []cell
+	mask     uint64
 	_        [40]byte
-	summary  atomic.Uint64
+	head     atomic.Uint64 // next cell to take
+	_        [56]byte
+	tail     atomic.Uint64 // next cell to fill
 	_        [56]byte
 	looking  atomic.Int32 // workers looking for a shard (or woken to)
 	_        [60]byte
@@ -36,88 +38,97 @@ type runQueue struct {
 	sleeping []*sleeper
 }
 
+// cell is one place of the ring: seq says whose turn it is (filled when
+// seq = position+1, free for position when seq = position).
+type cell struct {
+	seq   atomic.Uint64
+	shard int
+}
+
 // sleeper is a worker's wake-up line.
 type sleeper struct {
 	wake chan struct{} // capacity 1
 }
 
-func newRunQueue(shards, workers int) runQueue {
-	words := (shards + 63) / 64
-	return runQueue{
-		ready:    make([]atomic.Uint64, words),
-		sumShift: uint(max(0, bits.Len(uint(words-1))-6)),
-		sleeping: make([]*sleeper, 0, workers),
+func (q *runQueue) init(shards, workers int) {
+	n := 1 << bits.Len(uint(max(shards, 2)-1))
+	q.cells, q.mask = make([]cell, n), uint64(n-1)
+	q.sleeping = make([]*sleeper, 0, workers)
+	for i := range q.cells {
+		q.cells[i].seq.Store(uint64(i))
 	}
 }
 
-// mark makes shard i runnable. It reports whether a sleeping worker must
-// be woken (see wakeNeeded); the caller calls wakeOne then.
+// mark queues shard i, which is not in the queue. The caller then wakes a
+// worker if wakeNeeded says so.
 func (q *runQueue) mark(i int) {
-	w := i >> 6
-	q.ready[w].Or(1 << (i & 63))
-	if g := uint64(1) << (w >> q.sumShift); q.summary.Load()&g == 0 {
-		q.summary.Or(g)
+	pos := q.tail.Load()
+	for {
+		c := &q.cells[pos&q.mask]
+		seq := c.seq.Load()
+		switch d := int64(seq - pos); {
+		case d == 0:
+			if q.tail.CompareAndSwap(pos, pos+1) {
+				c.shard = i
+				c.seq.Store(pos + 1)
+				return
+			}
+			pos = q.tail.Load()
+		case d < 0:
+			// Full: never, as the ring has a cell per shard; were it,
+			// wait for a worker to take one.
+			runtime.Gosched()
+			pos = q.tail.Load()
+		default:
+			pos = q.tail.Load()
+		}
 	}
 }
 
 // wakeNeeded reports whether, after mark, a sleeping worker must be woken:
-// none is looking and one sleeps.
+// one sleeps, and the workers looking for work are fewer than the shards
+// queued (none looking, in the common case of one shard queued).
 func (q *runQueue) wakeNeeded() bool {
-	return q.looking.Load() == 0 && q.sleepers.Load() > 0
+	return q.sleepers.Load() > 0 && q.short(q.looking.Load())
 }
 
-// any reports whether a shard may be runnable.
-func (q *runQueue) any() bool { return q.summary.Load() != 0 }
+// short reports whether the queued shards outnumber the given lookers.
+func (q *runQueue) short(lookers int32) bool {
+	return lookers <= 0 || int64(q.tail.Load()-q.head.Load()) > int64(lookers)
+}
 
-// claim takes a runnable shard, scanning from index from; it returns its
-// index, or -1 when there is none.
-func (q *runQueue) claim(from int) int {
-	nw := len(q.ready)
+// any reports whether a queued shard can be taken now.
+func (q *runQueue) any() bool {
+	pos := q.head.Load()
+	return q.cells[pos&q.mask].seq.Load() == pos+1
+}
+
+// claim takes the shard queued first; it returns its index, or -1 when
+// none can be taken now.
+func (q *runQueue) claim() int {
+	pos := q.head.Load()
 	for {
-		sum := q.summary.Load()
-		if sum == 0 {
+		c := &q.cells[pos&q.mask]
+		seq := c.seq.Load()
+		switch d := int64(seq - (pos + 1)); {
+		case d == 0:
+			if q.head.CompareAndSwap(pos, pos+1) {
+				i := c.shard
+				c.seq.Store(pos + q.mask + 1)
+				return i
+			}
+			pos = q.head.Load()
+		case d < 0:
 			return -1
-		}
-		startWord := (from >> 6) % nw
-		startGroup := startWord >> q.sumShift
-		g := (bits.TrailingZeros64(bits.RotateLeft64(sum, -startGroup)) + startGroup) & 63
-		lo, hi := g<<q.sumShift, min((g+1)<<q.sumShift, nw)
-		for wi := lo; wi < hi; wi++ {
-			for {
-				word := q.ready[wi].Load()
-				if word == 0 {
-					break
-				}
-				rot := 0
-				if wi == startWord {
-					rot = from & 63
-				}
-				b := (bits.TrailingZeros64(bits.RotateLeft64(word, -rot)) + rot) & 63
-				bit := uint64(1) << b
-				if q.ready[wi].And(^bit)&bit != 0 {
-					return wi<<6 | b
-				}
-			}
-		}
-		// The group looked empty: clear its summary bit, then look again,
-		// so that a shard marked meanwhile keeps it set.
-		gb := uint64(1) << g
-		q.summary.And(^gb)
-		for wi := lo; wi < hi; wi++ {
-			if q.ready[wi].Load() != 0 {
-				q.summary.Or(gb)
-				break
-			}
+		default:
+			pos = q.head.Load()
 		}
 	}
 }
 
-// wakeOne wakes a sleeping worker, counted as looking, unless a worker is
-// looking already.
+// wakeOne wakes a sleeping worker, counted as looking from now on.
 func (q *runQueue) wakeOne() {
-	if !q.looking.CompareAndSwap(0, 1) {
-		return
-	}
+	q.looking.Add(1)
 	q.mu.Lock()
 	n := len(q.sleeping)
 	if n == 0 {
@@ -136,10 +147,10 @@ func (q *runQueue) wakeOne() {
 	}
 }
 
-// found ends a worker's looking once it claimed a shard: the last looker
-// wakes one more worker if more shards wait.
+// found ends a worker's looking once it claimed a shard, and wakes one
+// more worker if more shards wait than workers look.
 func (q *runQueue) found() {
-	if q.looking.Add(-1) == 0 && q.any() && q.sleepers.Load() > 0 {
+	if l := q.looking.Add(-1); q.sleepers.Load() > 0 && q.any() && q.short(l) {
 		q.wakeOne()
 	}
 }

@@ -282,6 +282,7 @@ func (e *Engine[E]) armTrim() {
 		return
 	}
 	e.trimArmed = true
+	e.trimMark = e.added.Load()
 	if e.trimTimer == nil {
 		e.trimTimer = time.AfterFunc(trimDelay, e.trim)
 	} else {
@@ -289,9 +290,17 @@ func (e *Engine[E]) armTrim() {
 	}
 }
 
-// trim releases parked buffers and the free segments above what New made.
+// trim releases parked buffers and the free segments above what New made,
+// once the engine took no event for trimDelay: a busy engine whose workers
+// keep falling asleep between events keeps its segments.
 func (e *Engine[E]) trim() {
 	e.oversizedMu.Lock()
+	if a := e.added.Load(); a != e.trimMark && e.running.Load() > 0 {
+		e.trimMark = a
+		e.trimTimer.Reset(trimDelay)
+		e.oversizedMu.Unlock()
+		return
+	}
 	e.trimArmed = false
 	clear(e.spares)
 	e.spares = e.spares[:0]

@@ -139,3 +139,44 @@ func quantile(h *[histBuckets]uint64, q float64) time.Duration {
 	}
 	return 0
 }
+
+// ShardLoad is one shard's load at one moment (see TopShards).
+type ShardLoad struct {
+	Shard int // the shard's index (see ShardIndex)
+	// Queued events wait in its FIFO, not yet taken by a worker; Held
+	// events are accepted and not finished: queued, in a worker's hands or
+	// parked for a retry. Capacity (QueueSize) is checked against Held.
+	Queued, Held int
+}
+
+// TopShards fills dst, up to cap(dst), with the shards that hold the most
+// events, busiest first, and returns it; shards that hold nothing are left
+// out. It takes each shard's lock once, briefly, and allocates nothing, so
+// a dashboard may call it every second; it is a snapshot shard by shard,
+// approximate under load.
+func (e *Engine[E]) TopShards(dst []ShardLoad) []ShardLoad {
+	dst = dst[:0]
+	k := cap(dst)
+	if k == 0 {
+		return dst
+	}
+	for i := range e.shards {
+		s := &e.shards[i]
+		s.mu.Lock()
+		q, h := int(s.queued), s.occupied
+		s.mu.Unlock()
+		if h <= 0 || (len(dst) == k && h <= dst[k-1].Held) {
+			continue
+		}
+		if len(dst) < k {
+			dst = append(dst, ShardLoad{})
+		}
+		j := len(dst) - 1
+		for j > 0 && dst[j-1].Held < h {
+			dst[j] = dst[j-1]
+			j--
+		}
+		dst[j] = ShardLoad{Shard: i, Queued: q, Held: h}
+	}
+	return dst
+}

@@ -22,7 +22,6 @@ type worker[E any] struct {
 	id int
 
 	cur    *shard[E] // the shard held; nil between shards
-	from   int       // where the next look at the run queue starts
 	sl     sleeper
 	rounds int // FIFO swaps taken from cur since it was taken
 
@@ -172,16 +171,17 @@ func (w *worker[E]) take() *shard[E] {
 	q.looking.Add(1)
 	tidied := false
 	for {
-		if i := q.claim(w.from); i >= 0 {
-			w.from = i + 1
+		if i := q.claim(); i >= 0 {
 			q.found()
 			return &w.e.shards[i]
 		}
 		if !tidied {
-			// Nothing to do: let go of what finished events left behind
-			// and park a burst's buffer (released if no worker needs it
-			// soon), then sleep.
+			// Nothing to do: end the stretch of runs timed, let go of what
+			// finished events left behind and park a burst's buffer
+			// (released if no worker needs it soon), then sleep.
 			tidied = true
+			w.endStretch()
+			w.last = 0 // the next run's start is read anew
 			w.e.d.Idle(w.id)
 			if cap(w.buf) > maxIdleBuffer {
 				w.e.parkBuffer(w.buf)
@@ -256,6 +256,9 @@ func (w *worker[E]) step() {
 		// The common case, without settle's detour.
 		w.pub.handled.Add(uint64(len(u.Items)))
 		w.done += len(u.Items)
+		if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
+			w.giveBack()
+		}
 	} else {
 		w.settle(u, v)
 		w.callbacks()
@@ -318,6 +321,18 @@ func (w *worker[E]) resetBatch() {
 		clear(w.taken)
 		w.anyTaken = false
 	}
+}
+
+// giveBack gives back, in the middle of a batch, the room of the events
+// finished so far, because producers wait for it.
+func (w *worker[E]) giveBack() {
+	s := w.cur
+	n := w.done
+	s.mu.Lock()
+	s.release(n)
+	s.mu.Unlock()
+	w.done = 0
+	w.free(n)
 }
 
 // newID returns a unit ID unique in the process, taken from the worker's
@@ -437,7 +452,7 @@ const stretchRuns = 16
 // itself (u.Took, with an observer) gives its exact time. Otherwise the
 // worker times stretches of up to stretchRuns runs: the clock is read when
 // a stretch ends (stretchRuns runs, a run that did not end Handled, or the
-// worker letting go of its shard), each run of the stretch counts as the
+// worker finding no more work), each run of the stretch counts as the
 // stretch's mean in the quantiles, and Max sees the whole stretch, an upper
 // bound of its slowest run that is exact for a run timed alone.
 func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
@@ -677,8 +692,6 @@ func (w *worker[E]) refill() {
 	s.mu.Unlock()
 	w.free(n)
 	w.cur = nil
-	w.endStretch()
-	w.last = 0 // the next run's start is read anew
 	if requeue {
 		// No wake: this worker looks at the run queue next.
 		w.e.rq.mark(int(s.idx))
@@ -717,7 +730,7 @@ func (w *worker[E]) abortAll() {
 		if w.cur != nil {
 			w.abortShard()
 		}
-		i := w.e.rq.claim(w.from)
+		i := w.e.rq.claim()
 		if i < 0 {
 			return
 		}
