@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -79,6 +80,7 @@ func TestBadInputRegister(t *testing.T) {
 	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 6")
 	_, err = eventbus.Register(bus, 200, okUser)
 	assert.ErrorIs(t, err, eventbus.ErrUnknownEventType, "undeclared 200")
+	assert.ErrorContains(t, err, "bus.Define(200, pool, name)", "the error says how to declare the type")
 
 	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.ChannelContext) error { return nil })
 	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "channel handler for a user type")
@@ -110,7 +112,10 @@ func TestBadInputLifecycle(t *testing.T) {
 	mustStart(t, bus)
 	require.Error(t, bus.Start(), "Start twice")
 	require.NoError(t, bus.AddEvent(context.Background(), ev))
+	var noCtx context.Context
+	require.NoError(t, bus.AddEvent(noCtx, ev), "a nil ctx is context.Background(), as AddEvent's doc says")
 	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	assert.Equal(t, uint64(2), bus.Stats().User.Handled, "the event added with a nil ctx ran")
 	require.ErrorIs(t, bus.AddEvent(context.Background(), ev), eventbus.ErrClosed)
 	require.ErrorIs(t, bus.TryAddEvent(ev), eventbus.ErrClosed)
 }
@@ -269,4 +274,125 @@ func TestBadInputFullShard(t *testing.T) {
 	st = bus.Stats().User
 	assert.Equal(t, uint64(4), st.Handled)
 	atRest(t, "user", st)
+}
+
+// TestWaitIdleNilContextDoesNotPanic: WaitIdle(nil), like Close(nil), takes a
+// nil ctx as Background: while a handler runs it neither panics nor hangs,
+// and it returns once the handler is released.
+func TestWaitIdleNilContextDoesNotPanic(t *testing.T) {
+	bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	g := newHoldGate(t)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		g.hold(ctx)
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	recvWithin(t, g.entered, 5*time.Second, "handler start")
+
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		//lint:ignore SA1012 a nil ctx on purpose
+		_ = bus.WaitIdle(nil)
+	}()
+	// WaitIdle(nil) must neither panic nor hang: it returns once the
+	// held handler is released.
+	g.open()
+	r := recvWithin(t, done, 5*time.Second, "WaitIdle to return")
+	require.Nil(t, r, "WaitIdle(nil) panicked")
+}
+
+// TestTypedNilConnIsBadInput: a typed nil Conn whose methods panic gets
+// ErrNilEvent from AddEvent, not a panic, and the event is not counted.
+func TestTypedNilConnIsBadInput(t *testing.T) {
+	bus := newBus(t)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	var conn *testConn // UID() dereferences it
+	err = bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn})
+	require.ErrorIs(t, err, eventbus.ErrNilEvent)
+	require.Zero(t, bus.Stats().User.Added)
+}
+
+// TestPanickingKeyFuncIsBadInput: a KeyFunc that panics is bad input, as a
+// panicking Conn is: AddEvent returns ErrNilEvent naming the KeyFunc, the
+// panic never reaches its caller, and the event is not counted.
+func TestPanickingKeyFuncIsBadInput(t *testing.T) {
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{KeyFunc: func(ev eventbus.Event) uint64 {
+		return uint64(len(ev.(*eventbus.UserContext).Conn.UID())) // panics on a nil Conn
+	}}))
+	mustRegister(t, b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+	mustStart(t, b)
+	for name, add := range map[string]func() error{
+		"AddEvent": func() error {
+			return b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend})
+		},
+		"TryAddEvent": func() error { return b.TryAddEvent(&eventbus.UserContext{EventType: eventbus.EventOnSend}) },
+	} {
+		var err error
+		require.Nil(t, noPanic(func() { err = add() }), "%s: a panicking KeyFunc reached the caller", name)
+		require.ErrorIs(t, err, eventbus.ErrNilEvent, name)
+		assert.Contains(t, err.Error(), "KeyFunc panicked", name)
+	}
+	st := b.Stats().User
+	assert.Zero(t, st.Added)
+	assert.Zero(t, st.Rejected)
+	// The pool still works.
+	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	idleWithin(t, b, 5*time.Second)
+	atRest(t, "user", b.Stats().User)
+}
+
+// TestUnmadeBusMethodsReturnErrNotNew: every method of a zero Bus, and of a nil
+// *Bus, returns ErrNotNew (or a harmless zero result), at once, without a
+// panic.
+func TestUnmadeBusMethodsReturnErrNotNew(t *testing.T) {
+	for name, b := range map[string]*eventbus.Bus{"zero Bus": new(eventbus.Bus), "nil *Bus": nil} {
+		t.Run(name, func(t *testing.T) { checkUnmadeBus(t, b) })
+	}
+}
+
+func checkUnmadeBus(t *testing.T, b *eventbus.Bus) {
+	ctx := deadline(t, 5*time.Second)
+	ev := userEvent(eventbus.EventOnSend, "u")
+	errs := map[string]func() error{
+		"Start":  b.Start,
+		"Define": func() error { return b.Define(40, eventbus.PoolUser, "x") },
+		"Register": func() error {
+			_, err := eventbus.Register(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+			return err
+		},
+		"Subscribe": func() error {
+			_, err := eventbus.Subscribe(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil })
+			return err
+		},
+		"AddEvent":    func() error { return b.AddEvent(ctx, ev) },
+		"TryAddEvent": func() error { return b.TryAddEvent(ev) },
+		"WaitIdle":    func() error { return b.WaitIdle(ctx) },
+		"Close":       func() error { return b.Close(ctx) },
+	}
+	for name, call := range errs {
+		done := make(chan error, 1)
+		go func() {
+			var err error
+			if r := noPanic(func() { err = call() }); r != nil {
+				err = fmt.Errorf("panicked: %v", r)
+			}
+			done <- err
+		}()
+		err := recvWithin(t, done, 5*time.Second, name+" on an unmade Bus")
+		assert.ErrorIs(t, err, eventbus.ErrNotNew, name)
+		if err != nil {
+			assert.Contains(t, err.Error(), "New", "%s: the error says to use New", name)
+		}
+	}
+	assert.Nil(t, noPanic(func() {
+		b.Use(func(next eventbus.HandlerFunc) eventbus.HandlerFunc { return next })
+		assert.Equal(t, eventbus.Stats{}, b.Stats())
+		assert.Equal(t, "OnSend", b.TypeName(eventbus.EventOnSend))
+		assert.False(t, b.UnregisterHandler(eventbus.EventOnSend, "x"))
+	}), "a method of an unmade Bus panicked")
 }

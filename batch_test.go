@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,4 +276,41 @@ func TestBatchOnlyForChannelTypes(t *testing.T) {
 	ok := newBus(t, eventbus.WithBatch(41, 4))
 	require.NoError(t, ok.Define(41, eventbus.PoolChannel, "Archive"))
 	assert.NoError(t, ok.Start())
+}
+
+// TestSinkGoexitDuringBatchDeadLetterLosesNone: a sink calling
+// Goexit on the first dead letter of a failed batch still receives every
+// original event of the batch.
+func TestSinkGoexitDuringBatchDeadLetterLosesNone(t *testing.T) {
+	const n = 5
+	sink := &goexitSink{}
+	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithBatch(eventbus.EventChannelStore, n),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1}))
+	entered, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		close(entered)
+		<-release
+		return nil
+	})
+	var batches atomic.Int64
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		batches.Add(1)
+		return eventbus.Permanent(fmt.Errorf("store down (%d messages)", len(ev.Messages)))
+	})
+	mustStart(t, b)
+	// Hold the only worker on the same channel, so the stores queue up
+	// behind it and are merged into one batch.
+	relAdd(t, b, &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2})
+	recvWithin(t, entered, 5*time.Second, "the holding handler")
+	for i := range n {
+		relAdd(t, b, &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: "g", ChannelType: 2,
+			Messages: []*eventbus.Message{{MessageSeq: uint64(i)}}})
+	}
+	close(release)
+	idleWithin(t, b, 5*time.Second)
+	st := b.Stats().Channel
+	assert.Equal(t, int64(1), batches.Load(), "the five stores ran as one batch")
+	assert.Equal(t, int64(n), sink.n.Load(), "the sink got every original event")
+	assert.Equal(t, uint64(n), st.DeadLettered)
+	atRest(t, "channel", st)
 }

@@ -9,12 +9,15 @@ import (
 
 // CallInfo describes the handler call a context belongs to.
 type CallInfo struct {
-	Pool    Pool
-	Type    EventType
-	Handler string // the handler's name
-	Index   int    // its position in the chain
-	Attempt int    // attempt number, from 1
-	EventID uint64 // unique per run unit in this process (a batch shares one)
+	Pool Pool
+	Type EventType
+	// TypeName is the type's name as Bus.TypeName gives it: a built-in
+	// name, the name given to Define, or "EventType(n)".
+	TypeName string
+	Handler  string // the handler's name
+	Index    int    // its position in the chain
+	Attempt  int    // attempt number, from 1
+	EventID  uint64 // unique per run unit in this process (a batch shares one)
 }
 
 // CallInfoFrom returns the CallInfo of a handler's context, or false when
@@ -119,7 +122,7 @@ func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
 	p := c.pool()
-	return CallInfo{Pool: p.kind, Type: c.typ, Handler: c.entry().name,
+	return CallInfo{Pool: p.kind, Type: c.typ, TypeName: p.bus.typeNameLocked(c.typ), Handler: c.entry().name,
 		Index: int(c.index), Attempt: int(c.attempt), EventID: c.eventID}
 }
 

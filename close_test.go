@@ -15,11 +15,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestCloseDrainsUnderLoad proves Close's contract (DESIGN §5) while 64
-// producers add events: every add that returned nil is handled exactly
-// once, every refused one got ErrClosed, the follow-ons that handlers emit
-// while the bus drains are accepted and handled, and at the end the stats
-// identity holds with nothing left.
+// TestCloseDrainsUnderLoad proves Close's contract (see ARCHITECTURE.md,
+// Idle, WaitIdle and Close) while 64 producers add events: every add that
+// returned nil is handled exactly once, every refused one got ErrClosed, the
+// follow-ons that handlers emit while the bus drains are accepted and
+// handled, and at the end the stats identity holds with nothing left.
 //
 // "load": producers run free and Close starts after 2000 events were
 // handled. "back-pressure": every shard is full (handlers held at a gate),
@@ -195,11 +195,12 @@ func coreBlockedBus(t *testing.T, queued int) (*eventbus.Bus, context.Context, f
 }
 
 // TestCloseTimeoutDeadLettersAndLaterCloseWaits proves the give-up path of
-// Close (DESIGN §5): when ctx ends while a handler blocks, Close returns a
-// *CloseError counting the unfinished events and wrapping ctx's error, the
-// handler's context is cancelled, the queued events go to the dead-letter
-// sink with ErrClosed, adds are refused; a later Close is bounded by its
-// ctx while the handler still blocks and returns nil once it has returned.
+// Close (see ARCHITECTURE.md, Idle, WaitIdle and Close): when ctx ends while
+// a handler blocks, Close returns a *CloseError counting the unfinished
+// events and wrapping ctx's error, the handler's context is cancelled, the
+// queued events go to the dead-letter sink with ErrClosed, adds are refused;
+// a later Close is bounded by its ctx while the handler still blocks and
+// returns nil once it has returned.
 func TestCloseTimeoutDeadLettersAndLaterCloseWaits(t *testing.T) {
 	const queued = 5
 	bus, hctx, unblock, sink, handled := coreBlockedBus(t, queued)
@@ -387,9 +388,22 @@ func TestCloseTwiceAndAddAfterClose(t *testing.T) {
 	require.ErrorIs(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
 	require.ErrorIs(t, bus.TryAddEvent(userEvent(eventbus.EventOnSend, "a")), eventbus.ErrClosed)
 	require.Error(t, bus.Start(), "Start after Close")
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	require.ErrorIs(t, err, eventbus.ErrClosed, "Register after Close fails as Subscribe does")
+	_, err = eventbus.Subscribe(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+	require.ErrorIs(t, err, eventbus.ErrClosed, "Subscribe after Close")
 	st := bus.Stats().User
 	assert.Equal(t, uint64(1), st.Handled)
 	atRest(t, "user", st)
+}
+
+// TestCloseErrorSaysEventOrEvents: the error of a Close that gave up
+// counts its events in words that agree with the number.
+func TestCloseErrorSaysEventOrEvents(t *testing.T) {
+	assert.Equal(t, "eventbus: close: 1 event left: context deadline exceeded",
+		(&eventbus.CloseError{Left: 1, Err: context.DeadlineExceeded}).Error())
+	assert.Equal(t, "eventbus: close: 2 events left: context deadline exceeded",
+		(&eventbus.CloseError{Left: 2, Err: context.DeadlineExceeded}).Error())
 }
 
 // TestCloseBeforeStart: a bus closed before Start is closed for good; a
@@ -407,7 +421,8 @@ func TestCloseBeforeStart(t *testing.T) {
 	require.NoError(t, bus.Close(deadline(t, 500*time.Millisecond)), "second Close of a bus closed before Start")
 }
 
-// TestWaitIdleSemantics proves DESIGN §4.11: ErrNotStarted before Start;
+// TestWaitIdleSemantics proves WaitIdle's contract (see ARCHITECTURE.md,
+// Idle, WaitIdle and Close): ErrNotStarted before Start;
 // nil on an idle bus; ctx's error while a handler is busy; follow-on events
 // (also across pools) are counted before their parent returns, so WaitIdle
 // never returns between parent and child; nil after Close.
@@ -517,7 +532,7 @@ func TestCloseErrorLeftWithHandlersThatHonourCancellation(t *testing.T) {
 // follow-on events until its context is cancelled. Every event accepted is
 // either counted in Left or refused, and each one counted ends in the
 // dead-letter sink with ErrClosed. Counting before the shards stopped let
-// follow-ons in after the count (Left short by up to 20 in a review).
+// follow-ons in after the count (Left short by up to 20).
 func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 	for round := range 10 {
 		sink := &sinkRecorder{}
@@ -555,4 +570,216 @@ func TestCloseErrorLeftCountsFollowOnsAddedWhileClosing(t *testing.T) {
 		require.Equal(t, len(letters), ce.Left, "round %d: Left counts every event dead-lettered by the close", round)
 		atRest(t, "user", bus.Stats().User)
 	}
+}
+
+// TestCloseAbortObservesEachEventType: when Close gives up, the events it takes
+// from a shard's queue are dead-lettered and observed per event: a queued
+// OnSend and a queued RecvAck give OutcomeDeadLettered observations of their
+// own types, not one observation of the first event's type.
+func TestCloseAbortObservesEachEventType(t *testing.T) {
+	obs := &obsRecorder{}
+	sink := &sinkRecorder{}
+	bus := newBus(t, eventbus.WithObserver(obs), eventbus.WithDeadLetter(sink),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	g := newHoldGate(t)
+	_, err := eventbus.Register(bus, eventbus.EventOnConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
+		g.hold(ctx)
+		return nil
+	})
+	require.NoError(t, err)
+	for _, typ := range []eventbus.EventType{eventbus.EventOnSend, eventbus.EventRecvAck} {
+		_, err := eventbus.Register(bus, typ, func(ctx context.Context, ev *eventbus.UserContext) error { return nil })
+		require.NoError(t, err)
+	}
+	require.NoError(t, bus.Start())
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnConnect, "gate")))
+	recvWithin(t, g.entered, 5*time.Second, "gate handler")
+	// Both wait in the one shard's FIFO behind the gate.
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "a")))
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventRecvAck, "b")))
+
+	closeExpired(t, bus)
+	g.open()
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+
+	require.Len(t, sink.all(), 2)
+	var types []eventbus.EventType
+	for _, o := range obs.outcome(eventbus.OutcomeDeadLettered) {
+		for range o.Events {
+			types = append(types, o.Type)
+		}
+	}
+	assert.ElementsMatch(t, []eventbus.EventType{eventbus.EventOnSend, eventbus.EventRecvAck}, types,
+		"one dead-letter observation per event type (got %+v)", obs.outcome(eventbus.OutcomeDeadLettered))
+}
+
+// TestCloseAbortDoesNotBlameHandlerThatNeverRan: the chain is [first, second]
+// and Close gives up while first runs. When first returns nil the event is
+// dead-lettered before second runs, and the dead letter does not say that
+// second made an attempt (DeadLetter documents Attempts 0 = never ran,
+// Handler = the one that failed last).
+func TestCloseAbortDoesNotBlameHandlerThatNeverRan(t *testing.T) {
+	sink := newNotifySink()
+	bus := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	g := newHoldGate(t)
+	secondRan := make(chan struct{}, 1)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		g.hold(ctx)
+		return nil
+	}, eventbus.WithName("first"))
+	require.NoError(t, err)
+	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		secondRan <- struct{}{}
+		return nil
+	}, eventbus.WithName("second"))
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	recvWithin(t, g.entered, 5*time.Second, "first handler")
+
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.Error(t, bus.Close(expired))
+	g.open()
+	d := recvWithin(t, sink.ch, 5*time.Second, "dead letter")
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+	require.Empty(t, secondRan, "second never ran")
+	assert.ErrorIs(t, d.Err, eventbus.ErrClosed)
+	assert.False(t, d.Handler == "second" && d.Attempts > 0,
+		"dead letter claims %q made %d attempt(s), but it never ran", d.Handler, d.Attempts)
+}
+
+// TestGoexitInSinkDuringAbortEndsEachEventOnce: a sink that calls
+// runtime.Goexit on a worker, while the worker dead-letters what it holds
+// after Close gave up, neither loses nor repeats a dead letter: every event
+// ends exactly once.
+func TestGoexitInSinkDuringAbortEndsEachEventOnce(t *testing.T) {
+	sink := &goexitSink{}
+	bus := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	first, second := newHoldGate(t), newHoldGate(t)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		switch ev.Frame {
+		case "first":
+			first.hold(ctx)
+		case "second":
+			second.hold(ctx)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	add := func(uid string, frame any) *eventbus.UserContext {
+		ev := userEvent(eventbus.EventOnSend, uid)
+		ev.Frame = frame
+		require.NoError(t, bus.AddEvent(context.Background(), ev))
+		return ev
+	}
+	add("u", "first")
+	recvWithin(t, first.entered, 5*time.Second, "first handler start")
+	// These queue while the worker is held, so that it takes them all in
+	// its next batch: they are in its hands, not in the FIFO, when Close
+	// gives up during the second hold.
+	add("u", "second")
+	var queued []*eventbus.UserContext
+	for i := range 5 {
+		queued = append(queued, add("u", fmt.Sprint("k", i)))
+	}
+	first.open()
+	recvWithin(t, second.entered, 5*time.Second, "second handler start")
+	closeExpired(t, bus)
+	second.open()
+	require.NoError(t, bus.Close(deadline(t, 5*time.Second)))
+
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for i, ev := range queued {
+		assert.Equal(t, 1, sink.seen[ev], "queued event %d dead-lettered %d times", i, sink.seen[ev])
+	}
+	s := bus.Stats().User
+	assert.Equal(t, s.Added, s.Handled+s.Stopped+s.DeadLettered, "%+v", s)
+	assert.Equal(t, uint64(len(queued)), s.DeadLettered)
+}
+
+// TestCloseZeroBusReturnsErrNotNew: Close on a zero Bus returns ErrNotNew at
+// once, whatever its ctx (Background included).
+func TestCloseZeroBusReturnsErrNotNew(t *testing.T) {
+	var b eventbus.Bus
+	done := make(chan error, 1)
+	go func() { done <- b.Close(context.Background()) }()
+	err := recvWithin(t, done, 5*time.Second, "Close on a zero Bus")
+	assert.ErrorIs(t, err, eventbus.ErrNotNew)
+}
+
+// TestCloseNeverReportsZeroLeft: a bus that drains just as Close's
+// ctx ends is closed cleanly; a *CloseError always has something left.
+func TestCloseNeverReportsZeroLeft(t *testing.T) {
+	// The window is narrow: a wrong count shows in about one round of a
+	// thousand.
+	small := eventbus.PoolConfig{Workers: 1, Shards: 1}
+	for round := range 2000 {
+		b := newBus(t, eventbus.WithUserPool(small), eventbus.WithChannelPool(small), eventbus.WithPusherPool(small))
+		ctx, cancel := context.WithCancel(context.Background())
+		entered := make(chan struct{})
+		mustRegister(t, b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error {
+			close(entered)
+			<-ctx.Done() // returns just as Close's ctx ends
+			return nil
+		})
+		mustStart(t, b)
+		relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+		<-entered
+		done := make(chan error, 1)
+		go func() { done <- b.Close(ctx) }()
+		cancel()
+		err := <-done
+		var ce *eventbus.CloseError
+		if errors.As(err, &ce) {
+			require.Positive(t, ce.Left, "round %d: %v", round, err)
+		} else {
+			require.NoError(t, err, "round %d", round)
+		}
+	}
+}
+
+// blockingSink holds every dead letter until released.
+type blockingSink struct {
+	release chan struct{}
+	n       atomic.Int64
+}
+
+func (s *blockingSink) DeadLetter(*eventbus.DeadLetter) {
+	<-s.release
+	s.n.Add(1)
+}
+
+// TestCloseReturnsAtOnceWithSlowSink: after its deadline, Close
+// returns without waiting for the sink; the events it gave up all reach
+// the sink later, and a second Close waits for that.
+func TestCloseReturnsAtOnceWithSlowSink(t *testing.T) {
+	const queued = 10_000
+	sink := &blockingSink{release: make(chan struct{})}
+	b := newBus(t, eventbus.WithDeadLetter(sink),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: queued + 1}))
+	entered, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, holdFrame(entered, release))
+	mustStart(t, b)
+	hold := userEvent(eventbus.EventOnSend, "alice")
+	hold.Frame = "hold"
+	relAdd(t, b, hold)
+	recvWithin(t, entered, 5*time.Second, "the holding handler")
+	for range queued {
+		relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+	}
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close(expired) }()
+	err := recvWithin(t, closed, 5*time.Second, "Close with a blocked sink")
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, queued+1, ce.Left)
+	close(sink.release)
+	close(release)
+	require.NoError(t, b.Close(deadline(t, 10*time.Second)))
+	assert.Equal(t, int64(queued), sink.n.Load())
 }

@@ -215,3 +215,147 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	ids.Range(func(any, any) bool { n++; return true })
 	assert.Equal(t, events, n, "one unique EventID per event")
 }
+
+// TestEventIDUniqueInProcess: CallInfo.EventID is unique per accepted event
+// in this process: the first events of two buses, each with one user worker,
+// get different ids.
+func TestEventIDUniqueInProcess(t *testing.T) {
+	ids := make(chan uint64, 2)
+	for range 2 {
+		bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+		_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			info, _ := eventbus.CallInfoFrom(ctx)
+			ids <- info.EventID
+			return nil
+		})
+		require.NoError(t, err)
+		require.NoError(t, bus.Start())
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	}
+	a := recvWithin(t, ids, 5*time.Second, "first id")
+	b := recvWithin(t, ids, 5*time.Second, "second id")
+	assert.NotEqual(t, a, b, "two accepted events of one process share EventID %#x", a)
+}
+
+type hopTraceKey struct{}
+
+type hopSpanKey struct{}
+
+type missingKey struct{}
+
+// valueCost returns the best of a few timings of n lookups of a key ctx
+// does not hold: the lookup walks every context ctx keeps.
+func valueCost(ctx context.Context) time.Duration {
+	const n = 200
+	best := time.Duration(1<<63 - 1)
+	for range 5 {
+		start := time.Now()
+		for range n {
+			if ctx.Value(missingKey{}) != nil {
+				panic("unexpected value")
+			}
+		}
+		best = min(best, time.Since(start))
+	}
+	return best / n
+}
+
+// hopChain runs a chain of follow-on OnSend events, each added by the
+// previous one's handler with its own ctx, and measures the live heap and
+// the cost of a missed ctx.Value at hop 10 and at the last one.
+// check is called with every handler's ctx.
+func hopChain(t *testing.T, hops int, opts []eventbus.Option, mws []eventbus.Middleware, check func(hop int, ctx context.Context)) (perHop float64, early, late time.Duration) {
+	t.Helper()
+	b := newBus(t, append([]eventbus.Option{eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1})}, opts...)...)
+	const from = 500
+	var heapFrom, heapTo uint64
+	hop := 0
+	done := make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		hop++
+		check(hop, ctx)
+		switch hop {
+		case 10:
+			early = valueCost(ctx)
+		case from:
+			heapFrom = liveHeap()
+		case hops:
+			heapTo, late = liveHeap(), valueCost(ctx)
+			close(done)
+			return nil
+		}
+		return b.AddEvent(ctx, ev)
+	})
+	b.Use(mws...)
+	mustStart(t, b)
+	producer := context.WithValue(context.Background(), hopTraceKey{}, "trace-1")
+	require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "u")))
+	recvWithin(t, done, 60*time.Second, "the last hop")
+	idleWithin(t, b, 10*time.Second)
+	return (float64(heapTo) - float64(heapFrom)) / float64(hops-from), early, late
+}
+
+// checkHopChain asserts that a chain of hops keeps nothing per hop and that
+// ctx.Value does not get slower with depth.
+func checkHopChain(t *testing.T, perHop float64, early, late time.Duration) {
+	t.Helper()
+	t.Logf("live heap per hop: %.1f B; missed ctx.Value: %v at hop 10, %v at the last hop", perHop, early, late)
+	assert.Less(t, perHop, 48.0, "every hop keeps its parent's context alive")
+	assert.Less(t, late, 20*early+time.Microsecond, "ctx.Value walks every hop's context")
+}
+
+// TestTimeoutHopKeepsNoParentContext: with HandlerTimeout, a follow-on event
+// added with the handler's ctx takes the producer's values, not the timer
+// context around the parent's call context: no hop pins the previous hop's
+// call, its context block and what they hold, so the live heap does not grow
+// per hop and a missed ctx.Value does not slow down with depth.
+func TestTimeoutHopKeepsNoParentContext(t *testing.T) {
+	const hops = 5000
+	perHop, early, late := hopChain(t, hops,
+		[]eventbus.Option{eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, HandlerTimeout: time.Minute})},
+		nil, func(hop int, ctx context.Context) {
+			if hop == 1 || hop == hops {
+				_, ok := ctx.Deadline()
+				assert.True(t, ok, "hop %d has its attempt's deadline", hop)
+				assert.Equal(t, "trace-1", ctx.Value(hopTraceKey{}), "hop %d keeps the producer's values", hop)
+			}
+		})
+	checkHopChain(t, perHop, early, late)
+}
+
+// TestMiddlewareValueHopKeepsNoParentContext: middleware that adds a
+// value to each attempt's ctx (a tracing span) does not make a hop keep the
+// previous one's call context either; the span still crosses the hop.
+func TestMiddlewareValueHopKeepsNoParentContext(t *testing.T) {
+	type span struct{ hop, parent int }
+	for _, timeout := range []time.Duration{0, time.Minute} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			const hops = 5000
+			n := 0
+			mw := func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+				return func(ctx context.Context, ev eventbus.Event) error {
+					n++
+					parent := 0
+					if s, ok := ctx.Value(hopSpanKey{}).(span); ok {
+						parent = s.hop
+					}
+					return next(context.WithValue(ctx, hopSpanKey{}, span{hop: n, parent: parent}), ev)
+				}
+			}
+			bad := 0
+			perHop, early, late := hopChain(t, hops, []eventbus.Option{
+				eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, HandlerTimeout: timeout})},
+				[]eventbus.Middleware{mw}, func(hop int, ctx context.Context) {
+					s, _ := ctx.Value(hopSpanKey{}).(span)
+					if s.hop != hop || s.parent != hop-1 {
+						bad++
+					}
+					if hop == 1 || hop == hops {
+						assert.Equal(t, "trace-1", ctx.Value(hopTraceKey{}), "hop %d keeps the producer's values", hop)
+					}
+				})
+			assert.Zero(t, bad, "hops whose span or trace did not cross the hop")
+			checkHopChain(t, perHop, early, late)
+		})
+	}
+}

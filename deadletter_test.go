@@ -2,7 +2,11 @@ package eventbus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,3 +175,120 @@ func TestDeadLetterSinkPanicDoesNotKillWorker(t *testing.T) {
 type panicSink struct{}
 
 func (panicSink) DeadLetter(*eventbus.DeadLetter) { panic("sink exploded") }
+
+// TestGoexitInSinkDoesNotKillShard: a dead-letter sink that calls
+// runtime.Goexit (as require does on a failed check) does not end the
+// shard it runs on: the next accepted event of that shard still runs.
+func TestGoexitInSinkDoesNotKillShard(t *testing.T) {
+	bus := newBus(t, eventbus.WithDeadLetter(&goexitSink{}), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	handled := make(chan string, 4)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame == "bad" {
+			return eventbus.Permanent(errors.New("bad"))
+		}
+		handled <- ev.Conn.UID()
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	bad := userEvent(eventbus.EventOnSend, "a")
+	bad.Frame = "bad"
+	require.NoError(t, bus.AddEvent(context.Background(), bad))
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "b")))
+
+	select {
+	case uid := <-handled:
+		assert.Equal(t, "b", uid)
+	case <-time.After(3 * time.Second):
+		t.Error("an accepted event was never handled: the worker died in the sink and was not replaced")
+	}
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = bus.Close(expired) // do not make the cleanup Close wait for a dead worker
+}
+
+// TestZeroDeadLetterRingKeepsLast1024: a zero DeadLetterRing is usable: it
+// keeps the last 1024 letters, like the bus's default sink.
+func TestZeroDeadLetterRingKeepsLast1024(t *testing.T) {
+	var r eventbus.DeadLetterRing
+	var last *eventbus.DeadLetter
+	require.Nil(t, noPanic(func() {
+		for i := range 2000 {
+			last = &eventbus.DeadLetter{Attempts: i}
+			r.DeadLetter(last)
+		}
+	}), "zero DeadLetterRing panicked")
+	letters := r.Letters()
+	require.Len(t, letters, 1024)
+	assert.Same(t, last, letters[len(letters)-1])
+	assert.Equal(t, 2000-1024, letters[0].Attempts)
+	assert.Equal(t, uint64(2000), r.Total())
+}
+
+// TestGoexitSinkAfterRetriesDoesNotWedgeKey: a sink that calls
+// Goexit while a retried event is dead-lettered leaves its key free: the
+// key's next event runs, WaitIdle returns and the stats add up.
+func TestGoexitSinkAfterRetriesDoesNotWedgeKey(t *testing.T) {
+	sink := &goexitSink{}
+	b := newBus(t, eventbus.WithDeadLetter(sink),
+		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 2, InitialBackoff: time.Millisecond}),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	second := make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame == "second" {
+			close(second)
+			return nil
+		}
+		return errors.New("always fails")
+	})
+	mustStart(t, b)
+	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+	ev := userEvent(eventbus.EventOnSend, "alice")
+	ev.Frame = "second"
+	relAdd(t, b, ev)
+	recvWithin(t, second, 5*time.Second, "the key's next event")
+	idleWithin(t, b, 5*time.Second)
+	st := b.Stats().User
+	assert.Equal(t, uint64(2), st.Added)
+	assert.Equal(t, uint64(1), st.Handled)
+	assert.Equal(t, uint64(1), st.DeadLettered)
+	assert.Equal(t, int64(1), sink.n.Load())
+	atRest(t, "user", st)
+}
+
+// TestBusDeadLetterLogIsThrottled: Bus.DeadLetter's letters are logged like the
+// bus's own dead letters: at most once per handler per second
+// (WithLogInterval), so a transport that gives up on a burst of messages
+// logs one line, not one per letter.
+func TestBusDeadLetterLogIsThrottled(t *testing.T) {
+	var lines atomic.Int64
+	logger := slog.New(countingHandler{n: &lines, msg: "dead letter"})
+	b, err := eventbus.New(eventbus.WithLogger(logger), eventbus.WithDeadLetter(&sinkRecorder{}))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	conn := &testConn{uid: "alice", id: 1}
+	for range 50 {
+		b.DeadLetter(&eventbus.DeadLetter{Event: &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn},
+			Err: context.DeadlineExceeded, Attempts: 5, Handler: "nats-relay", Time: time.Now()})
+	}
+	require.LessOrEqual(t, lines.Load(), int64(1), "50 letters from one handler within a second")
+}
+
+// countingHandler counts the records whose message contains msg.
+type countingHandler struct {
+	n   *atomic.Int64
+	msg string
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.msg) {
+		h.n.Add(1)
+	}
+	return nil
+}
+
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+
+func (h countingHandler) WithGroup(string) slog.Handler { return h }

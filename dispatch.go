@@ -224,7 +224,8 @@ func (p *pool) Observe(u *engine.Unit[Event], v engine.Verdict) {
 // observe reports one run of u (u.Took long, after waiting queued) to the
 // observer.
 func (p *pool) observe(u *engine.Unit[Event], v engine.Verdict, queued time.Duration) {
-	o := Observation{Pool: p.kind, Type: u.Event.Type(), Events: len(u.Items),
+	t := u.Event.Type()
+	o := Observation{Pool: p.kind, Type: t, TypeName: p.bus.typeNameLocked(t), Events: len(u.Items),
 		Queued: queued, InHandler: u.Took, Attempt: u.Attempt}
 	switch v.Outcome {
 	case engine.Handled:

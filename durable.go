@@ -40,10 +40,11 @@ type Journal interface {
 	Purge(ids ...uint64) (int, error)
 }
 
-// WithJournal makes the given event types durable: their events are
-// written to j before AddEvent returns and survive a crash (DESIGN §6).
-// Channel- and pusher-pool events are encoded by the bus; a user-pool type
-// also needs WithCodec. j must outlive the bus: close it after Close.
+// WithJournal makes the given event types durable: their events are written
+// to j before AddEvent returns and survive a crash (see ARCHITECTURE.md,
+// Durable types and the journal). Channel- and pusher-pool events are encoded
+// by the bus; a user-pool type also needs WithCodec. j must outlive the bus:
+// close it after Close.
 //
 // An outside AddEvent or TryAddEvent of a durable type returns nil only
 // once the event is on disk; concurrent adds share one sync. A follow-on

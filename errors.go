@@ -95,7 +95,18 @@ type CloseError struct {
 }
 
 func (e *CloseError) Error() string {
-	return fmt.Sprintf("eventbus: close: %d events left: %v", e.Left, e.Err)
+	events := "events"
+	if e.Left == 1 {
+		events = "event"
+	}
+	return fmt.Sprintf("eventbus: close: %d %s left: %v", e.Left, events, e.Err)
+}
+
+// unknownType is the error for an event type that is neither built in nor
+// defined: it says how to declare one.
+func unknownType(t EventType) error {
+	return fmt.Errorf("%w: %d (declare it before Start with bus.Define(%d, pool, name) or the WithDefine option)",
+		ErrUnknownEventType, t, t)
 }
 
 // Unwrap returns the context's error.

@@ -173,6 +173,9 @@ func rangeOf(t EventType) string {
 // TypeName returns the name of t: a built-in name, the name given to
 // Define, or "EventType(n)".
 func (b *Bus) TypeName(t EventType) string {
+	if b == nil {
+		return t.String()
+	}
 	if b.state.Load() == stateNew {
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -250,7 +253,10 @@ func (b *Bus) Start() error {
 // the handler's context are copied once, so a chain of follow-on events
 // holds no handler context of the hops before it. AddEvent allocates
 // nothing when ctx is context.Background() or the context a handler was
-// called with, HandlerTimeout or not.
+// called with, HandlerTimeout or not. A nil ctx is accepted and taken as
+// context.Background(): an outside add without values. A nil ev (or a
+// typed nil context) is ErrNilEvent, and a nil *Bus ErrNotNew, never a
+// panic.
 func (b *Bus) AddEvent(ctx context.Context, ev Event) error {
 	return b.add(ctx, ev, true, nil, false)
 }
@@ -269,6 +275,9 @@ func (b *Bus) addLocal(ctx context.Context, ev Event, wait bool, track *engine.T
 }
 
 func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracker, local bool) error {
+	if b == nil {
+		return fmt.Errorf("%w: AddEvent on a nil *Bus", ErrNotNew)
+	}
 	if st := b.state.Load(); st == stateNew || st == stateStarting {
 		if !b.made() {
 			return ErrNotNew
@@ -379,7 +388,7 @@ func (b *Bus) route(ev Event) (*pool, EventType, error) {
 	}
 	info := &b.types[t]
 	if info.pool == "" {
-		return nil, 0, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+		return nil, 0, unknownType(t)
 	}
 	if info.index != want {
 		return nil, 0, fmt.Errorf("%w: %v is a %s event, not a %s one", ErrWrongPool, info.name, info.pool, poolsByIndex[want])
@@ -394,6 +403,9 @@ func (b *Bus) route(ev Event) (*pool, EventType, error) {
 // ErrNotStarted before Start, nil after Close, ctx's error when ctx ends,
 // and ErrInsideHandler when called from a handler.
 func (b *Bus) WaitIdle(ctx context.Context) error {
+	if b == nil {
+		return fmt.Errorf("%w: WaitIdle on a nil *Bus", ErrNotNew)
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}

@@ -123,7 +123,7 @@ func (r *Registration) Unregister() {
 // flow: events that start after it returns see the new chain.
 func Register[C EventContext](b *Bus, t EventType, h Handler[C], opts ...HandlerOption) (*Registration, error) {
 	if b == nil {
-		return nil, fmt.Errorf("eventbus: Register on a nil *Bus")
+		return nil, fmt.Errorf("%w: Register on a nil *Bus", ErrNotNew)
 	}
 	if h == nil {
 		return nil, ErrNilHandler
@@ -184,9 +184,12 @@ func (b *Bus) addHandler(t EventType, want Pool, fn HandlerFunc, defName string,
 }
 
 func (b *Bus) addHandlerLocked(t EventType, want Pool, fn, call HandlerFunc, wrapped int, defName string, o handlerOptions) (*Registration, error) {
+	if b.state.Load() == stateClosed {
+		return nil, fmt.Errorf("%w: Register after Close", ErrClosed)
+	}
 	pool := b.types[t].pool
 	if pool == "" {
-		return nil, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+		return nil, unknownType(t)
 	}
 	if pool != want {
 		return nil, fmt.Errorf("%w: %v is a %s event, the handler takes a %s context", ErrWrongPool, b.typeNameLocked(t), pool, want)
@@ -246,6 +249,9 @@ func (b *Bus) UnregisterHandler(t EventType, name string) bool {
 }
 
 func (b *Bus) removeHandler(t EventType, match func(*handlerEntry) bool) bool {
+	if b == nil {
+		return false
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	c := b.chains[t].Load()

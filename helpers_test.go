@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,4 +157,84 @@ func atRest(t testing.TB, pool string, s eventbus.PoolStats) {
 	assert.Zero(t, s.InFlight, "%s pool InFlight", pool)
 	assert.Zero(t, s.Retrying, "%s pool Retrying", pool)
 	assert.Zero(t, s.Overflow, "%s pool Overflow", pool)
+}
+
+// holdGate holds a handler until released (or until the test ends).
+type holdGate struct {
+	entered chan context.Context
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHoldGate(t testing.TB) *holdGate {
+	g := &holdGate{entered: make(chan context.Context, 1), release: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+func (g *holdGate) open() { g.once.Do(func() { close(g.release) }) }
+
+func (g *holdGate) hold(ctx context.Context) {
+	g.entered <- ctx
+	<-g.release
+}
+
+// liveHeap returns the live heap after a full collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// noPanic runs f and returns what it panicked with, if anything.
+func noPanic(f func()) (r any) {
+	defer func() { r = recover() }()
+	f()
+	return nil
+}
+
+// goexitSink counts dead letters, in all and per event, and calls
+// runtime.Goexit on the first, as a sink using require (t.FailNow) does on a
+// failed check.
+type goexitSink struct {
+	once sync.Once
+	n    atomic.Int64
+	mu   sync.Mutex
+	seen map[eventbus.Event]int
+}
+
+func (s *goexitSink) DeadLetter(d *eventbus.DeadLetter) {
+	s.n.Add(1)
+	s.mu.Lock()
+	if s.seen == nil {
+		s.seen = map[eventbus.Event]int{}
+	}
+	s.seen[d.Event]++
+	s.mu.Unlock()
+	s.once.Do(runtime.Goexit)
+}
+
+// holdFrame returns a handler that, for the event whose Frame is "hold",
+// closes entered and waits for release; every other event returns at once.
+func holdFrame(entered, release chan struct{}) eventbus.Handler[eventbus.UserContext] {
+	return func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame == "hold" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+}
+
+// closeExpired calls Close with a ctx that has already ended, which must
+// give up and return a *CloseError, and returns that error.
+func closeExpired(t testing.TB, b *eventbus.Bus) *eventbus.CloseError {
+	t.Helper()
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b.Close(expired), &ce)
+	return ce
 }

@@ -14,13 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestNoHeadOfLineBlocking proves DESIGN §4.2 (issue #11): with the default
-// 4 workers, one (or three) keys whose handler takes 300 ms hold back only
-// their own shard. 1 000 other keys, added from many goroutines at the same
-// time, are all handled while the slow keys are still busy, and their p99
-// add→handled latency stays in milliseconds. Keys that happen to share a
-// shard with a slow key may wait behind it (the design allows that); the
-// test counts them apart and requires them to be few.
+// TestNoHeadOfLineBlocking proves that a slow key holds back only its own
+// shard (see ARCHITECTURE.md, The engine: shards, run queue, workers): with
+// the default 4 workers, one (or three) keys whose handler takes 300 ms hold
+// back only their own shard. 1 000 other keys, added from many goroutines at
+// the same time, are all handled while the slow keys are still busy, and
+// their p99 add→handled latency stays in milliseconds. Keys that happen to
+// share a shard with a slow key may wait behind it (the design allows that);
+// the test counts them apart and requires them to be few.
 func TestNoHeadOfLineBlocking(t *testing.T) {
 	for _, slowKeys := range []int{1, 3} {
 		t.Run(fmt.Sprintf("slow=%d", slowKeys), func(t *testing.T) {
@@ -115,10 +116,10 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	assert.Less(t, p99, slowTime/3, "p99 add→handled of keys not sharing a slow shard")
 }
 
-// TestForeignContextAddFromHandlerNeverWaits: a handler that adds to its
-// own pool with context.Background() (not its own ctx) while the pool is
-// full is treated as a follow-on add (DESIGN §4.5) instead of waiting for
-// room only it could free.
+// TestForeignContextAddFromHandlerNeverWaits: a handler that adds to its own
+// pool with context.Background() (not its own ctx) while the pool is full is
+// treated as a follow-on add (see ARCHITECTURE.md, Follow-on adds) instead of
+// waiting for room only it could free.
 func TestForeignContextAddFromHandlerNeverWaits(t *testing.T) {
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
 	var handled atomic.Int64
@@ -145,7 +146,8 @@ func TestForeignContextAddFromHandlerNeverWaits(t *testing.T) {
 }
 
 // TestPoolCapacityIsWorkersTimesQueueSize: a pool holds at most Workers ×
-// QueueSize events and one shard at most QueueSize (DESIGN §4.4).
+// QueueSize events and one shard at most QueueSize (see ARCHITECTURE.md,
+// Capacity).
 func TestPoolCapacityIsWorkersTimesQueueSize(t *testing.T) {
 	const workers, queue = 2, 4
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: workers, QueueSize: queue}))

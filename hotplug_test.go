@@ -14,9 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestHotPlugUnderLoadLosesNoEvent proves the registry's guarantees
-// (DESIGN §3, §4.10) under -race while producers add events and several
-// goroutines change the chains:
+// TestHotPlugUnderLoadLosesNoEvent proves the registry's guarantees (see
+// ARCHITECTURE.md, The chain and its results) under -race while producers add
+// events and several goroutines change the chains:
 //
 //   - OnSend has a fixed tail handler and an "ab" handler that one
 //     goroutine keeps swapping between versions A and B with Replace, while

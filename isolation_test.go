@@ -14,7 +14,8 @@ import (
 )
 
 // TestIsolationBlockedChannelPoolDoesNotStallUsers proves that pools are
-// isolated (DESIGN §4.3): with the channel pool's only worker stuck in a
+// isolated (one engine per pool; see ARCHITECTURE.md, The engine: shards,
+// run queue, workers): with the channel pool's only worker stuck in a
 // handler and its shard full, user events are still handled, and so are
 // their follow-on events into the stuck pool (accepted above capacity,
 // never waiting), and the pusher pool keeps working too.

@@ -32,10 +32,13 @@ func (o Outcome) String() string {
 // Every failed attempt is reported, as OutcomeRetried or, if it was the
 // last, OutcomeDeadLettered, with the error in Err.
 type Observation struct {
-	Pool    Pool
-	Type    EventType
-	Outcome Outcome
-	Handler string // the handler that failed or stopped the chain, if any
+	Pool Pool
+	Type EventType
+	// TypeName is the type's name as Bus.TypeName gives it, so that an
+	// Observer made before its bus still names defined types.
+	TypeName string
+	Outcome  Outcome
+	Handler  string // the handler that failed or stopped the chain, if any
 	// Subscriber is the subscriber's name for a run of a subscriber
 	// (Subscribe), "" for a run of the chain.
 	Subscriber string

@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -254,4 +255,38 @@ func TestStatsLatencyQuantilesNeverAboveMax(t *testing.T) {
 	assert.GreaterOrEqual(t, lat.Max, 17*time.Millisecond)
 	assert.LessOrEqual(t, lat.P50, lat.P99)
 	assert.LessOrEqual(t, lat.P99, lat.Max, "P99 above Max")
+}
+
+// goexitObserver calls runtime.Goexit the first time it sees outcome.
+type goexitObserver struct {
+	outcome eventbus.Outcome
+	once    sync.Once
+}
+
+func (o *goexitObserver) Observe(ob eventbus.Observation) {
+	if ob.Outcome == o.outcome {
+		o.once.Do(runtime.Goexit)
+	}
+}
+
+// TestObserverGoexitAfterStopIsNotRetried: an observer calling
+// Goexit after a Stopped run does not turn the stop into a failure.
+func TestObserverGoexitAfterStopIsNotRetried(t *testing.T) {
+	b := newBus(t, eventbus.WithObserver(&goexitObserver{outcome: eventbus.OutcomeStopped}),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	var runs atomic.Int64
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		runs.Add(1)
+		return eventbus.ErrStopChain
+	})
+	mustStart(t, b)
+	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+	idleWithin(t, b, 5*time.Second)
+	st := b.Stats().User
+	assert.Equal(t, int64(1), runs.Load(), "the handler ran once")
+	assert.Equal(t, uint64(1), st.Stopped)
+	assert.Zero(t, st.Failed)
+	assert.Zero(t, st.Retried)
+	assert.Zero(t, st.Panics)
+	atRest(t, "user", st)
 }

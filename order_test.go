@@ -21,8 +21,9 @@ type coreOrderFrame struct {
 	seq  int64
 }
 
-// TestOrderPerKeyThroughChainAndFollowOns proves per-key FIFO (DESIGN §4.2
-// and §4.5): 64 producers add OnSend events for 256 users, several
+// TestOrderPerKeyThroughChainAndFollowOns proves per-key FIFO (see
+// ARCHITECTURE.md, The engine: shards, run queue, workers, and Follow-on
+// adds): 64 producers add OnSend events for 256 users, several
 // producers per user (a per-user lock defines the add order). Every handler
 // of the user chain sees each user's events one at a time in add order; the
 // last emits a ChannelDistribute follow-on to the user's channel, whose
@@ -165,11 +166,12 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 }
 
 // TestOrderDifferentKeysRunInParallel proves that different keys run in
-// parallel (DESIGN §4.2), in each pool: the handler of key A waits for the
-// handler of key B to start, and B's for A's, so both report before the
-// attempt's deadline only if they were inside their handlers at the same
-// time. Two keys may share a shard (1 chance in 64 here); then the attempt
-// times out and a new pair is tried. The test fails if no pair overlaps.
+// parallel (see ARCHITECTURE.md, The engine: shards, run queue, workers), in
+// each pool: the handler of key A waits for the handler of key B to start,
+// and B's for A's, so both report before the attempt's deadline only if they
+// were inside their handlers at the same time. Two keys may share a shard (1
+// chance in 64 here); then the attempt times out and a new pair is tried. The
+// test fails if no pair overlaps.
 func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 	type probe struct {
 		started, partner, giveUp chan struct{}

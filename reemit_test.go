@@ -2,7 +2,9 @@ package eventbus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,10 +21,11 @@ type coreReemitFrame struct {
 }
 
 // TestReemitIntoOwnPoolWithTinyQueue proves that follow-on events never
-// deadlock (DESIGN §4.5): with one worker and QueueSize 1, every handler
-// emits two events into its own pool, one with its own key and one with
-// another key, down to depth 9, while outside producers wait for room.
-// Every event of every tree is handled; the follow-ons show as Overflow.
+// deadlock (see ARCHITECTURE.md, Follow-on adds): with one worker and
+// QueueSize 1, every handler emits two events into its own pool, one with its
+// own key and one with another key, down to depth 9, while outside producers
+// wait for room. Every event of every tree is handled; the follow-ons show as
+// Overflow.
 func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 	const (
 		trees    = 4
@@ -81,11 +84,12 @@ func TestReemitIntoOwnPoolWithTinyQueue(t *testing.T) {
 	atRest(t, "user", st)
 }
 
-// TestReemitPusherUserCycle proves that cycles across pools are legal
-// (DESIGN §4.5): PushOnline emits RecvAck into the user pool, RecvAck emits
-// PushOnline back, for many rounds and several conversations at once, with
-// one worker and QueueSize 1 in both pools and outside producers competing
-// for room. No round is lost and nothing deadlocks.
+// TestReemitPusherUserCycle proves that cycles across pools are legal (see
+// ARCHITECTURE.md, Follow-on adds): PushOnline emits RecvAck into the user
+// pool, RecvAck emits PushOnline back, for many rounds and several
+// conversations at once, with one worker and QueueSize 1 in both pools and
+// outside producers competing for room. No round is lost and nothing
+// deadlocks.
 func TestReemitPusherUserCycle(t *testing.T) {
 	const (
 		cycles = 6
@@ -160,4 +164,97 @@ func TestReemitPusherUserCycle(t *testing.T) {
 	st := bus.Stats()
 	atRest(t, "user", st.User)
 	atRest(t, "pusher", st.Pusher)
+}
+
+// TestAddFromReturnedHandlerIsOutsideAdd: an add made with a handler's ctx
+// is a follow-on only if that handler is still running when the event goes
+// on its queue, after WithAdmit. An add started by a goroutine of a handler,
+// whose admit is still running when the handler returns, is an outside add
+// (see ARCHITECTURE.md, Follow-on adds): WaitIdle may return before it, and
+// Close refuses it with ErrClosed as it refuses every outside add.
+func TestAddFromReturnedHandlerIsOutsideAdd(t *testing.T) {
+	admitEntered, admitRelease := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	releaseAdmit := func() { releaseOnce.Do(func() { close(admitRelease) }) }
+	t.Cleanup(releaseAdmit)
+	bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 2}),
+		eventbus.WithAdmit(func(ctx context.Context, ev eventbus.Event) error {
+			if u, ok := ev.(*eventbus.UserContext); ok && u.Frame == "late" {
+				close(admitEntered)
+				<-admitRelease // a rate limiter that waits
+			}
+			return nil
+		}))
+	blocker := newHoldGate(t)
+	addErr := make(chan error, 1)
+	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		switch ev.Frame {
+		case "parent":
+			go func() {
+				addErr <- bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend,
+					Conn: &testConn{uid: "child"}, Frame: "late"})
+			}()
+			select { // the add has started (and passed the follow-on test) before we return
+			case <-admitEntered:
+			case <-time.After(5 * time.Second):
+				return errors.New("admit not entered")
+			}
+		case "blocker":
+			blocker.hold(ctx)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+
+	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
+		Conn: &testConn{uid: "parent"}, Frame: "parent"}))
+	// The parent has returned: the bus is idle although the add the
+	// parent's goroutine started is still in progress.
+	require.NoError(t, bus.WaitIdle(deadline(t, 5*time.Second)))
+
+	// Keep Close draining with a blocked handler, then start it.
+	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
+		Conn: &testConn{uid: "blocker"}, Frame: "blocker"}))
+	recvWithin(t, blocker.entered, 5*time.Second, "blocker start")
+	closed := make(chan error, 1)
+	go func() { closed <- bus.Close(deadline(t, 10*time.Second)) }()
+	ctx := deadline(t, 5*time.Second)
+	for !errors.Is(bus.TryAddEvent(userEvent(eventbus.EventOnSend, "probe")), eventbus.ErrClosed) {
+		require.NoError(t, ctx.Err(), "Close did not start refusing adds")
+		runtime.Gosched()
+	}
+
+	releaseAdmit()
+	err = recvWithin(t, addErr, 5*time.Second, "late add to return")
+	blocker.open()
+	require.NoError(t, recvWithin(t, closed, 10*time.Second, "Close"))
+	assert.ErrorIs(t, err, eventbus.ErrClosed,
+		"an add whose handler returned before it reached the queue is an outside add: refused while closing")
+}
+
+// TestFollowOnAddAllocatesNothing: AddEvent allocates nothing when
+// ctx is the context a handler was called with, with a HandlerTimeout too.
+func TestFollowOnAddAllocatesNothing(t *testing.T) {
+	for _, timeout := range []time.Duration{0, time.Minute} {
+		t.Run("timeout="+timeout.String(), func(t *testing.T) {
+			b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 4096, HandlerTimeout: timeout}))
+			child := userEvent(eventbus.EventRecvAck, "u")
+			mustRegister(t, b, eventbus.EventRecvAck, func(context.Context, *eventbus.UserContext) error { return nil })
+			allocs := make(chan float64, 1)
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				allocs <- testing.AllocsPerRun(100, func() {
+					if err := b.AddEvent(ctx, child); err != nil {
+						panic(err)
+					}
+				})
+				return nil
+			})
+			mustStart(t, b)
+			producer := context.WithValue(context.Background(), hopTraceKey{}, "trace-1")
+			require.NoError(t, b.AddEvent(producer, userEvent(eventbus.EventOnSend, "u")))
+			assert.Zero(t, recvWithin(t, allocs, 10*time.Second, "the handler"), "allocations per follow-on add")
+			idleWithin(t, b, 10*time.Second)
+		})
+	}
 }

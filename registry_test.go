@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,9 +206,9 @@ func TestRegistryCallInfo(t *testing.T) {
 	id := got[0].EventID
 	assert.NotZero(t, id)
 	want := []eventbus.CallInfo{
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "first", Index: 0, Attempt: 1, EventID: id},
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "second", Index: 1, Attempt: 1, EventID: id},
-		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, Handler: "second", Index: 1, Attempt: 2, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "first", Index: 0, Attempt: 1, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "second", Index: 1, Attempt: 1, EventID: id},
+		{Pool: eventbus.PoolUser, Type: eventbus.EventOnSend, TypeName: "OnSend", Handler: "second", Index: 1, Attempt: 2, EventID: id},
 	}
 	assert.Equal(t, want, got, "a retry resumes at the failed handler with the next attempt number")
 
@@ -230,9 +231,9 @@ func TestRegistryCallInfo(t *testing.T) {
 		ids[info.EventID] = true
 		assert.Equal(t, 1, info.Attempt, name)
 	}
-	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolChannel, Type: eventbus.EventChannelStore, Handler: "store",
+	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolChannel, Type: eventbus.EventChannelStore, TypeName: "ChannelStore", Handler: "store",
 		Attempt: 1, EventID: byHandler["store"].EventID}, byHandler["store"])
-	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolPusher, Type: eventbus.EventPushOffline, Handler: "offline",
+	assert.Equal(t, eventbus.CallInfo{Pool: eventbus.PoolPusher, Type: eventbus.EventPushOffline, TypeName: "PushOffline", Handler: "offline",
 		Attempt: 1, EventID: byHandler["offline"].EventID}, byHandler["offline"])
 }
 
@@ -240,7 +241,7 @@ type coreCtxKey struct{}
 
 // TestRegistryHandlerContext: the handler's context carries the values of
 // AddEvent's context but not its cancellation, also through a follow-on
-// event (DESIGN §4.12).
+// event (see ARCHITECTURE.md, Handler contexts).
 func TestRegistryHandlerContext(t *testing.T) {
 	bus := newBus(t)
 	type seen struct {
@@ -267,10 +268,11 @@ func TestRegistryHandlerContext(t *testing.T) {
 	}
 }
 
-// TestRegistryDefine proves the rules of Define (DESIGN §2): before Start
-// only; type 0 and built-in types refused; 1–29 only in the pool of their
-// range; 30–255 in any pool; once per type; TypeName knows defined names
-// and String only built-in ones; a defined type is routed to its pool.
+// TestRegistryDefine proves the rules of Define (see ARCHITECTURE.md, Routing
+// and event types): before Start only; type 0 and built-in types refused;
+// 1–29 only in the pool of their range; 30–255 in any pool; once per type;
+// TypeName knows defined names and String only built-in ones; a defined type
+// is routed to its pool.
 func TestRegistryDefine(t *testing.T) {
 	bus := newBus(t)
 	require.ErrorIs(t, bus.Define(eventbus.EventUnknown, eventbus.PoolUser, "zero"), eventbus.ErrUnknownEventType)
@@ -364,4 +366,123 @@ func TestRegistryWithDefine(t *testing.T) {
 	assert.ErrorIs(t, err, eventbus.ErrWrongPool, "1–29 keep their range's pool")
 	_, err = eventbus.New(eventbus.WithDefine(eventbus.EventOnSend, eventbus.PoolUser, "Again"))
 	assert.Error(t, err, "built-in types cannot be redefined")
+}
+
+// TestMiddlewareConstructorMayCallBus: middleware constructors are user code
+// and may call the bus (to label a metric, say): they run outside the bus's
+// lock, so TypeName, Register and Define called from one return instead of
+// deadlocking.
+func TestMiddlewareConstructorMayCallBus(t *testing.T) {
+	b, err := eventbus.New(eventbus.WithLogger(quiet))
+	require.NoError(t, err)
+	const custom eventbus.EventType = 40
+	ran := make(chan string, 16)
+	var labels []string
+	first := true
+	mw := func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+		labels = append(labels, b.TypeName(eventbus.EventOnSend))
+		if first {
+			first = false
+			if err := b.Define(custom, eventbus.PoolUser, "custom"); err != nil {
+				panic(err)
+			}
+			if _, err := eventbus.Register(b, eventbus.EventRecvAck, func(context.Context, *eventbus.UserContext) error { return nil }); err != nil {
+				panic(err)
+			}
+		}
+		return func(ctx context.Context, ev eventbus.Event) error {
+			ran <- b.TypeName(ev.Type())
+			return next(ctx, ev)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		if _, err := eventbus.Register(b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil }); err != nil {
+			done <- err
+			return
+		}
+		b.Use(mw) // constructs for the OnSend handler, which registers a RecvAck one
+		_, err := eventbus.Register(b, custom, func(context.Context, *eventbus.UserContext) error { return nil })
+		done <- err
+	}()
+	require.NoError(t, recvWithin(t, done, 5*time.Second, "Use and Register with a constructor that calls the bus"))
+	t.Cleanup(func() { _ = b.Close(deadline(t, 10*time.Second)) })
+	assert.NotEmpty(t, labels)
+	mustStart(t, b)
+	for _, typ := range []eventbus.EventType{eventbus.EventOnSend, eventbus.EventRecvAck, custom} {
+		require.NoError(t, b.AddEvent(context.Background(), userEvent(typ, "u")))
+		assert.Equal(t, b.TypeName(typ), recvWithin(t, ran, 5*time.Second, "the middleware of "+b.TypeName(typ)))
+	}
+}
+
+// TestUseAndRegisterConcurrentlyApplyEveryMiddleware: handlers registered
+// while Use runs (its constructors run outside the lock) still get every
+// middleware.
+func TestUseAndRegisterConcurrentlyApplyEveryMiddleware(t *testing.T) {
+	const n = 4
+	b := newBus(t)
+	var calls [n]atomic.Int64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			b.Use(func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
+				_ = b.TypeName(eventbus.EventOnSend)
+				return func(ctx context.Context, ev eventbus.Event) error {
+					calls[i].Add(1)
+					return next(ctx, ev)
+				}
+			})
+		})
+		wg.Go(func() {
+			mustRegister(t, b, eventbus.EventOnSend, func(context.Context, *eventbus.UserContext) error { return nil },
+				eventbus.WithName(fmt.Sprint("h", i)))
+		})
+	}
+	wg.Wait()
+	mustStart(t, b)
+	require.NoError(t, b.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "u")))
+	idleWithin(t, b, 5*time.Second)
+	for i := range n {
+		assert.Equal(t, int64(n), calls[i].Load(), "middleware %d: one call per handler", i)
+	}
+}
+
+// TestDefineErrorsWrapSentinels: every error of Define is
+// errors.Is-able and prefixed "eventbus:".
+func TestDefineErrorsWrapSentinels(t *testing.T) {
+	b := newBus(t)
+	require.NoError(t, b.Define(40, eventbus.PoolUser, "custom"))
+	for _, c := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"built in", b.Define(eventbus.EventOnSend, eventbus.PoolUser, "x"), eventbus.ErrTypeDefined},
+		{"already defined", b.Define(40, eventbus.PoolChannel, "again"), eventbus.ErrTypeDefined},
+		{"unknown pool", b.Define(41, eventbus.Pool("bogus"), "x"), eventbus.ErrWrongPool},
+		{"pool of another range", b.Define(6, eventbus.PoolChannel, "x"), eventbus.ErrWrongPool},
+		{"reserved", b.Define(0, eventbus.PoolUser, "x"), eventbus.ErrUnknownEventType},
+	} {
+		require.Error(t, c.err, c.name)
+		assert.ErrorIs(t, c.err, c.want, c.name)
+		assert.Regexp(t, "^eventbus: ", c.err.Error(), c.name)
+	}
+	mustStart(t, b)
+	assert.ErrorIs(t, b.Define(42, eventbus.PoolUser, "late"), eventbus.ErrStarted)
+}
+
+// TestDefineAfterCloseReturnsErrClosed: Define on a closed bus says it is
+// closed (ErrClosed), not that it must come before Start.
+func TestDefineAfterCloseReturnsErrClosed(t *testing.T) {
+	for _, started := range []bool{false, true} {
+		b := newBus(t)
+		if started {
+			mustStart(t, b)
+		}
+		require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+		err := b.Define(40, eventbus.PoolUser, "late")
+		assert.ErrorIs(t, err, eventbus.ErrClosed, "started %v", started)
+		assert.NotErrorIs(t, err, eventbus.ErrStarted, "started %v", started)
+		assert.NotContains(t, err.Error(), "before Start", "started %v", started)
+	}
 }

@@ -9,9 +9,9 @@ import (
 	"github.com/imbus/eventbus/internal/engine"
 )
 
-// subscriber is a handler outside its type's chain (DESIGN §4.14): it has
-// its own lanes (an engine of its own, scheduled like a pool's shards), its
-// own workers, retries and dead letters.
+// subscriber is a handler outside its type's chain (see ARCHITECTURE.md,
+// Subscribers): it has its own lanes (an engine of its own, scheduled like a
+// pool's shards), its own workers, retries and dead letters.
 type subscriber struct {
 	id   uint64
 	name string
@@ -68,7 +68,7 @@ func WithConcurrency(n int) HandlerOption {
 // then its goroutines exit.
 func Subscribe[C EventContext](b *Bus, t EventType, h Handler[C], opts ...HandlerOption) (*Registration, error) {
 	if b == nil {
-		return nil, errors.New("eventbus: Subscribe on a nil *Bus")
+		return nil, fmt.Errorf("%w: Subscribe on a nil *Bus", ErrNotNew)
 	}
 	if h == nil {
 		return nil, ErrNilHandler
@@ -135,7 +135,7 @@ func (b *Bus) addSubscriberLocked(t EventType, want Pool, fn, call HandlerFunc, 
 	}
 	pool := b.types[t].pool
 	if pool == "" {
-		return nil, fmt.Errorf("%w: %d", ErrUnknownEventType, t)
+		return nil, unknownType(t)
 	}
 	if pool != want {
 		return nil, fmt.Errorf("%w: %v is a %s event, the handler takes a %s context", ErrWrongPool, b.typeNameLocked(t), pool, want)
@@ -347,9 +347,9 @@ func (b *Bus) reserveAll(targets []target, first int, key uint64, parent engine.
 
 // inPool reports whether the calling goroutine is a worker of pool kind's
 // engine or of the lanes of one of its subscribers: an add from there that
-// would wait on that pool is made a follow-on add (DESIGN §4.5), since
-// those workers may be the only ones that can make room. Called only on
-// the waiting path of an add.
+// would wait on that pool is made a follow-on add (see ARCHITECTURE.md,
+// Follow-on adds), since those workers may be the only ones that can make
+// room. Called only on the waiting path of an add.
 func (b *Bus) inPool(kind Pool) bool {
 	id := goroutineID()
 	if id == 0 {

@@ -303,13 +303,7 @@ func TestSubscriberCloseDrainsAndGivesUp(t *testing.T) {
 		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 			return nil
 		})
-		_, err := eventbus.Subscribe(b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-			if ev.Frame == "hold" {
-				close(entered)
-				<-release
-			}
-			return nil
-		}, eventbus.WithName("hook"))
+		_, err := eventbus.Subscribe(b, eventbus.EventOnSend, holdFrame(entered, release), eventbus.WithName("hook"))
 		require.NoError(t, err)
 		mustStart(t, b)
 		hold := userEvent(eventbus.EventOnSend, "alice")
@@ -321,10 +315,7 @@ func TestSubscriberCloseDrainsAndGivesUp(t *testing.T) {
 		}
 		idle := func() bool { return b.Stats().User.Handled == 4 }
 		require.Eventually(t, idle, 5*time.Second, time.Millisecond, "the chain is done")
-		expired, cancel := context.WithCancel(context.Background())
-		cancel()
-		var ce *eventbus.CloseError
-		require.ErrorAs(t, b.Close(expired), &ce)
+		ce := closeExpired(t, b)
 		assert.Equal(t, 4, ce.Left, "the subscriber's held and queued events")
 		close(release)
 		require.NoError(t, b.Close(deadline(t, 5*time.Second)))
@@ -392,4 +383,45 @@ func TestSubscriberObservedAndWrapped(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Equal(t, []string{"hook"}, subs)
+}
+
+// TestForeignCtxAddsFromChainAndSubscriberDoNotDeadlock: an add from a
+// handler's goroutine with a foreign ctx (context.Background()) that would
+// wait on its own pool is taken as a follow-on add, never a deadlock, and a
+// subscriber's ctx is a handler ctx (see ARCHITECTURE.md, Follow-on adds).
+// Both engines of a type with a chain handler and a subscriber recognise
+// both: each of the two, adding with context.Background() while the other
+// fills the pool's queue or the subscriber's lane, returns.
+func TestForeignCtxAddsFromChainAndSubscriberDoNotDeadlock(t *testing.T) {
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: 1}))
+	conn := &testConn{uid: "alice", id: 1}
+	var inside sync.WaitGroup // both handlers are running the first event
+	inside.Add(2)
+	results := make(chan error, 2)
+	handle := func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame != "first" {
+			return nil
+		}
+		inside.Done()
+		inside.Wait()
+		// A foreign ctx, from a handler's goroutine: a follow-on add.
+		results <- b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: "next"})
+		return nil
+	}
+	mustRegister(t, b, eventbus.EventOnSend, handle, eventbus.WithName("chain"))
+	_, err := eventbus.Subscribe(b, eventbus.EventOnSend, handle, eventbus.WithName("sub"))
+	require.NoError(t, err)
+	require.NoError(t, b.Start())
+	require.NoError(t, b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: conn, Frame: "first"}))
+
+	timeout := time.After(3 * time.Second)
+	for range 2 {
+		select {
+		case err := <-results:
+			require.NoError(t, err)
+		case <-timeout:
+			t.Fatal("a handler's AddEvent(context.Background(), …) is still waiting after 3 s: " +
+				"the chain handler waits for the subscriber's lane, the subscriber for the pool")
+		}
+	}
 }

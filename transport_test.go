@@ -57,13 +57,7 @@ func TestDeliverAbandonedAtCloseDeadline(t *testing.T) {
 	sink := &sinkRecorder{}
 	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
 	entered, release := make(chan struct{}), make(chan struct{})
-	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-		if ev.Frame == "hold" {
-			close(entered)
-			<-release
-		}
-		return nil
-	})
+	mustRegister(t, b, eventbus.EventOnSend, holdFrame(entered, release))
 	mustStart(t, b)
 	var mu sync.Mutex
 	outcomes := map[string]eventbus.Outcome{}
@@ -80,10 +74,7 @@ func TestDeliverAbandonedAtCloseDeadline(t *testing.T) {
 	recvWithin(t, entered, 5*time.Second, "holding handler")
 	deliver("alice", "behind")
 	deliver("bob", "queued")
-	expired, cancel := context.WithCancel(context.Background())
-	cancel()
-	var ce *eventbus.CloseError
-	require.ErrorAs(t, b.Close(expired), &ce)
+	ce := closeExpired(t, b)
 	assert.Equal(t, 3, ce.Left)
 	close(release)
 	require.NoError(t, b.Close(deadline(t, 5*time.Second)))

@@ -29,8 +29,9 @@ type Bus struct {
 	// means DefaultTimeout. Set it before the bus is used.
 	Timeout time.Duration
 
-	t    testing.TB
-	sink *letterSink
+	t       testing.TB
+	sink    *letterSink
+	running *running
 }
 
 // NewBus returns a started bus built with opts, for the test t:
@@ -76,7 +77,8 @@ func NewUnstartedBus(t testing.TB, opts ...eventbus.Option) *Bus {
 	if err != nil {
 		t.Fatalf("eventbustest: New: %v", err)
 	}
-	b := &Bus{Bus: bus, t: t, sink: sink}
+	b := &Bus{Bus: bus, t: t, sink: sink, running: &running{}}
+	bus.Use(b.running.middleware)
 	t.Cleanup(b.cleanup)
 	return b
 }
@@ -142,14 +144,14 @@ func (b *Bus) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout())
 	defer cancel()
 	if err := b.Close(ctx); err != nil {
-		t.Errorf("eventbustest: closing the bus at the end of the test: %v", err)
+		t.Errorf("eventbustest: closing the bus at the end of the test: %v%s", err, b.running.describe())
 		// Handler contexts are cancelled now. Wait as long again for the
 		// workers still inside a handler: events they hold reach the
 		// dead-letter sink only once those handlers return.
 		again, cancel := context.WithTimeout(context.Background(), b.timeout())
 		defer cancel()
 		if err := b.Close(again); err != nil {
-			t.Errorf("eventbustest: handlers still running %v after their context was cancelled: %v", b.timeout(), err)
+			t.Errorf("eventbustest: handlers still running %v after their context was cancelled: %v%s", b.timeout(), err, b.running.describe())
 		}
 	} else {
 		b.checkCounts()
@@ -162,7 +164,11 @@ func (b *Bus) cleanup() {
 		return
 	}
 	var msg strings.Builder
-	fmt.Fprintf(&msg, "eventbustest: %d unexpected dead letters (call ExpectDeadLetters if the test wants them):", len(letters))
+	letter := "letters"
+	if len(letters) == 1 {
+		letter = "letter"
+	}
+	fmt.Fprintf(&msg, "eventbustest: %d unexpected dead %s (call ExpectDeadLetters if the test wants them):", len(letters), letter)
 	const most = 10
 	for i, d := range letters {
 		if i == most {
@@ -183,7 +189,11 @@ func (b *Bus) describe(d *eventbus.DeadLetter) string {
 	if d.Handler == "" {
 		return fmt.Sprintf("%s: %v", what, d.Err)
 	}
-	return fmt.Sprintf("%s in handler %q after %d attempts: %v", what, d.Handler, d.Attempts, d.Err)
+	attempts := "attempts"
+	if d.Attempts == 1 {
+		attempts = "attempt"
+	}
+	return fmt.Sprintf("%s in handler %q after %d %s: %v", what, d.Handler, d.Attempts, attempts, d.Err)
 }
 
 // checkCounts checks that every accepted event ended somewhere, once the

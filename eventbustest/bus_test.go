@@ -68,8 +68,8 @@ func TestNewBusReportsUnexpectedDeadLetters(t *testing.T) {
 	f.finish()
 	errs := f.errors()
 	require.Len(t, errs, 1)
-	assert.Contains(t, errs[0], "1 unexpected dead letters")
-	assert.Contains(t, errs[0], `OnSend event in handler "store" after 1 attempts: db down`)
+	assert.Contains(t, errs[0], "1 unexpected dead letter ")
+	assert.Contains(t, errs[0], `OnSend event in handler "store" after 1 attempt: db down`)
 	assert.Contains(t, errs[0], "ExpectDeadLetters")
 }
 
@@ -113,6 +113,39 @@ func TestNewBusReportsLeftEvents(t *testing.T) {
 	assert.Contains(t, errs[0], "2 events left")
 	assert.Contains(t, errs[1], "unexpected dead letters")
 	assert.Contains(t, errs[1], eventbus.ErrClosed.Error())
+}
+
+// TestNewBusNamesStuckHandler: a test that ends with a handler stuck (one
+// that ignores its cancelled context) is told which handler, on which
+// event, in both reports of the cleanup.
+func TestNewBusNamesStuckHandler(t *testing.T) {
+	f := &fakeTB{}
+	b := eventbustest.NewBus(f)
+	b.Timeout = 100 * time.Millisecond
+	started, release := make(chan struct{}), make(chan struct{})
+	register(t, b, "stuck", func(ctx context.Context, ev *eventbus.UserContext) error {
+		close(started)
+		<-release // ignores ctx
+		return nil
+	})
+	require.NoError(t, b.AddEvent(context.Background(), onSend("alice")))
+	select {
+	case <-started:
+	case <-within(t, 5*time.Second).Done():
+		t.Fatal("handler did not start")
+	}
+
+	f.finish()
+	close(release)
+	require.NoError(t, b.Close(within(t, 5*time.Second)))
+
+	errs := f.errors()
+	require.GreaterOrEqual(t, len(errs), 2, joined(errs))
+	assert.Contains(t, errs[0], "closing the bus at the end of the test")
+	assert.Contains(t, errs[1], "handlers still running")
+	for _, e := range errs[:2] {
+		assert.Contains(t, e, `handler "stuck" of OnSend (attempt 1) on user "alice"`, "the report names the handler and the event")
+	}
 }
 
 func TestNewBusLogsThroughT(t *testing.T) {
@@ -274,7 +307,7 @@ func TestNewBusCoversSubscribers(t *testing.T) {
 	f.finish()
 	errs := f.errors()
 	require.Len(t, errs, 1, joined(errs))
-	assert.Contains(t, errs[0], "unexpected dead letters")
+	assert.Contains(t, errs[0], "1 unexpected dead letter ")
 	assert.Contains(t, errs[0], `"webhook"`)
 	st := b.Stats().Subscribers["OnSend/webhook"]
 	assert.Equal(t, uint64(1), st.DeadLettered)

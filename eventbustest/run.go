@@ -82,11 +82,13 @@ func run[C eventbus.EventContext](ctx context.Context, ev *C, names []string, ha
 	if len(handlers) == 0 {
 		return Result{Err: eventbus.ErrNoHandler}
 	}
+	typ := any(ev).(eventbus.Event).Type()
 	info := eventbus.CallInfo{
-		Pool:    poolOf[C](),
-		Type:    any(ev).(eventbus.Event).Type(),
-		Attempt: 1,
-		EventID: lastEventID.Add(1),
+		Pool:     poolOf[C](),
+		Type:     typ,
+		TypeName: typ.String(),
+		Attempt:  1,
+		EventID:  lastEventID.Add(1),
 	}
 	given := chainNames(names, handlers)
 	for i, h := range handlers {

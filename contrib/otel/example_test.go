@@ -32,7 +32,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	bus.Use(eventbusotel.NewMiddleware(eventbusotel.WithTracerProvider(tp), eventbusotel.WithTypeName(bus.TypeName)))
+	bus.Use(eventbusotel.NewMiddleware(eventbusotel.WithTracerProvider(tp)))
 
 	_, err = eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		// A follow-on event added with ctx continues the trace.

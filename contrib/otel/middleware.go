@@ -33,14 +33,13 @@ import (
 func NewMiddleware(opts ...Option) eventbus.Middleware {
 	c := newConfig(opts)
 	tracer := c.tp.Tracer(ScopeName)
-	typeName := c.typeName
 	return func(next eventbus.HandlerFunc) eventbus.HandlerFunc {
 		return func(ctx context.Context, ev eventbus.Event) (err error) {
 			info, ok := eventbus.CallInfoFrom(ctx)
 			if !ok {
 				return next(ctx, ev)
 			}
-			typ := typeName(info.Type)
+			typ := c.nameOf(info.Type, info.TypeName)
 			ctx, span := tracer.Start(ctx, typ+" "+info.Handler,
 				trace.WithSpanKind(trace.SpanKindConsumer),
 				trace.WithAttributes(

@@ -29,7 +29,7 @@ type Observer struct {
 	events   metric.Int64Counter
 	handling metric.Float64Histogram
 	queued   metric.Float64Histogram
-	typeName func(eventbus.EventType) string
+	cfg      config
 	sets     sync.Map // obsKey -> metric.MeasurementOption
 }
 
@@ -48,7 +48,7 @@ var _ eventbus.Observer = (*Observer)(nil)
 func NewObserver(opts ...Option) (*Observer, error) {
 	c := newConfig(opts)
 	m := c.mp.Meter(ScopeName)
-	o := &Observer{typeName: c.typeName}
+	o := &Observer{cfg: c}
 	var err error
 	if o.events, err = m.Int64Counter("eventbus.events", metric.WithUnit("{event}"),
 		metric.WithDescription("Events run through a handler chain, by outcome.")); err != nil {
@@ -72,7 +72,7 @@ func (o *Observer) Observe(ob eventbus.Observation) {
 	if !ok {
 		set, _ = o.sets.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(
 			PoolKey.String(string(ob.Pool)),
-			TypeKey.String(o.typeName(ob.Type)),
+			TypeKey.String(o.cfg.nameOf(ob.Type, ob.TypeName)),
 			HandlerKey.String(ob.Handler),
 			OutcomeKey.String(ob.Outcome.String()),
 		)))

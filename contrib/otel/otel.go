@@ -2,10 +2,13 @@
 // a Middleware that traces every handler attempt, and an Observer that
 // records counters and latency histograms.
 //
-//	mw := eventbusotel.NewMiddleware(eventbusotel.WithTypeName(bus.TypeName))
-//	obs, err := eventbusotel.NewObserver(eventbusotel.WithTypeName(bus.TypeName))
+//	obs, err := eventbusotel.NewObserver()
 //	bus, err := eventbus.New(eventbus.WithObserver(obs))
-//	bus.Use(mw)
+//	bus.Use(eventbusotel.NewMiddleware())
+//
+// Event types are named as the bus names them (eventbus.Observation.TypeName
+// and eventbus.CallInfo.TypeName), so types declared with Define show their
+// names without further setup, and the Observer can be made before its bus.
 //
 // Without WithTracerProvider and WithMeterProvider the global providers
 // (otel.GetTracerProvider, otel.GetMeterProvider) are used, as in the
@@ -15,6 +18,9 @@
 package eventbusotel
 
 import (
+	"fmt"
+	"sync/atomic"
+
 	"github.com/imbus/eventbus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -50,10 +56,11 @@ type config struct {
 	tp       trace.TracerProvider
 	mp       metric.MeterProvider
 	typeName func(eventbus.EventType) string
+	broken   *atomic.Bool // typeName panicked once: not used any more
 }
 
 func newConfig(opts []Option) config {
-	var c config
+	c := config{broken: new(atomic.Bool)}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&c)
@@ -65,10 +72,38 @@ func newConfig(opts []Option) config {
 	if c.mp == nil {
 		c.mp = otel.GetMeterProvider()
 	}
-	if c.typeName == nil {
-		c.typeName = eventbus.EventType.String
-	}
 	return c
+}
+
+// nameOf names type t: with the WithTypeName function when one was given
+// and it names t (returns something other than t.String()), else busName
+// (the name the bus gave), else t.String(). A WithTypeName function that
+// panics is a setup mistake: it is reported once to the OpenTelemetry
+// error handler (otel.Handle) and the bus's names are used from then on.
+func (c *config) nameOf(t eventbus.EventType, busName string) string {
+	if f := c.typeName; f != nil && !c.broken.Load() {
+		if name, ok := c.safeName(f, t); ok && (name != t.String() || busName == "") {
+			return name
+		}
+	}
+	if busName != "" {
+		return busName
+	}
+	return t.String()
+}
+
+func (c *config) safeName(f func(eventbus.EventType) string, t eventbus.EventType) (name string, ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			if c.broken.CompareAndSwap(false, true) {
+				otel.Handle(fmt.Errorf("eventbusotel: WithTypeName: the function panicked (%v): "+
+					"it is no longer used and types are named by the bus; leave WithTypeName out, "+
+					"the bus names its types itself", r))
+			}
+			name, ok = "", false
+		}
+	}()
+	return f(t), true
 }
 
 // WithTracerProvider sets the provider of the middleware's tracer.
@@ -83,10 +118,14 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(c *config) { c.mp = mp })
 }
 
-// WithTypeName sets how event types are named in span names and
-// attributes. Pass the bus's TypeName method, so that types declared with
-// Define show their names; the default, EventType.String, knows only the
-// built-in ones ("EventType(42)" otherwise).
+// WithTypeName overrides how event types are named in span names and
+// attributes. Without it they are named as the bus names them
+// (Bus.TypeName: built-in names and the names given to Define), which is
+// what most programs want; use it only for names of your own. Where name
+// returns t.String() (it does not name t), the bus's name is kept, so
+// bus.TypeName taken while bus was still nil loses no name. If name
+// panics, the bus's names are used from then on and the panic is reported
+// once through otel.Handle.
 func WithTypeName(name func(eventbus.EventType) string) Option {
 	return optionFunc(func(c *config) { c.typeName = name })
 }

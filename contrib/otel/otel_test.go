@@ -3,6 +3,7 @@ package eventbusotel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	eventbusotel "github.com/imbus/eventbus/contrib/otel"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -72,7 +74,7 @@ func TestMiddlewareTracesTheFlow(t *testing.T) {
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 
 	bus := newBus(t)
-	bus.Use(eventbusotel.NewMiddleware(eventbusotel.WithTracerProvider(tp), eventbusotel.WithTypeName(bus.TypeName)))
+	bus.Use(eventbusotel.NewMiddleware(eventbusotel.WithTracerProvider(tp)))
 	var failOnce atomic.Bool
 	failOnce.Store(true)
 	_, err := eventbus.Register(bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
@@ -242,4 +244,127 @@ func TestObserverRecordsMetrics(t *testing.T) {
 		assert.Equal(t, uint64(4), n["user/OnSend//handled"], name)
 		assert.Equal(t, uint64(1), n["user/OnSend/store/retried"], name)
 	}
+}
+
+// eventTypeNames collects the eventbus.event.type of every data point of
+// eventbus.events.
+func eventTypeNames(t *testing.T, reader *sdkmetric.ManualReader) []string {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, reader.Collect(context.Background(), &rm))
+	var names []string
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "eventbus.events" {
+				for _, dp := range sum.DataPoints {
+					v, _ := dp.Attributes.Value(eventbusotel.TypeKey)
+					names = append(names, v.AsString())
+				}
+			}
+		}
+	}
+	return names
+}
+
+// runDefinedType defines type 42 as "Audit" on a bus observed by obs and
+// traced by a middleware made with mwOpts, runs one event of it and
+// returns the span names.
+func runDefinedType(t *testing.T, obs eventbus.Observer, mwOpts ...eventbusotel.Option) []string {
+	t.Helper()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	bus := newBus(t, eventbus.WithObserver(obs))
+	require.NoError(t, bus.Define(42, eventbus.PoolUser, "Audit"))
+	bus.Use(eventbusotel.NewMiddleware(append([]eventbusotel.Option{eventbusotel.WithTracerProvider(tp)}, mwOpts...)...))
+	_, err := eventbus.Register(bus, 42, func(ctx context.Context, ev *eventbus.UserContext) error { return nil },
+		eventbus.WithName("check"))
+	require.NoError(t, err)
+	require.NoError(t, bus.Start())
+	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: 42, Conn: &conn{"a"}}))
+	settle(t, bus)
+	var names []string
+	for _, s := range exp.GetSpans() {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+// TestObserverMadeBeforeBusNamesDefinedTypes: the Observer must exist
+// before its bus (eventbus.WithObserver), yet a type declared with Define
+// is recorded under its name, with no WithTypeName at all.
+func TestObserverMadeBeforeBusNamesDefinedTypes(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp))
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs)
+	assert.Equal(t, []string{"Audit check"}, spans)
+	assert.Equal(t, []string{"Audit"}, eventTypeNames(t, reader))
+}
+
+// errorHandler records what reaches otel.Handle.
+type errorHandler struct{ errs chan error }
+
+func (h errorHandler) Handle(err error) { h.errs <- err }
+
+// TestTypeNameOfUnmadeBusLosesNoName: the mistake the package doc once
+// showed, WithTypeName(bus.TypeName) evaluated while bus is still nil,
+// still names a defined type as the bus does, in metrics and spans.
+func TestTypeNameOfUnmadeBusLosesNoName(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	var unmade *eventbus.Bus
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp), eventbusotel.WithTypeName(unmade.TypeName))
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs, eventbusotel.WithTypeName(unmade.TypeName))
+	assert.Equal(t, []string{"Audit check"}, spans)
+	assert.Equal(t, []string{"Audit"}, eventTypeNames(t, reader))
+}
+
+// TestPanickingTypeNameIsReportedNotLost: a WithTypeName function that
+// panics loses no metric and no span: the bus's names are used, and the
+// panic is reported once (per Observer or middleware) through otel.Handle
+// with a message that says what to do.
+func TestPanickingTypeNameIsReportedNotLost(t *testing.T) {
+	h := errorHandler{errs: make(chan error, 16)}
+	prev := otel.GetErrorHandler()
+	otel.SetErrorHandler(h)
+	t.Cleanup(func() { otel.SetErrorHandler(prev) })
+
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	broken := eventbusotel.WithTypeName(func(eventbus.EventType) string { panic("no names yet") })
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp), broken)
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs, broken)
+	assert.Equal(t, []string{"Audit check"}, spans)
+	assert.Equal(t, []string{"Audit"}, eventTypeNames(t, reader))
+	require.Len(t, h.errs, 2, "one report from the observer, one from the middleware")
+	for range 2 {
+		err := <-h.errs
+		assert.ErrorContains(t, err, "WithTypeName: the function panicked (no names yet)")
+		assert.ErrorContains(t, err, "leave WithTypeName out")
+	}
+}
+
+// TestTypeNameOverrideNamesTypes: a WithTypeName function that does name
+// a type wins over the bus's name.
+func TestTypeNameOverrideNamesTypes(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	custom := eventbusotel.WithTypeName(func(t eventbus.EventType) string { return fmt.Sprintf("im.%d", t) })
+	obs, err := eventbusotel.NewObserver(eventbusotel.WithMeterProvider(mp), custom)
+	require.NoError(t, err)
+
+	spans := runDefinedType(t, obs, custom)
+	assert.Equal(t, []string{"im.42 check"}, spans)
+	assert.Equal(t, []string{"im.42"}, eventTypeNames(t, reader))
 }

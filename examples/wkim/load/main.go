@@ -6,9 +6,11 @@
 //
 //	go run ./examples/wkim/load -clients 1000 -messages 20
 //
-// Without -addr it starts the server in the same process (so one machine
-// runs both sides, clients and server sharing the CPUs); with -addr it
-// loads a running server and sets its groups through its HTTP API.
+// Without -addr it starts the server in the same process, with its
+// default limits (so one machine runs both sides, clients and server
+// sharing the CPUs); with -addr it loads a running server and sets its
+// groups and each user's login token through its admin API, with
+// -admin-token. User uN logs in with the token "load-uN".
 package main
 
 import (
@@ -46,7 +48,7 @@ func main() {
 type config struct {
 	clients, messages, groupSize, window, dialers int
 	rate                                          float64
-	addr                                          string
+	addr, adminToken                              string
 	timeout                                       time.Duration
 }
 
@@ -60,6 +62,7 @@ func run(args []string, out io.Writer) error {
 	fs.IntVar(&cfg.dialers, "dialers", 32, "connections opened at once")
 	fs.Float64Var(&cfg.rate, "rate", 0, "total SENDs per second, spread over the clients (default 0: as fast as the window allows)")
 	fs.StringVar(&cfg.addr, "addr", "", "host:port of a running wkim server (default: start one in this process)")
+	fs.StringVar(&cfg.adminToken, "admin-token", "", "with -addr: the server's admin token, to set groups and login tokens")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up after")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run (clients and in-process server) to this file")
 	if err := fs.Parse(args); err != nil {
@@ -94,7 +97,7 @@ func run(args []string, out io.Writer) error {
 
 	addr := cfg.addr
 	if addr == "" {
-		srv, ln, err := startServer(groups)
+		srv, ln, err := startServer(groups, uids)
 		if err != nil {
 			return err
 		}
@@ -109,7 +112,7 @@ func run(args []string, out io.Writer) error {
 			<-served
 		}()
 		addr = ln.Addr().String()
-	} else if err := putGroups(ctx, addr, groups); err != nil {
+	} else if err := setUp(ctx, addr, cfg.adminToken, groups, uids); err != nil {
 		return err
 	}
 
@@ -182,11 +185,20 @@ func run(args []string, out io.Writer) error {
 	return nil
 }
 
-func startServer(groups map[string][]string) (*server.Server, net.Listener, error) {
+// token is the login token of uid.
+func token(uid string) string { return "load-" + uid }
+
+func startServer(groups map[string][]string, uids []string) (*server.Server, net.Listener, error) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := server.New(server.Config{Logger: logger, Groups: groups})
 	if err != nil {
 		return nil, nil, err
+	}
+	for _, uid := range uids {
+		if err := srv.SetUserToken(uid, token(uid)); err != nil {
+			_ = srv.Close(context.Background())
+			return nil, nil, err
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -196,21 +208,37 @@ func startServer(groups map[string][]string) (*server.Server, net.Listener, erro
 	return srv, ln, nil
 }
 
-func putGroups(ctx context.Context, addr string, groups map[string][]string) error {
-	for id, members := range groups {
-		body, _ := json.Marshal(map[string][]string{"members": members})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+addr+"/groups/"+id, bytes.NewReader(body))
+// setUp sets the groups and the users' login tokens of a running server
+// through its admin API.
+func setUp(ctx context.Context, addr, adminToken string, groups map[string][]string, uids []string) error {
+	put := func(path string, body any) error {
+		b, _ := json.Marshal(body)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+addr+path, bytes.NewReader(b))
 		if err != nil {
 			return err
+		}
+		if adminToken != "" {
+			req.Header.Set("Authorization", "Bearer "+adminToken)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("PUT /groups/%s: %s", id, resp.Status)
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("PUT %s: %s: %s", path, resp.Status, bytes.TrimSpace(msg))
+		}
+		return nil
+	}
+	for id, members := range groups {
+		if err := put("/groups/"+id, map[string][]string{"members": members}); err != nil {
+			return err
+		}
+	}
+	for _, uid := range uids {
+		if err := put("/users/"+uid+"/token", map[string]string{"token": token(uid)}); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -278,7 +306,7 @@ func dialAll(ctx context.Context, url string, uids []string, cfg config, m *mete
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, err := wkclient.Dial(ctx, url, wkclient.Options{UID: uid, Token: "load", OnPacket: m.onPacket(i, windows[i])})
+			c, err := wkclient.Dial(ctx, url, wkclient.Options{UID: uid, Token: token(uid), OnPacket: m.onPacket(i, windows[i])})
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

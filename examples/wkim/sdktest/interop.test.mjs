@@ -1,6 +1,8 @@
 // Interop test: the official WuKongIM JS SDK (npm wukongimjssdk 1.0.4)
 // against the Go example server of examples/wkim. It builds the server,
-// starts it, connects several SDK clients as different users, sends
+// starts it with an admin token, sets each user's login token through the
+// admin API, checks that one user's token does not log in as another,
+// connects several SDK clients as different users, sends
 // person-to-person and group messages, and checks that SENDACKs arrive,
 // that every receiver's SDK delivers its messages in order, and that a
 // user who was offline gets what it missed when it logs in.
@@ -42,8 +44,20 @@ before(async () => {
   workDir = mkdtempSync(path.join(tmpdir(), 'wkim-sdktest-'));
   const bin = path.join(workDir, 'wkim');
   execFileSync('go', ['build', '-o', bin, './examples/wkim'], { cwd: repoRoot, stdio: 'inherit' });
-  server = await startServer(bin, ['-addr', '127.0.0.1:0', '-group', 'g1=alice,bob,carol,dave']);
+  server = await startServer(bin, ['-addr', '127.0.0.1:0', '-admin-token', ADMIN, '-group', 'g1=alice,bob,carol,dave']);
+  // The application server gives each user a login token of its own.
+  for (const uid of ['alice', 'bob', 'carol', 'dave']) await admin('PUT', `/users/${uid}/token`, { token: 'token-' + uid });
 });
+
+// The admin API's bearer token, random for this run.
+const ADMIN = 'admin-' + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
+
+async function admin(method, path, body) {
+  const res = await fetch(server.url.replace(/^ws/, 'http') + path, {
+    method, headers: { Authorization: `Bearer ${ADMIN}` }, body: body && JSON.stringify(body),
+  });
+  assert.ok(res.ok, `${method} ${path}: ${res.status} ${await res.text()}`);
+}
 
 after(async () => {
   if (server && server.proc.exitCode === null) server.proc.kill('SIGKILL');
@@ -81,12 +95,12 @@ function startServer(bin, args) {
 // A user: one independent copy of the SDK (the SDK is all singletons, and
 // a different query string gives a new module instance), what its message
 // listener delivered and the SENDACKs its status listener saw.
-async function connectUser(uid) {
-  const { default: WKSDK } = await import(`./sdk.bundle.mjs?user=${uid}`);
+async function connectUser(uid, token = 'token-' + uid, instance = uid) {
+  const { default: WKSDK } = await import(`./sdk.bundle.mjs?user=${instance}`);
   const sdk = WKSDK.shared();
   sdk.config.addr = server.url;
   sdk.config.uid = uid;
-  sdk.config.token = 'token-' + uid;
+  sdk.config.token = token;
   const u = { uid, sdk, received: [], acks: [], waiters: new Set() };
   const changed = () => { for (const w of [...u.waiters]) w(); };
   sdk.chatManager.addMessageListener((m) => {
@@ -114,7 +128,12 @@ async function connectUser(uid) {
     const timer = setTimeout(() => reject(new Error(`${uid}: no CONNACK`)), WAIT_MS);
     sdk.connectManager.addConnectStatusListener((status, reasonCode) => {
       if (status === 1) { clearTimeout(timer); resolve(); } // ConnectStatus.Connected
-      else if (status === 3) { clearTimeout(timer); reject(new Error(`${uid}: login refused, reason ${reasonCode}`)); }
+      else if (status === 3) { // ConnectFail: the SDK stops; so do its timers
+        clearTimeout(timer);
+        sdk.disconnect();
+        clearInterval(sdk.receiptManager.timer);
+        reject(new Error(`${uid}: login refused, reason ${reasonCode}`));
+      }
     });
     sdk.connect();
   });
@@ -131,6 +150,10 @@ function assertOrdered(u, msgs, what) {
 }
 
 test('the official JS SDK logs in, sends and receives through the Go server', async () => {
+  // Someone with alice's token cannot log in as bob: the SDK's ConnectFail
+  // with the auth-failure reason code (2).
+  await assert.rejects(connectUser('bob', 'token-alice', 'mallory'), /bob: login refused, reason 2$/);
+
   const alice = await connectUser('alice');
   const bob = await connectUser('bob');
   const carol = await connectUser('carol');
@@ -213,7 +236,10 @@ test('the official JS SDK logs in, sends and receives through the Go server', as
   assert.equal(code, 0, `server exit ${code}; stderr:\n${server.stderr()}`);
   // sent: 5+5+3+2+1; delivered: p2p 7, g1 5×2 + 3×2 + 1×3, dave's replay 8.
   assert.match(last, /^wkim stopped: sent=16 delivered=34 offline=8 acked=34 badFrames=0$/);
-  assert.equal(server.stderr(), '', 'server logged warnings or errors');
+  // The one warning: the refused login as bob with alice's token.
+  const warnings = server.stderr().split('\n').filter((l) => l !== '');
+  assert.equal(warnings.length, 1, `server logged warnings or errors:\n${server.stderr()}`);
+  assert.match(warnings[0], /level=WARN msg="connection closed" .*reason="login refused for uid \\"bob\\""/);
   assert.deepEqual(asyncErrors, [], 'the SDK threw inside its packet handler');
 });
 

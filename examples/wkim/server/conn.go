@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/imbus/eventbus"
 	"github.com/imbus/eventbus/examples/wkim/wkproto"
@@ -35,22 +36,23 @@ type conn struct {
 	// success is queued and OnConnect emitted, false when login failed.
 	authed chan bool
 
-	out      chan outItem
+	// Set at login, used by the read loop only.
+	se      *session
+	limiter *rate.Limiter // SENDs of this connection
+
+	wake     chan struct{} // a packet was queued or a flushing close asked
 	stop     chan struct{} // closed by closeWith: the writer closes the socket now
 	stopOnce sync.Once
 
 	mu          sync.Mutex
+	out         [][]byte // packets waiting for the writer, out[head:]
+	head        int
+	outBytes    int // bytes in out[head:]
 	closeCode   websocket.StatusCode
 	closeReason string
 	closeLevel  slog.Level
-	flush       bool // a close item is queued: flush up to it
-}
-
-// outItem is one WebSocket message to send, or, with close set, the order
-// to close the socket once everything queued before it is sent.
-type outItem struct {
-	b     []byte
-	close bool
+	flush       bool // close once what is queued is written
+	abrupt      bool // drop the connection without the close handshake
 }
 
 var _ eventbus.Conn = (*conn)(nil)
@@ -75,24 +77,36 @@ func (c *conn) closeWith(code websocket.StatusCode, level slog.Level, reason str
 	if c.closeReason == "" {
 		c.closeCode, c.closeReason, c.closeLevel = code, reason, level
 	}
-	c.mu.Unlock()
 	if flush {
-		c.mu.Lock()
-		c.flush = true // before the item is queued: the writer may see stop first
+		c.flush = true
 		c.mu.Unlock()
-		select {
-		case c.out <- outItem{close: true}:
-			return
-		default: // queue full: close after what is queued
-		}
+		c.signal()
+		return
 	}
+	c.mu.Unlock()
 	c.stopOnce.Do(func() { close(c.stop) })
 }
 
-func (c *conn) flushRequested() bool {
+// sendThenClose queues p and closes the connection after it, with a
+// WebSocket close code and reason. The reason is recorded before p is
+// queued: once the client has p (a refused CONNACK, a kick's DISCONNECT),
+// the connection's close reason is already this one, whatever closes it
+// next (a server shutdown, the client leaving).
+func (c *conn) sendThenClose(p wkproto.Packet, code websocket.StatusCode, level slog.Level, reason string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.flush
+	if c.closeReason == "" {
+		c.closeCode, c.closeReason, c.closeLevel = code, reason, level
+	}
+	c.mu.Unlock()
+	c.send(p)
+	c.closeWith(code, level, reason, true)
+}
+
+func (c *conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (c *conn) reason() (websocket.StatusCode, slog.Level, string) {
@@ -107,35 +121,93 @@ func (c *conn) closing() bool {
 	case <-c.stop:
 		return true
 	default:
-		return false
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.flush
 	}
 }
 
 // send queues one packet. It never blocks: when the client does not read
-// fast enough to keep its queue below Config.OutboundQueue, the connection
-// is closed (what it had not acknowledged goes back to the user's offline
-// queue). It reports whether the packet was queued.
+// fast enough to keep its queue within Config.OutboundQueue packets and
+// Config.MaxOutboundBytes bytes, the connection is closed (what it had
+// not acknowledged goes back to the user's offline queue). It reports
+// whether the packet was queued. The queue is a slice that grows with what
+// waits, so an idle connection holds no queue memory.
 func (c *conn) send(p wkproto.Packet) bool {
 	b, err := wkproto.Encode(p)
 	if err != nil {
 		c.log.Error("encode", "packet", p.Type(), "err", err)
 		return false
 	}
-	if c.closing() {
+	cfg := &c.s.cfg
+	c.mu.Lock()
+	if c.flush || c.closing0() {
+		c.mu.Unlock()
 		return false
 	}
+	if len(c.out)-c.head >= cfg.OutboundQueue || c.outBytes+len(b) > cfg.MaxOutboundBytes {
+		n, bytes := len(c.out)-c.head, c.outBytes
+		c.mu.Unlock()
+		c.s.slowClosed.Add(1)
+		c.mu.Lock()
+		c.abrupt = true // it does not read: no close handshake
+		c.mu.Unlock()
+		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn,
+			fmt.Sprintf("slow client: outbound queue full (%d packets, %d bytes waiting)", n, bytes), false)
+		// Nor a wait for the write it may be stuck in. Not here: a close
+		// handshake under way would make CloseNow wait for it, and the
+		// caller may hold the user's session lock.
+		go func() { _ = c.ws.CloseNow() }()
+		return false
+	}
+	c.out = append(c.out, b)
+	c.outBytes += len(b)
+	c.mu.Unlock()
+	c.signal()
+	return true
+}
+
+// closing0 is closing without the flush check; c.mu may be held.
+func (c *conn) closing0() bool {
 	select {
-	case c.out <- outItem{b: b}:
+	case <-c.stop:
 		return true
 	default:
-		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "slow client: outbound queue full", false)
 		return false
 	}
+}
+
+// pop takes the next queued packet; with none, it reports whether a
+// flushing close was asked.
+func (c *conn) pop() (b []byte, flush bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.head < len(c.out) {
+		b = c.out[c.head]
+		c.out[c.head] = nil
+		c.head++
+		c.outBytes -= len(b)
+		if c.head == len(c.out) { // empty: reuse a small array, drop a big one
+			c.out, c.head = c.out[:0], 0
+			if cap(c.out) > 64 {
+				c.out = nil
+			}
+		}
+		return b, false
+	}
+	return nil, c.flush
 }
 
 // writeLoop sends queued packets until told to close.
 func (c *conn) writeLoop(ctx context.Context) {
 	closeNow := func() {
+		c.mu.Lock()
+		abrupt := c.abrupt
+		c.mu.Unlock()
+		if abrupt {
+			_ = c.ws.CloseNow()
+			return
+		}
 		code, _, reason := c.reason()
 		if code == 0 {
 			code = websocket.StatusNormalClosure
@@ -145,15 +217,10 @@ func (c *conn) writeLoop(ctx context.Context) {
 		}
 		_ = c.ws.Close(code, reason)
 	}
-	// write sends one item; false means the writer is done.
-	write := func(it outItem) bool {
-		if it.close {
-			c.stopOnce.Do(func() { close(c.stop) })
-			closeNow()
-			return false
-		}
+	// write sends one packet; false means the writer is done.
+	write := func(b []byte) bool {
 		wctx, cancel := context.WithTimeout(ctx, c.s.cfg.WriteTimeout)
-		err := c.ws.Write(wctx, websocket.MessageBinary, it.b)
+		err := c.ws.Write(wctx, websocket.MessageBinary, b)
 		cancel()
 		if err != nil {
 			c.closeWith(websocket.StatusGoingAway, slog.LevelInfo, "write: "+err.Error(), false)
@@ -168,33 +235,48 @@ func (c *conn) writeLoop(ctx context.Context) {
 			_ = c.ws.CloseNow()
 			return
 		case <-c.stop:
-			if c.flushRequested() {
-				// A close after flush was asked first: send what is queued
-				// up to it (a failed CONNACK, a kick's DISCONNECT).
-				for {
-					select {
-					case it := <-c.out:
-						if !write(it) {
-							return
-						}
-						continue
-					default:
-					}
+			c.mu.Lock()
+			flush := c.flush
+			c.mu.Unlock()
+			// A close after flush was asked first: send what is queued
+			// (a failed CONNACK, a kick's DISCONNECT).
+			for flush {
+				b, _ := c.pop()
+				if b == nil || !write(b) {
 					break
 				}
 			}
 			closeNow()
 			return
-		case it := <-c.out:
-			if !write(it) {
+		default:
+		}
+		b, flush := c.pop()
+		if b != nil {
+			if !write(b) {
 				return
 			}
+			continue
+		}
+		if flush {
+			c.stopOnce.Do(func() { close(c.stop) })
+			closeNow()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			_ = c.ws.CloseNow()
+			return
+		case <-c.stop:
+		case <-c.wake:
 		}
 	}
 }
 
 // errBadFrame marks read errors that are the client's fault.
 var errBadFrame = errors.New("bad frame")
+
+// errTimeout marks a read that ran out of time.
+var errTimeout = errors.New("timeout")
 
 // reader buffers WebSocket messages into a byte stream and cuts packets
 // from it: a packet may span messages and a message may hold several.
@@ -205,7 +287,7 @@ type reader struct {
 }
 
 // next returns the next packet, reading messages as needed, each within
-// timeout.
+// timeout and all within ctx's deadline.
 func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packet, error) {
 	for {
 		if r.off < len(r.buf) {
@@ -232,8 +314,8 @@ func (r *reader) next(ctx context.Context, timeout time.Duration) (wkproto.Packe
 			switch {
 			case errors.Is(err, websocket.ErrMessageTooBig):
 				return nil, fmt.Errorf("%w: WebSocket message over %d bytes", errBadFrame, r.c.s.cfg.MaxPacketSize+5)
-			case errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
-				return nil, fmt.Errorf("no packet for %v", timeout)
+			case errors.Is(rctx.Err(), context.DeadlineExceeded):
+				return nil, fmt.Errorf("%w: no complete packet within %v", errTimeout, timeout)
 			}
 			return nil, err
 		}
@@ -300,6 +382,9 @@ func (c *conn) serve(ctx context.Context) {
 		case *wkproto.PingPacket:
 			c.send(&wkproto.PongPacket{})
 		case *wkproto.SendPacket:
+			if !c.waitToSend(ctx) {
+				return
+			}
 			err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: c, Frame: &sendFrame{packet: p}})
 		case *wkproto.RecvackPacket:
 			err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventRecvAck, Conn: c, Frame: p})
@@ -318,11 +403,42 @@ func (c *conn) serve(ctx context.Context) {
 	}
 }
 
-// login reads CONNECT, runs the Connect chain and waits for its verdict.
+// waitToSend takes a token of the connection's and of the user's SEND
+// rate. Over its rate, a client is not read until it may send again: TCP
+// pushes back on it, and it costs nothing. It reports false if the
+// connection closed meanwhile.
+func (c *conn) waitToSend(ctx context.Context) bool {
+	now := time.Now()
+	r1, r2 := c.limiter.ReserveN(now, 1), c.se.limiter.ReserveN(now, 1)
+	d := max(r1.DelayFrom(now), r2.DelayFrom(now))
+	if d == 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.stop:
+	case <-ctx.Done():
+	}
+	r1.Cancel()
+	r2.Cancel()
+	return false
+}
+
+// login reads CONNECT, runs the Connect chain and waits for its verdict,
+// all within ConnectTimeout from the upgrade: the deadline does not
+// restart when a byte arrives.
 func (c *conn) login(ctx context.Context, r *reader) bool {
 	s := c.s
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	defer cancel()
 	p, err := r.next(ctx, s.cfg.ConnectTimeout)
 	if err != nil {
+		if errors.Is(err, errTimeout) {
+			err = fmt.Errorf("%w: login: no CONNECT within %v", errTimeout, s.cfg.ConnectTimeout)
+		}
 		c.readFailed(err)
 		return false
 	}
@@ -336,15 +452,19 @@ func (c *conn) login(ctx context.Context, r *reader) bool {
 		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "bus: "+err.Error(), false)
 		return false
 	}
-	t := time.NewTimer(s.cfg.ConnectTimeout)
-	defer t.Stop()
 	select {
 	case ok := <-c.authed:
+		if ok {
+			c.se = s.sessions.get(c.UID())
+			c.se.initLimiter(&s.cfg)
+			c.limiter = rate.NewLimiter(rate.Limit(s.cfg.SendRate), s.cfg.SendBurst)
+		}
 		return ok
-	case <-ctx.Done():
 	case <-c.stop:
-	case <-t.C:
-		c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "login not handled in time", false)
+	case <-ctx.Done():
+		if s.base.Err() == nil {
+			c.closeWith(websocket.StatusTryAgainLater, slog.LevelWarn, "login not handled in time", false)
+		}
 	}
 	return false
 }

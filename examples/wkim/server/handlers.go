@@ -70,6 +70,8 @@ func (s *Server) auth(_ context.Context, ev *eventbus.UserContext) error {
 	switch {
 	case p.Version != wkproto.Version:
 		reason, why = wkproto.ReasonUnknown, fmt.Sprintf("bad frame: unsupported protocol version %d", p.Version)
+	case s.checkID("uid", p.UID) != nil:
+		reason, why = wkproto.ReasonAuthFail, fmt.Sprintf("login refused: uid of %d bytes, want 1 to %d", len(p.UID), s.cfg.MaxIDLength)
 	case !s.cfg.Authenticate(p.UID, p.Token):
 		reason, why = wkproto.ReasonAuthFail, fmt.Sprintf("login refused for uid %q", p.UID)
 	case p.ClientKey == "":
@@ -84,8 +86,7 @@ func (s *Server) auth(_ context.Context, ev *eventbus.UserContext) error {
 
 // refuse answers a failed CONNACK and closes the connection after it.
 func (c *conn) refuse(reason uint8, why string) {
-	c.send(&wkproto.ConnackPacket{ReasonCode: reason})
-	c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+	c.sendThenClose(&wkproto.ConnackPacket{ReasonCode: reason}, websocket.StatusPolicyViolation, slog.LevelWarn, why)
 	c.loginDone(false)
 }
 
@@ -165,20 +166,36 @@ func (s *Server) verify(_ context.Context, ev *eventbus.UserContext) error {
 		if errors.Is(err, wkproto.ErrPayload) {
 			reason = wkproto.ReasonPayloadDecodeError
 		}
-		c.send(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: reason})
 		s.badFrames.Add(1)
 		why := fmt.Sprintf("bad frame: SEND clientSeq %d: %v", p.ClientSeq, err)
-		c.closeWith(websocket.StatusPolicyViolation, slog.LevelWarn, why, true)
+		c.sendThenClose(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: reason}, websocket.StatusPolicyViolation, slog.LevelWarn, why)
 		return stop("%s", why)
 	}
 	uid := c.UID()
+	if len(p.ClientMsgNo) > s.cfg.MaxIDLength || recvSize(uid, p, len(p.Payload)) > s.cfg.MaxPacketSize {
+		// Its RECV would be larger than the largest packet a client
+		// must read, or its clientMsgNo longer than the window keeps.
+		c.send(&wkproto.SendackPacket{ClientSeq: p.ClientSeq, ReasonCode: wkproto.ReasonUnknown})
+		return stop("SEND clientSeq %d refused: clientMsgNo of %d bytes or RECV over %d bytes", p.ClientSeq, len(p.ClientMsgNo), s.cfg.MaxPacketSize)
+	}
+	// A duplicate (a replay, or the SDK sending again after a reconnect)
+	// gets the first one's SENDACK, now or when it comes, and no more.
+	if first, ack := c.se.first(p.ClientMsgNo, waiter{c.id, p.ClientSeq}, s.cfg.DedupWindow); !first {
+		s.duplicates.Add(1)
+		if ack != nil {
+			dup := *ack
+			dup.ClientSeq = p.ClientSeq
+			c.send(&dup)
+		}
+		return stop("duplicate SEND clientMsgNo %q", p.ClientMsgNo)
+	}
 	m := &eventbus.Message{
 		ClientMsgNo: p.ClientMsgNo,
 		FromUID:     uid,
 		ChannelID:   p.ChannelID,
 		ChannelType: p.ChannelType,
 		Payload:     plain,
-		Timestamp:   time.Now().UnixMilli(),
+		Timestamp:   s.cfg.Now().UnixMilli(),
 		Header: map[string]string{
 			HeaderClientSeq: strconv.FormatUint(uint64(p.ClientSeq), 10),
 			HeaderConnID:    strconv.FormatInt(c.id, 10),
@@ -196,6 +213,19 @@ func (s *Server) verify(_ context.Context, ev *eventbus.UserContext) error {
 	return nil
 }
 
+// recvSize is the body size of the RECV that a SEND p from uid with a
+// payload of n bytes becomes: the payload is encrypted again for each
+// receiver, to the same length.
+func recvSize(uid string, p *wkproto.SendPacket, n int) int {
+	channelID := p.ChannelID
+	if p.ChannelType == wkproto.ChannelPerson {
+		channelID = uid // a person channel is named after the sender
+	}
+	// setting, msgKey (32), fromUID, channelID, channelType, clientMsgNo,
+	// messageID, messageSeq, timestamp, payload.
+	return 1 + 2 + 32 + 2 + len(uid) + 2 + len(channelID) + 1 + 2 + len(p.ClientMsgNo) + 8 + 4 + 4 + n
+}
+
 // personChannel is the channel id of the conversation between a and b.
 func personChannel(a, b string) string {
 	if b < a {
@@ -209,12 +239,16 @@ func (s *Server) permission(_ context.Context, ev *eventbus.UserContext) error {
 	c := ev.Conn.(*conn)
 	f := ev.Frame.(*sendFrame)
 	reason := wkproto.ReasonSuccess
-	switch f.packet.ChannelType {
-	case wkproto.ChannelPerson:
-		if f.packet.ChannelID == "" {
+	switch {
+	case s.checkID("channel id", f.packet.ChannelID) != nil:
+		reason = wkproto.ReasonChannelNotExist
+	case f.packet.ChannelType == wkproto.ChannelPerson:
+		// Only to users who exist: a token was set for them, or they
+		// logged in. Offline queues are for real users, not any string.
+		if !s.tokens.has(f.packet.ChannelID) && !s.sessions.known(f.packet.ChannelID) {
 			reason = wkproto.ReasonChannelNotExist
 		}
-	case wkproto.ChannelGroup:
+	case f.packet.ChannelType == wkproto.ChannelGroup:
 		members, ok := s.groups.get(f.packet.ChannelID)
 		switch {
 		case !ok:
@@ -228,8 +262,10 @@ func (s *Server) permission(_ context.Context, ev *eventbus.UserContext) error {
 	if reason == wkproto.ReasonSuccess {
 		return nil
 	}
-	c.send(&wkproto.SendackPacket{ClientSeq: f.packet.ClientSeq, ReasonCode: reason})
-	return stop("SEND to %s/%d refused with reason %d", f.packet.ChannelID, f.packet.ChannelType, reason)
+	ack := &wkproto.SendackPacket{ClientSeq: f.packet.ClientSeq, ReasonCode: reason}
+	c.send(ack)
+	s.answerDuplicates(c.se, f.packet.ClientMsgNo, ack)
+	return stop("SEND to %.64q/%d refused with reason %d", f.packet.ChannelID, f.packet.ChannelType, reason)
 }
 
 func contains(sorted []string, s string) bool {
@@ -263,7 +299,7 @@ func (s *Server) recvAck(_ context.Context, ev *eventbus.UserContext) error {
 func (s *Server) connClose(_ context.Context, ev *eventbus.UserContext) error {
 	c := ev.Conn.(*conn)
 	if uid := c.UID(); uid != "" {
-		if n := s.sessions.offline(c); n > 0 {
+		if n := s.sessions.offline(s, c); n > 0 {
 			c.log.Info("offline", "requeued", n)
 		}
 	}
@@ -309,17 +345,35 @@ func (s *Server) fanout(ctx context.Context, ev *eventbus.ChannelContext) error 
 // are queued. As those are queued before the SENDACK, a client that waits
 // for the SENDACK before sending on has its messages reach every receiver
 // in the order sent, across channels too.
+//
+// It only writes to connections, which never fails; a handler that could
+// fail after adding follow-on events (fanout, deliver) marks that failure
+// Permanent, as a retry would add them again.
 func (s *Server) sendack(_ context.Context, ev *eventbus.ChannelContext) error {
 	for _, m := range ev.Messages {
 		s.sent.Add(1)
 		id, _ := strconv.ParseInt(m.Header[HeaderConnID], 10, 64)
 		seq, _ := strconv.ParseUint(m.Header[HeaderClientSeq], 10, 32)
+		ack := &wkproto.SendackPacket{MessageID: m.MessageID, ClientSeq: uint32(seq),
+			MessageSeq: uint32(m.MessageSeq), ReasonCode: wkproto.ReasonSuccess}
 		if c := s.conn(id); c != nil {
-			c.send(&wkproto.SendackPacket{MessageID: m.MessageID, ClientSeq: uint32(seq),
-				MessageSeq: uint32(m.MessageSeq), ReasonCode: wkproto.ReasonSuccess})
+			c.send(ack)
 		}
+		s.answerDuplicates(s.sessions.get(m.FromUID), m.ClientMsgNo, ack)
 	}
 	return nil
+}
+
+// answerDuplicates records the SENDACK of clientMsgNo in the sender's
+// window and sends it to the duplicates that waited for it.
+func (s *Server) answerDuplicates(se *session, clientMsgNo string, ack *wkproto.SendackPacket) {
+	for _, w := range se.acked(clientMsgNo, ack) {
+		if c := s.conn(w.connID); c != nil {
+			dup := *ack
+			dup.ClientSeq = w.clientSeq
+			c.send(&dup)
+		}
+	}
 }
 
 // ---- pusher pool ----

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,6 +57,12 @@ type testServer struct {
 // that Close returns nil (the bus drained everything) and Serve returned.
 func start(t *testing.T, cfg server.Config) *testServer {
 	t.Helper()
+	return startOn(t, cfg, nil)
+}
+
+// startOn is start with the listener wrapped by wrap, if not nil.
+func startOn(t *testing.T, cfg server.Config, wrap func(net.Listener) net.Listener) *testServer {
+	t.Helper()
 	logs := &logBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := server.New(cfg)
@@ -67,6 +72,9 @@ func start(t *testing.T, cfg server.Config) *testServer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -108,8 +116,21 @@ func (s *testServer) dial(t *testing.T, uid string, opts ...func(*wkclient.Optio
 	return c
 }
 
+// user gives uid its login token, "t-"+uid, as the application server
+// would through the admin API.
+func (s *testServer) user(t *testing.T, uid string) {
+	t.Helper()
+	if err := s.SetUserToken(uid, "t-"+uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryDial logs uid in with its token, "t-"+uid, which it sets first.
 func (s *testServer) tryDial(t *testing.T, uid string, opts ...func(*wkclient.Options)) (*wkclient.Client, error) {
 	t.Helper()
+	if len(uid) <= 64 {
+		s.user(t, uid)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), wait)
 	defer cancel()
 	o := wkclient.Options{UID: uid, Token: "t-" + uid}
@@ -230,7 +251,7 @@ func TestPersonToPerson(t *testing.T) {
 }
 
 func TestGroup(t *testing.T) {
-	s := start(t, server.Config{Groups: map[string][]string{"g1": {"alice", "bob", "carol"}}})
+	s := start(t, server.Config{AdminToken: adminToken, Groups: map[string][]string{"g1": {"alice", "bob", "carol"}}})
 	alice, bob, carol, dave := s.dial(t, "alice"), s.dial(t, "bob"), s.dial(t, "carol"), s.dial(t, "dave")
 
 	send(t, dave, "g1", wkproto.ChannelGroup, "let me in")
@@ -251,16 +272,8 @@ func TestGroup(t *testing.T) {
 		}
 	}
 	// The group API adds dave; the sender never gets its own message.
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPut, s.base+"/groups/g1",
-		strings.NewReader(`{"members":["alice","bob","carol","dave"]}`))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("PUT /groups/g1: %s", resp.Status)
+	if code, body := s.api(t, http.MethodPut, "/groups/g1", adminToken, `{"members":["alice","bob","carol","dave"]}`); code != http.StatusOK {
+		t.Fatalf("PUT /groups/g1: %d %s", code, body)
 	}
 	send(t, dave, "g1", wkproto.ChannelGroup, "thanks")
 	if ack := nextOf[*wkproto.SendackPacket](t, dave); ack.ReasonCode != wkproto.ReasonSuccess || ack.MessageSeq != 2 {
@@ -271,20 +284,16 @@ func TestGroup(t *testing.T) {
 			t.Fatalf("%s got %+v", c.UID, r)
 		}
 	}
-	resp, err = http.Get(s.base + "/groups/g1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	code, got := s.api(t, http.MethodGet, "/groups/g1", adminToken, "")
 	var body struct{ Members []string }
-	err = json.NewDecoder(resp.Body).Decode(&body)
-	resp.Body.Close()
-	if err != nil || strings.Join(body.Members, ",") != "alice,bob,carol,dave" {
-		t.Fatalf("GET /groups/g1: %+v %v", body, err)
+	if err := json.Unmarshal([]byte(got), &body); err != nil || code != http.StatusOK || strings.Join(body.Members, ",") != "alice,bob,carol,dave" {
+		t.Fatalf("GET /groups/g1: %d %s %v", code, got, err)
 	}
 }
 
 func TestOfflineReplay(t *testing.T) {
 	s := start(t, server.Config{Groups: map[string][]string{"g1": {"alice", "dave"}}})
+	s.user(t, "dave")
 	alice := s.dial(t, "alice")
 	var want []string
 	for i := range 4 {

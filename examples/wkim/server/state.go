@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/imbus/eventbus"
 	"github.com/imbus/eventbus/examples/wkim/wkproto"
@@ -72,11 +73,25 @@ func (s *Server) History(channelID string, channelType uint8) []eventbus.Message
 // and the messages waiting for its next login (offline). Pending messages
 // are older than offline ones: when the connection ends, pending goes to
 // the front of offline, so the next login replays everything in order.
+// It also holds the user's SEND rate limiter (over all its logins) and the
+// window of its recent clientMsgNo values.
 type session struct {
 	mu      sync.Mutex
 	conn    *conn
+	known   bool // logged in at least once
 	pending []*eventbus.Message
 	offline []*eventbus.Message
+	limiter *rate.Limiter
+	recent  recentSends
+}
+
+// initLimiter creates the user's SEND limiter on its first login.
+func (se *session) initLimiter(cfg *Config) {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.limiter == nil {
+		se.limiter = rate.NewLimiter(rate.Limit(cfg.UserSendRate), cfg.UserSendBurst)
+	}
 }
 
 type sessions struct {
@@ -95,29 +110,71 @@ func (ss *sessions) get(uid string) *session {
 	return se
 }
 
+// known reports whether uid has logged in since the server started.
+func (ss *sessions) known(uid string) bool {
+	ss.mu.Lock()
+	se := ss.m[uid]
+	ss.mu.Unlock()
+	if se == nil {
+		return false
+	}
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	return se.known
+}
+
 // online makes c the user's connection and replays what waited for it. A
 // connection already there is kicked (DISCONNECT, then closed) and what it
-// had not acknowledged is replayed first. It returns how many messages
-// were replayed.
+// had not acknowledged is replayed first. Messages older than OfflineTTL
+// are dropped. It returns how many messages were replayed.
 func (ss *sessions) online(s *Server, c *conn) int {
 	se := ss.get(c.UID())
 	se.mu.Lock()
 	defer se.mu.Unlock()
+	se.known = true
 	if c.closing() { // it went away before its login was handled
 		return 0
 	}
 	replay := se.offline
 	if old := se.conn; old != nil && old != c {
-		old.send(&wkproto.DisconnectPacket{ReasonCode: wkproto.ReasonConnectKick, Reason: "logged in elsewhere"})
-		old.closeWith(websocket.StatusPolicyViolation, slog.LevelInfo,
-			"kicked: logged in again on conn "+strconv.FormatInt(c.id, 10), true)
+		old.sendThenClose(&wkproto.DisconnectPacket{ReasonCode: wkproto.ReasonConnectKick, Reason: "logged in elsewhere"},
+			websocket.StatusPolicyViolation, slog.LevelInfo, "kicked: logged in again on conn "+strconv.FormatInt(c.id, 10))
 		replay = append(se.pending, replay...)
 	}
 	se.conn, se.pending, se.offline = c, nil, nil
+	replay = s.dropExpired(replay)
 	for _, m := range replay {
 		s.push(se, c, m)
 	}
 	return len(replay)
+}
+
+// dropExpired returns q without its messages older than OfflineTTL,
+// counted as dropped.
+func (s *Server) dropExpired(q []*eventbus.Message) []*eventbus.Message {
+	oldest := s.cfg.Now().Add(-s.cfg.OfflineTTL).UnixMilli()
+	n := len(q)
+	q = slices.DeleteFunc(q, func(m *eventbus.Message) bool { return m.Timestamp < oldest })
+	s.offlineDropped.Add(int64(n - len(q)))
+	return q
+}
+
+// trimOffline keeps the newest MaxOffline messages of se's offline queue,
+// without those older than OfflineTTL. se.mu must be held.
+func (s *Server) trimOffline(se *session) {
+	q := se.offline
+	if over := len(q) - s.cfg.MaxOffline; over > 0 {
+		clear(q[:over])
+		q = q[over:]
+		s.offlineDropped.Add(int64(over))
+	}
+	// Expired messages are at the front but for requeued RECVs; drop
+	// them all the same.
+	q = s.dropExpired(q)
+	if cap(q) > 2*s.cfg.MaxOffline { // the array slid along: copy it once
+		q = slices.Clone(q)
+	}
+	se.offline = q
 }
 
 // push writes m to c and keeps it pending. se.mu must be held.
@@ -133,7 +190,8 @@ func (s *Server) push(se *session, c *conn, m *eventbus.Message) {
 }
 
 // deliver writes m to uid's connection and reports true, or queues it
-// offline and reports false.
+// offline and reports false. The offline queue keeps the newest
+// MaxOffline messages.
 func (ss *sessions) deliver(s *Server, uid string, m *eventbus.Message) bool {
 	se := ss.get(uid)
 	se.mu.Lock()
@@ -144,6 +202,9 @@ func (ss *sessions) deliver(s *Server, uid string, m *eventbus.Message) bool {
 	}
 	se.offline = append(se.offline, m)
 	s.offline.Add(1)
+	if len(se.offline) > s.cfg.MaxOffline {
+		s.trimOffline(se)
+	}
 	return false
 }
 
@@ -171,7 +232,7 @@ func (ss *sessions) ack(c *conn, id int64) bool {
 
 // offline takes the user offline if c is its connection: unacknowledged
 // RECVs go back to the front of the offline queue. It returns how many.
-func (ss *sessions) offline(c *conn) int {
+func (ss *sessions) offline(s *Server, c *conn) int {
 	se := ss.get(c.UID())
 	se.mu.Lock()
 	defer se.mu.Unlock()
@@ -181,5 +242,74 @@ func (ss *sessions) offline(c *conn) int {
 	n := len(se.pending)
 	se.offline = append(se.pending, se.offline...)
 	se.conn, se.pending = nil, nil
+	s.trimOffline(se)
 	return n
+}
+
+// recentSends is a sender's window of recent clientMsgNo values and their
+// SENDACKs, for duplicate SENDs (a replay, or the SDK sending again after
+// a reconnect). The owning session's mu guards it.
+type recentSends struct {
+	m     map[string]*sentMsg
+	order []string // ring of the keys of m, oldest at next
+	next  int
+}
+
+// sentMsg is one SEND of the window: its SENDACK once known, and the
+// duplicates waiting for it meanwhile.
+type sentMsg struct {
+	ack     *wkproto.SendackPacket // nil while the first is in flight
+	waiters []waiter
+}
+
+// waiter is a duplicate SEND waiting for the first one's SENDACK.
+type waiter struct {
+	connID    int64
+	clientSeq uint32
+}
+
+// maxWaiters bounds the duplicates of one message that wait for its
+// SENDACK; more are answered by nothing (the client sends again).
+const maxWaiters = 4
+
+// first records a SEND of clientMsgNo and reports true if it is the first
+// in the window. For a duplicate it returns the first's SENDACK, or nil
+// while that is in flight (the duplicate then waits for it).
+func (se *session) first(clientMsgNo string, w waiter, size int) (bool, *wkproto.SendackPacket) {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	r := &se.recent
+	if e, ok := r.m[clientMsgNo]; ok {
+		if e.ack == nil && len(e.waiters) < maxWaiters {
+			e.waiters = append(e.waiters, w)
+		}
+		return false, e.ack
+	}
+	if r.m == nil {
+		r.m = make(map[string]*sentMsg, size)
+	}
+	if len(r.order) < size {
+		r.order = append(r.order, clientMsgNo)
+	} else {
+		delete(r.m, r.order[r.next])
+		r.order[r.next] = clientMsgNo
+		r.next = (r.next + 1) % size
+	}
+	r.m[clientMsgNo] = &sentMsg{}
+	return true, nil
+}
+
+// acked records the SENDACK of clientMsgNo and returns the duplicates that
+// waited for it.
+func (se *session) acked(clientMsgNo string, ack *wkproto.SendackPacket) []waiter {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	e, ok := se.recent.m[clientMsgNo]
+	if !ok {
+		return nil
+	}
+	e.ack = ack
+	w := e.waiters
+	e.waiters = nil
+	return w
 }

@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,15 @@ type Options struct {
 	Version uint8
 	// NoAck leaves RECVs unacknowledged (to test redelivery).
 	NoAck bool
+	// Stalled stops reading after CONNACK, as a client that is too slow
+	// (to test the server's outbound limits). Next and OnPacket then get
+	// nothing and Done is closed only by Close.
+	Stalled bool
+	// HTTPClient dials the WebSocket, e.g. one trusting a test
+	// certificate for wss://. Default http.DefaultClient.
+	HTTPClient *http.Client
+	// Header is sent with the WebSocket upgrade (e.g. an Origin).
+	Header http.Header
 }
 
 // ConnectError is a CONNACK that refused the login.
@@ -53,12 +63,14 @@ func (e *ConnectError) Error() string {
 type Client struct {
 	UID string
 
-	ws       *websocket.Conn
-	cipher   *wkproto.Cipher
-	onPacket func(wkproto.Packet)
-	noAck    bool
-	rbuf     []byte // read buffer, used by one reader at a time
-	seq      atomic.Uint32
+	ws        *websocket.Conn
+	cipher    *wkproto.Cipher
+	onPacket  func(wkproto.Packet)
+	noAck     bool
+	stalled   bool
+	closeOnce sync.Once
+	rbuf      []byte // read buffer, used by one reader at a time
+	seq       atomic.Uint32
 
 	mu     sync.Mutex
 	queue  []wkproto.Packet
@@ -71,8 +83,12 @@ type Client struct {
 // Dial connects to url, logs in and starts the reader goroutine, which
 // Close stops.
 func Dial(ctx context.Context, url string, o Options) (*Client, error) {
-	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{CompressionMode: websocket.CompressionDisabled,
+		HTTPClient: o.HTTPClient, HTTPHeader: o.Header})
 	if err != nil {
+		if resp != nil {
+			return nil, &DialError{Status: resp.StatusCode, Err: err}
+		}
 		return nil, fmt.Errorf("wkclient: dial %s: %w", url, err)
 	}
 	ws.SetReadLimit(1 << 20)
@@ -81,9 +97,28 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		_ = ws.CloseNow()
 		return nil, err
 	}
+	if o.Stalled {
+		c.stalled = true
+		return c, nil
+	}
 	go c.read()
 	return c, nil
 }
+
+// DialError is a WebSocket upgrade the server answered with an HTTP
+// status other than 101 (e.g. 403 for a foreign origin).
+type DialError struct {
+	Status int
+	Err    error
+}
+
+// Error says the upgrade failed and its HTTP status.
+func (e *DialError) Error() string {
+	return fmt.Sprintf("wkclient: upgrade refused with HTTP %d: %v", e.Status, e.Err)
+}
+
+// Unwrap returns the WebSocket library's error.
+func (e *DialError) Unwrap() error { return e.Err }
 
 func (c *Client) login(ctx context.Context, o Options) error {
 	keys, err := wkproto.GenerateKey(nil)
@@ -279,8 +314,24 @@ func (c *Client) WriteRaw(ctx context.Context, b []byte) error {
 	return c.ws.Write(ctx, websocket.MessageBinary, b)
 }
 
-// Close closes the connection and waits for the reader goroutine.
+// CloseNow drops the connection without the close handshake and waits
+// for the reader goroutine.
+func (c *Client) CloseNow() error {
+	err := c.ws.CloseNow()
+	if c.stalled {
+		c.closeOnce.Do(func() { close(c.done) })
+	}
+	<-c.done
+	return err
+}
+
+// Close closes the connection and waits for the reader goroutine. A
+// Stalled client's connection is dropped without the close handshake.
 func (c *Client) Close() error {
+	if c.stalled {
+		c.closeOnce.Do(func() { close(c.done) })
+		return c.ws.CloseNow()
+	}
 	err := c.ws.Close(websocket.StatusNormalClosure, "bye")
 	<-c.done
 	return err

@@ -12,28 +12,6 @@ import (
 	"github.com/imbus/eventbus/internal/goid"
 )
 
-// TestReview9_UnreadableGoroutineIDIsNotAWorker: when the goroutine id
-// cannot be read (goid.Get returns 0), the caller is not taken for a
-// worker, although workers that are not running have id 0 too.
-func TestReview9_UnreadableGoroutineIDIsNotAWorker(t *testing.T) {
-	saved := goroutineID
-	goroutineID = func() int64 { return 0 }
-	t.Cleanup(func() { goroutineID = saved })
-
-	b, err := New(WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if b.inHandler(ctx) {
-		t.Error("inHandler: a goroutine of unknown id taken for a worker")
-	}
-	if err := b.Close(ctx); errors.Is(err, ErrInsideHandler) || err != nil {
-		t.Errorf("Close of an unstarted bus, from a goroutine of unknown id: %v", err)
-	}
-}
-
 // goroutineObserver records the goroutine of every dead-letter observation.
 type goroutineObserver struct {
 	mu  sync.Mutex
@@ -48,11 +26,11 @@ func (o *goroutineObserver) Observe(ob Observation) {
 	}
 }
 
-// TestReview6_CloseRunsNoUserCodeAfterDeadline: as Observer's and Close's
+// TestCloseRunsNoUserCodeAfterDeadline: as Observer's and Close's
 // docs say, a Close whose ctx ended returns at once and runs no user code:
 // the queued events it gives up are dead-lettered and observed on another
 // goroutine, all of them by the time a second Close returns nil.
-func TestReview6_CloseRunsNoUserCodeAfterDeadline(t *testing.T) {
+func TestCloseRunsNoUserCodeAfterDeadline(t *testing.T) {
 	obs := &goroutineObserver{}
 	b, err := New(WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithObserver(obs),
 		WithUserPool(PoolConfig{Workers: 1}), WithDeadLetter(NewDeadLetterRing(8)))
@@ -72,7 +50,7 @@ func TestReview6_CloseRunsNoUserCodeAfterDeadline(t *testing.T) {
 	if err := b.Start(); err != nil {
 		t.Fatal(err)
 	}
-	conn := &zeroIDConn{uid: "u"}
+	conn := &testConnInternal{uid: "u"}
 	add := func(frame any) {
 		if err := b.AddEvent(context.Background(), &UserContext{EventType: EventOnSend, Conn: conn, Frame: frame}); err != nil {
 			t.Fatal(err)
@@ -112,8 +90,3 @@ func TestReview6_CloseRunsNoUserCodeAfterDeadline(t *testing.T) {
 		t.Errorf("%d dead-letter observations, want 3", len(obs.ids))
 	}
 }
-
-type zeroIDConn struct{ uid string }
-
-func (c *zeroIDConn) UID() string { return c.uid }
-func (c *zeroIDConn) ID() int64   { return 0 }
