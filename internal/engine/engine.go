@@ -17,6 +17,7 @@ package engine
 import (
 	"context"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,10 +294,17 @@ type Parent interface {
 // for ever.
 func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
-	if res := e.admit(s, parent, wait); res != Accepted {
+	res, inside := e.admit(s, parent, wait)
+	if res != Accepted {
 		return res
 	}
 	e.enqueueLocked(s, it)
+	if inside && e.added.Load()-e.freed.Load() > e.capacity {
+		// A follow-on add above capacity never waits, but its handler
+		// yields the processor: the workers of this pool, behind, get to
+		// run, as a full channel would have let them.
+		runtime.Gosched()
+	}
 	return Accepted
 }
 
@@ -309,7 +317,7 @@ type Slot[E any] struct{ s *shard[E] }
 // On Accepted the caller must Commit or Cancel the slot.
 func (e *Engine[E]) Reserve(key uint64, parent Parent, wait context.Context) (Slot[E], PushResult) {
 	s := e.shardFor(key)
-	res := e.admit(s, parent, wait)
+	res, _ := e.admit(s, parent, wait)
 	if res == Accepted {
 		s.mu.Unlock()
 	}
@@ -336,9 +344,10 @@ func (e *Engine[E]) Cancel(sl Slot[E]) {
 }
 
 // admit waits for room in s and takes it: on Accepted it returns with
-// s.mu held, s.occupied and e.added counting the item to come.
-func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) PushResult {
-	registered, inside, checked := false, false, false
+// s.mu held, s.occupied and e.added counting the item to come. inside says
+// whether the add was taken as a follow-on add.
+func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) (res PushResult, inside bool) {
+	registered, checked := false, false
 	for {
 		var space <-chan struct{}
 		if registered {
@@ -353,7 +362,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
 			e.unregister(registered)
-			return Closed
+			return Closed, inside
 		}
 		if inside {
 			e.added.Add(1)
@@ -365,7 +374,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 		s.mu.Unlock()
 		if wait == nil {
 			e.unregister(registered)
-			return Full
+			return Full, inside
 		}
 		if !registered {
 			// Register, then look again: room given back after this point
@@ -385,10 +394,10 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 		case <-space:
 		case <-wait.Done():
 			e.unregister(registered)
-			return Cancelled
+			return Cancelled, inside
 		case <-e.life.closingCh:
 			e.unregister(registered)
-			return Closed
+			return Closed, inside
 		}
 	}
 	e.unregister(registered)
@@ -396,7 +405,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 	if s.occupied > e.cfg.QueueSize {
 		e.over.Add(1)
 	}
-	return Accepted
+	return Accepted, inside
 }
 
 // enqueueLocked appends it to s, whose room admit took, and puts s on the
