@@ -1,7 +1,7 @@
 # The verbs everyone runs. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test
+.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test dashboard-test
 
 test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
@@ -11,12 +11,20 @@ test: lint
 	cd journal/bench && $(GO) vet ./...
 	@if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory sdk-test; \
 	else echo "sdk-test: SKIPPED: node is not on PATH (the WuKongIM JS SDK interop test needs Node 20 and npm)"; fi
+	@$(MAKE) --no-print-directory dashboard-test
 
 # Interop test of examples/wkim with the official WuKongIM JS SDK (Node).
 SDKTEST := examples/wkim/sdktest
 sdk-test:
 	@test -d $(SDKTEST)/node_modules || (cd $(SDKTEST) && npm ci --no-audit --no-fund)
 	cd $(SDKTEST) && node --test interop.test.mjs
+
+# The dashboard in a real headless Chromium (own module: chromedp stays out
+# of go.mod). Prints SKIPPED where no Chromium is installed.
+dashboard-test:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$CHROME" ]; then \
+		cd dashboard/browsertest && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...; \
+	else echo "dashboard-test: SKIPPED: chromium is not installed (apt-get install -y chromium)"; fi
 
 vet:
 	$(GO) vet ./...
