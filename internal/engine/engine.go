@@ -9,6 +9,14 @@
 // shard from the run queue. A slow handler therefore holds back only its
 // own shard while other workers are free.
 //
+// The hand-off is built for throughput: a producer appends to its shard's
+// FIFO (an inline first item, then segments from a free list made at New)
+// under the shard's short lock; a worker takes the whole FIFO in one step
+// and runs it without the lock. The run queue is a lock-free ring of
+// shards, and a sleeping worker is woken only when the shards waiting
+// outnumber the workers looking for work, never once per event. Workers
+// read the clock once per stretch of runs, not per run.
+//
 // The engine knows nothing about handlers or event types: a Dispatcher runs
 // the work and says what became of it. Everything here is generic only so
 // that the root package can plug its Event type in without an import cycle.
@@ -173,6 +181,7 @@ type Engine[E any] struct {
 	// releases them and the segments above what New made.
 	oversizedMu sync.Mutex
 	spares      [][]Item[E]
+	nspares     atomic.Int32 // len(spares), for a look without the lock
 	trimTimer   *time.Timer
 	trimArmed   bool
 	trimMark    uint64 // added when the trim was armed

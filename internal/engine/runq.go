@@ -155,6 +155,14 @@ func (q *runQueue) found() {
 	}
 }
 
+// more wakes one more worker, after a claim made without looking, if more
+// shards wait than workers look.
+func (q *runQueue) more() {
+	if q.sleepers.Load() > 0 && q.any() && q.short(q.looking.Load()) {
+		q.wakeOne()
+	}
+}
+
 // sleep registers s as sleeping; the worker must then look at the bitmap
 // once more before it waits (see unsleep).
 func (q *runQueue) sleep(s *sleeper) {

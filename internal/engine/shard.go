@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,8 +68,8 @@ type segment[E any] struct {
 type segPool[E any] struct {
 	mu   sync.Mutex
 	free *segment[E]
-	n    int
-	keep int // segments a trim leaves
+	n    atomic.Int64 // segments on the list; written under mu
+	keep int64        // segments a trim leaves
 }
 
 // fill links count new segments into the free list.
@@ -78,8 +79,8 @@ func (p *segPool[E]) fill(count int) {
 		segs[i].next = p.free
 		p.free = &segs[i]
 	}
-	p.n += count
-	p.keep = count
+	p.n.Add(int64(count))
+	p.keep = int64(count)
 }
 
 // get returns an empty segment, from the free list if it has one.
@@ -88,7 +89,7 @@ func (p *segPool[E]) get() *segment[E] {
 	s := p.free
 	if s != nil {
 		p.free, s.next = s.next, nil
-		p.n--
+		p.n.Add(-1)
 	}
 	p.mu.Unlock()
 	if s == nil {
@@ -110,26 +111,23 @@ func (p *segPool[E]) put(head, tail *segment[E], n int) {
 	p.mu.Lock()
 	tail.next = p.free
 	p.free = head
-	p.n += n
+	p.n.Add(int64(n))
 	p.mu.Unlock()
 }
 
 // trim drops the free segments above keep; it reports whether any were.
 func (p *segPool[E]) trim() {
 	p.mu.Lock()
-	for p.n > p.keep {
+	for p.n.Load() > p.keep {
 		s := p.free
 		p.free, s.next = s.next, nil
-		p.n--
+		p.n.Add(-1)
 	}
 	p.mu.Unlock()
 }
 
-func (p *segPool[E]) over() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n > p.keep
-}
+// over reports whether the free list holds more than a trim leaves.
+func (p *segPool[E]) over() bool { return p.n.Load() > p.keep }
 
 // pushLocked appends it to the FIFO. s.mu must be held.
 func (s *shard[E]) pushLocked(it *Item[E]) {
@@ -256,6 +254,7 @@ var trimDelay = time.Second
 func (e *Engine[E]) parkBuffer(b []Item[E]) {
 	e.oversizedMu.Lock()
 	e.spares = append(e.spares, b[:0])
+	e.nspares.Store(int32(len(e.spares)))
 	e.oversizedMu.Unlock()
 }
 
@@ -267,6 +266,7 @@ func (e *Engine[E]) spareBuffer() []Item[E] {
 		b := e.spares[n-1]
 		e.spares[n-1] = nil
 		e.spares = e.spares[:n-1]
+		e.nspares.Store(int32(len(e.spares)))
 		return b
 	}
 	return nil
@@ -276,6 +276,9 @@ func (e *Engine[E]) spareBuffer() []Item[E] {
 // to trim. One timer, armed only after bursts: an idle bus does nothing.
 func (e *Engine[E]) armTrim() {
 	over := e.segs.over()
+	if !over && e.nspares.Load() == 0 {
+		return // nothing to trim: no lock on the way to sleep
+	}
 	e.oversizedMu.Lock()
 	defer e.oversizedMu.Unlock()
 	if e.trimArmed || (!over && len(e.spares) == 0) {
@@ -304,6 +307,7 @@ func (e *Engine[E]) trim() {
 	e.trimArmed = false
 	clear(e.spares)
 	e.spares = e.spares[:0]
+	e.nspares.Store(0)
 	e.oversizedMu.Unlock()
 	e.segs.trim()
 }

@@ -168,6 +168,12 @@ func (w *worker[E]) next() bool {
 // (see runQueue for when a sleeping worker is woken).
 func (w *worker[E]) take() *shard[E] {
 	q := &w.e.rq
+	// A shard at once: no need to count as looking (producers may wake a
+	// sleeper meanwhile; one more wake, never one less).
+	if i := q.claim(); i >= 0 {
+		q.more()
+		return &w.e.shards[i]
+	}
 	q.looking.Add(1)
 	tidied := false
 	for {
