@@ -457,8 +457,8 @@ const stretchRuns = 16
 // timeRun accounts for one finished run. A dispatcher that timed the run
 // itself (u.Took, with an observer) gives its exact time. Otherwise the
 // worker times stretches of up to stretchRuns runs: the clock is read when
-// a stretch ends (stretchRuns runs, a run that did not end Handled, or the
-// worker finding no more work), each run of the stretch counts as the
+// a stretch ends (stretchRuns runs, the end of the batch taken from a
+// shard's FIFO, a retry, or a run that did not end Handled), each run of the stretch counts as the
 // stretch's mean in the quantiles, and Max sees the whole stretch, an upper
 // bound of its slowest run that is exact for a run timed alone.
 func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
@@ -470,7 +470,11 @@ func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
 		return
 	}
 	w.runs++
-	if w.runs >= stretchRuns || v.Outcome != Handled {
+	// The end of the batch in hand ends the stretch too, before its last
+	// event counts as finished: once the engine is idle, its Stats show
+	// every run.
+	if w.runs >= stretchRuns || v.Outcome != Handled || w.curPK != nil ||
+		(w.pos >= len(w.batch) && w.segs == nil) {
 		w.endStretch()
 	}
 }
