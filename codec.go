@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"unsafe"
 )
 
 // Codec turns the events of one user-pool type into bytes and back, for
@@ -57,6 +58,23 @@ const (
 // does not know or a context of another pool, and ErrNoCodec for a
 // user-pool type without a Codec. Safe for concurrent use.
 func (b *Bus) EncodeEvent(ev Event) ([]byte, error) {
+	var hint int
+	switch e := ev.(type) {
+	case *ChannelContext:
+		if e != nil {
+			hint = 64 + channelSizeHint(e)
+		}
+	case *PushContext:
+		if e != nil {
+			hint = 64 + messageSizeHint(e.Message) + 16*len(e.Subscribers)
+		}
+	}
+	return b.appendEvent(make([]byte, 0, hint), ev)
+}
+
+// appendEvent appends the encoding of ev (EncodeEvent's) to dst: the
+// durable path encodes into a pooled buffer with it.
+func (b *Bus) appendEvent(out []byte, ev Event) ([]byte, error) {
 	if err := b.checkCodecPool(ev); err != nil {
 		return nil, err
 	}
@@ -70,11 +88,9 @@ func (b *Bus) EncodeEvent(ev Event) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("eventbus: Codec of %s: encode: %w", b.TypeName(e.EventType), err)
 		}
-		out := make([]byte, 0, 3+len(body))
 		out = append(out, encVersion, encKindUser, byte(e.EventType))
 		return append(out, body...), nil
 	case *ChannelContext:
-		out := make([]byte, 0, 64+channelSizeHint(e))
 		out = append(out, encVersion, encKindChannel, byte(e.EventType))
 		out = appendString(out, e.ChannelID)
 		out = append(out, e.ChannelType)
@@ -84,7 +100,6 @@ func (b *Bus) EncodeEvent(ev Event) ([]byte, error) {
 		}
 		return out, nil
 	case *PushContext:
-		out := make([]byte, 0, 64+messageSizeHint(e.Message)+16*len(e.Subscribers))
 		out = append(out, encVersion, encKindPush, byte(e.EventType))
 		out = appendMessage(out, e.Message)
 		out = appendCount(out, len(e.Subscribers), e.Subscribers == nil)
@@ -104,6 +119,12 @@ func (b *Bus) EncodeEvent(ev Event) ([]byte, error) {
 // not share memory with data, except what a Codec keeps. Safe for
 // concurrent use.
 func (b *Bus) DecodeEvent(t EventType, data []byte) (Event, error) {
+	return b.decodeEvent(t, data, nil)
+}
+
+// decodeEvent is DecodeEvent, taking the memory of a channel or push
+// event from sl when not nil (a replay decodes many).
+func (b *Bus) decodeEvent(t EventType, data []byte, sl *slab) (Event, error) {
 	bad := func(what string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrBadEncoding, b.TypeName(t), fmt.Sprintf(what, args...))
 	}
@@ -124,7 +145,7 @@ func (b *Bus) DecodeEvent(t EventType, data []byte) (Event, error) {
 	if kind != kindOfPool(pool) {
 		return nil, bad("data holds a context of another pool (kind %d)", kind)
 	}
-	d := decoder{data: data, off: 3}
+	d := decoder{data: data, off: 3, sl: sl}
 	var ev Event
 	switch kind {
 	case encKindUser:
@@ -144,21 +165,23 @@ func (b *Bus) DecodeEvent(t EventType, data []byte) (Event, error) {
 		u.EventType = t
 		return u, nil
 	case encKindChannel:
-		c := &ChannelContext{EventType: t}
+		c := sl.channel()
+		c.EventType = t
 		c.ChannelID = d.string()
 		c.ChannelType = d.byte()
 		if n, ok := d.count(); ok {
-			c.Messages = make([]*Message, n)
+			c.Messages = sl.messagePtrs(n)
 			for i := range c.Messages {
 				c.Messages[i] = d.message()
 			}
 		}
 		ev = c
 	case encKindPush:
-		p := &PushContext{EventType: t}
+		p := sl.push()
+		p.EventType = t
 		p.Message = d.message()
 		if n, ok := d.count(); ok {
-			p.Subscribers = make([]string, n)
+			p.Subscribers = sl.strings(n)
 			for i := range p.Subscribers {
 				p.Subscribers[i] = d.string()
 			}
@@ -262,7 +285,12 @@ func appendMessage(b []byte, m *Message) []byte {
 	b = append(b, m.Payload...)
 	b = binary.AppendVarint(b, m.Timestamp)
 	b = appendCount(b, len(m.Header), m.Header == nil)
-	if len(m.Header) > 0 {
+	if len(m.Header) == 1 {
+		for k, v := range m.Header {
+			b = appendString(b, k)
+			b = appendString(b, v)
+		}
+	} else if len(m.Header) > 0 {
 		var stack [16]string // no allocation for the usual few keys
 		keys := stack[:0]
 		for k := range m.Header {
@@ -302,6 +330,7 @@ type decoder struct {
 	data []byte
 	off  int
 	err  error
+	sl   *slab // where decoded values go; nil: allocate each
 }
 
 var errTruncated = errors.New("truncated")
@@ -370,7 +399,7 @@ func (d *decoder) bytes(n int) []byte {
 }
 
 func (d *decoder) string() string {
-	return string(d.bytes(d.length(d.uvarint())))
+	return d.sl.string(d.bytes(d.length(d.uvarint())))
 }
 
 // count reads n+1 (or 0 for nil) and returns n and whether it is not nil.
@@ -393,7 +422,7 @@ func (d *decoder) message() *Message {
 		d.fail(errors.New("bad message marker"))
 		return nil
 	}
-	m := &Message{}
+	m := d.sl.message()
 	m.MessageID = d.varint()
 	m.MessageSeq = d.uvarint()
 	m.ClientMsgNo = d.string()
@@ -401,7 +430,7 @@ func (d *decoder) message() *Message {
 	m.ChannelID = d.string()
 	m.ChannelType = d.byte()
 	if n, ok := d.count(); ok {
-		m.Payload = append(make([]byte, 0, n), d.bytes(n)...)
+		m.Payload = d.sl.copyBytes(d.bytes(n))
 	}
 	m.Timestamp = d.varint()
 	if n, ok := d.count(); ok {
@@ -415,4 +444,120 @@ func (d *decoder) message() *Message {
 		return nil
 	}
 	return m
+}
+
+// slab hands out the memory of decoded channel and push events in blocks,
+// so that decoding many of them (a replay) allocates per block, not per
+// event: contexts, messages, message pointers and strings, payloads and
+// strings' bytes (copied into a byte block no one writes again, strings
+// made over it without a copy). A nil *slab allocates each value on its
+// own. Events from one block keep the whole block alive while any of them
+// is referenced. Not safe for concurrent use.
+type slab struct {
+	chans  []ChannelContext
+	pushes []PushContext
+	msgs   []Message
+	ptrs   []*Message
+	strs   []string
+	bytes  []byte
+}
+
+// Block sizes of a slab, in values (bytes: in bytes); a value larger than
+// a quarter of its block gets its own allocation.
+const (
+	slabValues = 256
+	slabBytes  = 64 << 10
+)
+
+func (s *slab) channel() *ChannelContext {
+	if s == nil {
+		return &ChannelContext{}
+	}
+	if len(s.chans) == 0 {
+		s.chans = make([]ChannelContext, slabValues)
+	}
+	c := &s.chans[0]
+	s.chans = s.chans[1:]
+	return c
+}
+
+func (s *slab) push() *PushContext {
+	if s == nil {
+		return &PushContext{}
+	}
+	if len(s.pushes) == 0 {
+		s.pushes = make([]PushContext, slabValues)
+	}
+	p := &s.pushes[0]
+	s.pushes = s.pushes[1:]
+	return p
+}
+
+func (s *slab) message() *Message {
+	if s == nil {
+		return &Message{}
+	}
+	if len(s.msgs) == 0 {
+		s.msgs = make([]Message, slabValues)
+	}
+	m := &s.msgs[0]
+	s.msgs = s.msgs[1:]
+	return m
+}
+
+// messagePtrs returns a slice of n nil pointers (capacity n: an append
+// to it never reaches another event's).
+func (s *slab) messagePtrs(n int) []*Message {
+	if s == nil || n > slabValues/4 {
+		return make([]*Message, n)
+	}
+	if len(s.ptrs) < n {
+		s.ptrs = make([]*Message, slabValues)
+	}
+	p := s.ptrs[:n:n]
+	s.ptrs = s.ptrs[n:]
+	return p
+}
+
+func (s *slab) strings(n int) []string {
+	if s == nil || n > slabValues/4 {
+		return make([]string, n)
+	}
+	if len(s.strs) < n {
+		s.strs = make([]string, slabValues)
+	}
+	p := s.strs[:n:n]
+	s.strs = s.strs[n:]
+	return p
+}
+
+// copyBytes returns a copy of b, with capacity len(b) (not nil when b is
+// empty).
+func (s *slab) copyBytes(b []byte) []byte {
+	if len(b) == 0 {
+		return []byte{}
+	}
+	if s == nil || len(b) > slabBytes/4 {
+		return append(make([]byte, 0, len(b)), b...)
+	}
+	if cap(s.bytes)-len(s.bytes) < len(b) {
+		s.bytes = make([]byte, 0, slabBytes)
+	}
+	at := len(s.bytes)
+	s.bytes = append(s.bytes, b...)
+	return s.bytes[at:len(s.bytes):len(s.bytes)]
+}
+
+// string returns b as a string. From a slab, its bytes are a copy in the
+// byte block that nothing writes again (the block only grows past them),
+// so the string stays immutable.
+func (s *slab) string(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if s == nil || len(b) > slabBytes/4 {
+		return string(b)
+	}
+	c := s.copyBytes(b)
+	return unsafe.String(&c[0], len(c))
 }

@@ -354,3 +354,68 @@ func TestDecodeGivesCodecItsOwnCopy(t *testing.T) {
 	clear(data) // a reused buffer, as journal.Replay's is
 	require.Equal(t, []byte("hi"), ev.(*eventbus.UserContext).Frame)
 }
+
+// TestReplayDecodingMatchesDecodeEvent decodes the codec's events the way a
+// replay does (many events' memory from shared blocks): each equals the
+// one encoded, nil and empty apart, and owns its memory: changing one
+// event's payload, or the data decoded, changes no other event.
+func TestReplayDecodingMatchesDecodeEvent(t *testing.T) {
+	b := codecBus(t)
+	var evs []eventbus.Event
+	for _, ev := range codecEvents() {
+		if _, user := ev.(*eventbus.UserContext); !user {
+			evs = append(evs, ev, ev) // twice: neighbours in the blocks
+		}
+	}
+	types := make([]eventbus.EventType, len(evs))
+	data := make([][]byte, len(evs))
+	for i, ev := range evs {
+		var err error
+		types[i] = ev.Type()
+		data[i], err = b.EncodeEvent(ev)
+		require.NoError(t, err)
+	}
+	got, err := eventbus.DecodeEventsInSlab(b, types, data)
+	require.NoError(t, err)
+	for i := range evs {
+		require.True(t, reflect.DeepEqual(evs[i], got[i]), "event %d: %#v", i, got[i])
+	}
+	for _, d := range data {
+		clear(d)
+	}
+	first := got[0].(*eventbus.ChannelContext).Messages[0]
+	first.Payload = append(first.Payload, 1, 2, 3) // grows into a new array, never into a neighbour
+	first.Payload[0] ^= 0xff
+	for i := range evs {
+		if i == 0 {
+			continue
+		}
+		require.True(t, reflect.DeepEqual(evs[i], got[i]), "event %d changed", i)
+	}
+}
+
+// TestReplayDecodingAllocatesPerBlock: decoding many channel events the way
+// a replay does allocates per block of events, not per event (a message
+// Header map is the exception: one map each).
+func TestReplayDecodingAllocatesPerBlock(t *testing.T) {
+	b := codecBus(t)
+	const n = 4096
+	types := make([]eventbus.EventType, n)
+	data := make([][]byte, n)
+	for i := range data {
+		ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelStore, ChannelID: fmt.Sprint("channel-", i),
+			ChannelType: 2, Messages: []*eventbus.Message{{MessageSeq: uint64(i), FromUID: "alice",
+				ChannelID: fmt.Sprint("channel-", i), Payload: bytes.Repeat([]byte{'x'}, 128)}}}
+		types[i] = ev.Type()
+		var err error
+		data[i], err = b.EncodeEvent(ev)
+		require.NoError(t, err)
+	}
+	allocs := testing.AllocsPerRun(3, func() {
+		_, err := eventbus.DecodeEventsInSlab(b, types, data)
+		require.NoError(t, err)
+	})
+	perEvent := (allocs - 1) / n // 1: the result slice
+	t.Logf("%.0f allocations for %d events: %.3f per event", allocs, n, perEvent)
+	require.Less(t, perEvent, 0.1)
+}

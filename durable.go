@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/imbus/eventbus/internal/engine"
@@ -20,7 +21,8 @@ import (
 //   - Append returns once its records are on disk; concurrent Appends may
 //     share one sync. AppendAsync queues records and returns at once; they
 //     reach the disk before any Ack, SetAttempts or DeadLetter made after
-//     it returns. Ids are increasing, never reused.
+//     it returns. Ids are increasing, never reused. Neither keeps a
+//     record's Payload after it returns (copy it): the bus reuses it.
 //   - Ack, SetAttempts and DeadLetter need not wait for the disk: one lost
 //     in a crash only means a record is replayed again (or with its
 //     previous attempt count). DeadLetter acks the record in the same write.
@@ -118,10 +120,18 @@ type durableEvent struct {
 // add is a follow-on), then commits to the engines with a tracker that
 // acks the record when every delivery has finished.
 func (b *Bus) addDurable(p *pool, ch *chain, it engine.Item[Event], parent engine.Parent, wait context.Context) (engine.PushResult, error) {
-	data, err := b.EncodeEvent(it.Event)
+	// Encoded into a pooled buffer: the journal copies the payload.
+	bp := encodeBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledEncoding {
+			encodeBufs.Put(bp)
+		}
+	}()
+	data, err := b.appendEvent((*bp)[:0], it.Event)
 	if err != nil {
 		return engine.Accepted, err
 	}
+	*bp = data
 	follow := parent != nil && parent.Running()
 	var appendErr error
 	rec := journal.Record{Type: uint8(it.Event.Type()), Key: it.Key, Payload: data}
@@ -141,6 +151,12 @@ func (b *Bus) addDurable(p *pool, ch *chain, it engine.Item[Event], parent engin
 	})
 	return res, appendErr
 }
+
+// encodeBufs holds buffers for addDurable's encodings (*[]byte); one
+// larger than maxPooledEncoding is left to the GC.
+var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledEncoding = 64 << 10
 
 // durableTracker returns the tracker of journal record id: it acks the
 // record when the event has finished, or moves it to the dead-letter list.
@@ -204,6 +220,7 @@ func (alwaysRunning) Running() bool { return true }
 // cannot decode) is moved to the journal's dead-letter list with the
 // reason, and logged: nothing is dropped silently.
 func (b *Bus) replay() error {
+	var sl slab // the replayed events' memory, taken a block at a time
 	return b.journal.Replay(func(rec journal.Record) error {
 		t := EventType(rec.Type)
 		give := func(why error) error {
@@ -214,7 +231,7 @@ func (b *Bus) replay() error {
 		if !b.cfg.durable[t] {
 			return give(fmt.Errorf("%w: %v is not durable in this bus", ErrUnknownEventType, b.typeNameLocked(t)))
 		}
-		ev, err := b.DecodeEvent(t, rec.Payload)
+		ev, err := b.decodeEvent(t, rec.Payload, &sl)
 		if err != nil {
 			return give(err)
 		}

@@ -13,3 +13,18 @@ func ShardOf(b *Bus, ev Event) (Pool, int) {
 	}
 	return p.kind, p.eng.ShardIndex(key)
 }
+
+// DecodeEventsInSlab decodes every data as a replay does: the events'
+// memory taken from one slab.
+func DecodeEventsInSlab(b *Bus, t []EventType, data [][]byte) ([]Event, error) {
+	var sl slab
+	out := make([]Event, len(data))
+	for i := range data {
+		ev, err := b.decodeEvent(t[i], data[i], &sl)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ev
+	}
+	return out, nil
+}

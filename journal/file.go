@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,20 +9,23 @@ import (
 
 // createSegment creates segment seq in dir with a header carrying the id
 // reservation, atomically (written under a temporary name, fsync'd,
-// renamed, directory fsync'd), and returns it open for appending.
-func createSegment(dir string, seq, reserved uint64) (*segment, *os.File, error) {
+// renamed, directory fsync'd), and returns it open for appending, with
+// the seed of its checksum chain. Errors name the segment, not the
+// temporary file (which does not outlive the failure).
+func createSegment(dir string, seq, reserved uint64) (*segment, *os.File, uint32, error) {
 	path := filepath.Join(dir, segName(seq))
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := openSegmentFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create segment: %w", err)
+		return nil, nil, 0, segmentError(path, err)
 	}
-	fail := func(err error) (*segment, *os.File, error) {
+	fail := func(err error) (*segment, *os.File, uint32, error) {
 		f.Close()
 		os.Remove(tmp)
-		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
+		return nil, nil, 0, segmentError(path, err)
 	}
-	if _, err := f.Write(segHeader(reserved)); err != nil {
+	hdr, seed := segHeader(reserved)
+	if _, err := f.Write(hdr); err != nil {
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {
@@ -32,14 +36,28 @@ func createSegment(dir string, seq, reserved uint64) (*segment, *os.File, error)
 	}
 	if err := syncDir(dir); err != nil {
 		f.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	rf, err := os.Open(path)
 	if err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
+		return nil, nil, 0, segmentError(path, err)
 	}
-	return &segment{seq: seq, path: path, size: headerSize, rf: rf}, f, nil
+	return &segment{seq: seq, path: path, size: headerSize, rf: rf}, f, seed, nil
+}
+
+// openSegmentFile opens a new segment's file (a test makes it fail).
+var openSegmentFile = os.OpenFile
+
+// segmentError says that creating segment path failed, and why: an
+// *os.PathError about the temporary file is reduced to its operation and
+// cause ("write: no space left on device"), still matched by errors.Is.
+func segmentError(path string, err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("create segment %s: %s: %w", path, pe.Op, pe.Err)
+	}
+	return fmt.Errorf("create segment %s: %w", path, err)
 }
 
 // syncDir makes the directory's entries (created, renamed, removed files)

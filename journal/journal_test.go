@@ -406,7 +406,9 @@ func TestReclaimKeepsDiskBounded(t *testing.T) {
 	t.Logf("wrote %d KiB; largest journal %d KiB; now %d segments", written>>10, maxSize>>10, j.Stats().Segments)
 	require.Less(t, maxSize, int64(8*segSize), "disk use stays bounded")
 	require.Less(t, dirSize(t, dir), int64(8*segSize))
-	require.Equal(t, j.Stats().Bytes, dirSize(t, dir))
+	ahead := dirSize(t, dir) - j.Stats().Bytes // zeros written ahead of the active segment's end
+	require.GreaterOrEqual(t, ahead, int64(0))
+	require.LessOrEqual(t, ahead, int64(segSize/4))
 	require.NoError(t, j.Close())
 
 	j = open(t, dir, opts...)

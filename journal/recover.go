@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -39,11 +38,11 @@ func (j *Journal) recover() error {
 	}
 	slices.Sort(seqs)
 	if len(seqs) == 0 {
-		seg, f, err := createSegment(j.dir, 1, 1)
+		seg, f, seed, err := createSegment(j.dir, 1, 1)
 		if err != nil {
 			return fmt.Errorf("journal: %w", err)
 		}
-		j.st.segs, j.active, j.f = []*segment{seg}, seg, f
+		j.st.segs, j.active, j.f, j.chain, j.zeroed = []*segment{seg}, seg, f, seed, headerSize
 		return nil
 	}
 	if err := j.reserveEntries(seqs); err != nil {
@@ -51,6 +50,8 @@ func (j *Journal) recover() error {
 	}
 	j.st.recovering = true
 	var buf []byte // reused: scan copies out what it keeps
+	var lastInfo segInfo
+	var lastChain uint32
 	for i, seq := range seqs {
 		path := filepath.Join(j.dir, segName(seq))
 		data, err := readFile(path, buf)
@@ -58,46 +59,60 @@ func (j *Journal) recover() error {
 			return fmt.Errorf("journal: open %s: %w", j.dir, err)
 		}
 		buf = data
-		res, err := parseHeader(data)
+		info, err := parseHeader(data)
 		if err != nil {
 			return &CorruptError{File: path, Offset: 0, Err: err}
 		}
-		j.st.reserve = max(j.st.reserve, res)
+		j.st.reserve = max(j.st.reserve, info.reserve)
 		rf, err := os.Open(path)
 		if err != nil {
 			return fmt.Errorf("journal: open %s: %w", j.dir, err)
 		}
 		seg := &segment{seq: seq, path: path, size: int64(len(data)), rf: rf}
 		j.st.segs = append(j.st.segs, seg)
-		end, bad := j.scan(seg, data)
-		if bad == nil {
+		sc := j.scan(seg, data, info)
+		lastInfo, lastChain = info, sc.chain
+		j.zeroed = int64(len(data))
+		if sc.bad == nil {
+			seg.size = sc.end // before a tail of zeros written ahead, if any
 			continue
 		}
-		if i < len(seqs)-1 {
-			return &CorruptError{File: path, Offset: end, Err: bad}
+		end := sc.end
+		if i < len(seqs)-1 { // fsync'd before the next segment was created
+			return &CorruptError{File: path, Offset: end, Err: sc.bad}
 		}
-		if validFrameAfter(data, int(end)+1) {
+		if sc.corrupt {
 			if !j.opts.repair {
-				return &CorruptError{File: path, Offset: end, Err: fmt.Errorf("%w (good records follow)", bad)}
+				return &CorruptError{File: path, Offset: end, Err: sc.bad}
 			}
 			j.opts.log.Error("journal: repair: cutting the last segment at a bad record; the good records after it are lost",
-				"file", path, "offset", end, "dropped_bytes", int64(len(data))-end, "err", bad)
+				"file", path, "offset", end, "dropped_bytes", int64(len(data))-end, "err", sc.bad)
 		} else {
 			j.opts.log.Warn("journal: cut a torn tail at the last good record",
-				"file", path, "offset", end, "dropped_bytes", int64(len(data))-end, "err", bad)
+				"file", path, "offset", end, "dropped_bytes", int64(len(data))-end, "err", sc.bad)
 		}
 		if err := truncate(path, end); err != nil {
 			return err
 		}
-		seg.size = end
+		seg.size, j.zeroed = end, end
 	}
 	j.st.finishRecovery()
 	last := j.st.segs[len(j.st.segs)-1]
-	f, err := os.OpenFile(last.path, os.O_WRONLY|os.O_APPEND, 0)
+	if lastInfo.version != version {
+		// Never mix formats in one file: new frames go to a new segment.
+		seg, f, seed, err := createSegment(j.dir, last.seq+1, j.st.reserve)
+		if err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		j.st.segs = append(j.st.segs, seg)
+		j.active, j.f, j.chain, j.zeroed = seg, f, seed, headerSize
+		return nil
+	}
+	f, err := os.OpenFile(last.path, os.O_WRONLY, 0) // written at its end (WriteAt)
 	if err != nil {
 		return fmt.Errorf("journal: open %s: %w", last.path, err)
 	}
-	j.active, j.f = last, f
+	j.active, j.f, j.chain = last, f, lastChain
 	return nil
 }
 
@@ -129,19 +144,43 @@ func (j *Journal) reserveEntries(seqs []uint64) error {
 	return nil
 }
 
-// scan applies the frames of one segment and returns the offset after the
-// last good one, and what is wrong with the next one if that is not the
-// end of data. Only dead letters keep their payload in memory: they are
-// copied out of data, which the caller reuses.
-func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error) {
+// scanResult is what scan found in a segment.
+type scanResult struct {
+	end   int64  // offset after the last good frame
+	chain uint32 // the last good frame's chained checksum (the seed if none)
+	bad   error  // what is wrong with the frame at end, if end is not the end of data
+	// corrupt: the bad frame cannot be a torn write. Either its checksum
+	// is good (it was written so: undecodable), or it is complete and
+	// the frame after it (where its length says) is good and chained to
+	// it, so it was damaged after the write of the next one.
+	corrupt bool
+}
+
+// scan applies the frames of one segment and says where its good frames
+// end and why (see scanResult). Only dead letters keep their payload in
+// memory: they are copied out of data, which the caller reuses.
+//
+// A kill -9 leaves a prefix of the last write (cut at any byte), a power
+// cut may also leave garbage or zeros in its place: both end the chain at
+// a frame that is partial, has a length that cannot be, or fails its
+// checksum with nothing chained to it after. Bytes inside a payload are
+// never taken for a frame: a frame is only looked for where the previous
+// one's length says it starts, and only counts if chained to it.
+func (j *Journal) scan(seg *segment, data []byte, info segInfo) scanResult {
 	st := &j.st
 	off := headerSize
+	chain := info.seed
+	var bad error
+	corrupt := false
 	for off < len(data) {
 		if len(data)-off < frameHdrSize {
 			bad = errors.New("partial record header")
 			break
 		}
 		n := int(binary.LittleEndian.Uint32(data[off:]))
+		if n == 0 && allZero(data[off:]) {
+			break // zeros written ahead of the data (preallocate): its end
+		}
 		if n == 0 || n > maxBody {
 			bad = fmt.Errorf("bad record length %d", n)
 			break
@@ -151,16 +190,21 @@ func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error) {
 			break
 		}
 		body := data[off+frameHdrSize : off+frameHdrSize+n]
-		if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(data[off+4:]) {
+		stored := binary.LittleEndian.Uint32(data[off+4:])
+		if !checkFrame(info.version, chain, stored, body) {
 			bad = errors.New("checksum mismatch")
+			if chainedAt(data, off+frameHdrSize+n, info.version, stored) {
+				bad, corrupt = fmt.Errorf("%w (good records follow)", bad), true
+			}
 			break
 		}
 		f, err := decodeBody(body, false)
 		if err != nil {
-			bad = err
+			bad, corrupt = err, true
 			break
 		}
 		st.apply(seg, &f, int64(off), int32(frameHdrSize+n))
+		chain = stored
 		off += frameHdrSize + n
 	}
 	for _, d := range st.dead {
@@ -169,26 +213,37 @@ func (j *Journal) scan(seg *segment, data []byte) (end int64, bad error) {
 		}
 	}
 	st.trim()
-	return int64(off), bad
+	return scanResult{end: int64(off), chain: chain, bad: bad, corrupt: corrupt}
 }
 
-// validFrameAfter reports whether a good frame starts anywhere in
-// data[from:]: then a bad frame before it is corruption, not a torn tail.
-func validFrameAfter(data []byte, from int) bool {
-	for off := from; off+frameHdrSize < len(data); off++ {
-		n := int(binary.LittleEndian.Uint32(data[off:]))
-		if n == 0 || n > maxBody || off+frameHdrSize+n > len(data) {
-			continue
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
 		}
-		body := data[off+frameHdrSize : off+frameHdrSize+n]
-		if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(data[off+4:]) {
-			continue
-		}
-		if _, err := decodeBody(body, false); err == nil {
-			return true
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
 		}
 	}
-	return false
+	return true
+}
+
+// chainedAt reports whether a complete frame at off in data is good
+// chained to prev, the stored checksum of the frame before it (version 1:
+// good on its own).
+func chainedAt(data []byte, off int, ver, prev uint32) bool {
+	if len(data)-off < frameHdrSize {
+		return false
+	}
+	n := int(binary.LittleEndian.Uint32(data[off:]))
+	if n == 0 || n > maxBody || off+frameHdrSize+n > len(data) {
+		return false
+	}
+	return checkFrame(ver, prev, binary.LittleEndian.Uint32(data[off+4:]), data[off+frameHdrSize:off+frameHdrSize+n])
 }
 
 // readFile reads the file at path into buf, grown as needed.

@@ -170,7 +170,9 @@ func (s *state) apply(seg *segment, f *frame, at int64, size int32) {
 		e := entry{Record: f.rec, seg: seg, size: size, off: off, plen: plen}
 		e.Payload = nil
 		if n := len(s.entries); n > s.head && s.entries[n-1].ID > f.rec.ID {
-			s.side[f.rec.ID] = &e // out of order: merged by finishRecovery
+			side := new(entry) // not &e: e would move to the heap for every append
+			*side = e
+			s.side[f.rec.ID] = side // out of order: merged by finishRecovery
 			return
 		}
 		s.entries = append(s.entries, e)
