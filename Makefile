@@ -1,14 +1,13 @@
 # The verbs everyone runs. `make test` is what CI runs.
 GO ?= go
 
-.PHONY: test vet fmt-check bench bench-peers cover lint sdk-test dashboard-test
+.PHONY: test vet fmt-check bench bench-peers bench-storage cover lint sdk-test dashboard-test
 
 test: lint
 	$(GO) test -race -count=1 -timeout 8m ./...
 	cd benchmarks && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...
 	cd contrib/otel && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	cd bridge/nats && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 5m ./...
-	cd journal/bench && $(GO) vet ./...
 	@if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory sdk-test; \
 	else echo "sdk-test: SKIPPED: node is not on PATH (the WuKongIM JS SDK interop test needs Node 20 and npm)"; fi
 	@$(MAKE) --no-print-directory dashboard-test
@@ -44,6 +43,11 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 lint: vet fmt-check
 	$(GO) run $(STATICCHECK) ./...
+
+# Storage-engine comparison for the journal (own module: compiles pebble and
+# cgo zstd, several minutes cold, so it is kept out of `make test`; run by hand).
+bench-storage:
+	cd journal/bench && $(GO) vet ./... && ./run.sh
 
 # Side-by-side comparison with peers (own module; ~15 minutes; run by hand).
 bench-peers:

@@ -17,7 +17,10 @@ type CallInfo struct {
 	Handler  string // the handler's name
 	Index    int    // its position in the chain
 	Attempt  int    // attempt number, from 1
-	EventID  uint64 // unique per run unit in this process (a batch shares one)
+	// EventID is unique per run unit in this process (a batch shares one),
+	// across durable and other events; a durable event's is
+	// DurableEventID(its record id), the same in every process life.
+	EventID uint64
 }
 
 // CallInfoFrom returns the CallInfo of a handler's context, or false when

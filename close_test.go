@@ -282,7 +282,8 @@ func TestCloseWithExpiredContextStillCloses(t *testing.T) {
 // TestCloseErrorLeftCountsOnlyUnfinished: CloseError.Left is "how many
 // accepted events had not finished". Events the worker had already handled
 // earlier in the same batch as the blocked one are finished and must not
-// count.
+// count. Every key is picked on the gate's shard (the hash seed is random
+// per bus), so the worker takes them as one batch, in add order.
 func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	sink := &sinkRecorder{}
 	bus := newBus(t, eventbus.WithDeadLetter(sink),
@@ -294,13 +295,23 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	t.Cleanup(unstick)
 	started := make(chan string, 2)
 	var handled atomic.Int64
+	// Four fast keys and the stuck one, all on the gate's shard.
+	_, gateShard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, "gate"))
+	var same []string
+	for i := 0; len(same) < 5; i++ {
+		uid := fmt.Sprintf("key-%d", i)
+		if _, shard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, uid)); shard == gateShard {
+			same = append(same, uid)
+		}
+	}
+	fast, stuckUID := same[:4], same[4]
 	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		switch uid := ev.Conn.UID(); uid {
 		case "gate":
 			started <- uid
 			<-gate
-		case "stuck":
-			started <- uid
+		case stuckUID:
+			started <- "stuck"
 			<-stuck
 		}
 		handled.Add(1)
@@ -310,10 +321,10 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "gate")))
 	require.Equal(t, "gate", recvWithin(t, started, 5*time.Second, "the gate handler"))
 	// Queued behind the gate, these are taken by the worker together.
-	for i := range 4 {
-		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, fmt.Sprintf("fast-%d", i))))
+	for _, uid := range fast {
+		require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, uid)))
 	}
-	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "stuck")))
+	require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, stuckUID)))
 	openGate()
 	require.Equal(t, "stuck", recvWithin(t, started, 5*time.Second, "the stuck handler"))
 	require.EqualValues(t, 5, handled.Load(), "gate and the four fast events are done")
@@ -782,4 +793,110 @@ func TestCloseReturnsAtOnceWithSlowSink(t *testing.T) {
 	close(release)
 	require.NoError(t, b.Close(deadline(t, 10*time.Second)))
 	assert.Equal(t, int64(queued), sink.n.Load())
+}
+
+// TestCloseDeadlineGivesUpLastAttempt: a Close deadline that cuts short a
+// handler's last attempt (NoRetry's only one, the default policy's third)
+// gives the event up like any other attempt: its dead letter carries
+// ErrClosed, not only the cancelled context's error, because an abort wins
+// over the attempt count.
+func TestCloseDeadlineGivesUpLastAttempt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []eventbus.Option
+		last  int // the attempt the handler hangs in
+		which string
+	}{
+		{"NoRetry", []eventbus.Option{eventbus.WithRetry(eventbus.NoRetry)}, 1, "only"},
+		{"default policy", nil, 3, "third"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &sinkRecorder{}
+			b := newBus(t, append(tc.opts, eventbus.WithDeadLetter(sink))...)
+			hanging := make(chan struct{})
+			mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				info, _ := eventbus.CallInfoFrom(ctx)
+				if info.Attempt < tc.last {
+					return errors.New("flaky")
+				}
+				close(hanging)
+				<-ctx.Done() // Close gives up on this attempt
+				return ctx.Err()
+			}, eventbus.WithName("h"))
+			mustStart(t, b)
+			relAdd(t, b, userEvent(eventbus.EventOnSend, "u1"))
+			recvWithin(t, hanging, 5*time.Second, "the "+tc.which+" attempt")
+			expired, cancel := context.WithCancel(context.Background())
+			cancel()
+			var ce *eventbus.CloseError
+			require.ErrorAs(t, b.Close(expired), &ce)
+			require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+			dls := sink.all()
+			require.Len(t, dls, 1)
+			assert.ErrorIs(t, dls[0].Err, eventbus.ErrClosed, "the %s attempt was cut short by Close, not failed", tc.which)
+			assert.ErrorIs(t, dls[0].Err, context.Canceled, "the handler's own error is kept")
+			assert.Equal(t, "eventbus: bus closed: context canceled", dls[0].Err.Error(),
+				"one line, so that the dead letter's log record stays on one line")
+			assert.Equal(t, "h", dls[0].Handler)
+		})
+	}
+}
+
+// TestCloseDeadlineStartsNoHandlerAfterItReturns: once a Close that gave
+// up has returned, no worker commits to a handler call, even while every
+// worker is busy starting calls. Each handler adds a follow-on event, so
+// the bus never drains and Close gives up with workers between two calls.
+// The moment of commit is observed by a hook the bus runs right before the
+// call (a handler's own first instruction can always run a few
+// instructions later); the hook also yields, so that workers linger there.
+// A round in which the bus happened to drain as Close began (its
+// follow-ons refused, Close returns nil) proves nothing and is not counted.
+func TestCloseDeadlineStartsNoHandlerAfterItReturns(t *testing.T) {
+	const (
+		rounds  = 60
+		workers = 8
+		keys    = 32
+	)
+	conclusive := 0
+	for round := range rounds {
+		b, err := eventbus.New(eventbus.WithLogger(quiet),
+			eventbus.WithUserPool(eventbus.PoolConfig{Workers: workers, HandlerTimeout: time.Minute}))
+		require.NoError(t, err)
+		var (
+			returned      atomic.Bool
+			started, late atomic.Int64
+			warm          = make(chan struct{})
+		)
+		eventbus.SetBeforeCall(b, func() {
+			runtime.Gosched()
+			if returned.Load() {
+				late.Add(1)
+			}
+		})
+		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+			if started.Add(1) == 20*keys {
+				close(warm)
+			}
+			_ = b.AddEvent(ctx, userEvent(eventbus.EventOnSend, ev.Conn.UID())) // refused once Close gives up
+			return nil
+		})
+		mustStart(t, b)
+		for k := range keys {
+			relAdd(t, b, userEvent(eventbus.EventOnSend, fmt.Sprint("u", k)))
+		}
+		recvWithin(t, warm, 10*time.Second, "handlers to run")
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+		gaveUp := b.Close(expired)
+		returned.Store(true)
+		require.NoError(t, b.Close(deadline(t, 10*time.Second)))
+		if gaveUp == nil {
+			continue
+		}
+		var ce *eventbus.CloseError
+		require.ErrorAs(t, gaveUp, &ce)
+		conclusive++
+		require.Zero(t, late.Load(), "round %d: handler calls started after Close returned", round)
+	}
+	require.Greater(t, conclusive, rounds/2, "Close gave up in too few rounds to prove anything")
 }

@@ -10,7 +10,7 @@ type DeadLetter struct {
 	Event    Event
 	Err      error     // the last error: a handler's, ErrNoHandler or ErrClosed
 	Attempts int       // attempts of the handler that failed last (0: none failed)
-	Handler  string    // name of that handler, "" if none failed
+	Handler  string    // name of that handler, "" if none failed; a subscriber's dead letters always name it
 	Time     time.Time // when the bus gave up
 }
 

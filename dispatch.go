@@ -3,6 +3,7 @@ package eventbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"runtime/debug"
@@ -39,16 +40,22 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		}
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
 	}
+	g := p.eng.Gate(wid)
 	for u.Index < len(ch.handlers) {
-		if p.bus.life.Aborted() {
+		// No handler call starts once Close has given up and returned:
+		// the gate is closed (Entered) only right before the call, and
+		// Close waits for open gates (see engine.Gate).
+		if !g.Enter(p.bus.life) {
 			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
+		h := &ch.handlers[u.Index]
 		if retry {
 			u.Attempt++ // the next attempt of the handler that failed
 			retry = false
+		} else if u.Items[0].Track != nil {
+			u.Prior = priorAttempts(u, h) // h's first attempt in this life
 		}
-		h := &ch.handlers[u.Index]
-		err, timedOut := p.call(wid, u, h)
+		err, timedOut := p.call(wid, u, h, g)
 		if err != nil {
 			return p.failed(u, h, err, timedOut)
 		}
@@ -58,30 +65,33 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	return engine.Verdict{Outcome: engine.Handled}
 }
 
-// call runs one attempt of one handler with a fresh handler context.
-func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry) (err error, timedOut bool) {
+// call runs one attempt of one handler with a fresh handler context. g is
+// the worker's gate, open: invoke closes it right before the call.
+func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry, g *engine.Gate) (err error, timedOut bool) {
 	c := p.slabs[wid].next(p, h, u.Items[0].Ctx)
 	c.eventID, c.typ = u.ID, u.Event.Type()
 	c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
 	if p.cfg.HandlerTimeout > 0 {
-		return p.callWithTimeout(c, h, u.Event)
+		return p.callWithTimeout(c, h, u.Event, g)
 	}
-	return invoke(c, c, h, u.Event), false
+	return invoke(c, c, h, u.Event, g), false
 }
 
-// invoke calls the handler, turning a panic into a *PanicError. The context
-// stops counting as a running handler's once it returns (or exits).
-func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event) (err error) {
+// invoke closes the gate g and calls the handler, turning a panic into a
+// *PanicError. The context stops counting as a running handler's once it
+// returns (or exits).
+func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (err error) {
 	defer func() {
 		c.returned.Store(true)
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
+	g.Entered()
 	return h.call(ctx, ev)
 }
 
-func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bool) {
+func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (error, bool) {
 	d := p.cfg.HandlerTimeout
 	ctx, cancel := context.WithTimeout(c, d)
 	defer cancel()
@@ -93,7 +103,10 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, ev Event) (error, bo
 			"handler", h.name, "timeout", d)
 	})
 	defer slow.Stop()
-	err := invoke(ctx, c, h, ev)
+	if f := p.bus.beforeCall; f != nil {
+		f()
+	}
+	err := invoke(ctx, c, h, ev, g)
 	return err, err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
 
@@ -106,24 +119,33 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		return engine.Verdict{Outcome: engine.Stopped, Err: err}
 	}
 	u.Err = err
-	if u.Prior > 0 { // attempts an earlier process life used (journal)
+	if u.Prior > 0 { // attempts earlier process lives used (journal)
 		u.Attempt += u.Prior
 		u.Prior = 0
+	}
+	if u.Items[0].Track != nil {
+		u.Attempt += legacyAttempts(u)
 	}
 	v := engine.Verdict{Failed: true, Panicked: panicked, TimedOut: timedOut}
 	policy := p.retry
 	if h.retry != nil {
 		policy = h.retry.withDefaults()
 	}
+	// An abort wins over the attempt count: a last attempt that Close's
+	// deadline cut short (its handler returned the cancelled context's
+	// error) is given up, so a durable record stays for the next start and
+	// a tracked event is reported abandoned, never dead-lettered.
 	switch {
-	case (!panicked && IsPermanent(err)) || u.Attempt >= policy.MaxAttempts:
+	case !panicked && IsPermanent(err):
 		v.Outcome, v.Err = engine.Dead, err
 	case p.bus.life.Aborted():
 		v.Outcome, v.Err = givenUp(u), closedErr(err)
+	case u.Attempt >= policy.MaxAttempts:
+		v.Outcome, v.Err = engine.Dead, err
 	default:
 		v.Outcome, v.Delay = engine.Retry, policy.backoff(u.Attempt)
 		if p.bus.journal != nil {
-			p.persistAttempts(u)
+			p.persistAttempts(u, h)
 		}
 	}
 	suppressed, log := p.bus.logs.allow(logKey{typ: u.Event.Type(), id: h.id})
@@ -156,16 +178,42 @@ func givenUp(u *engine.Unit[Event]) engine.Outcome {
 	return engine.Dead
 }
 
-// persistAttempts records in the journal the attempts the unit's durable
-// events have used, so that MaxAttempts counts across process lives.
-func (p *pool) persistAttempts(u *engine.Unit[Event]) {
+// persistAttempts records in the journal the attempts handler h has used
+// of the unit's durable events, so that MaxAttempts counts h's attempts
+// across process lives (and no other handler's).
+func (p *pool) persistAttempts(u *engine.Unit[Event], h *handlerEntry) {
 	for i := range u.Items {
 		if d := durableOf(&u.Items[i]); d != nil {
-			if err := p.bus.journal.SetAttempts(d.id, u.Attempt); err != nil {
+			if err := p.bus.journal.SetHandlerAttempts(d.id, h.name, u.Attempt); err != nil {
 				p.bus.log.Error("eventbus: journal", "record", d.id, "err", err)
 			}
 		}
 	}
+}
+
+// priorAttempts returns how many attempts of handler h earlier process
+// lives used of the unit's durable events (the most of any, for a batch).
+func priorAttempts(u *engine.Unit[Event], h *handlerEntry) int {
+	n := 0
+	for i := range u.Items {
+		if d := durableOf(&u.Items[i]); d != nil {
+			n = max(n, d.prior[h.name])
+		}
+	}
+	return n
+}
+
+// legacyAttempts takes the single attempts count that records of an older
+// release carry (no per-handler counts), so that it is charged once, to
+// the first handler that fails, as that release did.
+func legacyAttempts(u *engine.Unit[Event]) int {
+	n := 0
+	for i := range u.Items {
+		if d := durableOf(&u.Items[i]); d != nil && d.legacy.Load() != 0 {
+			n = max(n, int(d.legacy.Swap(0)))
+		}
+	}
+	return n
 }
 
 // Goexited reports a runtime.Goexit in the current handler as a panic.
@@ -195,7 +243,9 @@ func closedErr(last error) error {
 	if last == nil {
 		return ErrClosed
 	}
-	return errors.Join(ErrClosed, last)
+	// One line, "eventbus: bus closed: <last>", so that a log record of
+	// the dead letter stays on one line; errors.Is finds both.
+	return fmt.Errorf("%w: %w", ErrClosed, last)
 }
 
 // DeadLetter hands original event i of u to the sink.
@@ -204,6 +254,11 @@ func (p *pool) DeadLetter(u *engine.Unit[Event], i int, err error) {
 	name, attempts, id := "", 0, uint64(0)
 	if h := current(u); h != nil && u.Err != nil {
 		name, attempts, id = h.name, u.Attempt, h.id
+	} else if p.sub != nil {
+		// A subscriber's lane runs one handler, the subscriber: its dead
+		// letters name it even when none of its attempts failed (a Close
+		// deadline), so the sink can tell the chain had the event.
+		name = p.sub.name
 	}
 	ev := u.Items[i].Event
 	noteDead(&u.Items[i], name, attempts, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/imbus/eventbus/internal/engine"
@@ -20,14 +21,17 @@ import (
 //
 //   - Append returns once its records are on disk; concurrent Appends may
 //     share one sync. AppendAsync queues records and returns at once; they
-//     reach the disk before any Ack, SetAttempts or DeadLetter made after
-//     it returns. Ids are increasing, never reused. Neither keeps a
+//     reach the disk before any Ack, SetHandlerAttempts or DeadLetter made
+//     after it returns. Ids are increasing, never reused. Neither keeps a
 //     record's Payload after it returns (copy it): the bus reuses it.
-//   - Ack, SetAttempts and DeadLetter need not wait for the disk: one lost
-//     in a crash only means a record is replayed again (or with its
-//     previous attempt count). DeadLetter acks the record in the same write.
+//   - Ack, SetHandlerAttempts and DeadLetter need not wait for the disk:
+//     one lost in a crash only means a record is replayed again (or with a
+//     handler's previous attempt count). DeadLetter acks the record in the
+//     same write. SetHandlerAttempts keeps the other handlers' counts.
 //   - Replay calls fn for every record neither acked nor dead-lettered, in
-//     append order.
+//     append order, with the counts in Record.HandlerAttempts (a record
+//     with none but a Record.Attempts, from an older release, has that
+//     count charged to the first handler that fails).
 //   - DeadLetters lists the dead letters. If a DeadLetter shows in it only
 //     once written, the store also has a Sync() error method that waits
 //     for the writes queued before it: Redrive calls it first.
@@ -35,7 +39,7 @@ type Journal interface {
 	Append(recs ...journal.Record) (first uint64, err error)
 	AppendAsync(recs ...journal.Record) (first uint64, err error)
 	Ack(ids ...uint64) error
-	SetAttempts(id uint64, n int) error
+	SetHandlerAttempts(id uint64, handler string, n int) error
 	DeadLetter(d journal.DeadLetter) error
 	Replay(fn func(journal.Record) error) error
 	DeadLetters() ([]journal.DeadLetter, error)
@@ -55,8 +59,9 @@ type Journal interface {
 // subscriber have finished with it; a dead-lettered one moves to j's
 // dead-letter list (see Bus.Redrive). Start queues every event not acked,
 // each key's in its original order, ahead of any later add; its attempts
-// count from where they were, and CallInfo.EventID is its record id, the
-// same in every process life (delivery is at-least-once: handlers can
+// count, per handler and per subscriber, from where they were, and CallInfo.EventID is DurableEventID of its
+// record id (RecordID maps back), the same in every process life and unique
+// among the process's EventIDs (delivery is at-least-once: handlers can
 // dedupe on it). A Close that reaches its deadline leaves unfinished
 // durable events for the next Start instead of dead-lettering them.
 // Register the handlers of durable types before Start: a replayed record
@@ -109,10 +114,18 @@ func (b *Bus) checkDurable(final bool) error {
 }
 
 // durableEvent is what the bus keeps of a journaled event while it runs:
-// its record, and the dead letter to persist if it is given up.
+// its record, the attempts earlier process lives used, and the dead letter
+// to persist if it is given up.
 type durableEvent struct {
 	id   uint64
 	dead *journal.DeadLetter
+	// prior counts, by handler (or subscriber) name, the attempts earlier
+	// lives used: MaxAttempts counts one handler's attempts over all lives.
+	// Read only.
+	prior map[string]int
+	// legacy is the single count of a record written by an older release
+	// (no per-handler counts), charged to the first handler that fails.
+	legacy atomic.Int64
 }
 
 // addDurable adds ev of a durable type: it reserves room in every engine
@@ -147,7 +160,7 @@ func (b *Bus) addDurable(p *pool, ch *chain, it engine.Item[Event], parent engin
 			appendErr = fmt.Errorf("eventbus: journal append: %w", err)
 			return nil, appendErr
 		}
-		return b.durableTracker(id, 0), nil
+		return b.durableTracker(id, nil, 0), nil
 	})
 	return res, appendErr
 }
@@ -158,10 +171,15 @@ var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &
 
 const maxPooledEncoding = 64 << 10
 
-// durableTracker returns the tracker of journal record id: it acks the
-// record when the event has finished, or moves it to the dead-letter list.
-func (b *Bus) durableTracker(id uint64, prior int) *engine.Tracker {
-	d := &durableEvent{id: id}
+// durableTracker returns the tracker of journal record id, whose handlers
+// used prior attempts in earlier lives (legacy: an older release's single
+// count): it acks the record when the event has finished, or moves it to
+// the dead-letter list.
+func (b *Bus) durableTracker(id uint64, prior map[string]int, legacy int) *engine.Tracker {
+	d := &durableEvent{id: id, prior: prior}
+	if prior == nil {
+		d.legacy.Store(int64(legacy))
+	}
 	t := engine.NewTracker(1, func(o engine.Outcome) {
 		var err error
 		switch o {
@@ -180,8 +198,29 @@ func (b *Bus) durableTracker(id uint64, prior int) *engine.Tracker {
 			b.log.Error("eventbus: journal", "record", d.id, "outcome", o, "err", err)
 		}
 	})
-	t.ID, t.Prior, t.Info = id, prior, d
+	t.ID, t.Info = DurableEventID(id), d
 	return t
+}
+
+// durableIDBit marks the EventIDs of durable events. The other events'
+// EventIDs come from a process-wide counter that never reaches it, so the
+// two kinds never collide in one process; bit 62 rather than 63 keeps every
+// EventID a positive int64 (tracing attributes are int64).
+const durableIDBit = 1 << 62
+
+// DurableEventID returns the CallInfo.EventID of the durable event stored
+// as journal record recordID: the same in every process life, and never
+// equal to the EventID of an event that is not durable. It costs nothing.
+func DurableEventID(recordID uint64) uint64 { return recordID | durableIDBit }
+
+// RecordID returns the journal record id of a durable event's
+// CallInfo.EventID (to look it up in the journal, or Redrive it), or false
+// when eventID is not a durable event's.
+func RecordID(eventID uint64) (id uint64, durable bool) {
+	if eventID&durableIDBit == 0 {
+		return 0, false
+	}
+	return eventID &^ durableIDBit, true
 }
 
 // durableOf returns the journaled event an item stands for, or nil.
@@ -247,7 +286,7 @@ func (b *Bus) replay() error {
 		if ch == nil || (len(ch.handlers) == 0 && len(ch.subs) == 0) {
 			return give(fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t)))
 		}
-		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.Attempts)}
+		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.HandlerAttempts, rec.Attempts)}
 		if b.observer != nil {
 			it.Added = p.eng.Since()
 		}

@@ -154,7 +154,7 @@ func TestDurableCrash(t *testing.T) {
 	for _, r := range recs {
 		ev, err := b.DecodeEvent(eventbus.EventType(r.Type), r.Payload)
 		require.NoError(t, err, "record %d", r.ID)
-		pend[r.ID] = crashEventOf(t, ev)
+		pend[eventbus.DurableEventID(r.ID)] = crashEventOf(t, ev)
 	}
 	mustStart(t, b)
 	idleWithin(t, b, 20*time.Second)

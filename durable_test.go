@@ -169,7 +169,7 @@ func TestDurableAttemptsSurviveRestart(t *testing.T) {
 			<-ctx.Done() // the second attempt hangs until Close gives up
 		}
 		return errors.New("store down")
-	})
+	}, eventbus.WithName("store")) // attempts count per handler name, across lives
 	mustStart(t, b1)
 	relAdd(t, b1, storeEvent("g", 1))
 	assert.Equal(t, 1, recvWithin(t, attempts, 5*time.Second, "attempt 1"))
@@ -181,7 +181,7 @@ func TestDurableAttemptsSurviveRestart(t *testing.T) {
 	require.NoError(t, b1.Close(deadline(t, 5*time.Second)))
 	recs := pending(t, j)
 	require.Len(t, recs, 1)
-	assert.Equal(t, 1, recs[0].Attempts, "the first failed attempt was recorded")
+	assert.Equal(t, map[string]int{"store": 1}, recs[0].HandlerAttempts, "the first failed attempt was recorded")
 
 	sink := &sinkRecorder{}
 	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(slow), eventbus.WithDeadLetter(sink))
@@ -460,4 +460,274 @@ func (s *flakyStore) handle(ctx context.Context, ev *eventbus.ChannelContext) er
 	}
 	s.stored.Add(1)
 	return nil
+}
+
+// TestDurableLastAttemptCutByCloseIsReplayed: a Close deadline that cuts
+// short a durable event's last attempt (NoRetry) leaves its record for the
+// next start: it is not in the journal's dead-letter list, and the next bus
+// on the journal handles it with the same EventID.
+func TestDurableLastAttemptCutByCloseIsReplayed(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	sink := &sinkRecorder{}
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry),
+		eventbus.WithDeadLetter(sink))
+	hanging := make(chan uint64, 1)
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		hanging <- info.EventID
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	mustStart(t, b1)
+	relAdd(t, b1, storeEvent("g", 1))
+	id := recvWithin(t, hanging, 5*time.Second, "the handler's only attempt")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b1.Close(expired), &ce)
+	require.NoError(t, b1.Close(deadline(t, 5*time.Second)))
+	assert.Empty(t, sink.all(), "not dead-lettered")
+	require.NoError(t, j.Sync())
+	dls, err := j.DeadLetters()
+	require.NoError(t, err)
+	assert.Empty(t, dls, "the record is not in the journal's dead-letter list")
+	left := pending(t, j)
+	require.Len(t, left, 1, "the record is left for the next start")
+	rec, ok := eventbus.RecordID(id)
+	require.True(t, ok, "a durable event's EventID names its record")
+	assert.Equal(t, left[0].ID, rec)
+
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(eventbus.NoRetry))
+	replayed := make(chan uint64, 1)
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		replayed <- info.EventID
+		return nil
+	})
+	mustStart(t, b2)
+	assert.Equal(t, id, recvWithin(t, replayed, 5*time.Second, "the replayed event"))
+	relClose(t, b2)
+	assert.Empty(t, pending(t, j))
+}
+
+// TestEventIDsUniqueAcrossDurableAndPlainEvents: in one bus, durable events
+// (whose EventID comes from their record id) and plain ones (from the
+// process's counter) never share an EventID, and a durable event's EventID
+// maps back to its record.
+func TestEventIDsUniqueAcrossDurableAndPlainEvents(t *testing.T) {
+	const pairs = 300
+	j := openJournal(t, t.TempDir())
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore))
+	var mu sync.Mutex
+	owner := map[uint64]string{} // EventID → the event that had it
+	var dups []string
+	record := func(ctx context.Context, what string) {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		if prev, ok := owner[info.EventID]; ok {
+			dups = append(dups, fmt.Sprintf("%s and %s share EventID %#x", prev, what, info.EventID))
+		}
+		owner[info.EventID] = what
+	}
+	mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		record(ctx, fmt.Sprint("durable ", ev.Messages[0].MessageSeq))
+		return nil
+	})
+	mustRegister(t, b, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		record(ctx, fmt.Sprint("plain ", ev.Messages[0].MessageSeq))
+		return nil
+	})
+	mustStart(t, b)
+	for i := range pairs {
+		relAdd(t, b, storeEvent(fmt.Sprint("g", i%5), uint64(i)))
+		plain := storeEvent(fmt.Sprint("g", i%5), uint64(i))
+		plain.EventType = eventbus.EventChannelDistribute
+		relAdd(t, b, plain)
+	}
+	idleWithin(t, b, 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dups) > 0 {
+		t.Errorf("%d EventIDs shared, the first: %s", len(dups), dups[0])
+	}
+	assert.Equal(t, 2*pairs, len(owner), "one EventID per event")
+	durable := 0
+	for id, what := range owner {
+		rec, ok := eventbus.RecordID(id)
+		assert.Equal(t, what[:7] == "durable", ok, "%s: RecordID(%#x) says durable=%v", what, id, ok)
+		if ok {
+			durable++
+			assert.Equal(t, id, eventbus.DurableEventID(rec))
+		}
+	}
+	assert.Equal(t, pairs, durable)
+}
+
+// fastRetry is MaxAttempts 3 with 1 ms waits.
+var fastRetry = eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+
+// endLife closes b at an expired deadline (a handler hangs on its ctx),
+// then waits for its workers: the process life ends with the record
+// unacked.
+func endLife(t *testing.T, b *eventbus.Bus) {
+	t.Helper()
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b.Close(expired), &ce)
+	require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+}
+
+// TestDurableAttemptsCountPerHandlerAcrossLives: MaxAttempts counts one
+// handler's attempts over all process lives. Handler a failed twice before
+// the restart; after it, a succeeds and b fails for the first time ever: b
+// is retried (its attempts 1 and 2), not dead-lettered on a's count.
+func TestDurableAttemptsCountPerHandlerAcrossLives(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	hanging := make(chan struct{})
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(fastRetry))
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 3 {
+			close(hanging)
+			<-ctx.Done() // the process life ends in a's third attempt
+		}
+		return errors.New("a down")
+	}, eventbus.WithName("a"))
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		return nil
+	}, eventbus.WithName("b"))
+	mustStart(t, b1)
+	relAdd(t, b1, storeEvent("g", 1))
+	recvWithin(t, hanging, 5*time.Second, "a's third attempt")
+	endLife(t, b1)
+
+	sink := &sinkRecorder{}
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(fastRetry),
+		eventbus.WithDeadLetter(sink))
+	var mu sync.Mutex
+	var calls []string
+	call := func(ctx context.Context) int {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		mu.Lock()
+		calls = append(calls, fmt.Sprint(info.Handler, info.Attempt))
+		mu.Unlock()
+		return info.Attempt
+	}
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		call(ctx)
+		return nil
+	}, eventbus.WithName("a"))
+	var bCalls atomic.Int32
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		call(ctx)
+		if bCalls.Add(1) == 1 {
+			return errors.New("b down once")
+		}
+		return nil
+	}, eventbus.WithName("b"))
+	mustStart(t, b2)
+	idleWithin(t, b2, 5*time.Second)
+	assert.Empty(t, sink.all(), "b is not dead-lettered on a's attempts")
+	mu.Lock()
+	assert.Equal(t, []string{"a3", "b1", "b2"}, calls, "a goes on from its own count, b from its own")
+	mu.Unlock()
+	assert.Empty(t, pending(t, j), "handled and acked")
+}
+
+// TestDurableSubscriberAttemptsDoNotCountForChain: a subscriber's failures
+// count against the subscriber alone. It failed twice before the restart;
+// after it, the chain's first failure ever is retried, not made final.
+func TestDurableSubscriberAttemptsDoNotCountForChain(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	hanging := make(chan struct{})
+	b1 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(fastRetry))
+	mustRegister(t, b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		return nil
+	}, eventbus.WithName("store"))
+	_, err := eventbus.Subscribe(b1, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		if info, _ := eventbus.CallInfoFrom(ctx); info.Attempt == 3 {
+			close(hanging)
+			<-ctx.Done()
+		}
+		return errors.New("webhook down")
+	}, eventbus.WithName("webhook"))
+	require.NoError(t, err)
+	mustStart(t, b1)
+	relAdd(t, b1, storeEvent("g", 1))
+	recvWithin(t, hanging, 5*time.Second, "the subscriber's third attempt")
+	endLife(t, b1)
+
+	sink := &sinkRecorder{}
+	b2 := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(fastRetry),
+		eventbus.WithDeadLetter(sink))
+	chainAttempts := make(chan int, 10)
+	mustRegister(t, b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		chainAttempts <- info.Attempt
+		if len(chainAttempts) == 1 { // its first call in this life
+			return errors.New("store down once")
+		}
+		return nil
+	}, eventbus.WithName("store"))
+	hookAttempts := make(chan int, 10)
+	_, err = eventbus.Subscribe(b2, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		info, _ := eventbus.CallInfoFrom(ctx)
+		hookAttempts <- info.Attempt
+		return nil
+	}, eventbus.WithName("webhook"))
+	require.NoError(t, err)
+	mustStart(t, b2)
+	idleWithin(t, b2, 5*time.Second)
+	assert.Empty(t, sink.all(), "the chain is not dead-lettered on the subscriber's attempts")
+	close(chainAttempts)
+	close(hookAttempts)
+	var chain, hook []int
+	for a := range chainAttempts {
+		chain = append(chain, a)
+	}
+	for a := range hookAttempts {
+		hook = append(hook, a)
+	}
+	assert.Equal(t, []int{1, 2}, chain, "the chain's attempts are its own")
+	assert.Equal(t, []int{3}, hook, "the subscriber goes on from its own count")
+	assert.Empty(t, pending(t, j), "handled and acked")
+}
+
+// TestDurableOlderRecordChargesItsCountOnce: a record written by an older
+// release carries one attempts count and no per-handler counts; it is
+// charged once, to the first handler that fails, as that release did.
+func TestDurableOlderRecordChargesItsCountOnce(t *testing.T) {
+	j := openJournal(t, t.TempDir())
+	sink := &sinkRecorder{}
+	b := newBus(t, eventbus.WithJournal(j, eventbus.EventChannelStore), eventbus.WithRetry(fastRetry),
+		eventbus.WithDeadLetter(sink))
+	data, err := b.EncodeEvent(storeEvent("g", 1))
+	require.NoError(t, err)
+	id, err := j.Append(journal.Record{Type: uint8(eventbus.EventChannelStore), Key: 1, Payload: data})
+	require.NoError(t, err)
+	require.NoError(t, j.SetAttempts(id, 2)) // what an older release wrote
+	require.NoError(t, j.Sync())             // applied before Start replays it
+	attempts := make(chan string, 10)
+	for _, name := range []string{"a", "b"} {
+		mustRegister(t, b, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			info, _ := eventbus.CallInfoFrom(ctx)
+			attempts <- fmt.Sprint(info.Handler, info.Attempt)
+			if name == "b" {
+				return errors.New("b down")
+			}
+			return nil
+		}, eventbus.WithName(name))
+	}
+	mustStart(t, b)
+	idleWithin(t, b, 5*time.Second)
+	close(attempts)
+	var got []string
+	for a := range attempts {
+		got = append(got, a)
+	}
+	assert.Equal(t, []string{"a1", "b1"}, got, "b's first failure is charged the 2 older attempts: final")
+	require.Len(t, sink.all(), 1)
+	assert.Equal(t, 3, sink.all()[0].Attempts)
+	assert.Equal(t, "b", sink.all()[0].Handler)
 }

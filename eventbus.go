@@ -31,6 +31,10 @@ type Bus struct {
 	observer Observer
 	admit    func(context.Context, Event) error
 	seed     maphash.Seed
+	// beforeCall, set only by tests before Start, runs where a worker
+	// commits to a handler call (with a HandlerTimeout only), so that
+	// tests can observe that moment itself.
+	beforeCall func()
 
 	// mu guards types before Start, the registry's writers and lifecycle
 	// transitions. Readers of chains use the atomic pointers only.
@@ -129,7 +133,8 @@ func New(opts ...Option) (*Bus, error) {
 // Define declares event type t, without a built-in meaning, for pool p,
 // under name. Types 1–29 must be declared in the pool of their range
 // (ErrWrongPool); 30–255 may go to any pool. A built-in or already defined
-// type is ErrTypeDefined. Define must be called before Start (ErrStarted;
+// type, or a name another type (built-ins included) has, is
+// ErrTypeDefined: type names are unique. Define must be called before Start (ErrStarted;
 // ErrClosed once the bus is closed).
 func (b *Bus) Define(t EventType, p Pool, name string) error {
 	if !b.made() {
@@ -155,6 +160,13 @@ func (b *Bus) Define(t EventType, p Pool, name string) error {
 	}
 	if name == "" {
 		name = t.String()
+	}
+	// Names key Stats (Subscribers, by "<type name>/<name>") and logs: one
+	// name for two types would merge them.
+	for other := range b.types {
+		if b.types[other].pool != "" && b.types[other].name == name {
+			return fmt.Errorf("%w: Define(%d): the name %q is taken by type %d", ErrTypeDefined, t, name, other)
+		}
 	}
 	b.types[t] = typeInfo{pool: p, index: p.index(), name: name}
 	return nil
@@ -461,8 +473,10 @@ var goroutineID = goid.Get
 //
 // If ctx ends with events left, Close gives up: handler contexts are
 // cancelled, and Close returns a *CloseError counting the events not
-// finished, at once — it runs no user code after the deadline. The
-// workers then hand every event not handled to the dead-letter sink with
+// finished, at once — it runs no user code after the deadline, and no
+// handler call starts after it returns (a worker that was about to start
+// one when the deadline hit has started it before Close returns, or gives
+// the event up). The workers then hand every event not handled to the dead-letter sink with
 // ErrClosed (events with a completion callback are reported abandoned
 // instead) and exit; a worker inside a handler does so once the handler
 // returns. A later Close waits, bounded by its ctx, for that to end and
@@ -536,6 +550,10 @@ func (b *Bus) Close(ctx context.Context) error {
 		e.Abort()
 	}
 	b.life.Abort()
+	// A worker that passed its abort check before the line above is
+	// committed to its handler call; wait for those few instructions, so
+	// that no handler call starts after Close returns.
+	engine.WaitGates(b.allEngines()...)
 	closeOnce(b.finished)
 	return &CloseError{Left: left, Err: ctx.Err()}
 }

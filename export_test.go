@@ -28,3 +28,7 @@ func DecodeEventsInSlab(b *Bus, t []EventType, data [][]byte) ([]Event, error) {
 	}
 	return out, nil
 }
+
+// SetBeforeCall makes f run on the worker at the moment it commits to a
+// handler call, for buses with a HandlerTimeout. Call it before Start.
+func SetBeforeCall(b *Bus, f func()) { b.beforeCall = f }

@@ -14,14 +14,17 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestNoHeadOfLineBlocking proves that a slow key holds back only its own
-// shard (see ARCHITECTURE.md, The engine: shards, run queue, workers): with
-// the default 4 workers, one (or three) keys whose handler takes 300 ms hold
-// back only their own shard. 1 000 other keys, added from many goroutines at
-// the same time, are all handled while the slow keys are still busy, and
-// their p99 add→handled latency stays in milliseconds. Keys that happen to
-// share a shard with a slow key may wait behind it (the design allows that);
-// the test counts them apart and requires them to be few.
+// TestNoHeadOfLineBlocking (see ARCHITECTURE.md, The engine: shards, run
+// queue, workers): with the default 4 workers, one (or three)
+// keys whose handler is slow hold back only their own shard. 1 000 other
+// keys, added from many goroutines at once, are all handled while the slow
+// handlers still run. The property is stated against the slow handlers'
+// own duration, not a fixed time: a slow handler keeps running until every
+// key not sharing a slow shard has been handled, so the test passes however
+// slow the machine, and fails (after a long safety bound) only if one of
+// those keys waited behind a slow handler. Keys that happen to share a
+// shard with a slow key may wait behind it (the design allows that); the
+// test counts them apart and requires them to be few.
 func TestNoHeadOfLineBlocking(t *testing.T) {
 	for _, slowKeys := range []int{1, 3} {
 		t.Run(fmt.Sprintf("slow=%d", slowKeys), func(t *testing.T) {
@@ -32,33 +35,55 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 
 func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	const (
-		others   = 1000
-		slowTime = 300 * time.Millisecond
+		others = 1000
+		// safety bounds how long a slow handler waits for the others: only
+		// reached when they are blocked behind it.
+		safety = 30 * time.Second
 	)
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 4}))
 	slowStarted := make(chan struct{}, slowKeys)
 	var slowBusy atomic.Int64
-	var mu sync.Mutex
-	late := map[string]bool{} // keys handled after a slow handler returned
-	latency := map[string]time.Duration{}
-	addedAt := make([]time.Time, others)
+	var (
+		mu          sync.Mutex
+		late        = map[string]bool{} // keys handled after a slow handler returned
+		latency     = map[string]time.Duration{}
+		slowTook    []time.Duration
+		timedOut    atomic.Bool
+		freeLeft    atomic.Int64 // keys not sharing a slow shard, not yet handled
+		freeDone    = make(chan struct{})
+		sharing     = map[string]bool{} // written before the others are added
+		addedAt     = make([]time.Time, others)
+		releaseOnce sync.Once
+	)
 	mustRegister(t, b, eventbus.EventConnect, func(ctx context.Context, ev *eventbus.UserContext) error {
 		if f, ok := ev.Frame.(string); ok && f == "slow" {
+			start := time.Now()
 			slowBusy.Add(1)
 			slowStarted <- struct{}{}
-			time.Sleep(slowTime) // the slow webhook: work that takes time, not synchronisation
+			select { // the slow webhook: busy until every bystander is done
+			case <-freeDone:
+			case <-time.After(safety):
+				timedOut.Store(true)
+			}
 			slowBusy.Add(-1)
+			mu.Lock()
+			slowTook = append(slowTook, time.Since(start))
+			mu.Unlock()
 			return nil
 		}
 		i := ev.Frame.(int)
 		d := time.Since(addedAt[i])
 		busy := slowBusy.Load() == int64(slowKeys)
+		uid := ev.Conn.UID()
 		mu.Lock()
 		if !busy {
-			late[ev.Conn.UID()] = true
+			late[uid] = true
 		}
-		latency[ev.Conn.UID()] = d
+		latency[uid] = d
 		mu.Unlock()
+		if !sharing[uid] && freeLeft.Add(-1) == 0 {
+			releaseOnce.Do(func() { close(freeDone) })
+		}
 		return nil
 	})
 	mustStart(t, b)
@@ -75,7 +100,6 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 		recvWithin(t, slowStarted, 5*time.Second, "slow handler")
 	}
 	events := make([]*eventbus.UserContext, others)
-	sharing := map[string]bool{}
 	for i := range others {
 		events[i] = userEvent(eventbus.EventConnect, fmt.Sprint("user-", i))
 		events[i].Frame = i
@@ -83,6 +107,7 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 			sharing[events[i].Conn.UID()] = true
 		}
 	}
+	freeLeft.Store(int64(others - len(sharing)))
 	var wg sync.WaitGroup
 	const producers = 8
 	for p := range producers {
@@ -95,9 +120,10 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 			}
 		})
 	}
-	coreWaitGroup(t, &wg, 5*time.Second, "producers")
-	idleWithin(t, b, 5*time.Second)
+	coreWaitGroup(t, &wg, safety, "producers")
+	idleWithin(t, b, 2*safety)
 
+	assert.False(t, timedOut.Load(), "a slow handler gave up waiting: keys not sharing its shard were blocked behind it")
 	var free []time.Duration
 	for uid, d := range latency {
 		if !sharing[uid] {
@@ -107,13 +133,12 @@ func testNoHeadOfLineBlocking(t *testing.T, slowKeys int) {
 	}
 	require.Len(t, free, others-len(sharing))
 	slices.Sort(free)
-	p99 := free[len(free)*99/100]
-	t.Logf("%d slow keys: p50 %v, p99 %v, max %v over %d keys; %d keys share a slow shard",
-		slowKeys, free[len(free)/2], p99, free[len(free)-1], len(free), len(sharing))
+	mu.Lock()
+	took := slices.Max(slowTook)
+	mu.Unlock()
+	t.Logf("%d slow keys, busy %v: bystanders p50 %v, p99 %v, max %v over %d keys; %d keys share a slow shard",
+		slowKeys, took, free[len(free)/2], free[len(free)*99/100], free[len(free)-1], len(free), len(sharing))
 	assert.LessOrEqual(t, len(sharing), 10, "keys sharing a shard with a slow key")
-	// Milliseconds, not the 300 ms of the slow handler (the bound leaves
-	// room for the race detector on a loaded 2-core machine).
-	assert.Less(t, p99, slowTime/3, "p99 add→handled of keys not sharing a slow shard")
 }
 
 // TestForeignContextAddFromHandlerNeverWaits: a handler that adds to its own

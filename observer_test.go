@@ -108,20 +108,26 @@ func TestObserverOutcomes(t *testing.T) {
 func TestObserverQueuedExcludesHandlerTime(t *testing.T) {
 	// On an idle bus an event waits microseconds; its handler works 30ms.
 	// Queued is the wait before the run, InHandler the run.
+	// Queued is bounded by the time from the add to the handler's entry
+	// (measured here, so the bound holds on a machine of any speed).
 	rec := &obsRecorder{}
 	b := newBus(t, eventbus.WithObserver(rec))
+	entered := make(chan time.Time, 1)
 	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		entered <- time.Now()
 		busyFor(30 * time.Millisecond)
 		return nil
 	})
 	mustStart(t, b)
+	added := time.Now()
 	relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
 	idleWithin(t, b, 5*time.Second)
+	wait := (<-entered).Sub(added)
 	obs := rec.of(eventbus.EventOnSend)
 	require.Len(t, obs, 1)
-	t.Logf("Queued %v, InHandler %v", obs[0].Queued, obs[0].InHandler)
+	t.Logf("Queued %v, InHandler %v; add to handler entry %v", obs[0].Queued, obs[0].InHandler, wait)
 	assert.GreaterOrEqual(t, obs[0].InHandler, 30*time.Millisecond)
-	assert.Less(t, obs[0].Queued, 15*time.Millisecond, "Queued counts the handler's 30ms")
+	assert.LessOrEqual(t, obs[0].Queued, wait, "Queued counts the handler's 30ms")
 }
 
 func TestObserverDeadLetterReportsRunTime(t *testing.T) {

@@ -486,3 +486,28 @@ func TestDefineAfterCloseReturnsErrClosed(t *testing.T) {
 		assert.NotContains(t, err.Error(), "before Start", "started %v", started)
 	}
 }
+
+// TestDefineRefusesANameTakenByAnotherType: type names are unique, built-in
+// ones included, so that two types never share a Stats().Subscribers key
+// (one subscriber's counts would hide the other's).
+func TestDefineRefusesANameTakenByAnotherType(t *testing.T) {
+	bus := newBus(t)
+	require.NoError(t, bus.Define(30, eventbus.PoolUser, "Webhook"))
+	err := bus.Define(31, eventbus.PoolPusher, "Webhook")
+	require.ErrorIs(t, err, eventbus.ErrTypeDefined, "a name another defined type has")
+	assert.Contains(t, err.Error(), "Webhook")
+	require.ErrorIs(t, bus.Define(32, eventbus.PoolUser, "OnSend"), eventbus.ErrTypeDefined, "a built-in type's name")
+	require.NoError(t, bus.Define(40, eventbus.PoolUser, "EventType(41)"))
+	require.ErrorIs(t, bus.Define(41, eventbus.PoolUser, ""), eventbus.ErrTypeDefined, "a default name another type has")
+	assert.Equal(t, "EventType(31)", bus.TypeName(31), "a refused Define defines nothing")
+
+	// With unique names every subscriber keeps its own Stats key.
+	require.NoError(t, bus.Define(33, eventbus.PoolUser, "Audit"))
+	h := func(ctx context.Context, ev *eventbus.UserContext) error { return nil }
+	for _, typ := range []eventbus.EventType{30, 33} {
+		_, err := eventbus.Subscribe(bus, typ, h, eventbus.WithName("sub"))
+		require.NoError(t, err)
+	}
+	mustStart(t, bus)
+	assert.Len(t, bus.Stats().Subscribers, 2)
+}

@@ -31,20 +31,14 @@ type PoolStats struct {
 	// gave up without a dead letter (their transport redelivers them).
 	Abandoned uint64
 	// Latency of one pass of the chain (or of a subscriber's handler),
-	// over the last 10 to 20 seconds; every run is counted.
+	// over the last 10 to 20 seconds; every run is measured.
 	Latency LatencyStats
 }
 
 // LatencyStats describe how long runs took in a recent window (the last 10
-// to 20 seconds). Every run is counted, but a busy worker reads the clock
-// once per stretch of up to 16 back-to-back runs rather than per run (a
-// clock read costs about as much as a short handler): P50 and P99 are then
-// quantiles of the stretches' mean run time, from a log-linear histogram
-// (at most 12.5% off), and Max is the longest stretch, which bounds the
-// slowest run from above: a 300 ms run shows as 300 ms plus at most 15
-// fast runs. A run alone in its stretch (an idle or lightly loaded
-// worker, a run that failed) is timed exactly, and with an Observer every
-// run is. All are 0 when nothing ran in the window.
+// to 20 seconds). Every run is timed; P50 and P99 come from a log-linear
+// histogram (at most 12.5% off), Max is exact: a 300 ms run shows as
+// 300 ms. All are 0 when nothing ran in the window.
 type LatencyStats struct {
 	P50, P99, Max time.Duration
 }

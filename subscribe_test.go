@@ -425,3 +425,47 @@ func TestForeignCtxAddsFromChainAndSubscriberDoNotDeadlock(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscriberDeadLettersAtCloseDeadlineNameIt: the events a Close
+// deadline takes from a subscriber (held in its lane, none of them failed)
+// are dead-lettered under the subscriber's name, so the sink can tell that
+// the chain handled them and only the subscriber missed them.
+func TestSubscriberDeadLettersAtCloseDeadlineNameIt(t *testing.T) {
+	sink := &sinkRecorder{}
+	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	entered, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		return nil
+	}, eventbus.WithName("store"))
+	_, err := eventbus.Subscribe(b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		if ev.Frame == "hold" {
+			close(entered)
+			<-release
+		}
+		return nil
+	}, eventbus.WithName("webhook"))
+	require.NoError(t, err)
+	mustStart(t, b)
+	hold := userEvent(eventbus.EventOnSend, "alice")
+	hold.Frame = "hold"
+	relAdd(t, b, hold)
+	recvWithin(t, entered, 5*time.Second, "subscriber")
+	for range 3 {
+		relAdd(t, b, userEvent(eventbus.EventOnSend, "alice"))
+	}
+	chainDone := func() bool { return b.Stats().User.Handled == 4 }
+	require.Eventually(t, chainDone, 5*time.Second, time.Millisecond, "the chain is done")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b.Close(expired), &ce)
+	close(release)
+	require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+	letters := sink.all()
+	require.Len(t, letters, 3, "the subscriber's three queued events")
+	for _, d := range letters {
+		assert.ErrorIs(t, d.Err, eventbus.ErrClosed)
+		assert.Equal(t, "webhook", d.Handler, "a subscriber's dead letter names the subscriber")
+		assert.Zero(t, d.Attempts, "none of its attempts failed")
+	}
+}

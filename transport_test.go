@@ -234,3 +234,30 @@ func TestOutboundKnowsTryAdd(t *testing.T) {
 	assert.False(t, <-got, "TryAddEvent may not")
 	assert.True(t, eventbus.MayWait(context.Background()))
 }
+
+// TestDeliverAbandonsLastAttemptCutByClose: a Close deadline that cuts
+// short a handler's last attempt (NoRetry) reports the event abandoned,
+// so its transport redelivers it, and never dead-lettered (which a
+// transport acks).
+func TestDeliverAbandonsLastAttemptCutByClose(t *testing.T) {
+	sink := &sinkRecorder{}
+	b := newBus(t, eventbus.WithDeadLetter(sink), eventbus.WithRetry(eventbus.NoRetry))
+	hanging := make(chan struct{})
+	mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		close(hanging)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	mustStart(t, b)
+	got := make(chan eventbus.Outcome, 1)
+	require.NoError(t, b.Deliver(context.Background(), userEvent(eventbus.EventOnSend, "alice"),
+		func(o eventbus.Outcome) { got <- o }))
+	recvWithin(t, hanging, 5*time.Second, "the handler's only attempt")
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	var ce *eventbus.CloseError
+	require.ErrorAs(t, b.Close(expired), &ce)
+	require.NoError(t, b.Close(deadline(t, 5*time.Second)))
+	assert.Equal(t, eventbus.OutcomeAbandoned, recvWithin(t, got, 5*time.Second, "the outcome"))
+	assert.Empty(t, sink.all(), "an abandoned event is not dead-lettered")
+}

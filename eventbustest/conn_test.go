@@ -185,7 +185,7 @@ func TestMockConnHammer(t *testing.T) {
 	c := eventbustest.NewMockConn("")
 	type frame struct{ w, i int }
 
-	ctx := within(t, 10*time.Second)
+	ctx := within(t, 2*time.Minute) // a hang guard, not a speed limit (see TestRecorderHammer)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for w := range writers {

@@ -30,10 +30,10 @@ func (j *Journal) commit(ops []frame, acks []uint64, next uint64, sync bool) (ui
 		case kindAppend:
 			buf = encAppend(buf, &f.rec, false)
 		case kindAttempts:
-			if j.st.pendingEntry(f.id) == nil {
+			if !j.st.prepareAttempts(f) {
 				continue
 			}
-			buf = encAttempts(buf, f.id, int(f.n))
+			buf = encAttempts(buf, f)
 		case kindDead:
 			e := j.st.pendingEntry(f.rec.ID)
 			if e == nil {
@@ -256,8 +256,11 @@ func (j *Journal) copyForward(o *segment) error {
 			r := e.Record
 			r.Payload = data[e.off : e.off+e.plen]
 			frames = append(frames, frame{kind: kindAppend, copied: true, rec: r})
+			if e.HandlerAttempts != nil { // the copy carries the plain count only
+				frames = append(frames, e.attemptsFrame())
+			}
 		case e.attSeg == o:
-			frames = append(frames, frame{kind: kindAttempts, id: e.ID, n: clampAttempts(e.Attempts)})
+			frames = append(frames, e.attemptsFrame())
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(j.st.dead)) {
@@ -274,7 +277,7 @@ func (j *Journal) copyForward(o *segment) error {
 		case kindAppend:
 			buf = encAppend(buf, &f.rec, true)
 		case kindAttempts:
-			buf = encAttempts(buf, f.id, int(f.n))
+			buf = encAttempts(buf, f)
 		case kindDead:
 			buf = encDead(buf, &f.rec, &f.dead)
 		}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -55,6 +57,11 @@ const (
 	kindDead     = 4 // a record moved to the dead-letter list (acks it)
 	kindPurge    = 5 // ids removed from the dead-letter list
 	kindReserve  = 6 // ids below this value may have been handed out
+	// kindHandlerAttempts is an attempts frame that also counts attempts
+	// per handler: id, attempts u32, count u16, then count times attempts
+	// u32, len(name) u16, name. Decoded as kindAttempts with counts set;
+	// each attempts frame (either kind) is the record's whole attempts state.
+	kindHandlerAttempts = 7
 )
 
 const flagCopy = 0x80
@@ -70,12 +77,18 @@ const (
 
 // frame is a decoded frame body.
 type frame struct {
-	kind    byte
-	copied  bool
-	rec     Record     // kindAppend, kindDead
-	ids     []uint64   // kindAck, kindPurge
-	n       uint32     // kindAttempts
-	id      uint64     // kindAttempts
+	kind   byte
+	copied bool
+	rec    Record   // kindAppend, kindDead
+	ids    []uint64 // kindAck, kindPurge
+	n      uint32   // kindAttempts
+	id     uint64   // kindAttempts
+	// kindAttempts: attempts per handler name (nil: none recorded; then
+	// written as a plain attempts frame). A SetHandlerAttempts request
+	// sets handler and hn instead, merged into counts when committed.
+	counts  map[string]int
+	handler string
+	hn      uint32
 	reserve uint64     // kindReserve
 	dead    deadDetail // kindDead
 }
@@ -169,12 +182,60 @@ func encIDs(buf []byte, kind byte, ids []uint64) []byte {
 	})
 }
 
-func encAttempts(buf []byte, id uint64, n int) []byte {
+// encAttempts encodes an attempts frame: plain (kind 3) when f has no
+// per-handler counts, else kind 7 with the counts in name order.
+func encAttempts(buf []byte, f *frame) []byte {
 	return appendFrame(buf, func(b []byte) []byte {
-		b = append(b, kindAttempts)
-		b = binary.LittleEndian.AppendUint64(b, id)
-		return binary.LittleEndian.AppendUint32(b, clampAttempts(n))
+		if f.counts == nil {
+			b = append(b, kindAttempts)
+			b = binary.LittleEndian.AppendUint64(b, f.id)
+			return binary.LittleEndian.AppendUint32(b, f.n)
+		}
+		b = append(b, kindHandlerAttempts)
+		b = binary.LittleEndian.AppendUint64(b, f.id)
+		b = binary.LittleEndian.AppendUint32(b, f.n)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(f.counts)))
+		for _, name := range slices.Sorted(maps.Keys(f.counts)) {
+			b = binary.LittleEndian.AppendUint32(b, clampAttempts(f.counts[name]))
+			b = binary.LittleEndian.AppendUint16(b, uint16(len(name)))
+			b = append(b, name...)
+		}
+		return b
 	})
+}
+
+// Bounds of kindHandlerAttempts: SetHandlerAttempts refuses more.
+const (
+	maxHandlerName = 1<<16 - 1
+	maxHandlers    = 1<<16 - 1
+)
+
+// decodeHandlerAttempts decodes the body of a kindHandlerAttempts frame.
+func decodeHandlerAttempts(body []byte, f *frame) error {
+	le := binary.LittleEndian
+	if len(body) < attemptsBody+2 {
+		return errShortBody
+	}
+	f.kind = kindAttempts
+	f.id, f.n = le.Uint64(body[1:]), le.Uint32(body[9:])
+	count := int(le.Uint16(body[attemptsBody:]))
+	f.counts = make(map[string]int, count)
+	p := body[attemptsBody+2:]
+	for range count {
+		if len(p) < 6 {
+			return errShortBody
+		}
+		n, l := le.Uint32(p), int(le.Uint16(p[4:]))
+		if len(p) < 6+l {
+			return errShortBody
+		}
+		f.counts[string(p[6:6+l])] = int(n)
+		p = p[6+l:]
+	}
+	if len(p) != 0 {
+		return errors.New("bad handler attempts")
+	}
+	return nil
 }
 
 func encReserve(buf []byte, v uint64) []byte {
@@ -248,6 +309,13 @@ func decodeBody(body []byte, copyPayload bool) (frame, error) {
 			return f, errShortBody
 		}
 		f.id, f.n = le.Uint64(body[1:]), le.Uint32(body[9:])
+	case kindHandlerAttempts:
+		if f.copied {
+			return f, errShortBody
+		}
+		if err := decodeHandlerAttempts(body, &f); err != nil {
+			return f, err
+		}
 	case kindReserve:
 		if f.copied || len(body) != reserveBody {
 			return f, errShortBody

@@ -83,6 +83,11 @@ type Record struct {
 	// Attempts is how many delivery attempts the record has used, as last
 	// set by SetAttempts (Append stores the value given, normally 0).
 	Attempts int
+	// HandlerAttempts counts the delivery attempts the record has used per
+	// handler name, as set by SetHandlerAttempts; nil when none was set
+	// (records of older releases have Attempts only). Shared by the
+	// records the journal returns: do not modify it.
+	HandlerAttempts map[string]int
 	// Payload is stored as given (Append copies it). Records returned by
 	// the journal carry their own copy, read back from disk.
 	Payload []byte
@@ -352,6 +357,19 @@ func (j *Journal) Ack(ids ...uint64) error {
 // may be the previous one. Ignored if id is not pending.
 func (j *Journal) SetAttempts(id uint64, n int) error {
 	return j.enqueue(frame{kind: kindAttempts, id: id, n: clampAttempts(n)})
+}
+
+// SetHandlerAttempts records that handler has used n delivery attempts of
+// record id, so that a retry limit counts per handler across restarts;
+// Pending returns the counts in Record.HandlerAttempts (the other
+// handlers' counts are kept). Like SetAttempts it does not wait for the
+// write, and is ignored if id is not pending. handler must be 1 to 65535
+// bytes, and a record counts at most 65535 handlers.
+func (j *Journal) SetHandlerAttempts(id uint64, handler string, n int) error {
+	if handler == "" || len(handler) > maxHandlerName {
+		return fmt.Errorf("journal: SetHandlerAttempts: handler name of %d bytes (1 to %d)", len(handler), maxHandlerName)
+	}
+	return j.enqueue(frame{kind: kindAttempts, id: id, handler: handler, hn: clampAttempts(n)})
 }
 
 // DeadLetter moves pending record d.ID to the dead-letter list, with

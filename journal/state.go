@@ -35,12 +35,13 @@ func (s *segment) deletable() bool { return s.live == 0 && s.refs == 0 }
 // from seg at off when needed.
 type entry struct {
 	Record
-	seg    *segment // holds the append frame
-	attSeg *segment // holds the latest attempts frame, if any
-	size   int32    // of the append frame
-	off    uint32   // of the payload in seg's file
-	plen   uint32   // of the payload
-	done   bool
+	seg     *segment // holds the append frame
+	attSeg  *segment // holds the latest attempts frame, if any
+	attSize int32    // of that frame
+	size    int32    // of the append frame
+	off     uint32   // of the payload in seg's file
+	plen    uint32   // of the payload
+	done    bool
 }
 
 // written reports whether e's payload is in its segment's file yet (the
@@ -70,8 +71,6 @@ type state struct {
 	recovering bool
 	reserve    uint64 // largest reservation seen
 }
-
-const attemptsFrameSize = frameHdrSize + attemptsBody
 
 func newState() state {
 	return state{side: map[uint64]*entry{}, dead: map[uint64]*deadEntry{}}
@@ -158,10 +157,10 @@ func (s *state) apply(seg *segment, f *frame, at int64, size int32) {
 			s.dropLive(e.seg, e.size)
 			e.seg, e.size, e.off, e.plen = seg, size, off, plen
 			if e.attSeg != nil {
-				s.dropLive(e.attSeg, attemptsFrameSize)
+				s.dropLive(e.attSeg, e.attSize)
 				e.attSeg = nil
 			}
-			e.Attempts = f.rec.Attempts
+			e.Attempts = f.rec.Attempts // the per-handler counts follow in an attempts frame
 			s.addLive(seg, size)
 			return
 		}
@@ -185,11 +184,12 @@ func (s *state) apply(seg *segment, f *frame, at int64, size int32) {
 	case kindAttempts:
 		if e := s.pendingEntry(f.id); e != nil {
 			if e.attSeg != nil {
-				s.dropLive(e.attSeg, attemptsFrameSize)
+				s.dropLive(e.attSeg, e.attSize)
 			}
 			e.Attempts = int(f.n)
-			e.attSeg = seg
-			s.addLive(seg, attemptsFrameSize)
+			e.HandlerAttempts = f.counts // never changed in place: Replay's copies share it
+			e.attSeg, e.attSize = seg, size
+			s.addLive(seg, size)
 		}
 	case kindDead:
 		s.maxID = max(s.maxID, f.rec.ID)
@@ -222,7 +222,7 @@ func (s *state) finish(seg *segment, e *entry) {
 	s.dropLive(e.seg, e.size)
 	s.cancels(seg, e.seg)
 	if e.attSeg != nil {
-		s.dropLive(e.attSeg, attemptsFrameSize)
+		s.dropLive(e.attSeg, e.attSize)
 		e.attSeg = nil
 	}
 	if s.side[e.ID] == e {
@@ -311,4 +311,33 @@ func (s *state) removeSegment(seg *segment) {
 	}
 	seg.ackedIn = nil
 	s.segs = slices.DeleteFunc(s.segs, func(x *segment) bool { return x == seg })
+}
+
+// prepareAttempts completes attempts frame f, about to be committed, into
+// the whole attempts state of its record: a SetHandlerAttempts request
+// (handler set) gets the record's other counts and its plain count, a
+// SetAttempts one the record's per-handler counts. It reports false when
+// the record is not pending (the frame is dropped).
+func (s *state) prepareAttempts(f *frame) bool {
+	e := s.pendingEntry(f.id)
+	if e == nil {
+		return false
+	}
+	if f.handler == "" {
+		f.counts = e.HandlerAttempts
+		return true
+	}
+	if _, known := e.HandlerAttempts[f.handler]; !known && len(e.HandlerAttempts) >= maxHandlers {
+		return false // the frame could not say it (see SetHandlerAttempts)
+	}
+	counts := make(map[string]int, len(e.HandlerAttempts)+1)
+	maps.Copy(counts, e.HandlerAttempts)
+	counts[f.handler] = int(f.hn)
+	f.counts, f.n, f.handler = counts, clampAttempts(e.Attempts), ""
+	return true
+}
+
+// attemptsFrame is the attempts frame that restores e's attempts state.
+func (e *entry) attemptsFrame() frame {
+	return frame{kind: kindAttempts, id: e.ID, n: clampAttempts(e.Attempts), counts: e.HandlerAttempts}
 }

@@ -11,7 +11,7 @@
 //   - The restart opens the same journal directory with a new bus: Start
 //     replays every message not acked, each channel's in send order, and
 //     the store handler skips the ones the first life already stored
-//     (CallInfo.EventID is the journal record id, the same in both lives:
+//     (CallInfo.EventID comes from the journal record id, the same in both lives:
 //     delivery is at-least-once, handlers dedupe). Nothing is lost.
 //   - Offline pushes (EventPushOffline, durable too) fail against a broken
 //     APNs and end in the journal's dead-letter list, with handler, error

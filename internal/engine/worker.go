@@ -60,6 +60,7 @@ type worker[E any] struct {
 	runs     int
 
 	goid atomic.Int64
+	gate Gate // see Gate; written only by this worker, read by Close
 	_    [64]byte
 	pub  published
 }
@@ -451,16 +452,16 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 }
 
 // stretchRuns is how many back-to-back runs a worker times with one clock
-// reading: a clock read per event costs more than a short handler here.
-const stretchRuns = 16
+// reading. It is 1: Stats promise the exact Max of every run, which a
+// stretch of several runs timed together would only bound from above.
+const stretchRuns = 1
 
 // timeRun accounts for one finished run. A dispatcher that timed the run
 // itself (u.Took, with an observer) gives its exact time. Otherwise the
 // worker times stretches of up to stretchRuns runs: the clock is read when
 // a stretch ends (stretchRuns runs, the end of the batch taken from a
-// shard's FIFO, a retry, or a run that did not end Handled), each run of the stretch counts as the
-// stretch's mean in the quantiles, and Max sees the whole stretch, an upper
-// bound of its slowest run that is exact for a run timed alone.
+// shard's FIFO, a retry, or a run that did not end Handled); a run starts
+// when the one before ended, so a busy worker reads the clock once a run.
 func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
 	if u.Took > 0 {
 		w.endStretch()
