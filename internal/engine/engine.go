@@ -9,6 +9,14 @@
 // shard from the run queue. A slow handler therefore holds back only its
 // own shard while other workers are free.
 //
+// The hand-off is built for throughput: a producer appends to its shard's
+// FIFO (an inline first item, then segments from a free list made at New)
+// under the shard's short lock; a worker takes the whole FIFO in one step
+// and runs it without the lock. The run queue is a lock-free ring of
+// shards, and a sleeping worker is woken only when the shards waiting
+// outnumber the workers looking for work, never once per event. Workers
+// read the clock once per stretch of runs, not per run.
+//
 // The engine knows nothing about handlers or event types: a Dispatcher runs
 // the work and says what became of it. Everything here is generic only so
 // that the root package can plug its Event type in without an import cycle.
@@ -17,6 +25,7 @@ package engine
 import (
 	"context"
 	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,15 +152,18 @@ const (
 
 // Engine is one pool's shards, run queue and workers.
 type Engine[E any] struct {
-	cfg      Config
-	d        Dispatcher[E]
-	life     *Lifecycle
-	shards   []shard[E]
-	mask     uint64
-	workers  []*worker[E]
-	runq     chan *shard[E]
-	epoch    int64  // nanotime at New
-	capacity uint64 // Workers × QueueSize
+	cfg     Config
+	d       Dispatcher[E]
+	life    *Lifecycle
+	shards  []shard[E]
+	mask    uint64
+	workers []*worker[E]
+	rq      runQueue
+	epoch   int64 // nanotime at New
+	// giveBackEvery is how many finished events make a worker give their
+	// room back before its batch ends, when producers wait for room.
+	giveBackEvery int
+	capacity      uint64 // Workers × QueueSize
 
 	_     [64]byte
 	added atomic.Uint64 // accepted events; written by producers
@@ -162,13 +174,17 @@ type Engine[E any] struct {
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check.
 	tracking atomic.Bool
-	// oversized lists shards left idle with a burst's buffer, spares the
-	// large buffers of sleeping workers; a trim releases both.
+	// segs is the free list of FIFO segments.
+	segs segPool[E]
+	_    [64]byte
+	// spares holds the large batch buffers of sleeping workers; a trim
+	// releases them and the segments above what New made.
 	oversizedMu sync.Mutex
-	oversized   []*shard[E]
 	spares      [][]Item[E]
+	nspares     atomic.Int32 // len(spares), for a look without the lock
 	trimTimer   *time.Timer
 	trimArmed   bool
+	trimMark    uint64 // added when the trim was armed
 
 	// reaper gives up, after Abort, the events Abort took out of the FIFOs.
 	reaper atomic.Pointer[worker[E]]
@@ -209,11 +225,14 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	}
 	e.shards = make([]shard[E], cfg.Shards)
 	for i := range e.shards {
-		e.shards[i].e = e
+		e.shards[i].e, e.shards[i].idx = e, int32(i)
 	}
-	// Room for every shard: a send never blocks, since a shard is queued
-	// at most once.
-	e.runq = make(chan *shard[E], cfg.Shards)
+	// Segments for the engine's capacity (the first item of a shard is
+	// inline), and a few for workers' follow-on adds; more only for
+	// overflow, up to a bound on what New allocates.
+	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
+	e.rq.init(cfg.Shards, cfg.Workers)
+	e.giveBackEvery = max(cfg.QueueSize/16, 1)
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)
@@ -245,6 +264,9 @@ func (e *Engine[E]) Queued(it *Item[E]) time.Duration {
 func (e *Engine[E]) shardFor(key uint64) *shard[E] {
 	return &e.shards[mix(key)&e.mask]
 }
+
+// maxPrealloc bounds the segments New allocates for an engine.
+const maxPrealloc = 1024
 
 // idBlocks hands out blocks of unit IDs to workers, so that IDs are unique
 // in the process at the cost of one atomic add per idBlock units.
@@ -281,10 +303,17 @@ type Parent interface {
 // for ever.
 func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
-	if res := e.admit(s, parent, wait); res != Accepted {
+	res, inside := e.admit(s, parent, wait)
+	if res != Accepted {
 		return res
 	}
 	e.enqueueLocked(s, it)
+	if inside && e.added.Load()-e.freed.Load() > e.capacity {
+		// A follow-on add above capacity never waits, but its handler
+		// yields the processor: the workers of this pool, behind, get to
+		// run, as a full channel would have let them.
+		runtime.Gosched()
+	}
 	return Accepted
 }
 
@@ -297,7 +326,7 @@ type Slot[E any] struct{ s *shard[E] }
 // On Accepted the caller must Commit or Cancel the slot.
 func (e *Engine[E]) Reserve(key uint64, parent Parent, wait context.Context) (Slot[E], PushResult) {
 	s := e.shardFor(key)
-	res := e.admit(s, parent, wait)
+	res, _ := e.admit(s, parent, wait)
 	if res == Accepted {
 		s.mu.Unlock()
 	}
@@ -324,10 +353,10 @@ func (e *Engine[E]) Cancel(sl Slot[E]) {
 }
 
 // admit waits for room in s and takes it: on Accepted it returns with
-// s.mu held, s.occupied and e.added counting the item to come.
-func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) PushResult {
-	registered := false
-	inside := false
+// s.mu held, s.occupied and e.added counting the item to come. inside says
+// whether the add was taken as a follow-on add.
+func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) (res PushResult, inside bool) {
+	registered, checked := false, false
 	for {
 		var space <-chan struct{}
 		if registered {
@@ -342,7 +371,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
 			e.unregister(registered)
-			return Closed
+			return Closed, inside
 		}
 		if inside {
 			e.added.Add(1)
@@ -354,7 +383,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 		s.mu.Unlock()
 		if wait == nil {
 			e.unregister(registered)
-			return Full
+			return Full, inside
 		}
 		if !registered {
 			// Register, then look again: room given back after this point
@@ -363,18 +392,21 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 			e.spaceWaiters.Add(1)
 			continue
 		}
-		if e.insider() {
-			inside = true
-			continue
+		if !checked { // once: a goroutine's identity does not change
+			checked = true
+			if e.insider() {
+				inside = true
+				continue
+			}
 		}
 		select {
 		case <-space:
 		case <-wait.Done():
 			e.unregister(registered)
-			return Cancelled
+			return Cancelled, inside
 		case <-e.life.closingCh:
 			e.unregister(registered)
-			return Closed
+			return Closed, inside
 		}
 	}
 	e.unregister(registered)
@@ -382,13 +414,13 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) Push
 	if s.occupied > e.cfg.QueueSize {
 		e.over.Add(1)
 	}
-	return Accepted
+	return Accepted, inside
 }
 
 // enqueueLocked appends it to s, whose room admit took, and puts s on the
 // run queue if no worker holds it. It unlocks s.mu.
 func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
-	s.items = append(s.items, it)
+	s.pushLocked(&it)
 	schedule := s.state == idle
 	if schedule {
 		s.state = scheduled
@@ -398,7 +430,16 @@ func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
 		e.tracking.Store(true)
 	}
 	if schedule {
-		e.runq <- s
+		e.ready(s)
+	}
+}
+
+// ready puts s, just scheduled, on the run queue, and wakes a worker if
+// none is looking for work while one sleeps.
+func (e *Engine[E]) ready(s *shard[E]) {
+	e.rq.mark(int(s.idx))
+	if e.rq.wakeNeeded() {
+		e.rq.wakeOne()
 	}
 }
 
@@ -477,17 +518,16 @@ func (e *Engine[E]) Abort() {
 		s := &e.shards[i]
 		s.mu.Lock()
 		s.stopped, s.halted = true, true
-		if n := len(s.items); n > 0 {
-			stolen = append(stolen, s.items...)
-			s.items = nil
+		if n := int(s.queued); n > 0 {
+			stolen = s.appendFIFOLocked(stolen)
 			s.release(n)
 		}
 		// An idle shard is held by no worker, so its parked keys can be
 		// read here; a scheduled one is aborted by the worker that takes it.
-		push := s.state == idle && len(s.parked) > 0 && s.scheduleLocked()
+		push := s.state == idle && s.parkedKeys() > 0 && s.scheduleLocked()
 		s.mu.Unlock()
 		if push {
-			e.runq <- s
+			e.ready(s)
 		}
 	}
 	if len(stolen) > 0 {

@@ -89,7 +89,7 @@ func TestGatherModel(t *testing.T) {
 			for w.pos < len(w.batch) {
 				w.step()
 			}
-			for len(w.cur.parked) > 0 {
+			for w.cur.parkedKeys() > 0 {
 				w.runDue(time.Now().Add(time.Hour))
 			}
 		}

@@ -68,17 +68,19 @@ func (e *Engine[E]) Busiest(dst []ShardLoad[E]) []ShardLoad[E] {
 			s.mu.Unlock()
 			continue
 		}
-		l := ShardLoad[E]{Shard: i, Held: held, Queued: len(s.items), Running: s.state != idle}
-		if len(s.items) > 0 {
-			l.Head, l.HeadKey = s.items[0].Event, s.items[0].Key
-			for j := range s.items {
-				if s.items[j].Key == l.HeadKey {
-					l.HeadQueued++
+		l := ShardLoad[E]{Shard: i, Held: held, Queued: int(s.queued), Running: s.state != idle}
+		if s.queued > 0 {
+			l.Head, l.HeadKey, l.HeadQueued = s.first.Event, s.first.Key, 1
+			for seg := s.head; seg != nil; seg = seg.next {
+				for j := range seg.n {
+					if seg.items[j].Key == l.HeadKey {
+						l.HeadQueued++
+					}
 				}
 			}
-		} else if s.state == idle {
+		} else if s.state == idle && s.rt != nil {
 			// Idle: parked is stable while we hold mu (see Parked).
-			for key, pk := range s.parked {
+			for key, pk := range s.rt.parked {
 				n := 0
 				for _, u := range pk.units {
 					n += len(u.Items)
@@ -125,7 +127,7 @@ func (e *Engine[E]) Parked(dst []ParkedLoad[E]) (_ []ParkedLoad[E], skipped int)
 		s.mu.Lock()
 		if s.state != idle {
 			// A worker may be changing parked and due right now.
-			if s.occupied > len(s.items) {
+			if s.occupied > int(s.queued) {
 				skipped++
 			}
 			s.mu.Unlock()
@@ -133,7 +135,11 @@ func (e *Engine[E]) Parked(dst []ParkedLoad[E]) (_ []ParkedLoad[E], skipped int)
 		}
 		// Idle: no worker holds the shard, and none can take it while we
 		// hold mu (scheduling takes it), so parked and due are stable.
-		for key, pk := range s.parked {
+		if s.rt == nil {
+			s.mu.Unlock()
+			continue
+		}
+		for key, pk := range s.rt.parked {
 			if len(dst) == cap(dst) {
 				break
 			}
@@ -146,7 +152,7 @@ func (e *Engine[E]) Parked(dst []ParkedLoad[E]) (_ []ParkedLoad[E], skipped int)
 			for _, w := range pk.units {
 				p.Events += len(w.Items)
 			}
-			for _, d := range s.due {
+			for _, d := range s.rt.due {
 				if d.key == key && (p.Due.IsZero() || d.at.Before(p.Due)) {
 					p.Due = d.at
 				}

@@ -70,7 +70,7 @@ func (e *Engine[E]) Snapshot() Snapshot {
 
 // histogram is a log-linear latency histogram: four buckets per power of
 // two (at most 12.5% error), updated with atomics by its one worker, with
-// the exact maximum.
+// the maximum recorded.
 type histogram struct {
 	counts [histBuckets]atomic.Uint64
 	max    atomic.Int64
@@ -98,10 +98,11 @@ func bucketValue(i int) time.Duration {
 	return time.Duration(lo + (uint64(1)<<(b-3))/2)
 }
 
-func (h *histogram) record(d time.Duration) {
-	h.counts[bucketOf(d)].Add(1)
-	if int64(d) > h.max.Load() {
-		h.max.Store(int64(d))
+// record adds n runs of about d each, the longest at most maxd.
+func (h *histogram) record(d time.Duration, n uint64, maxd time.Duration) {
+	h.counts[bucketOf(d)].Add(n)
+	if int64(maxd) > h.max.Load() {
+		h.max.Store(int64(maxd))
 	}
 }
 

@@ -22,10 +22,19 @@ type worker[E any] struct {
 	id int
 
 	cur    *shard[E] // the shard held; nil between shards
-	rounds int       // FIFO swaps taken from cur since it was taken
+	sl     sleeper
+	rounds int // FIFO swaps taken from cur since it was taken
 
-	batch []Item[E] // items in hand, swapped out of cur
-	pos   int       // next item of batch to run
+	// batch is the items in hand, taken from cur's FIFO: one (its first
+	// item), then each segment of the list in turn (seg, the one run; segs,
+	// those still to run), or, in a batching engine, all of them copied
+	// into buf so that gather sees one key's adjacent items together.
+	batch []Item[E]
+	pos   int // next item of batch to run
+	one   [1]Item[E]
+	seg   *segment[E]
+	segs  *segment[E]
+	buf   []Item[E]
 	// taken marks items of batch merged into an earlier unit; it is sized
 	// only once gather merges something (anyTaken).
 	taken    []bool
@@ -42,12 +51,13 @@ type worker[E any] struct {
 
 	done int // finished events of cur whose room is not yet given back
 	// lat holds the run times of the current window (lat[win]) and of the
-	// one before; last is when the worker's previous run ended (0: not in
-	// a run of units), so that a busy worker reads the clock once a run.
+	// one before; last is when the current stretch of runs started (0: not
+	// in one) and runs how many runs it holds (see timeRun).
 	lat      [2]histogram
 	win      int
 	winStart int64
 	last     int64
+	runs     int
 
 	goid atomic.Int64
 	gate Gate // see Gate; written only by this worker, read by Close
@@ -94,7 +104,7 @@ func (p *published) settled() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
-	return &worker[E]{e: e, id: id}
+	return &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1)}}
 }
 
 // IsWorkerGoroutine reports whether the calling goroutine is one of the
@@ -137,6 +147,9 @@ func (w *worker[E]) next() bool {
 		w.step()
 		return true
 	}
+	if w.advance() {
+		return true
+	}
 	if w.cur != nil {
 		w.refill()
 		return true
@@ -152,30 +165,64 @@ func (w *worker[E]) next() bool {
 }
 
 // take returns the next shard of the run queue, sleeping until there is
-// one, or nil when the Lifecycle stops or aborts.
+// one, or nil when the Lifecycle stops or aborts or the engine retires
+// (see runQueue for when a sleeping worker is woken).
 func (w *worker[E]) take() *shard[E] {
-	select {
-	case s := <-w.e.runq:
-		return s
-	default:
+	q := &w.e.rq
+	// A shard at once: no need to count as looking (producers may wake a
+	// sleeper meanwhile; one more wake, never one less).
+	if i := q.claim(); i >= 0 {
+		q.more()
+		return &w.e.shards[i]
 	}
-	// Nothing to do: let go of what finished events left behind and park
-	// a burst's buffer (released if no worker needs it soon), then sleep.
-	w.e.d.Idle(w.id)
-	if cap(w.batch) > maxIdleBuffer {
-		w.e.parkBuffer(w.batch)
-		w.batch = nil
+	q.looking.Add(1)
+	tidied := false
+	for {
+		if i := q.claim(); i >= 0 {
+			q.found()
+			return &w.e.shards[i]
+		}
+		if !tidied {
+			// Nothing to do: end the stretch of runs timed, let go of what
+			// finished events left behind and park a burst's buffer
+			// (released if no worker needs it soon), then sleep.
+			tidied = true
+			w.endStretch()
+			w.last = 0 // the next run's start is read anew
+			w.e.d.Idle(w.id)
+			if cap(w.buf) > maxIdleBuffer {
+				w.e.parkBuffer(w.buf)
+				w.buf = nil
+			}
+			w.e.armTrim()
+		}
+		// Sleeping first, then no longer looking, then one more look: a
+		// shard marked meanwhile is seen here or wakes a worker.
+		q.sleep(&w.sl)
+		q.looking.Add(-1)
+		if q.any() {
+			if q.unsleep(&w.sl) {
+				q.looking.Add(1)
+				continue
+			}
+			// A waker took this worker off the list: its wake is on the
+			// way, and the worker counts as looking.
+		}
+		l := w.e.life
+		select {
+		case <-w.sl.wake:
+			continue // counted as looking by the waker
+		case <-l.stopCh:
+		case <-l.abortCtx.Done():
+		case <-w.e.quit:
+		}
+		if !q.unsleep(&w.sl) {
+			// Woken as well: hand the looking on.
+			<-w.sl.wake
+			q.found()
+		}
+		return nil
 	}
-	w.e.armTrim()
-	l := w.e.life
-	select {
-	case s := <-w.e.runq:
-		return s
-	case <-l.stopCh:
-	case <-l.abortCtx.Done():
-	case <-w.e.quit:
-	}
-	return nil
 }
 
 // step runs the next item of the batch, or parks it behind its key.
@@ -186,8 +233,8 @@ func (w *worker[E]) step() {
 		return
 	}
 	s := w.cur
-	if len(s.parked) > 0 {
-		if pk, ok := s.parked[it.Key]; ok {
+	if s.rt != nil && len(s.rt.parked) > 0 {
+		if pk, ok := s.rt.parked[it.Key]; ok {
 			pu := &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event}
 			if t := it.Track; t != nil {
 				pu.ID, pu.Prior = w.trackedID(t, pu.ID), t.Prior
@@ -216,6 +263,9 @@ func (w *worker[E]) step() {
 		// The common case, without settle's detour.
 		w.pub.handled.Add(uint64(len(u.Items)))
 		w.done += len(u.Items)
+		if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
+			w.giveBack()
+		}
 	} else {
 		w.settle(u, v)
 		w.callbacks()
@@ -223,6 +273,73 @@ func (w *worker[E]) step() {
 	if len(u.Items) > 1 {
 		clear(w.group)
 	}
+}
+
+// takeLocked takes s's whole FIFO into the worker's hands and returns how
+// many items it held. s.mu must be held.
+func (w *worker[E]) takeLocked(s *shard[E]) int {
+	n, head := s.drainLocked(&w.one[0])
+	if n > 0 {
+		w.batch, w.pos, w.segs = w.one[:1], 0, head
+	}
+	return n
+}
+
+// flatten copies the segments taken into buf after the first item, and
+// gives them back (batching engines: gather merges across segments).
+func (w *worker[E]) flatten() {
+	if w.buf == nil {
+		w.buf = w.e.spareBuffer()
+	}
+	w.buf = append(w.buf[:0], w.one[0])
+	w.one[0] = Item[E]{}
+	w.e.putList(w.segs, func(seg *segment[E]) { w.buf = append(w.buf, seg.items[:seg.n]...) })
+	w.segs = nil
+	w.batch = w.buf
+}
+
+// advance moves on to the next segment taken, giving back the one run;
+// it returns false when none is left.
+func (w *worker[E]) advance() bool {
+	if w.seg != nil {
+		w.e.segs.put(w.seg, w.seg, 1)
+		w.seg = nil
+		w.unit.Items = nil // it pointed into the segment
+	}
+	next := w.segs
+	if next == nil {
+		return false
+	}
+	w.one[0] = Item[E]{}
+	w.segs, w.seg = next.next, next
+	w.batch, w.pos = next.items[:next.n], 0
+	return true
+}
+
+// resetBatch drops the batch just run (its segments are given back).
+func (w *worker[E]) resetBatch() {
+	w.one[0] = Item[E]{}
+	if len(w.buf) > 0 {
+		clear(w.buf)
+		w.buf = w.buf[:0]
+	}
+	w.batch, w.pos = nil, 0
+	if w.anyTaken {
+		clear(w.taken)
+		w.anyTaken = false
+	}
+}
+
+// giveBack gives back, in the middle of a batch, the room of the events
+// finished so far, because producers wait for it.
+func (w *worker[E]) giveBack() {
+	s := w.cur
+	n := w.done
+	s.mu.Lock()
+	s.release(n)
+	s.mu.Unlock()
+	w.done = 0
+	w.free(n)
 }
 
 // newID returns a unit ID unique in the process, taken from the worker's
@@ -308,7 +425,7 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 		if returned {
 			return
 		}
-		w.last = 0
+		w.last, w.runs = 0, 0
 		// A handler called runtime.Goexit: settle u as failed; run's
 		// deferred function replaces the goroutine, whose first step runs
 		// the callbacks.
@@ -323,34 +440,71 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 			clear(w.group)
 		}
 	}()
-	// Back to back, a run starts when the one before ended: one clock
-	// reading per run (the settling between two runs counts with the
-	// later, a few nanoseconds).
-	start := w.last
-	if start == 0 {
-		start = nanotime()
+	// Runs are timed in stretches (see timeRun): a run starts when the one
+	// before ended, and the clock is read at the end of a stretch only.
+	if w.last == 0 {
+		w.last = nanotime()
 	}
 	v = w.e.d.Run(w.id, u)
 	returned = true
-	end := nanotime()
-	w.last = end
-	w.record(end-start, end)
+	w.timeRun(u, v)
 	return v
+}
+
+// stretchRuns is how many back-to-back runs a worker times with one clock
+// reading. It is 1: Stats promise the exact Max of every run, which a
+// stretch of several runs timed together would only bound from above.
+const stretchRuns = 1
+
+// timeRun accounts for one finished run. A dispatcher that timed the run
+// itself (u.Took, with an observer) gives its exact time. Otherwise the
+// worker times stretches of up to stretchRuns runs: the clock is read when
+// a stretch ends (stretchRuns runs, the end of the batch taken from a
+// shard's FIFO, a retry, or a run that did not end Handled); a run starts
+// when the one before ended, so a busy worker reads the clock once a run.
+func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
+	if u.Took > 0 {
+		w.endStretch()
+		now := nanotime()
+		w.last = now
+		w.record(int64(u.Took), 1, int64(u.Took), now)
+		return
+	}
+	w.runs++
+	// The end of the batch in hand ends the stretch too, before its last
+	// event counts as finished: once the engine is idle, its Stats show
+	// every run.
+	if w.runs >= stretchRuns || v.Outcome != Handled || w.curPK != nil ||
+		(w.pos >= len(w.batch) && w.segs == nil) {
+		w.endStretch()
+	}
+}
+
+// endStretch records the stretch of runs timed since w.last, if any, and
+// starts a new one.
+func (w *worker[E]) endStretch() {
+	if w.runs == 0 {
+		return
+	}
+	now := nanotime()
+	d := now - w.last
+	w.record(d/int64(w.runs), uint64(w.runs), d, now)
+	w.last, w.runs = now, 0
 }
 
 // latencyWindow is how long a histogram window lasts: Stats report the
 // current window and the one before, so the last 10 to 20 seconds.
 const latencyWindow = int64(10e9)
 
-// record adds one run time to the current window, starting a new window
-// when the current one is over.
-func (w *worker[E]) record(d, now int64) {
+// record adds n runs of about d each, the longest at most maxd, to the
+// current window, starting a new window when the current one is over.
+func (w *worker[E]) record(d int64, n uint64, maxd, now int64) {
 	if now-w.winStart >= latencyWindow {
 		w.win ^= 1
 		w.lat[w.win].reset()
 		w.winStart = now
 	}
-	w.lat[w.win].record(time.Duration(d))
+	w.lat[w.win].record(time.Duration(d), n, time.Duration(maxd))
 }
 
 // count records the failure kind of a run, once per original event: a
@@ -383,12 +537,10 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	s := w.cur
 	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
 		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err, Prior: u.Prior}
-	if s.parked == nil {
-		s.parked = make(map[uint64]*parkedKey[E])
-	}
-	s.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
+	rt := s.retryState()
+	rt.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
 	w.pub.retrying.Add(int64(len(parked.Items)))
-	s.due.push(time.Now().Add(v.Delay), u.Key())
+	rt.due.push(time.Now().Add(v.Delay), u.Key())
 	w.pend(parked, v)
 }
 
@@ -404,7 +556,7 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 			w.pub.followers.Add(-n)
 			w.pub.retrying.Add(n)
 		}
-		s.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
+		s.rt.due.push(time.Now().Add(v.Delay), key) // the wait starts when the attempt ended
 		w.pend(u, v)
 		return
 	}
@@ -419,9 +571,9 @@ func (w *worker[E]) settleParked(key uint64, pk *parkedKey[E], u *Unit[E], v Ver
 	pk.units[0] = nil
 	pk.units = pk.units[1:]
 	if len(pk.units) == 0 {
-		delete(s.parked, key)
+		delete(s.rt.parked, key)
 	} else {
-		s.due.push(time.Time{}, key) // the next unit of the key is due at once
+		s.rt.due.push(time.Time{}, key) // the next unit of the key is due at once
 	}
 }
 
@@ -492,8 +644,8 @@ func (w *worker[E]) runDue(now time.Time) {
 		if w.e.life.aborted.Load() {
 			return
 		}
-		key := s.due.pop()
-		pk := s.parked[key]
+		key := s.rt.due.pop()
+		pk := s.rt.parked[key]
 		if pk == nil {
 			continue
 		}
@@ -512,17 +664,12 @@ func (w *worker[E]) runDue(now time.Time) {
 // its retry timer armed if keys are parked).
 func (w *worker[E]) refill() {
 	s := w.cur
-	clear(w.batch)
-	w.batch, w.pos = w.batch[:0], 0
+	w.resetBatch()
 	// Drop the scratch unit's references, or an idle worker would keep
 	// its last event alive.
 	u := &w.unit
 	u.Items, u.Event, u.Chain, u.Err = nil, *new(E), nil, nil
-	if w.anyTaken {
-		clear(w.taken)
-		w.anyTaken = false
-	}
-	if len(s.due) > 0 {
+	if s.hasDue() {
 		if now := time.Now(); s.dueBy(now) {
 			w.runDue(now)
 		}
@@ -531,38 +678,34 @@ func (w *worker[E]) refill() {
 	n := w.done
 	s.release(n)
 	w.done = 0
-	if len(s.items) > 0 && (w.rounds == 0 || len(w.e.runq) == 0) {
-		if w.batch == nil {
-			w.batch = w.e.spareBuffer()
-		}
-		w.batch, s.items = s.items, w.batch
+	if s.queued > 0 && (w.rounds == 0 || !w.e.rq.any()) {
+		taken := w.takeLocked(s)
 		w.rounds++
-		w.pub.taken.Add(uint64(len(w.batch)))
+		w.pub.taken.Add(uint64(taken))
 		s.mu.Unlock()
+		if w.segs != nil && w.e.cfg.Batching {
+			w.flatten()
+		}
 		w.free(n)
 		return
 	}
-	requeue := len(s.items) > 0 || (s.halted && s.holds()) ||
-		(len(s.due) > 0 && s.dueBy(time.Now()))
+	requeue := s.queued > 0 || (s.halted && s.holds()) || (s.hasDue() && s.dueBy(time.Now()))
 	if !requeue {
 		s.state = idle
-		if len(s.due) > 0 {
-			if s.timer == nil {
-				s.timer = time.AfterFunc(time.Hour, s.wake)
+		if s.hasDue() {
+			rt := s.rt
+			if rt.timer == nil {
+				rt.timer = time.AfterFunc(time.Hour, s.wake)
 			}
-			s.timer.Reset(time.Until(s.due[0].at))
+			rt.timer.Reset(time.Until(rt.due[0].at))
 		}
 	}
-	oversized := !requeue && cap(s.items) > maxIdleBuffer
 	s.mu.Unlock()
 	w.free(n)
-	if oversized {
-		w.e.noteOversized(s)
-	}
 	w.cur = nil
-	w.last = 0 // the next run's start is read anew
 	if requeue {
-		w.e.runq <- s
+		// No wake: this worker looks at the run queue next.
+		w.e.rq.mark(int(s.idx))
 		return
 	}
 	if l := w.e.life; l.idleWaiters.Load() > 0 && w.e.added.Load() == w.e.settled() {
@@ -598,11 +741,11 @@ func (w *worker[E]) abortAll() {
 		if w.cur != nil {
 			w.abortShard()
 		}
-		select {
-		case w.cur = <-w.e.runq:
-		default:
+		i := w.e.rq.claim()
+		if i < 0 {
 			return
 		}
+		w.cur = &w.e.shards[i]
 	}
 }
 
@@ -615,32 +758,35 @@ func (w *worker[E]) abortShard() {
 	s := w.cur
 	closed := w.e.cfg.ErrClosed
 	for {
-		for w.pos < len(w.batch) {
-			i := w.pos
-			w.pos++
-			if w.anyTaken && w.taken[i] {
-				continue
+		for {
+			for w.pos < len(w.batch) {
+				i := w.pos
+				w.pos++
+				if w.anyTaken && w.taken[i] {
+					continue
+				}
+				it := w.batch[i]
+				w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, closed)
 			}
-			it := w.batch[i]
-			w.giveUp(&Unit[E]{Items: []Item[E]{it}, Event: it.Event}, closed)
+			if !w.advance() {
+				break
+			}
 		}
+		w.resetBatch()
 		s.mu.Lock()
 		s.stopped = true
-		queued := s.items
-		s.items = nil
-		w.pub.taken.Add(uint64(len(queued)))
+		taken := w.takeLocked(s)
+		w.pub.taken.Add(uint64(taken))
 		s.mu.Unlock()
-		if len(queued) == 0 {
+		if taken == 0 {
 			break
 		}
-		clear(w.batch)
-		w.batch, w.pos = queued, 0
-		if w.anyTaken {
-			clear(w.taken)
-			w.anyTaken = false
-		}
 	}
-	for key, pk := range s.parked {
+	var parked map[uint64]*parkedKey[E]
+	if s.rt != nil {
+		parked = s.rt.parked
+	}
+	for key, pk := range parked {
 		for len(pk.units) > 0 {
 			u := pk.units[0]
 			pk.units[0] = nil
@@ -658,14 +804,15 @@ func (w *worker[E]) abortShard() {
 			}
 			w.giveUp(u, err)
 		}
-		delete(s.parked, key)
+		delete(parked, key)
 	}
-	s.due = s.due[:0]
-	if s.timer != nil {
-		s.timer.Stop()
+	if rt := s.rt; rt != nil {
+		rt.due = rt.due[:0]
+		if rt.timer != nil {
+			rt.timer.Stop()
+		}
 	}
-	clear(w.batch)
-	w.batch, w.pos = w.batch[:0], 0
+	w.resetBatch()
 	s.mu.Lock()
 	s.release(w.done)
 	n := w.done

@@ -1,0 +1,152 @@
+package engine
+
+import (
+	"context"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestRunQueueHandsOutEachShardOnce hammers the run queue from producers
+// and consumers at once: every shard queued is taken exactly once, and
+// never while it is not queued.
+func TestRunQueueHandsOutEachShardOnce(t *testing.T) {
+	const (
+		shards    = 256
+		producers = 8
+		consumers = 4
+		rounds    = 2000
+	)
+	var q runQueue
+	q.init(shards, consumers)
+	var queued [shards]atomic.Bool
+	var marks, claims atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for p := range producers {
+		wg.Go(func() {
+			// Producer p owns shards p, p+producers, ...; it queues each
+			// only while it is not queued, as a shard's state ensures.
+			for range rounds {
+				for i := p; i < shards; i += producers {
+					if queued[i].Load() {
+						continue
+					}
+					queued[i].Store(true)
+					q.mark(i)
+					marks.Add(1)
+				}
+				runtime.Gosched()
+			}
+		})
+	}
+	var cg sync.WaitGroup
+	errs := make(chan string, 16)
+	for range consumers {
+		cg.Go(func() {
+			for {
+				i := q.claim()
+				if i < 0 {
+					select {
+					case <-stop:
+						if q.claim() < 0 && !q.any() {
+							return
+						}
+					default:
+					}
+					runtime.Gosched()
+					continue
+				}
+				if !queued[i].Load() {
+					errs <- "a shard was taken while not queued"
+					return
+				}
+				claims.Add(1)
+				queued[i].Store(false)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	cg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	if marks.Load() != claims.Load() {
+		t.Fatalf("%d shards queued, %d taken", marks.Load(), claims.Load())
+	}
+}
+
+// TestRunQueueIsFirstInFirstOut: with one producer and one consumer,
+// shards come out in the order they were queued.
+func TestRunQueueIsFirstInFirstOut(t *testing.T) {
+	var q runQueue
+	q.init(64, 1)
+	order := rand.Perm(64)
+	for _, i := range order {
+		q.mark(i)
+	}
+	for k, want := range order {
+		if got := q.claim(); got != want {
+			t.Fatalf("claim %d: shard %d, want %d", k, got, want)
+		}
+	}
+	if q.claim() >= 0 || q.any() {
+		t.Fatal("the queue is not empty after every shard was taken")
+	}
+}
+
+// TestSleepingWorkersAlwaysWake pushes bursts from many producers with
+// pauses in between, so that workers fall asleep and are woken again and
+// again: every burst must be handled (a lost wake-up leaves WaitIdle
+// waiting with events queued).
+func TestSleepingWorkersAlwaysWake(t *testing.T) {
+	d := &countDispatcher{}
+	life := NewLifecycle()
+	e := New[int](Config{Workers: 4, Shards: 4, QueueSize: 64}, d, life)
+	e.Start()
+	defer func() {
+		// Bounded, so that a lost wake-up fails the test instead of
+		// hanging it: abort gives up what is left.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		life.BeginClose()
+		e.Barrier()
+		if WaitIdle(ctx, life, nil, e) != nil {
+			e.Halt()
+			e.Abort()
+			life.Abort()
+		}
+		life.Stop()
+		<-e.Exited()
+	}()
+	var pushed atomic.Int64
+	for round := range 300 {
+		var wg sync.WaitGroup
+		for p := range 8 {
+			wg.Go(func() {
+				for i := range 1 + (round*7+p)%13 {
+					if e.Push(Item[int]{Event: i, Key: uint64(round*100 + p*13 + i)}, nil, context.Background()) != Accepted {
+						t.Error("push refused")
+						return
+					}
+					pushed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := WaitIdle(ctx, life, nil, e)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: not idle (%d pushed, %d ran): %v", round, pushed.Load(), d.n.Load(), err)
+		}
+	}
+	if d.n.Load() != pushed.Load() {
+		t.Fatalf("ran %d of %d", d.n.Load(), pushed.Load())
+	}
+}
