@@ -210,19 +210,27 @@ func TestConcurrentAppendAck(t *testing.T) {
 	}
 }
 
-func TestTornTailCutAtEveryOffset(t *testing.T) {
-	base := t.TempDir()
-	// Build the journal once: 5 records, then one more in its own write.
-	src := filepath.Join(base, "src")
-	j := open(t, src)
+// appendRecords appends rec(0) … rec(n-1), one Append each, and returns
+// them with their ids.
+func appendRecords(t *testing.T, j *journal.Journal, n int) []journal.Record {
+	t.Helper()
 	var want []journal.Record
-	for i := range 5 {
+	for i := range n {
 		r := rec(i)
 		id, err := j.Append(r)
 		require.NoError(t, err)
 		r.ID = id
 		want = append(want, r)
 	}
+	return want
+}
+
+func TestTornTailCutAtEveryOffset(t *testing.T) {
+	base := t.TempDir()
+	// Build the journal once: 5 records, then one more in its own write.
+	src := filepath.Join(base, "src")
+	j := open(t, src)
+	want := appendRecords(t, j, 5)
 	require.NoError(t, j.Close())
 	seg := segments(t, src)[0]
 	before, err := os.ReadFile(seg)

@@ -27,14 +27,7 @@ func TestTornRecordHoldingFrameBytesIsATornTail(t *testing.T) {
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
 	j := open(t, src)
-	var want []journal.Record
-	for i := range 5 {
-		r := rec(i)
-		id, err := j.Append(r)
-		require.NoError(t, err)
-		r.ID = id
-		want = append(want, r)
-	}
+	want := appendRecords(t, j, 5)
 	require.NoError(t, j.Close())
 	seg := segments(t, src)[0]
 	before, err := os.ReadFile(seg)
@@ -228,14 +221,7 @@ func TestCorruptRecordBeforeChainedOneIsAnError(t *testing.T) {
 func TestZerosWrittenAheadAreTheEndOfData(t *testing.T) {
 	dir := t.TempDir()
 	j := open(t, dir)
-	var want []journal.Record
-	for i := range 5 {
-		r := rec(i)
-		id, err := j.Append(r)
-		require.NoError(t, err)
-		r.ID = id
-		want = append(want, r)
-	}
+	want := appendRecords(t, j, 5)
 	seg := segments(t, dir)[0]
 	live, err := os.ReadFile(seg)
 	require.NoError(t, err)
