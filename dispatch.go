@@ -82,7 +82,7 @@ func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry, g *engine.G
 // returns (or exits).
 func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (err error) {
 	defer func() {
-		c.returned.Store(true)
+		c.markReturned()
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
