@@ -27,13 +27,15 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 }
 
 func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
+	// What every handler of the chain shares is derived once per unit.
+	typ := u.Event.Type()
 	ch, _ := u.Chain.(*chain)
 	retry := ch != nil
 	if !retry {
 		if p.sub != nil {
 			ch = p.sub.chain.Load() // a subscriber's lane: its one handler
 		} else {
-			ch = p.bus.chains[u.Event.Type()].Load()
+			ch = p.bus.chains[typ].Load()
 		}
 		if ch == nil || len(ch.handlers) == 0 {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
@@ -41,21 +43,33 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
 	}
 	g := p.eng.Gate(wid)
+	slab, life := &p.slabs[wid], p.bus.life
+	first := &u.Items[0]
 	for u.Index < len(ch.handlers) {
 		// No handler call starts once Close has given up and returned:
 		// the gate is closed (Entered) only right before the call, and
 		// Close waits for open gates (see engine.Gate).
-		if !g.Enter(p.bus.life) {
+		if !g.Enter(life) {
 			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
 		h := &ch.handlers[u.Index]
 		if retry {
 			u.Attempt++ // the next attempt of the handler that failed
 			retry = false
-		} else if u.Items[0].Track != nil {
+		} else if first.Track != nil {
 			u.Prior = priorAttempts(u, h) // h's first attempt in this life
 		}
-		err, timedOut := p.call(wid, u, h, g)
+		// A fresh handler context per attempt (see callCtx).
+		c := slab.next(p, h, first.Ctx)
+		c.eventID, c.typ = u.ID, typ
+		c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
+		var err error
+		timedOut := false
+		if p.cfg.HandlerTimeout > 0 {
+			err, timedOut = p.callWithTimeout(c, h, u, g)
+		} else {
+			err = invoke(c, c, h, u.Event, g)
+		}
 		if err != nil {
 			return p.failed(u, h, err, timedOut)
 		}
@@ -63,18 +77,6 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		u.Attempt = 1
 	}
 	return engine.Verdict{Outcome: engine.Handled}
-}
-
-// call runs one attempt of one handler with a fresh handler context. g is
-// the worker's gate, open: invoke closes it right before the call.
-func (p *pool) call(wid int, u *engine.Unit[Event], h *handlerEntry, g *engine.Gate) (err error, timedOut bool) {
-	c := p.slabs[wid].next(p, h, u.Items[0].Ctx)
-	c.eventID, c.typ = u.ID, u.Event.Type()
-	c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
-	if p.cfg.HandlerTimeout > 0 {
-		return p.callWithTimeout(c, h, u, g)
-	}
-	return invoke(c, c, h, u.Event, g), false
 }
 
 // invoke closes the gate g and calls the handler, turning a panic into a
