@@ -307,7 +307,7 @@ func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushRe
 	if res != Accepted {
 		return res
 	}
-	e.enqueueLocked(s, it)
+	e.enqueueLocked(s, &it)
 	if inside && e.added.Load()-e.freed.Load() > e.capacity {
 		// A follow-on add above capacity never waits, but its handler
 		// yields the processor: the workers of this pool, behind, get to
@@ -336,7 +336,7 @@ func (e *Engine[E]) Reserve(key uint64, parent Parent, wait context.Context) (Sl
 // Commit puts it (whose Key is the reserved key) in the reserved room.
 func (e *Engine[E]) Commit(sl Slot[E], it Item[E]) {
 	sl.s.mu.Lock()
-	e.enqueueLocked(sl.s, it)
+	e.enqueueLocked(sl.s, &it)
 }
 
 // Cancel gives reserved room back.
@@ -417,10 +417,11 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) (res
 	return Accepted, inside
 }
 
-// enqueueLocked appends it to s, whose room admit took, and puts s on the
-// run queue if no worker holds it. It unlocks s.mu.
-func (e *Engine[E]) enqueueLocked(s *shard[E], it Item[E]) {
-	s.pushLocked(&it)
+// enqueueLocked appends *it to s, whose room admit took, and puts s on the
+// run queue if no worker holds it. It unlocks s.mu. it is a pointer so
+// that the item is copied once, into the FIFO.
+func (e *Engine[E]) enqueueLocked(s *shard[E], it *Item[E]) {
+	s.pushLocked(it)
 	schedule := s.state == idle
 	if schedule {
 		s.state = scheduled
