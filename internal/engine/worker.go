@@ -452,9 +452,13 @@ func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
 }
 
 // stretchRuns is how many back-to-back runs a worker times with one clock
-// reading. It is 1: Stats promise the exact Max of every run, which a
-// stretch of several runs timed together would only bound from above.
-const stretchRuns = 1
+// reading when no observer times each run: a clock read costs about as
+// much as a fast handler's run on some machines (30 ns on a kvm-clock VM).
+// Stats then give each run of a stretch the stretch's mean, and Max the
+// whole stretch's duration: never below the slowest run's, above it by at
+// most the other runs of its stretch. With an observer every run is timed
+// and Max is exact.
+const stretchRuns = 16
 
 // timeRun accounts for one finished run. A dispatcher that timed the run
 // itself (u.Took, with an observer) gives its exact time. Otherwise the
