@@ -131,6 +131,12 @@ func TestCloseDeadlineRedelivers(t *testing.T) {
 		require.NoError(t, a.bus.AddEvent(ctx, channelEvent("hold", uint64(i))))
 	}
 	<-entered
+	// The three others must be in a's bus (delivered, queued behind the
+	// held one) before the deadline, for the bus to give them up: under
+	// load the bridge may still be fetching them when the first one runs.
+	waitUntil(t, 10*time.Second, "the other three delivered to a's bus", func() bool {
+		return a.bus.Stats().Channel.Added == 4
+	})
 	expired, cancel := context.WithCancel(ctx)
 	cancel()
 	err := a.br.Close(expired)
