@@ -252,9 +252,14 @@ func TestOfflineQueueIsBoundedForGhostsAndFloods(t *testing.T) {
 		send(t, alice, "carol", wkproto.ChannelPerson, fmt.Sprint("old ", i))
 		nextOf[*wkproto.SendackPacket](t, alice)
 	}
+	// A SENDACK comes from the channel pool; the offline push that queues
+	// the message runs after it, in the pusher pool: wait for it, so that
+	// the three are queued before the clock moves.
+	s.waitIdle(t)
 	clock.Advance(ttl + time.Minute)
 	send(t, alice, "carol", wkproto.ChannelPerson, "fresh")
 	nextOf[*wkproto.SendackPacket](t, alice)
+	s.waitIdle(t)
 	carol := s.dial(t, "carol")
 	if r := nextOf[*wkproto.RecvPacket](t, carol); content(t, r) != "fresh" {
 		t.Fatalf("carol's replay: got %q, want only the fresh one", r.Payload)
