@@ -159,7 +159,10 @@ func TestPublishTimeoutWhileReconnecting(t *testing.T) {
 	px := startProxy(t, ts.s.Addr().String())
 	o := newOrder(-1)
 	cfg := bridged()
-	cfg.PublishTimeout, cfg.Window = 500*time.Millisecond, 1
+	// Long enough that the first add is seen waiting for its ack (InFlight
+	// 1) before its timeout ends the wait, even when the test's goroutine
+	// is descheduled for a while: at 500 ms that window was missed once.
+	cfg.PublishTimeout, cfg.Window = 2*time.Second, 1
 	n := startNodeAt(t, px.url(), "a", cfg, recordChannel(o))
 	require.NoError(t, n.bus.AddEvent(context.Background(), channelEvent("k", 1)))
 	px.refuse()
