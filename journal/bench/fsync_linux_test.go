@@ -19,12 +19,18 @@ func BenchmarkFsync(b *testing.B) {
 	}
 	defer f.Close()
 	buf := make([]byte, 8<<10)
+	timeSyncs(b, f, func(int) error { _, err := f.Write(buf); return err })
+}
+
+// timeSyncs times b.N rounds of write(i) then fdatasync of f and reports
+// the mean, p50 and p99 of one round.
+func timeSyncs(b *testing.B, f *os.File, write func(i int) error) {
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	start := time.Now()
-	for range b.N {
+	for i := range b.N {
 		t := time.Now()
-		if _, err := f.Write(buf); err != nil {
+		if err := write(i); err != nil {
 			b.Fatal(err)
 		}
 		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
@@ -71,25 +77,7 @@ func BenchmarkFsyncPrealloc(b *testing.B) {
 				}
 			}
 			buf := make([]byte, chunk)
-			lat := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			start := time.Now()
-			for i := range b.N {
-				t := time.Now()
-				if _, err := f.WriteAt(buf, int64(i)*chunk); err != nil {
-					b.Fatal(err)
-				}
-				if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-					b.Fatal(err)
-				}
-				lat = append(lat, time.Since(t))
-			}
-			el := time.Since(start)
-			slices.Sort(lat)
-			b.ReportMetric(float64(el.Microseconds())/float64(b.N), "mean-µs")
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-			b.ReportMetric(0, "ns/op")
+			timeSyncs(b, f, func(i int) error { _, err := f.WriteAt(buf, int64(i)*chunk); return err })
 		})
 	}
 }
