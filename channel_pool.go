@@ -30,7 +30,7 @@ func (p *pool) BatchLimit(it *engine.Item[Event]) int {
 	if p.batch == nil {
 		return 0
 	}
-	return p.batch[it.Event.Type()]
+	return p.batch[it.Tag]
 }
 
 // Mergeable returns how many of next continue head's batch, in order:

@@ -28,7 +28,7 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 
 func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	// What every handler of the chain shares is derived once per unit.
-	typ := u.Event.Type()
+	typ := EventType(u.Items[0].Tag)
 	ch, _ := u.Chain.(*chain)
 	retry := ch != nil
 	if !retry {

@@ -286,7 +286,7 @@ func (b *Bus) replay() error {
 		if ch == nil || (len(ch.handlers) == 0 && len(ch.subs) == 0) {
 			return give(fmt.Errorf("%w: %v", ErrNoHandler, b.typeNameLocked(t)))
 		}
-		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.HandlerAttempts, rec.Attempts)}
+		it := engine.Item[Event]{Event: ev, Key: key, Track: b.durableTracker(rec.ID, rec.HandlerAttempts, rec.Attempts), Tag: rec.Type}
 		if b.observer != nil {
 			it.Added = p.eng.Since()
 		}

@@ -336,7 +336,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 			return err
 		}
 	}
-	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key, Track: track}
+	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key, Track: track, Tag: uint8(t)}
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}

@@ -41,6 +41,10 @@ type Item[E any] struct {
 	Added time.Duration // since the engine's epoch; 0 when not timed
 	// Track, when set, is told how the event ended (see Tracker).
 	Track *Tracker
+	// Tag is the dispatcher's own note on the event (the bus: its type),
+	// so that running it needs no read of the event's memory, which the
+	// producer's core wrote last.
+	Tag uint8
 }
 
 // Unit is what a dispatcher runs: one item, or several merged into one
@@ -164,6 +168,10 @@ type Engine[E any] struct {
 	// room back before its batch ends, when producers wait for room.
 	giveBackEvery int
 	capacity      uint64 // Workers × QueueSize
+	// tracking is set once a tracked item was pushed, so that workers
+	// without one skip the completion check. Written once: it sits with
+	// the fields read on every run, away from the lines workers write.
+	tracking atomic.Bool
 
 	_     [64]byte
 	added atomic.Uint64 // accepted events; written by producers
@@ -171,9 +179,6 @@ type Engine[E any] struct {
 	freed atomic.Uint64 // finished events whose room was given back; written by workers
 	_     [56]byte
 
-	// tracking is set once a tracked item was pushed, so that workers
-	// without one skip the completion check.
-	tracking atomic.Bool
 	// segs is the free list of FIFO segments.
 	segs segPool[E]
 	_    [64]byte

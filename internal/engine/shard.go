@@ -39,8 +39,7 @@ type shard[E any] struct {
 	head, tail *segment[E]
 	e          *Engine[E]
 	rt         *retries[E] // nil until a unit of the shard fails
-	first      Item[E]     // the FIFO's first item, when queued > 0
-	_          [8]byte     // with an interface E, two cache lines in all
+	first      Item[E]     // the FIFO's first item, when queued > 0; with an interface E, the second cache line
 }
 
 // retries is the retry state of a shard: its parked keys, when they are
@@ -53,7 +52,7 @@ type retries[E any] struct {
 
 // segItems is how many items a segment holds: with an interface E a
 // segment fills a 1 KiB allocation.
-const segItems = 18
+const segItems = 15
 
 // segment is a block of a shard's FIFO.
 type segment[E any] struct {

@@ -21,7 +21,10 @@ type worker[E any] struct {
 	e  *Engine[E]
 	id int
 
-	cur    *shard[E] // the shard held; nil between shards
+	cur *shard[E] // the shard held; nil between shards
+	// rt is cur.rt, kept here so that a step reads the worker's own
+	// memory, not the shard's first cache line that producers write.
+	rt     *retries[E]
 	sl     sleeper
 	rounds int // FIFO swaps taken from cur since it was taken
 
@@ -159,7 +162,7 @@ func (w *worker[E]) next() bool {
 	}
 	s := w.take()
 	if s != nil {
-		w.cur, w.rounds = s, 0
+		w.cur, w.rt, w.rounds = s, s.rt, 0
 	}
 	return true
 }
@@ -232,9 +235,8 @@ func (w *worker[E]) step() {
 	if w.anyTaken && w.taken[w.pos-1] {
 		return
 	}
-	s := w.cur
-	if s.rt != nil && len(s.rt.parked) > 0 {
-		if pk, ok := s.rt.parked[it.Key]; ok {
+	if rt := w.rt; rt != nil && len(rt.parked) > 0 {
+		if pk, ok := rt.parked[it.Key]; ok {
 			pu := &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event}
 			if t := it.Track; t != nil {
 				pu.ID, pu.Prior = w.trackedID(t, pu.ID), t.Prior
@@ -542,6 +544,7 @@ func (w *worker[E]) settle(u *Unit[E], v Verdict) {
 	parked := &Unit[E]{ID: u.ID, Items: slices.Clone(u.Items), Event: u.Event,
 		Chain: u.Chain, Index: u.Index, Attempt: u.Attempt, Err: u.Err, Prior: u.Prior}
 	rt := s.retryState()
+	w.rt = rt
 	rt.parked[u.Key()] = &parkedKey[E]{units: []*Unit[E]{parked}, retrying: true}
 	w.pub.retrying.Add(int64(len(parked.Items)))
 	rt.due.push(time.Now().Add(v.Delay), u.Key())
@@ -706,7 +709,7 @@ func (w *worker[E]) refill() {
 	}
 	s.mu.Unlock()
 	w.free(n)
-	w.cur = nil
+	w.cur, w.rt = nil, nil
 	if requeue {
 		// No wake: this worker looks at the run queue next.
 		w.e.rq.mark(int(s.idx))
@@ -750,6 +753,7 @@ func (w *worker[E]) abortAll() {
 			return
 		}
 		w.cur = &w.e.shards[i]
+		w.rt = w.cur.rt
 	}
 }
 
@@ -824,7 +828,7 @@ func (w *worker[E]) abortShard() {
 	s.state = idle
 	s.mu.Unlock()
 	w.free(n)
-	w.cur = nil
+	w.cur, w.rt = nil, nil
 }
 
 // giveUp ends a unit the engine aborts: tracked items are abandoned (their
