@@ -238,6 +238,15 @@ func (s *ctxSlab) next(p *pool, h *handlerEntry, values context.Context) *callCt
 	return c
 }
 
+// lastCtx returns the context handed out last (the current call's while a
+// handler runs), or nil.
+func (s *ctxSlab) lastCtx() *callCtx {
+	if s.block == nil || s.n == 0 {
+		return nil
+	}
+	return &s.block.ctxs[s.n-1]
+}
+
 // find points s.last at h in the block's handler list, adding it first if
 // it is not there. The list grows by copy, so kept contexts reading the
 // old one are not disturbed.

@@ -12,21 +12,24 @@ import (
 	"github.com/imbus/eventbus/internal/engine"
 )
 
-// Run runs a unit's chain from u.Index: the engine calls it on the worker
-// that holds the unit's shard. The chain is loaded on the first attempt and
-// kept for every retry. With an observer, it times the run for Observe.
-func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
-	if p.bus.observer == nil {
-		return p.run(wid, u)
-	}
+// observedPool is a pool's dispatcher when the bus has an observer: it
+// times each run for Observe. Without one the engine calls the pool's Run
+// directly, one call less per event.
+type observedPool struct{ *pool }
+
+// Run times p's run of u for the observer.
+func (p observedPool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	u.Waited = p.eng.Queued(&u.Items[0])
 	start := time.Now()
-	v := p.run(wid, u)
+	v := p.pool.Run(wid, u)
 	u.Took = time.Since(start)
 	return v
 }
 
-func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
+// Run runs a unit's chain from u.Index: the engine calls it on the worker
+// that holds the unit's shard. The chain is loaded on the first attempt and
+// kept for every retry.
+func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	// What every handler of the chain shares is derived once per unit.
 	typ := EventType(u.Items[0].Tag)
 	ch, _ := u.Chain.(*chain)
@@ -65,9 +68,12 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
 		var err error
 		timedOut := false
-		if p.cfg.HandlerTimeout > 0 {
+		switch {
+		case p.cfg.HandlerTimeout > 0:
 			err, timedOut = p.callWithTimeout(c, h, u, g)
-		} else {
+		case p.bus.observer != nil:
+			err = invokeRecovering(c, c, h, u.Event, g) // the observer times every attempt
+		default:
 			err = invoke(c, c, h, u.Event, g)
 		}
 		if err != nil {
@@ -79,18 +85,28 @@ func (p *pool) run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	return engine.Verdict{Outcome: engine.Handled}
 }
 
-// invoke closes the gate g and calls the handler, turning a panic into a
-// *PanicError. The context stops counting as a running handler's once it
-// returns (or exits).
-func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (err error) {
+// invoke closes the gate g and calls the handler. The context stops
+// counting as a running handler's once it returns. It recovers nothing: a
+// panic unwinds to the worker, which recovers once for all its runs and
+// hands it to Panicked, cheaper than a deferred function per call.
+func invoke(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) error {
+	g.Entered()
+	err := h.call(ctx, ev)
+	c.markReturned()
+	return err
+}
+
+// invokeRecovering is invoke turning a panic into a *PanicError itself, for
+// callers that must see every attempt end (HandlerTimeout's timer, the
+// observer's timing).
+func invokeRecovering(ctx context.Context, c *callCtx, h *handlerEntry, ev Event, g *engine.Gate) (err error) {
 	defer func() {
-		c.markReturned()
 		if r := recover(); r != nil {
+			c.markReturned()
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
-	g.Entered()
-	return h.call(ctx, ev)
+	return invoke(ctx, c, h, ev, g)
 }
 
 // callWithTimeout runs one attempt under HandlerTimeout. An attempt that
@@ -112,7 +128,7 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, u *engine.Unit[Event
 	if f := p.bus.beforeCall; f != nil {
 		f()
 	}
-	err := invoke(ctx, c, h, u.Event, g)
+	err := invokeRecovering(ctx, c, h, u.Event, g)
 	expired := errors.Is(ctx.Err(), context.DeadlineExceeded)
 	if err == nil && expired {
 		p.overran.Add(uint64(len(u.Items)))
@@ -228,7 +244,22 @@ func legacyAttempts(u *engine.Unit[Event]) int {
 
 // Goexited reports a runtime.Goexit in the current handler as a panic.
 func (p *pool) Goexited(wid int, u *engine.Unit[Event]) engine.Verdict {
-	err := &PanicError{Value: "runtime.Goexit called by handler"}
+	return p.callFailed(wid, u, &PanicError{Value: "runtime.Goexit called by handler"})
+}
+
+// Panicked reports a panic that left the current handler's call (see
+// invoke). It runs before the stack unwinds: the stack trace shows the
+// handler.
+func (p *pool) Panicked(wid int, u *engine.Unit[Event], r any) engine.Verdict {
+	return p.callFailed(wid, u, &PanicError{Value: r, Stack: debug.Stack()})
+}
+
+// callFailed ends the current handler's call, which did not return, with
+// err: its context no longer counts as running, and the unit fails there.
+func (p *pool) callFailed(wid int, u *engine.Unit[Event], err *PanicError) engine.Verdict {
+	if c := p.slabs[wid].lastCtx(); c != nil {
+		c.markReturned()
+	}
 	ch, _ := u.Chain.(*chain)
 	if ch == nil || u.Index >= len(ch.handlers) {
 		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/imbus/eventbus/internal/engine"
 	"github.com/imbus/eventbus/internal/goid"
@@ -302,10 +303,10 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 	}
 	var c *callCtx
 	var values context.Context // nil: no values, the common case
-	switch ctx {
-	case nil:
+	switch {
+	case ctx == nil:
 		ctx = background
-	case background:
+	case isBackground(ctx):
 	default:
 		c = callOf(ctx)
 		values = valuesOf(ctx, c)
@@ -374,6 +375,20 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 // background is compared with producers' contexts: the common case needs
 // neither a handler-context lookup nor values.
 var background = context.Background()
+
+// backgroundType is the type word of background held in a context.Context.
+var backgroundType = typeWord(background)
+
+// isBackground reports whether ctx is context.Background(). Only the type
+// words are compared: Background's type has size zero and is made only by
+// Background, so its type is its identity, and the check is one compare
+// instead of the runtime call an interface comparison makes.
+func isBackground(ctx context.Context) bool { return typeWord(ctx) == backgroundType }
+
+// typeWord returns the first word of an interface value: its type.
+func typeWord(ctx context.Context) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&ctx))[0]
+}
 
 // route finds the pool of ev and checks its type.
 func (b *Bus) route(ev Event) (*pool, EventType, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -214,4 +215,92 @@ func TestGoexitInHandlerDoesNotKillBus(t *testing.T) {
 		assert.Equal(t, uint64(3), st.Handled)
 		atRest(t, "user", st)
 	})
+}
+
+// TestPanicsAmidBatchesAndRetriesLoseNothing hammers the worker's one
+// recovery point (a panic unwinds from the handler to the worker's loop):
+// producers add events of a few keys while a single worker runs them in
+// batches; some events panic on their first attempt only (their retry, from
+// the parked key, succeeds), some on every attempt (dead-lettered after
+// three). Every event must end exactly once, each key's events must be
+// handled in add order, and the counters must add up.
+func TestPanicsAmidBatchesAndRetriesLoseNothing(t *testing.T) {
+	const producers, perProducer, keys = 4, 300, 8
+	sink := &sinkRecorder{}
+	bus := newBus(t, eventbus.WithDeadLetter(sink),
+		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond, Jitter: -1}),
+		eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}))
+	type seqKey struct {
+		uid string
+		n   int
+	}
+	var mu sync.Mutex
+	last := map[string]int{}
+	attempts := map[seqKey]int{}
+	var outOfOrder, handled atomic.Int64
+	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+		n := ev.Frame.(int)
+		k := seqKey{ev.Conn.UID(), n}
+		mu.Lock()
+		attempts[k]++
+		a := attempts[k]
+		mu.Unlock()
+		switch {
+		case n%7 == 3:
+			panic(fmt.Sprintf("always %v", k))
+		case n%5 == 1 && a == 1:
+			panic(fmt.Sprintf("once %v", k))
+		}
+		mu.Lock()
+		if n <= last[k.uid] {
+			outOfOrder.Add(1)
+		}
+		last[k.uid] = n
+		mu.Unlock()
+		handled.Add(1)
+		return nil
+	})
+	mustStart(t, bus)
+
+	// Each producer owns keys of its own, so that a key's add order is
+	// its producer's order.
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for i := 1; i <= perProducer; i++ {
+				ev := userEvent(eventbus.EventOnSend, fmt.Sprintf("p%d-k%d", p, i%(keys/producers)))
+				ev.Frame = i
+				if err := bus.AddEvent(context.Background(), ev); err != nil {
+					t.Errorf("add: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	idleWithin(t, bus, 30*time.Second)
+
+	always := 0
+	for i := 1; i <= perProducer; i++ {
+		if i%7 == 3 {
+			always++
+		}
+	}
+	always *= producers
+	total := producers * perProducer
+	assert.Zero(t, outOfOrder.Load(), "a key's events handled out of add order")
+	assert.EqualValues(t, total-always, handled.Load())
+	assert.Len(t, sink.all(), always)
+	for _, l := range sink.all() {
+		var pe *eventbus.PanicError
+		if assert.ErrorAs(t, l.Err, &pe) {
+			assert.Contains(t, fmt.Sprint(pe.Value), "always")
+			assert.True(t, bytes.Contains(pe.Stack, []byte("panic_test.go")), "stack shows the handler")
+		}
+		assert.Equal(t, 3, l.Attempts)
+	}
+	st := bus.Stats().User
+	assert.EqualValues(t, total-always, st.Handled)
+	assert.EqualValues(t, always, st.DeadLettered)
+	atRest(t, "user", st)
 }

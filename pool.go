@@ -56,6 +56,10 @@ func newEngine(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error
 		}
 	}
 	p.slabs = make([]ctxSlab, cfg.Workers)
+	var d engine.Dispatcher[Event] = p
+	if b.observer != nil {
+		d = observedPool{p}
+	}
 	p.eng = engine.New[Event](engine.Config{
 		Batching:  batching,
 		Observe:   b.observer != nil,
@@ -65,6 +69,6 @@ func newEngine(b *Bus, kind Pool, cfg PoolConfig, key func(Event) (uint64, error
 		Capacity:  capacity,
 		Insider:   func() bool { return b.inPool(kind) },
 		ErrClosed: ErrClosed,
-	}, p, b.life)
+	}, d, b.life)
 	return p
 }

@@ -104,6 +104,13 @@ type Dispatcher[E any] interface {
 	// called runtime.Goexit; it reports that as a failure of the current
 	// handler. The worker goroutine is replaced afterwards.
 	Goexited(worker int, u *Unit[E]) Verdict
+	// Panicked is called instead of returning from Run when a panic left
+	// it (a dispatcher need not recover each call: the worker recovers
+	// once, around all its runs); it reports the panic, r, as a failure of
+	// the current handler. It runs in the worker's deferred function,
+	// before the stack unwinds, so a stack trace taken there shows the
+	// handler.
+	Panicked(worker int, u *Unit[E], r any) Verdict
 	// BatchLimit says how many adjacent items of its key may be merged
 	// with it (0 or 1: none).
 	BatchLimit(it *Item[E]) int
@@ -360,7 +367,39 @@ func (e *Engine[E]) Cancel(sl Slot[E]) {
 // admit waits for room in s and takes it: on Accepted it returns with
 // s.mu held, s.occupied and e.added counting the item to come. inside says
 // whether the add was taken as a follow-on add.
+//
+// The common case, room at once, is decided here in one pass; everything
+// else (refusals, waiting) is admitWait's.
 func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) (res PushResult, inside bool) {
+	s.mu.Lock()
+	// Decided under the lock, at the moment of enqueue: a handler that
+	// returned meanwhile makes this an outside add.
+	inside = parent != nil && parent.Running()
+	if !s.stopped {
+		if inside {
+			e.added.Add(1)
+			return e.occupy(s), true
+		}
+		if !e.life.closing.Load() && s.occupied < e.cfg.QueueSize && e.reserve() {
+			return e.occupy(s), false
+		}
+	}
+	s.mu.Unlock()
+	return e.admitWait(s, parent, wait, inside)
+}
+
+// occupy counts the item admitted to s in its occupancy. s.mu must be held.
+func (e *Engine[E]) occupy(s *shard[E]) PushResult {
+	s.occupied++
+	if s.occupied > e.cfg.QueueSize {
+		e.over.Add(1)
+	}
+	return Accepted
+}
+
+// admitWait is admit when there was no room at once or the add is refused:
+// it looks again, and waits for room while the caller may wait.
+func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, inside bool) (res PushResult, _ bool) {
 	registered, checked := false, false
 	for {
 		var space <-chan struct{}
@@ -415,11 +454,7 @@ func (e *Engine[E]) admit(s *shard[E], parent Parent, wait context.Context) (res
 		}
 	}
 	e.unregister(registered)
-	s.occupied++
-	if s.occupied > e.cfg.QueueSize {
-		e.over.Add(1)
-	}
-	return Accepted, inside
+	return e.occupy(s), inside
 }
 
 // enqueueLocked appends *it to s, whose room admit took, and puts s on the

@@ -21,6 +21,7 @@ func (d *countDispatcher) Run(int, *Unit[int]) Verdict {
 	return Verdict{}
 }
 func (d *countDispatcher) Goexited(int, *Unit[int]) Verdict      { return Verdict{Outcome: Dead} }
+func (d *countDispatcher) Panicked(int, *Unit[int], any) Verdict { return Verdict{Outcome: Dead} }
 func (d *countDispatcher) BatchLimit(*Item[int]) int             { return 0 }
 func (d *countDispatcher) Mergeable(*Item[int], []Item[int]) int { return 0 }
 func (d *countDispatcher) Merge(*Unit[int])                      {}

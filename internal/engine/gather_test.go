@@ -33,7 +33,10 @@ func (d *modelDispatcher) Run(_ int, u *Unit[classEvent]) Verdict {
 }
 
 func (d *modelDispatcher) Goexited(int, *Unit[classEvent]) Verdict { return Verdict{Outcome: Dead} }
-func (d *modelDispatcher) BatchLimit(it *Item[classEvent]) int     { return d.limits[it.Event.class] }
+func (d *modelDispatcher) Panicked(int, *Unit[classEvent], any) Verdict {
+	return Verdict{Outcome: Dead}
+}
+func (d *modelDispatcher) BatchLimit(it *Item[classEvent]) int { return d.limits[it.Event.class] }
 func (d *modelDispatcher) DeadLetter(*Unit[classEvent], int, error) {
 	d.t.Error("unexpected dead letter")
 }

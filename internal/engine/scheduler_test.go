@@ -64,6 +64,7 @@ func (d *schedDispatcher) Run(w int, u *Unit[modelItem]) Verdict {
 }
 
 func (d *schedDispatcher) Goexited(int, *Unit[modelItem]) Verdict            { return Verdict{Outcome: Dead} }
+func (d *schedDispatcher) Panicked(int, *Unit[modelItem], any) Verdict       { return Verdict{Outcome: Dead} }
 func (d *schedDispatcher) BatchLimit(*Item[modelItem]) int                   { return 0 }
 func (d *schedDispatcher) Mergeable(*Item[modelItem], []Item[modelItem]) int { return 0 }
 func (d *schedDispatcher) Merge(*Unit[modelItem])                            {}

@@ -46,9 +46,12 @@ type worker[E any] struct {
 	group    []Item[E] // scratch for merged units
 	unit     Unit[E]   // scratch for the unit being run
 
-	// set while execute runs a parked unit, for Goexit recovery
-	curPK  *parkedKey[E]
-	curKey uint64
+	// running is the unit execute runs, and curPK and curKey its parked
+	// key when it is a parked unit: what the goroutine's deferred function
+	// settles if a handler calls runtime.Goexit (see run).
+	running *Unit[E]
+	curPK   *parkedKey[E]
+	curKey  uint64
 
 	cb callbacks[E] // user callbacks still due for a settled unit
 
@@ -122,16 +125,39 @@ func (w *worker[E]) run() {
 	returned := false
 	defer func() {
 		if !returned {
+			if w.running != nil {
+				w.goexited()
+			}
 			w.e.running.Add(1)
 			go w.run()
 		}
 		w.e.exit()
 	}()
 	w.goid.Store(goid.Get())
-	for w.next() {
+	for w.loop() {
 	}
 	w.goid.Store(0)
 	returned = true
+}
+
+// loop calls next until the worker must exit (false), or until a panic left
+// a handler's run (true, once it is settled as that handler's failure):
+// one deferred function for all the runs of a worker, instead of one per
+// handler call. A panic outside a run (none is expected) and a Goexit are
+// not recovered here; run's deferred function sees them.
+func (w *worker[E]) loop() (recovered bool) {
+	defer func() {
+		if w.running == nil {
+			return
+		}
+		if r := recover(); r != nil {
+			w.panicked(r)
+			recovered = true
+		}
+	}()
+	for w.next() {
+	}
+	return false
 }
 
 // next does one step of work: a callback left by a Goexit, one unit of the
@@ -261,6 +287,11 @@ func (w *worker[E]) step() {
 	}
 	w.curPK = nil
 	v := w.execute(u)
+	w.ran(u, v)
+}
+
+// ran settles u, the unit of the batch just run, with its verdict v.
+func (w *worker[E]) ran(u *Unit[E], v Verdict) {
 	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() {
 		// The common case, without settle's detour.
 		w.pub.handled.Add(uint64(len(u.Items)))
@@ -419,38 +450,55 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 }
 
 // execute runs u through the dispatcher and records how long the run took.
-// If a handler calls runtime.Goexit, the deferred function settles u as
-// failed and leaves its callbacks to the goroutine that replaces this one.
-func (w *worker[E]) execute(u *Unit[E]) (v Verdict) {
-	returned := false
-	defer func() {
-		if returned {
-			return
-		}
-		w.last, w.runs = 0, 0
-		// A handler called runtime.Goexit: settle u as failed; run's
-		// deferred function replaces the goroutine, whose first step runs
-		// the callbacks.
-		v = w.e.d.Goexited(w.id, u)
-		if pk := w.curPK; pk != nil {
-			w.curPK = nil
-			w.settleParked(w.curKey, pk, u, v)
-		} else {
-			w.settle(u, v)
-		}
-		if w.cb.u == nil && len(u.Items) > 1 {
-			clear(w.group)
-		}
-	}()
+// It has no deferred function of its own (a defer that reads the verdict
+// would keep it in memory on the hot path): if a handler calls
+// runtime.Goexit, the goroutine's deferred function settles u (goexited).
+func (w *worker[E]) execute(u *Unit[E]) Verdict {
 	// Runs are timed in stretches (see timeRun): a run starts when the one
 	// before ended, and the clock is read at the end of a stretch only.
 	if w.last == 0 {
 		w.last = nanotime()
 	}
-	v = w.e.d.Run(w.id, u)
-	returned = true
+	w.running = u
+	v := w.e.d.Run(w.id, u)
+	w.running = nil
 	w.timeRun(u, v)
 	return v
+}
+
+// panicked settles the unit whose run a panic left, as a failure of the
+// handler that panicked (see loop), and runs its callbacks.
+func (w *worker[E]) panicked(r any) {
+	u := w.running
+	w.running = nil
+	v := w.e.d.Panicked(w.id, u, r)
+	w.timeRun(u, v)
+	if pk := w.curPK; pk != nil {
+		w.curPK = nil
+		w.settleParked(w.curKey, pk, u, v)
+		w.callbacks()
+		return
+	}
+	w.ran(u, v)
+}
+
+// goexited settles the unit whose run a handler cut with runtime.Goexit, as
+// a failure of that handler; the goroutine that replaces this one runs its
+// callbacks first.
+func (w *worker[E]) goexited() {
+	u := w.running
+	w.running = nil
+	w.last, w.runs = 0, 0
+	v := w.e.d.Goexited(w.id, u)
+	if pk := w.curPK; pk != nil {
+		w.curPK = nil
+		w.settleParked(w.curKey, pk, u, v)
+	} else {
+		w.settle(u, v)
+	}
+	if w.cb.u == nil && len(u.Items) > 1 {
+		clear(w.group)
+	}
 }
 
 // stretchRuns is how many back-to-back runs a worker times with one clock
