@@ -356,7 +356,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 			return err
 		}
 	case len(ch.subs) == 0:
-		res = p.eng.Push(it, parent, waitCtx)
+		res = p.eng.Push(&it, parent, waitCtx)
 	default:
 		res = b.fanOut(p, ch, it, parent, waitCtx)
 	}

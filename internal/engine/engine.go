@@ -313,13 +313,15 @@ type Parent interface {
 // goroutine of this engine's workers (a handler that passed a foreign
 // context) is taken as a follow-on add instead: waiting there could wait
 // for ever.
-func (e *Engine[E]) Push(it Item[E], parent Parent, wait context.Context) PushResult {
+//
+// it is copied into the FIFO; the caller keeps its own copy.
+func (e *Engine[E]) Push(it *Item[E], parent Parent, wait context.Context) PushResult {
 	s := e.shardFor(it.Key)
 	res, inside := e.admit(s, parent, wait)
 	if res != Accepted {
 		return res
 	}
-	e.enqueueLocked(s, &it)
+	e.enqueueLocked(s, it)
 	if inside && e.added.Load()-e.freed.Load() > e.capacity {
 		// A follow-on add above capacity never waits, but its handler
 		// yields the processor: the workers of this pool, behind, get to

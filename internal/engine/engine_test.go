@@ -52,7 +52,7 @@ func TestPushRunsEveryItemOnce(t *testing.T) {
 	e, life, d := startEngine(t, 4, 8)
 	const n = 10_000
 	for i := range n {
-		if res := e.Push(Item[int]{Event: i, Key: uint64(i % 37)}, nil, context.Background()); res != Accepted {
+		if res := e.Push(&Item[int]{Event: i, Key: uint64(i % 37)}, nil, context.Background()); res != Accepted {
 			t.Fatalf("push %d: %v", i, res)
 		}
 	}
@@ -78,7 +78,7 @@ func BenchmarkEngine(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := range b.N {
-		e.Push(Item[int]{Event: i, Key: 1}, nil, context.Background())
+		e.Push(&Item[int]{Event: i, Key: 1}, nil, context.Background())
 	}
 	if err := WaitIdle(context.Background(), life, nil, e); err != nil {
 		b.Fatal(err)

@@ -34,7 +34,7 @@ func (d *gateDispatcher) Run(wid int, u *Unit[int]) Verdict {
 	}
 	d.committed.Add(1)
 	g.Entered()
-	d.e.Push(Item[int]{Event: u.Event, Key: u.Key()}, running{}, nil)
+	d.e.Push(&Item[int]{Event: u.Event, Key: u.Key()}, running{}, nil)
 	return Verdict{}
 }
 
@@ -47,7 +47,7 @@ func TestGateNoCommitAfterAbortReturns(t *testing.T) {
 		d.e = New[int](Config{Workers: 8, Shards: 64, QueueSize: 16}, d, d.life)
 		d.e.Start()
 		for k := range 32 {
-			if res := d.e.Push(Item[int]{Event: k, Key: uint64(k)}, nil, context.Background()); res != Accepted {
+			if res := d.e.Push(&Item[int]{Event: k, Key: uint64(k)}, nil, context.Background()); res != Accepted {
 				t.Fatalf("push %d: %v", k, res)
 			}
 		}

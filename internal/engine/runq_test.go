@@ -130,7 +130,7 @@ func TestSleepingWorkersAlwaysWake(t *testing.T) {
 		for p := range 8 {
 			wg.Go(func() {
 				for i := range 1 + (round*7+p)%13 {
-					if e.Push(Item[int]{Event: i, Key: uint64(round*100 + p*13 + i)}, nil, context.Background()) != Accepted {
+					if e.Push(&Item[int]{Event: i, Key: uint64(round*100 + p*13 + i)}, nil, context.Background()) != Accepted {
 						t.Error("push refused")
 						return
 					}

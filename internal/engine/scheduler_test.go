@@ -119,7 +119,7 @@ func TestSchedulerModel(t *testing.T) {
 					it := Item[modelItem]{Event: modelItem{key: k, seq: seqs[k]}, Key: k}
 					seqs[k]++
 					addedPerKey[k]++
-					if res := e.Push(it, nil, context.Background()); res != Accepted {
+					if res := e.Push(&it, nil, context.Background()); res != Accepted {
 						t.Errorf("push: %v", res)
 						return
 					}

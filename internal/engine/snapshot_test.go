@@ -68,7 +68,7 @@ func TestBusiestAndParkedReportHeldShardsAndParkedKeys(t *testing.T) {
 		<-e.Exited()
 	}()
 	push := func(ev int, key uint64) {
-		if res := e.Push(Item[int]{Event: ev, Key: key}, nil, context.Background()); res != Accepted {
+		if res := e.Push(&Item[int]{Event: ev, Key: key}, nil, context.Background()); res != Accepted {
 			t.Fatalf("push: %v", res)
 		}
 	}
@@ -178,7 +178,7 @@ func TestBusiestUnderLoadIsRaceFree(t *testing.T) {
 				if i%500 == 0 {
 					key = failKey
 				}
-				e.Push(Item[int]{Event: i, Key: key}, nil, context.Background())
+				e.Push(&Item[int]{Event: i, Key: key}, nil, context.Background())
 			}
 		})
 	}
