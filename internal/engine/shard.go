@@ -64,20 +64,29 @@ type segment[E any] struct {
 // segPool is an engine's free list of segments. New fills it for the
 // engine's capacity; follow-on adds above it grow it, and a trim gives the
 // growth back once the engine is quiet.
+//
+// Producers take segments and workers give them back, usually on other
+// cores at the same time, so the two sides do not share a lock: a worker
+// pushes what it gives back on a lock-free stack (incoming; pushing only,
+// so no ABA), and a producer pops from the list it owns under mu, taking
+// the whole incoming stack in one swap when that list runs dry.
 type segPool[E any] struct {
-	mu   sync.Mutex
-	free *segment[E]
-	n    atomic.Int64 // segments on the list; written under mu
-	keep int64        // segments a trim leaves
+	mu       sync.Mutex
+	free     *segment[E] // under mu
+	incoming atomic.Pointer[segment[E]]
+	n        atomic.Int64 // segments on both lists
+	keep     int64        // segments a trim leaves
 }
 
 // fill links count new segments into the free list.
 func (p *segPool[E]) fill(count int) {
 	segs := make([]segment[E], count)
+	p.mu.Lock()
 	for i := range segs {
 		segs[i].next = p.free
 		p.free = &segs[i]
 	}
+	p.mu.Unlock()
 	p.n.Add(int64(count))
 	p.keep = int64(count)
 }
@@ -86,6 +95,9 @@ func (p *segPool[E]) fill(count int) {
 func (p *segPool[E]) get() *segment[E] {
 	p.mu.Lock()
 	s := p.free
+	if s == nil {
+		s = p.incoming.Swap(nil)
+	}
 	if s != nil {
 		p.free, s.next = s.next, nil
 		p.n.Add(-1)
@@ -98,7 +110,7 @@ func (p *segPool[E]) get() *segment[E] {
 }
 
 // put clears the segments of the list from head to tail (n of them) and
-// puts them back on the free list.
+// gives them back, without a lock.
 func (p *segPool[E]) put(head, tail *segment[E], n int) {
 	for s := head; ; s = s.next {
 		clear(s.items[:s.n])
@@ -107,17 +119,27 @@ func (p *segPool[E]) put(head, tail *segment[E], n int) {
 			break
 		}
 	}
-	p.mu.Lock()
-	tail.next = p.free
-	p.free = head
+	for {
+		old := p.incoming.Load()
+		tail.next = old
+		if p.incoming.CompareAndSwap(old, head) {
+			break
+		}
+	}
 	p.n.Add(int64(n))
-	p.mu.Unlock()
 }
 
-// trim drops the free segments above keep; it reports whether any were.
+// trim drops the free segments above keep.
 func (p *segPool[E]) trim() {
 	p.mu.Lock()
-	for p.n.Load() > p.keep {
+	if in := p.incoming.Swap(nil); in != nil {
+		t := in
+		for t.next != nil {
+			t = t.next
+		}
+		t.next, p.free = p.free, in
+	}
+	for p.n.Load() > p.keep && p.free != nil {
 		s := p.free
 		p.free, s.next = s.next, nil
 		p.n.Add(-1)
