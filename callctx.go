@@ -218,16 +218,32 @@ type ctxSlab struct {
 	// the handler called last (chains of one handler never search)
 	handlers []*handlerEntry
 	last     uint32
+	lastH    *handlerEntry // handlers[last]; nil until a handler is found in this block
 }
 
-// next returns a fresh context for a call of p's handler h. values is the
-// producer's context (nil for none).
-func (s *ctxSlab) next(p *pool, h *handlerEntry, values context.Context) *callCtx {
-	if s.block == nil || s.n == ctxBlockSize {
-		s.block, s.n, s.handlers = &ctxBlock{pool: p}, 0, nil
+// quick returns a fresh context for a call of p's handler h in the common
+// case (room in the block, the handler called last, no producer's values)
+// and nil otherwise (then nextSlow does it). It is small enough to be
+// inlined into the dispatch.
+func (s *ctxSlab) quick(h *handlerEntry, values context.Context) *callCtx {
+	if s.lastH != h || s.n >= ctxBlockSize || values != nil {
+		return nil
 	}
 	c := &s.block.ctxs[s.n]
-	if int(s.last) >= len(s.handlers) || s.handlers[s.last] != h {
+	c.word = ctxWord(s.n, int(s.last))
+	s.n++
+	return c
+}
+
+// nextSlow returns a fresh context for a call of p's handler h when quick
+// cannot: a new block is due, the handler changed or values, the
+// producer's context, is not nil.
+func (s *ctxSlab) nextSlow(p *pool, h *handlerEntry, values context.Context) *callCtx {
+	if s.block == nil || s.n == ctxBlockSize {
+		s.block, s.n, s.handlers, s.lastH = &ctxBlock{pool: p}, 0, nil, nil
+	}
+	c := &s.block.ctxs[s.n]
+	if s.lastH != h {
 		s.find(h)
 	}
 	c.word = ctxWord(s.n, int(s.last))
@@ -251,6 +267,7 @@ func (s *ctxSlab) lastCtx() *callCtx {
 // it is not there. The list grows by copy, so kept contexts reading the
 // old one are not disturbed.
 func (s *ctxSlab) find(h *handlerEntry) {
+	s.lastH = h
 	for i, e := range s.handlers {
 		if e == h {
 			s.last = uint32(i)
@@ -268,7 +285,7 @@ func (s *ctxSlab) find(h *handlerEntry) {
 // handler entries and is kept for the next event.
 func (s *ctxSlab) release() {
 	if s.block != nil && s.block.values.Load() != nil {
-		s.block, s.n, s.handlers = nil, 0, nil
+		s.block, s.n, s.handlers, s.lastH = nil, 0, nil, nil
 	}
 }
 
