@@ -125,6 +125,8 @@ func (w *worker[E]) run() {
 	returned := false
 	defer func() {
 		if !returned {
+			// This goroutine ends: its identity may go to another one.
+			w.goid.Store(0)
 			if w.running != nil {
 				w.goexited()
 			}
