@@ -288,39 +288,32 @@ func (w *worker[E]) step() {
 		}
 	}
 	w.curPK = nil
-	// execute, written out: one call less on every run.
-	if w.last == 0 {
-		w.last = nanotime()
-	}
-	w.running = u
+	// execute, written out (its call costs a tenth of a fast run).
+	w.starting(u)
 	v := w.e.d.Run(w.id, u)
 	w.running = nil
 	w.timeRun(u, v)
-	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() && len(u.Items) == 1 {
+	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() {
 		// The common case, without settle's detour.
-		w.pub.handled.Add(1)
-		w.done++
+		n := len(u.Items)
+		w.pub.handled.Add(uint64(n))
+		w.done += n
 		if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
 			w.giveBack()
+		}
+		if n > 1 {
+			clear(w.group)
 		}
 		return
 	}
 	w.ran(u, v)
 }
 
-// ran settles u, the unit of the batch just run, with its verdict v.
+// ran settles u, the unit of the batch just run, with its verdict v, when
+// that needs more than counting it handled: callbacks, a retry, a failure.
 func (w *worker[E]) ran(u *Unit[E], v Verdict) {
-	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() {
-		// The common case, without settle's detour.
-		w.pub.handled.Add(uint64(len(u.Items)))
-		w.done += len(u.Items)
-		if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
-			w.giveBack()
-		}
-	} else {
-		w.settle(u, v)
-		w.callbacks()
-	}
+	w.settle(u, v)
+	w.callbacks()
 	if len(u.Items) > 1 {
 		clear(w.group)
 	}
@@ -472,16 +465,22 @@ func (w *worker[E]) gather(head *Item[E], limit int, u *Unit[E]) {
 // would keep it in memory on the hot path): if a handler calls
 // runtime.Goexit, the goroutine's deferred function settles u (goexited).
 func (w *worker[E]) execute(u *Unit[E]) Verdict {
+	w.starting(u)
+	v := w.e.d.Run(w.id, u)
+	w.running = nil
+	w.timeRun(u, v)
+	return v
+}
+
+// starting notes that u is about to run: the stretch of timed runs starts
+// now if none is under way, and u is what a Goexit would leave unsettled.
+func (w *worker[E]) starting(u *Unit[E]) {
 	// Runs are timed in stretches (see timeRun): a run starts when the one
 	// before ended, and the clock is read at the end of a stretch only.
 	if w.last == 0 {
 		w.last = nanotime()
 	}
 	w.running = u
-	v := w.e.d.Run(w.id, u)
-	w.running = nil
-	w.timeRun(u, v)
-	return v
 }
 
 // panicked settles the unit whose run a panic left, as a failure of the
