@@ -35,6 +35,10 @@ type conn struct {
 	// authed receives the result of the CONNECT chain: true once CONNACK
 	// success is queued and OnConnect emitted, false when login failed.
 	authed chan bool
+	// connacked is closed once the handshake has queued CONNACK: the
+	// session handler, which may run as soon as OnConnect is added,
+	// queues nothing before it.
+	connacked chan struct{}
 
 	// Set at login, used by the read loop only.
 	se      *session

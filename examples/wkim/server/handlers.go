@@ -125,15 +125,21 @@ func (s *Server) handshake(ctx context.Context, ev *eventbus.UserContext) error 
 	uid := p.UID
 	c.uid.Store(&uid)
 	c.log = c.log.With("uid", uid)
+	// OnConnect, keyed by the uid now set, goes on the user's key before the
+	// client can see CONNACK: it runs before anything this user sends next
+	// (the read loop waits for authed before it reads on), and before the
+	// OnConnect of any later login of the same user, which can only start
+	// after this client saw its CONNACK (so the later login kicks this one,
+	// never the reverse). Its handler waits for connacked before it queues
+	// anything, so CONNACK is still the first packet the client gets.
+	err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnConnect, Conn: c, Frame: p})
 	c.send(&wkproto.ConnackPacket{
 		TimeDiff:   time.Now().UnixMilli() - p.ClientTimestamp,
 		ReasonCode: wkproto.ReasonSuccess,
 		ServerKey:  keys.PublicBase64(),
 		Salt:       salt,
 	})
-	// Keyed by the uid now set: it runs before anything this user sends
-	// next, as the read loop waits for authed before it reads on.
-	err = s.bus.AddEvent(ctx, &eventbus.UserContext{EventType: eventbus.EventOnConnect, Conn: c, Frame: p})
+	close(c.connacked)
 	c.loginDone(err == nil)
 	if err != nil {
 		return eventbus.Permanent(err)
@@ -146,6 +152,7 @@ func (s *Server) handshake(ctx context.Context, ev *eventbus.UserContext) error 
 // queue.
 func (s *Server) online(_ context.Context, ev *eventbus.UserContext) error {
 	c := ev.Conn.(*conn)
+	<-c.connacked // closed by the handshake that added this event, right after CONNACK
 	replayed := s.sessions.online(s, c)
 	c.log.Info("online", "replayed", replayed)
 	return nil

@@ -530,13 +530,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// and its header (the SDK sends one packet per message).
 	ws.SetReadLimit(int64(s.cfg.MaxPacketSize) + 5)
 	c := &conn{
-		s:      s,
-		id:     s.nextConnID.Add(1),
-		ws:     ws,
-		remote: r.RemoteAddr,
-		authed: make(chan bool, 1),
-		wake:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
+		s:         s,
+		id:        s.nextConnID.Add(1),
+		ws:        ws,
+		remote:    r.RemoteAddr,
+		authed:    make(chan bool, 1),
+		connacked: make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
 	}
 	c.log = s.log.With("conn", c.id, "remote", c.remote)
 	s.mu.Lock()
