@@ -11,7 +11,8 @@ package goid
 // goroutine ends). 0 means it could not be read: callers must treat 0 as
 // unknown and never match it.
 //
-// On amd64 and arm64 it is the address of the runtime's goroutine
-// descriptor, read in two instructions; elsewhere it is the goroutine id
-// parsed from runtime.Stack, a thousand times slower.
+// On linux/amd64 and on arm64 it is the address of the runtime's
+// goroutine descriptor, read in two instructions; elsewhere (and with the
+// purego build tag) it is the goroutine id parsed from runtime.Stack, a
+// thousand times slower.
 func Get() int64 { return get() }
