@@ -34,16 +34,22 @@ func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *c
 	life := NewLifecycle()
 	e := New[int](Config{Workers: shards, Shards: shards, QueueSize: queue}, d, life)
 	e.Start()
-	tb.Cleanup(func() {
-		life.BeginClose()
-		e.Barrier()
-		if err := WaitIdle(context.Background(), life, nil, e); err != nil {
-			tb.Error(err)
-		}
-		life.Stop()
-		<-e.Exited()
-	})
+	tb.Cleanup(func() { drainAndStop(tb, life, e) })
 	return e, life, d
+}
+
+// drainAndStop closes an engine as the bus does when nothing is stuck:
+// refuse outside adds, wait until every accepted item has finished, stop
+// the workers and wait for them.
+func drainAndStop[E any](tb testing.TB, life *Lifecycle, e *Engine[E]) {
+	tb.Helper()
+	life.BeginClose()
+	e.Barrier()
+	if err := WaitIdle(context.Background(), life, nil, e); err != nil {
+		tb.Error(err)
+	}
+	life.Stop()
+	<-e.Exited()
 }
 
 // TestPushRunsEveryItemOnce checks the engine alone: every pushed item is

@@ -59,13 +59,7 @@ func TestBusiestAndParkedReportHeldShardsAndParkedKeys(t *testing.T) {
 	open := func() { unblock.Do(func() { d.release.Store(true); close(d.gate) }) }
 	defer func() {
 		open() // also when an assertion failed, or the close would wait forever
-		life.BeginClose()
-		e.Barrier()
-		if err := WaitIdle(context.Background(), life, nil, e); err != nil {
-			t.Error(err)
-		}
-		life.Stop()
-		<-e.Exited()
+		drainAndStop(t, life, e)
 	}()
 	push := func(ev int, key uint64) {
 		if res := e.Push(&Item[int]{Event: ev, Key: key}, nil, context.Background()); res != Accepted {
@@ -186,11 +180,5 @@ func TestBusiestUnderLoadIsRaceFree(t *testing.T) {
 	d.release.Store(true)
 	close(stop)
 	wg.Wait()
-	life.BeginClose()
-	e.Barrier()
-	if err := WaitIdle(context.Background(), life, nil, e); err != nil {
-		t.Error(err)
-	}
-	life.Stop()
-	<-e.Exited()
+	drainAndStop(t, life, e)
 }
