@@ -252,11 +252,17 @@ type errBadRequest string
 
 func (e errBadRequest) Error() string { return string(e) }
 
-func (d *handler) redrive(r *http.Request) (any, error) {
+// journalAction reads the request of an action on the journal's dead
+// letters (verb: what it does to them), refused when there is no journal.
+func (d *handler) journalAction(r *http.Request, verb string) (actionRequest, error) {
 	if d.journal == nil {
-		return nil, errBadRequest("no journal (dashboard.WithJournal): only a journal's dead letters can be redriven")
+		return actionRequest{}, errBadRequest("no journal (dashboard.WithJournal): only a journal's dead letters can be " + verb)
 	}
-	req, err := readAction(r)
+	return readAction(r)
+}
+
+func (d *handler) redrive(r *http.Request) (any, error) {
+	req, err := d.journalAction(r, "redriven")
 	if err != nil {
 		return nil, err
 	}
@@ -272,10 +278,7 @@ func (d *handler) redrive(r *http.Request) (any, error) {
 }
 
 func (d *handler) purge(r *http.Request) (any, error) {
-	if d.journal == nil {
-		return nil, errBadRequest("no journal (dashboard.WithJournal): only a journal's dead letters can be purged")
-	}
-	req, err := readAction(r)
+	req, err := d.journalAction(r, "purged")
 	if err != nil {
 		return nil, err
 	}
