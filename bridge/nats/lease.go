@@ -155,38 +155,33 @@ func (br *Bridge) ensureStream(ctx context.Context) error {
 
 // ensureBucket opens or creates the lease bucket.
 func (br *Bridge) ensureBucket(ctx context.Context) (jetstream.KeyValue, error) {
-	bucket := br.cfg.Stream + "_bridge"
-	kv, err := br.js.KeyValue(ctx, bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = br.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1,
-			TTL: br.cfg.LeaseTTL, Storage: jetstream.FileStorage,
-			Description: "eventbus bridge: partition leases and live nodes"})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = br.js.KeyValue(ctx, bucket)
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("natsbridge: lease bucket %s: %w", bucket, err)
-	}
-	return kv, nil
+	return br.openBucket(ctx, "lease bucket", jetstream.KeyValueConfig{Bucket: br.cfg.Stream + "_bridge", History: 1,
+		TTL: br.cfg.LeaseTTL, Storage: jetstream.FileStorage,
+		Description: "eventbus bridge: partition leases and live nodes"})
 }
 
 // ensureRunsBucket opens or creates the bucket of unfinished-delivery
 // counts. Unlike the leases, its keys do not expire: a count must outlive
 // the node that wrote it and the lease TTL of the takeover after it.
 func (br *Bridge) ensureRunsBucket(ctx context.Context) (jetstream.KeyValue, error) {
-	bucket := br.cfg.Stream + "_bridge_unfinished"
-	kv, err := br.js.KeyValue(ctx, bucket)
+	return br.openBucket(ctx, "bucket", jetstream.KeyValueConfig{Bucket: br.cfg.Stream + "_bridge_unfinished", History: 1,
+		Storage:     jetstream.FileStorage,
+		Description: "eventbus bridge: deliveries that never finished, per partition taken over"})
+}
+
+// openBucket opens cfg's bucket, creating it with cfg if it does not exist
+// (another node may create it at the same time); what names the bucket in
+// the error.
+func (br *Bridge) openBucket(ctx context.Context, what string, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := br.js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = br.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1,
-			Storage:     jetstream.FileStorage,
-			Description: "eventbus bridge: deliveries that never finished, per partition taken over"})
+		kv, err = br.js.CreateKeyValue(ctx, cfg)
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = br.js.KeyValue(ctx, bucket)
+			kv, err = br.js.KeyValue(ctx, cfg.Bucket)
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("natsbridge: bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("natsbridge: %s %s: %w", what, cfg.Bucket, err)
 	}
 	return kv, nil
 }
