@@ -254,6 +254,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 
 // Start launches the workers.
 func (e *Engine[E]) Start() {
+	e.life.watch(&e.rq)
 	e.running.Add(int32(len(e.workers)))
 	for _, w := range e.workers {
 		go w.run()
@@ -648,6 +649,7 @@ func (e *Engine[E]) Discard() {
 
 func (e *Engine[E]) exit() {
 	if e.running.Add(-1) == 0 {
+		e.life.unwatch(&e.rq)
 		e.stopTrim()
 		e.trim()
 		close(e.exited)
@@ -705,7 +707,10 @@ func (e *Engine[E]) Retired() bool { return e.retired.Load() }
 // maybeQuit lets the workers of a retired engine exit once it is idle.
 func (e *Engine[E]) maybeQuit() {
 	if e.retired.Load() && e.added.Load() == e.settled() {
-		e.quitOnce.Do(func() { close(e.quit) })
+		e.quitOnce.Do(func() {
+			close(e.quit)
+			e.rq.wakeAll()
+		})
 	}
 }
 

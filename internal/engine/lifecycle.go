@@ -23,6 +23,11 @@ type Lifecycle struct {
 	abortCtx    context.Context
 	abortCancel context.CancelFunc
 
+	// queues are the run queues of the engines started and not exited:
+	// Stop and Abort wake their sleeping workers.
+	queuesMu sync.Mutex
+	queues   map[*runQueue]struct{}
+
 	idleWaiters atomic.Int32
 	idleMu      sync.Mutex
 	idleCh      chan struct{}
@@ -37,6 +42,7 @@ func NewLifecycle() *Lifecycle {
 		abortCtx:    ctx,
 		abortCancel: cancel,
 		idleCh:      make(chan struct{}),
+		queues:      make(map[*runQueue]struct{}),
 	}
 }
 
@@ -62,7 +68,12 @@ func (l *Lifecycle) BeginClose() {
 }
 
 // Stop lets workers exit once their shard is empty.
-func (l *Lifecycle) Stop() { l.stopOnce.Do(func() { close(l.stopCh) }) }
+func (l *Lifecycle) Stop() {
+	l.stopOnce.Do(func() {
+		close(l.stopCh)
+		l.wakeSleepers()
+	})
+}
 
 func (l *Lifecycle) stopping() bool {
 	select {
@@ -78,6 +89,32 @@ func (l *Lifecycle) Abort() {
 	l.BeginClose()
 	l.aborted.Store(true)
 	l.abortCancel()
+	l.wakeSleepers()
+}
+
+// watch makes Stop and Abort wake the sleeping workers of q; unwatch ends
+// that once its engine's workers exited.
+func (l *Lifecycle) watch(q *runQueue) {
+	l.queuesMu.Lock()
+	l.queues[q] = struct{}{}
+	l.queuesMu.Unlock()
+}
+
+func (l *Lifecycle) unwatch(q *runQueue) {
+	l.queuesMu.Lock()
+	delete(l.queues, q)
+	l.queuesMu.Unlock()
+}
+
+// wakeSleepers wakes every sleeping worker of every engine, after a flag
+// that makes them exit was set: workers sleep on their wake channel alone
+// and look at the flags when they wake.
+func (l *Lifecycle) wakeSleepers() {
+	l.queuesMu.Lock()
+	defer l.queuesMu.Unlock()
+	for q := range l.queues {
+		q.wakeAll()
+	}
 }
 
 // Release cancels the abort context once the bus has drained, so that

@@ -147,6 +147,23 @@ func (q *runQueue) wakeOne() {
 	}
 }
 
+// wakeAll wakes every sleeping worker, each counted as looking, so that
+// it sees a stop, abort or retirement flag set before the call.
+func (q *runQueue) wakeAll() {
+	q.mu.Lock()
+	for i, s := range q.sleeping {
+		q.looking.Add(1)
+		q.sleepers.Add(-1)
+		q.sleeping[i] = nil
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	q.sleeping = q.sleeping[:0]
+	q.mu.Unlock()
+}
+
 // found ends a worker's looking once it claimed a shard, and wakes one
 // more worker if more shards wait than workers look.
 func (q *runQueue) found() {

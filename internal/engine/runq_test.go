@@ -150,3 +150,55 @@ func TestSleepingWorkersAlwaysWake(t *testing.T) {
 		t.Fatalf("ran %d of %d", d.n.Load(), pushed.Load())
 	}
 }
+
+// TestSleepingWorkersExitOnStopAbortOrRetire checks that workers asleep on
+// their wake channel alone still exit when the Lifecycle stops or aborts,
+// or when their engine retires: each of these sets its flag and then wakes
+// every sleeper. Three engines share the Lifecycle, as a bus's pools do.
+func TestSleepingWorkersExitOnStopAbortOrRetire(t *testing.T) {
+	for _, how := range []string{"stop", "abort", "retire"} {
+		t.Run(how, func(t *testing.T) {
+			life := NewLifecycle()
+			var engines []*Engine[int]
+			for range 3 {
+				e := New[int](Config{Workers: 4, Shards: 8, QueueSize: 4}, &countDispatcher{}, life)
+				e.Start()
+				engines = append(engines, e)
+			}
+			for _, e := range engines {
+				// Let each engine run an event, then wait until all its
+				// workers sleep: the exit must come from the wake.
+				if res := e.Push(&Item[int]{Event: 1, Key: 1}, nil, context.Background()); res != Accepted {
+					t.Fatalf("push: %v", res)
+				}
+				for e.rq.sleepers.Load() < 4 || !Idle(e) {
+					runtime.Gosched()
+				}
+			}
+			switch how {
+			case "stop":
+				life.Stop()
+			case "abort":
+				life.Abort()
+			case "retire":
+				for _, e := range engines {
+					e.Retire()
+				}
+			}
+			for i, e := range engines {
+				select {
+				case <-e.Exited():
+				case <-time.After(10 * time.Second):
+					t.Fatalf("engine %d: %d workers still running after %s", i, e.running.Load(), how)
+				}
+			}
+			life.Stop()
+			life.Release()
+			life.queuesMu.Lock()
+			defer life.queuesMu.Unlock()
+			if len(life.queues) != 0 {
+				t.Fatalf("%d run queues still watched after every engine exited", len(life.queues))
+			}
+		})
+	}
+}

@@ -239,21 +239,30 @@ func (w *worker[E]) take() *shard[E] {
 			// A waker took this worker off the list: its wake is on the
 			// way, and the worker counts as looking.
 		}
-		l := w.e.life
-		select {
-		case <-w.sl.wake:
-			continue // counted as looking by the waker
-		case <-l.stopCh:
-		case <-l.abortCtx.Done():
-		case <-w.e.quit:
+		// Looked at after sleep registered the worker: a Lifecycle that
+		// stops or aborts, or an engine that retires, sets its flag and
+		// then wakes every sleeper (Lifecycle.wakeSleepers), so either
+		// the flag is seen here or the wake reaches the worker.
+		if w.mustExit() {
+			if !q.unsleep(&w.sl) {
+				// Woken as well: hand the looking on.
+				<-w.sl.wake
+				q.found()
+			}
+			return nil
 		}
-		if !q.unsleep(&w.sl) {
-			// Woken as well: hand the looking on.
-			<-w.sl.wake
-			q.found()
-		}
-		return nil
+		// One channel, not a select over the stop signals: a select's
+		// wake-up costs a few hundred nanoseconds more, on the path from
+		// an add to an idle bus to its handler.
+		<-w.sl.wake // counted as looking by the waker
 	}
+}
+
+// mustExit reports whether a worker with nothing to do exits rather than
+// sleeps: the Lifecycle stops or aborts, or the engine retired and is idle.
+func (w *worker[E]) mustExit() bool {
+	l := w.e.life
+	return l.stopping() || l.aborted.Load() || w.e.quitting()
 }
 
 // step runs the next item of the batch, or parks it behind its key.
