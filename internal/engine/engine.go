@@ -204,11 +204,14 @@ type Engine[E any] struct {
 	// events shards hold above QueueSize (follow-ons), for Stats.
 	stolen, over atomic.Int64
 
-	// Producers waiting for room wait on space; workers close it when
-	// they give room back and someone waits.
-	spaceWaiters atomic.Int32
-	spaceMu      sync.Mutex
-	space        chan struct{}
+	// Producers waiting for room count in spaceWaiters (workers then give
+	// room back before their batch ends); those parked count in
+	// spaceSleepers too and wait on space, which workers close when they
+	// give room back.
+	spaceWaiters  atomic.Int32
+	spaceSleepers atomic.Int32
+	spaceMu       sync.Mutex
+	space         chan struct{}
 
 	// A retired engine takes no more items; quit closes once it is idle,
 	// and its workers exit.
@@ -402,11 +405,21 @@ func (e *Engine[E]) occupy(s *shard[E]) PushResult {
 
 // admitWait is admit when there was no room at once or the add is refused:
 // it looks again, and waits for room while the caller may wait.
+//
+// A producer that waits first yields its processor and looks again, for up
+// to roomSpin, and only then parks. Room comes back from a worker on
+// another core every giveBackEvery events; a parked producer's wake-up
+// lands in the run queue of that worker's processor, where it waits until
+// the worker blocks or another processor steals it (an idle one must be
+// woken first), so producer and worker would take turns on one core. The
+// waiting stays bounded: a pool whose handlers are slow costs a producer
+// at most roomSpin of yielding per wait.
 func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, inside bool) (res PushResult, _ bool) {
-	registered, checked := false, false
+	registered, checked, parked := false, false, false
+	var spinUntil int64
 	for {
 		var space <-chan struct{}
-		if registered {
+		if parked {
 			space = e.spaceSignal()
 		}
 		s.mu.Lock()
@@ -417,7 +430,7 @@ func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, 
 		}
 		if s.stopped || (!inside && e.life.closing.Load()) {
 			s.mu.Unlock()
-			e.unregister(registered)
+			e.unregister(registered, parked)
 			return Closed, inside
 		}
 		if inside {
@@ -429,12 +442,12 @@ func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, 
 		}
 		s.mu.Unlock()
 		if wait == nil {
-			e.unregister(registered)
+			e.unregister(registered, parked)
 			return Full, inside
 		}
 		if !registered {
-			// Register, then look again: room given back after this point
-			// closes the signal taken at the top of the loop.
+			// Counted as waiting, workers give room back before their
+			// batch ends.
 			registered = true
 			e.spaceWaiters.Add(1)
 			continue
@@ -445,20 +458,36 @@ func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, 
 				inside = true
 				continue
 			}
+			spinUntil = nanotime() + int64(roomSpin)
+		}
+		if !parked {
+			if nanotime() < spinUntil {
+				runtime.Gosched()
+				continue
+			}
+			// Park, then look again: room given back after this point
+			// closes the signal taken at the top of the loop.
+			parked = true
+			e.spaceSleepers.Add(1)
+			continue
 		}
 		select {
 		case <-space:
 		case <-wait.Done():
-			e.unregister(registered)
+			e.unregister(registered, parked)
 			return Cancelled, inside
 		case <-e.life.closingCh:
-			e.unregister(registered)
+			e.unregister(registered, parked)
 			return Closed, inside
 		}
 	}
-	e.unregister(registered)
+	e.unregister(registered, parked)
 	return e.occupy(s), inside
 }
+
+// roomSpin is how long a producer waiting for room yields and looks again
+// before it parks (see admitWait).
+const roomSpin = 50 * time.Microsecond
 
 // enqueueLocked appends *it to s, whose room admit took, and puts s on the
 // run queue if no worker holds it. It unlocks s.mu. it is a pointer so
@@ -509,9 +538,12 @@ func (e *Engine[E]) reserve() bool {
 	}
 }
 
-func (e *Engine[E]) unregister(registered bool) {
+func (e *Engine[E]) unregister(registered, parked bool) {
 	if registered {
 		e.spaceWaiters.Add(-1)
+	}
+	if parked {
+		e.spaceSleepers.Add(-1)
 	}
 }
 
@@ -529,7 +561,7 @@ func (e *Engine[E]) free(n int) {
 }
 
 func (e *Engine[E]) wakeSpaceWaiters() {
-	if e.spaceWaiters.Load() > 0 {
+	if e.spaceSleepers.Load() > 0 {
 		e.spaceMu.Lock()
 		close(e.space)
 		e.space = make(chan struct{})
