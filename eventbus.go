@@ -337,7 +337,10 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 			return err
 		}
 	}
-	it := engine.Item[Event]{Event: ev, Ctx: values, Key: key, Track: track, Tag: uint8(t)}
+	// Field by field: a composite literal is built aside and copied, and
+	// the copy's wide loads stall on the narrow stores just made.
+	var it engine.Item[Event]
+	it.Event, it.Ctx, it.Key, it.Track, it.Tag = ev, values, key, track, uint8(t)
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}
