@@ -1,8 +1,6 @@
 package eventbus
 
 import (
-	"hash/maphash"
-
 	"github.com/imbus/eventbus/internal/engine"
 )
 
@@ -20,8 +18,8 @@ func newChannelPool(b *Bus, cfg PoolConfig, batch *[256]int) *pool {
 
 // channelKey is the ordering key of a channel, shared by the channel and
 // pusher pools.
-func channelKey(seed maphash.Seed, id string, typ uint8) uint64 {
-	return maphash.String(seed, id) ^ (uint64(typ)+1)*connIDSalt
+func channelKey(seed uint64, id string, typ uint8) uint64 {
+	return keyHash(seed, id) ^ (uint64(typ)+1)*connIDSalt
 }
 
 // BatchLimit returns the WithBatch limit of the item's type (0: no

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -31,7 +30,7 @@ type Bus struct {
 	sink     DeadLetterSink
 	observer Observer
 	admit    func(context.Context, Event) error
-	seed     maphash.Seed
+	seed     uint64 // keyHash seed of the pools' ordering keys
 	// beforeCall, set only by tests before Start, runs where a worker
 	// commits to a handler call (with a HandlerTimeout only), so that
 	// tests can observe that moment itself.
@@ -100,7 +99,7 @@ func New(opts ...Option) (*Bus, error) {
 	cfg.retry = cfg.retry.withDefaults()
 	b := &Bus{cfg: cfg, log: cfg.logger, sink: cfg.sink, observer: cfg.observer,
 		journal: cfg.journal, durable: cfg.durable,
-		admit: cfg.admit, seed: maphash.MakeSeed(),
+		admit: cfg.admit, seed: newHashSeed(),
 		closing: make(chan struct{}, 1), finished: make(chan struct{})}
 	if b.log == nil {
 		b.log = slog.Default()

@@ -2,7 +2,6 @@ package eventbus
 
 import (
 	"fmt"
-	"hash/maphash"
 )
 
 // newUserPool builds the user pool: connection and protocol events, keyed
@@ -17,7 +16,7 @@ func newUserPool(b *Bus, cfg PoolConfig) *pool {
 
 // connKey is the ordering key of a connection. A Conn whose methods panic
 // (a typed nil pointer, say) is bad input: it gets an error, not a panic.
-func connKey(seed maphash.Seed, conn Conn) (key uint64, err error) {
+func connKey(seed uint64, conn Conn) (key uint64, err error) {
 	if conn == nil {
 		return 0, fmt.Errorf("%w: UserContext.Conn is nil", ErrNilEvent)
 	}
@@ -27,7 +26,7 @@ func connKey(seed maphash.Seed, conn Conn) (key uint64, err error) {
 		}
 	}()
 	if uid := conn.UID(); uid != "" {
-		return maphash.String(seed, uid), nil
+		return keyHash(seed, uid), nil
 	}
 	return uint64(conn.ID()) ^ connIDSalt, nil
 }
