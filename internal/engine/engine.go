@@ -210,6 +210,7 @@ type Engine[E any] struct {
 	// give room back.
 	spaceWaiters  atomic.Int32
 	spaceSleepers atomic.Int32
+	spinners      int // at most this many waiting producers yield first: half the processors at New
 	spaceMu       sync.Mutex
 	space         chan struct{}
 
@@ -237,6 +238,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 		quit:     make(chan struct{}),
 		capacity: uint64(cfg.Capacity),
 		mask:     uint64(cfg.Shards - 1),
+		spinners: max(runtime.GOMAXPROCS(0)/2, 1),
 	}
 	e.shards = make([]shard[E], cfg.Shards)
 	for i := range e.shards {
@@ -413,7 +415,8 @@ func (e *Engine[E]) occupy(s *shard[E]) PushResult {
 // the worker blocks or another processor steals it (an idle one must be
 // woken first), so producer and worker would take turns on one core. The
 // waiting stays bounded: a pool whose handlers are slow costs a producer
-// at most roomSpin of yielding per wait.
+// at most roomSpin of yielding per wait, and only the first waiters, up to
+// half the processors, yield at all.
 func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, inside bool) (res PushResult, _ bool) {
 	registered, checked, parked := false, false, false
 	var spinUntil int64
@@ -458,10 +461,14 @@ func (e *Engine[E]) admitWait(s *shard[E], parent Parent, wait context.Context, 
 				inside = true
 				continue
 			}
-			spinUntil = nanotime() + int64(roomSpin)
+			// Yield only while few wait: many yielding producers would
+			// take the processors the workers need to give room back.
+			if int(e.spaceWaiters.Load()) <= e.spinners {
+				spinUntil = nanotime() + int64(roomSpin)
+			}
 		}
 		if !parked {
-			if nanotime() < spinUntil {
+			if spinUntil != 0 && nanotime() < spinUntil {
 				runtime.Gosched()
 				continue
 			}
