@@ -59,18 +59,28 @@ type callInfoKey struct{}
 // barrier, which is most of what a handler context costs.
 type callCtx struct {
 	eventID uint64
-	index   int32
 	attempt int32
 	// word packs what finds the context's block and handler, and whether
 	// the handler returned: bit 0 is set (atomically) once the handler
 	// returns, bits 1-15 hold the index in the block's ctxs (to find the
-	// block), bits 16-31 the index in the block's handlers. Block memory
-	// starts zeroed, so a fresh context counts as running; one plain store
-	// fills the rest before the context is handed out; later reads are
-	// atomic. Packed, a context
-	// is 24 bytes: a third more of them per block than at 32.
+	// block), bits 16-31 the index in the block's handlers, which also
+	// gives the event type and the handler's position in its chain.
+	// Block memory starts zeroed, so a fresh context counts as running;
+	// one plain store fills the rest before the context is handed out;
+	// later reads are atomic. Packed, a context is 16 bytes: handler
+	// contexts are most of what a bus allocates, and the fewer bytes, the
+	// rarer the garbage collector's cycles.
 	word uint32
-	typ  EventType
+}
+
+// handlerRef is a handler as a block's contexts see it: the entry, the
+// event type it handles and its position in that type's chain. An
+// entry's address fixes both (chains are per type and never reorder an
+// entry list in place), so a block lists each entry once.
+type handlerRef struct {
+	entry *handlerEntry
+	typ   EventType
+	index int32
 }
 
 // ctxWord packs a context's slot and handler index (see callCtx.word).
@@ -98,19 +108,19 @@ type ctxBlock struct {
 	// handlers lists the handlers the block's contexts were made for, in
 	// the order of their first call; a new handler gets a new list (a
 	// block sees as many as the chains it runs have, usually a few).
-	handlers atomic.Pointer[[]*handlerEntry]
+	handlers atomic.Pointer[[]handlerRef]
 	// values holds the producers' contexts, by slot; made the first time
 	// a context of the block has values (most producers pass Background).
 	values atomic.Pointer[[ctxBlockSize]context.Context]
 	ctxs   [ctxBlockSize]callCtx
 }
 
-// ctxBlockSize makes a ctxBlock (a 24-byte header and 24-byte contexts)
-// 8184 bytes, just under the allocator's 8 KiB size class: 341 contexts
+// ctxBlockSize makes a ctxBlock (a 24-byte header and 16-byte contexts)
+// 8184 bytes, just under the allocator's 8 KiB size class: 511 contexts
 // would round the block up to the 9472-byte class and waste 13%.
 // TestCtxBlockFitsItsSizeClass checks it. It must stay below 1<<15, the
 // room callCtx.word has for a slot.
-const ctxBlockSize = 340
+const ctxBlockSize = 510
 
 // block returns the block c was carved from. c lies in block.ctxs at
 // c.slot, so the block starts at a fixed distance before c, inside the
@@ -122,8 +132,11 @@ func (c *callCtx) block() *ctxBlock {
 
 func (c *callCtx) pool() *pool { return c.block().pool }
 
+// ref returns the handler the context was made for.
+func (c *callCtx) ref() *handlerRef { return &(*c.block().handlers.Load())[c.handler()] }
+
 // entry returns the handler the context was made for.
-func (c *callCtx) entry() *handlerEntry { return (*c.block().handlers.Load())[c.handler()] }
+func (c *callCtx) entry() *handlerEntry { return c.ref().entry }
 
 // values returns the producer's context the handler takes its values from,
 // or nil.
@@ -142,9 +155,9 @@ func (c *callCtx) running() bool { return atomic.LoadUint32(&c.word)&ctxReturned
 func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
-	p := c.pool()
-	return CallInfo{Pool: p.kind, Type: c.typ, TypeName: p.bus.typeNameLocked(c.typ), Handler: c.entry().name,
-		Index: int(c.index), Attempt: int(c.attempt), EventID: c.eventID}
+	p, r := c.pool(), c.ref()
+	return CallInfo{Pool: p.kind, Type: r.typ, TypeName: p.bus.typeNameLocked(r.typ), Handler: r.entry.name,
+		Index: int(r.index), Attempt: int(c.attempt), EventID: c.eventID}
 }
 
 func (c *callCtx) bus() *Bus { return c.pool().bus }
@@ -216,15 +229,16 @@ type ctxSlab struct {
 	n     int // contexts of block handed out
 	// the block's handler list as last published, and the index in it of
 	// the handler called last (chains of one handler never search)
-	handlers []*handlerEntry
+	handlers []handlerRef
 	last     uint32
-	lastH    *handlerEntry // handlers[last]; nil until a handler is found in this block
+	lastH    *handlerEntry // handlers[last].entry; nil until a handler is found in this block
 }
 
 // quick returns a fresh context for a call of p's handler h in the common
 // case (room in the block, the handler called last, no producer's values)
 // and nil otherwise (then nextSlow does it). It is small enough to be
-// inlined into the dispatch.
+// inlined into the dispatch. h's type and position are those listed with
+// it (see handlerRef).
 func (s *ctxSlab) quick(h *handlerEntry, values context.Context) *callCtx {
 	if s.lastH != h || s.n >= ctxBlockSize || values != nil {
 		return nil
@@ -238,12 +252,12 @@ func (s *ctxSlab) quick(h *handlerEntry, values context.Context) *callCtx {
 // nextSlow returns a fresh context for a call of p's handler h when quick
 // cannot: a new block is due, the handler changed or values, the
 // producer's context, is not nil.
-func (s *ctxSlab) nextSlow(p *pool, h *handlerEntry, values context.Context) *callCtx {
+func (s *ctxSlab) nextSlow(p *pool, h handlerRef, values context.Context) *callCtx {
 	if s.block == nil || s.n == ctxBlockSize {
 		s.block, s.n, s.handlers, s.lastH = &ctxBlock{pool: p}, 0, nil, nil
 	}
 	c := &s.block.ctxs[s.n]
-	if s.lastH != h {
+	if s.lastH != h.entry {
 		s.find(h)
 	}
 	c.word = ctxWord(s.n, int(s.last))
@@ -266,8 +280,8 @@ func (s *ctxSlab) lastCtx() *callCtx {
 // find points s.last at h in the block's handler list, adding it first if
 // it is not there. The list grows by copy, so kept contexts reading the
 // old one are not disturbed.
-func (s *ctxSlab) find(h *handlerEntry) {
-	s.lastH = h
+func (s *ctxSlab) find(h handlerRef) {
+	s.lastH = h.entry
 	for i, e := range s.handlers {
 		if e == h {
 			s.last = uint32(i)

@@ -65,10 +65,9 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		// A fresh handler context per attempt (see callCtx).
 		c := slab.quick(h, first.Ctx)
 		if c == nil {
-			c = slab.nextSlow(p, h, first.Ctx)
+			c = slab.nextSlow(p, handlerRef{h, typ, int32(u.Index)}, first.Ctx)
 		}
-		c.eventID, c.typ = u.ID, typ
-		c.index, c.attempt = int32(u.Index), int32(u.Attempt+u.Prior)
+		c.eventID, c.attempt = u.ID, int32(u.Attempt+u.Prior)
 		var err error
 		timedOut := false
 		switch {
@@ -126,7 +125,7 @@ func (p *pool) callWithTimeout(c *callCtx, h *handlerEntry, u *engine.Unit[Event
 	// has overstayed twice its timeout.
 	slow := time.AfterFunc(min(d, math.MaxInt64/2)*2, func() {
 		p.bus.log.Warn("eventbus: handler still running after twice its timeout",
-			"pool", string(p.kind), "type", p.bus.TypeName(c.typ),
+			"pool", string(p.kind), "type", p.bus.TypeName(c.ref().typ),
 			"handler", h.name, "timeout", d)
 	})
 	defer slow.Stop()

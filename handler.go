@@ -41,6 +41,10 @@ type handlerEntry struct {
 
 // chain is an immutable list of handlers; updates replace it whole, so a
 // dispatch reads it with one atomic load and keeps it for every attempt.
+// A chain's entries belong to it alone: an update copies them into a new
+// list (a chain of the same type may share the old list whole), so an
+// entry's address fixes its type and position (handler contexts rely on
+// it, see handlerRef).
 type chain struct {
 	handlers []handlerEntry
 	// subs are the type's subscribers (subscribe.go): not run by the
