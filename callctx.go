@@ -224,7 +224,14 @@ func valuesOf(ctx context.Context, c *callCtx) context.Context {
 }
 
 // ctxSlab hands out one worker's handler contexts, a block at a time.
+//
+// A worker writes its slab at every handler call, and the pool keeps its
+// workers' slabs side by side: the padding keeps each slab's fields
+// (56 bytes) at least a cache line away from the next slab's and from
+// whatever the allocator puts before the first, so that workers on
+// different cores never write one line.
 type ctxSlab struct {
+	_     [64]byte
 	block *ctxBlock
 	n     int // contexts of block handed out
 	// the block's handler list as last published, and the index in it of
@@ -232,6 +239,7 @@ type ctxSlab struct {
 	handlers []handlerRef
 	last     uint32
 	lastH    *handlerEntry // handlers[last].entry; nil until a handler is found in this block
+	_        [8]byte
 }
 
 // quick returns a fresh context for a call of p's handler h in the common

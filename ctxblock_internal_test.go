@@ -15,6 +15,9 @@ func TestCtxBlockFitsItsSizeClass(t *testing.T) {
 	if got := unsafe.Sizeof(ctxBlock{}); got > 8192 || got+unsafe.Sizeof(callCtx{}) <= 8192 {
 		t.Errorf("ctxBlock is %d bytes, want the most contexts that fit in 8192", got)
 	}
+	if got := unsafe.Sizeof(ctxSlab{}); got != 128 {
+		t.Errorf("ctxSlab is %d bytes, want 128: its fields and padding keep workers' slabs a cache line apart", got)
+	}
 	if ctxBlockSize >= 1<<15 {
 		t.Errorf("ctxBlockSize %d does not fit callCtx.word's 15 slot bits", ctxBlockSize)
 	}
