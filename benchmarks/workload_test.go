@@ -350,7 +350,8 @@ func measure(b *testing.B, w *workload, r *runner) {
 			b.Errorf("stop: %v", err)
 		}
 	}()
-	runtime.GC() // the pre-allocated events are not garbage to the timed region
+	c2c := coreRoundTrip(probeRoundTrips) // the machine's state for this run
+	runtime.GC()                          // the pre-allocated events are not garbage to the timed region
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -367,6 +368,7 @@ func measure(b *testing.B, w *workload, r *runner) {
 	}
 	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(w.inputs), "ns/event")
 	b.ReportMetric(float64(w.inputs)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(c2c, "c2c-ns")
 	if w.sc.ordered {
 		b.ReportMetric(float64(w.violations.Load()), "violations")
 	}

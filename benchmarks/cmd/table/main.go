@@ -1,8 +1,10 @@
 // Command table renders the output of this module's benchmarks as a
 // markdown table: one row per scenario and peer with the median ns/event,
-// allocs/op and events/s over the runs, and ns/event relative to ours with
+// allocs/op and events/s over the runs, ns/event relative to ours with
 // the p-value of a Mann-Whitney U test (the test benchstat uses; p < 0.05
-// counts as a difference, otherwise it is a tie).
+// counts as a difference, otherwise it is a tie), and the median of the
+// core-to-core round trip measured before each run (c2c-ns): the state of
+// the machine the row was measured in.
 //
 // It reads raw `go test -bench` output, the same file benchstat reads, from
 // the files named as arguments or from standard input:
@@ -158,8 +160,8 @@ func (r *results) read(in io.Reader) {
 }
 
 func (r *results) write(w io.Writer) {
-	fmt.Fprintln(w, "| scenario | peer | ns/event | allocs/op | events/s | ns/event vs ours |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|---|")
+	fmt.Fprintln(w, "| scenario | peer | ns/event | allocs/op | events/s | ns/event vs ours | core↔core ns |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|---|--:|")
 	few := map[int]bool{}
 	for _, s := range r.scenarios {
 		ours := r.cells[[2]string{s, base}]
@@ -171,7 +173,7 @@ func (r *results) write(w io.Writer) {
 				if why == "" {
 					why = "no results"
 				}
-				fmt.Fprintf(w, "| %s | %s | — | — | — | does not take part: %s |\n", s, p, escape(why))
+				fmt.Fprintf(w, "| %s | %s | — | — | — | does not take part: %s | — |\n", s, p, escape(why))
 				continue
 			}
 			if len(ns) < minRuns {
@@ -184,8 +186,12 @@ func (r *results) write(w io.Writer) {
 			if v := median(c.samples["violations"]); v > 0 {
 				vs += fmt.Sprintf("; %s order violations", num(v))
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", s, p,
-				num(median(ns)), allocs(c.samples["allocs/op"]), rate(median(c.samples["events/s"])), vs)
+			c2c := "—"
+			if rt := c.samples["c2c-ns"]; len(rt) > 0 {
+				c2c = num(median(rt))
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", s, p,
+				num(median(ns)), allocs(c.samples["allocs/op"]), rate(median(c.samples["events/s"])), vs, c2c)
 		}
 	}
 	if len(few) > 0 {
