@@ -197,6 +197,66 @@ func (r *results) write(w io.Writer) {
 	if len(few) > 0 {
 		fmt.Fprintf(w, "\nWarning: some rows have fewer than %d runs; run with -count %d for a meaningful comparison.\n", minRuns, minRuns)
 	}
+	r.writeByState(w)
+}
+
+// nearRoundTrip splits runs by the machine's state, their core-to-core
+// round trip (c2c-ns): below it the two processors share a cache (about
+// 100 ns on the reference VM), at or above it they are far apart (about
+// 500 ns there).
+const nearRoundTrip = 250
+
+// writeByState renders a second table: per scenario and state, each
+// peer's median ns/event over the runs made in that state, with their
+// count, so that peers are compared only in runs of like machine state.
+// It is left out when a run lacks its round trip (older output).
+func (r *results) writeByState(w io.Writer) {
+	var peers []string
+	for _, s := range r.scenarios {
+		for _, p := range r.peers[s] {
+			c := r.cells[[2]string{s, p}]
+			if len(c.samples["ns/event"]) != len(c.samples["c2c-ns"]) {
+				return
+			}
+			if len(c.samples["ns/event"]) > 0 && !slices.Contains(peers, p) {
+				peers = append(peers, p)
+			}
+		}
+	}
+	if len(peers) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nRuns split by their core↔core round trip (near: below %d ns; far: %d ns or more), median ns/event (runs):\n\n", nearRoundTrip, nearRoundTrip)
+	fmt.Fprintf(w, "| scenario | state | %s |\n", strings.Join(peers, " | "))
+	fmt.Fprintf(w, "|---|---|%s\n", strings.Repeat("--:|", len(peers)))
+	for _, s := range r.scenarios {
+		for _, near := range []bool{true, false} {
+			row, any := make([]string, len(peers)), false
+			for i, p := range peers {
+				row[i] = "—"
+				c := r.cells[[2]string{s, p}]
+				if c == nil {
+					continue
+				}
+				var ns []float64
+				for j, rt := range c.samples["c2c-ns"] {
+					if (rt < nearRoundTrip) == near {
+						ns = append(ns, c.samples["ns/event"][j])
+					}
+				}
+				if len(ns) > 0 {
+					row[i], any = fmt.Sprintf("%s (%d)", num(median(ns)), len(ns)), true
+				}
+			}
+			if any {
+				state := "far"
+				if near {
+					state = "near"
+				}
+				fmt.Fprintf(w, "| %s | %s | %s |\n", s, state, strings.Join(row, " | "))
+			}
+		}
+	}
 }
 
 // compare gives a peer's ns/event relative to ours, with its p-value.

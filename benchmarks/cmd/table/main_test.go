@@ -52,6 +52,13 @@ BenchmarkOrder/peer=pond
 PASS
 `
 
+// sampleStates has one run of each peer with the vCPUs near and one far.
+const sampleStates = `BenchmarkOrder/peer=ours-2   	 100	 50.0 ns/op	 110.0 c2c-ns	 50.00 ns/event
+BenchmarkOrder/peer=ours-2   	 100	 80.0 ns/op	 540.0 c2c-ns	 80.00 ns/event
+BenchmarkOrder/peer=chan-2   	 100	 40.0 ns/op	 120.0 c2c-ns	 40.00 ns/event
+BenchmarkOrder/peer=chan-2   	 100	 60.0 ns/op	 520.0 c2c-ns	 60.00 ns/event
+`
+
 func render(in string) string {
 	r := &results{peers: map[string][]string{}, cells: map[[2]string]*cell{}}
 	r.read(strings.NewReader(in))
@@ -75,6 +82,10 @@ func TestTable(t *testing.T) {
 			"fewer than 6 runs",
 		}, skips...)},
 		"verbose": {sampleVerbose, skips},
+		"by state": {sampleStates, []string{
+			"| Order | near | 50.0 (1) | 40.0 (1) |",
+			"| Order | far | 80.0 (1) | 60.0 (1) |",
+		}},
 	} {
 		out := render(tc.in)
 		for _, want := range tc.want {
