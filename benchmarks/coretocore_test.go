@@ -15,8 +15,9 @@ import (
 // cores that share a cache, where a round trip costs about 100 ns, or far
 // apart, where it costs five times as much; the placement can change from
 // one minute to the next. Every handoff between a producer and a worker
-// pays it, so each result line reports the round trip measured just
-// before its run (metric c2c-ns) and the table shows its median per row.
+// pays it, so each result line reports the round trip (metric c2c-ns:
+// the larger of the one measured just before its run and just after) and
+// the table shows its median per row.
 // It returns 0 with fewer than two processors, where spinning would only
 // wait for preemption.
 func coreRoundTrip(n int) float64 {
@@ -47,6 +48,7 @@ func coreRoundTrip(n int) float64 {
 	return float64(elapsed.Nanoseconds()) / float64(n)
 }
 
-// probeRoundTrips is how many round trips coreRoundTrip makes before each
-// measured run: 2 to 12 ms, depending on where the vCPUs sit.
+// probeRoundTrips is how many round trips coreRoundTrip makes before and
+// after each measured run: 2 to 12 ms each, depending on where the vCPUs
+// sit.
 const probeRoundTrips = 20_000

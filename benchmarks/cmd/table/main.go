@@ -3,7 +3,7 @@
 // allocs/op and events/s over the runs, ns/event relative to ours with
 // the p-value of a Mann-Whitney U test (the test benchstat uses; p < 0.05
 // counts as a difference, otherwise it is a tie), and the median of the
-// core-to-core round trip measured before each run (c2c-ns): the state of
+// core-to-core round trip measured around each run (c2c-ns): the state of
 // the machine the row was measured in.
 //
 // It reads raw `go test -bench` output, the same file benchstat reads, from
