@@ -182,9 +182,16 @@ type Engine[E any] struct {
 
 	_     [64]byte
 	added atomic.Uint64 // accepted events; written by producers
-	_     [56]byte
-	freed atomic.Uint64 // finished events whose room was given back; written by workers
-	_     [56]byte
+	// freedSeen is what producers last read of freed: a lower bound of
+	// it, on the producers' own line. A capacity check that passes
+	// against it passes against freed, so only a check that fails reads
+	// freed itself (see roomFor); freed's line, which workers write at
+	// every batch, then moves to a producer's core once per many adds
+	// instead of at every add.
+	freedSeen atomic.Uint64
+	_         [48]byte
+	freed     atomic.Uint64 // finished events whose room was given back; written by workers
+	_         [56]byte
 
 	// segs is the free list of FIFO segments.
 	segs segPool[E]
@@ -328,7 +335,7 @@ func (e *Engine[E]) Push(it *Item[E], parent Parent, wait context.Context) PushR
 		return res
 	}
 	e.enqueueLocked(s, it)
-	if inside && e.added.Load()-e.freed.Load() > e.capacity {
+	if inside && !e.roomFor(e.added.Load(), 0) {
 		// A follow-on add above capacity never waits, but its handler
 		// yields the processor: the workers of this pool, behind, get to
 		// run, as a full channel would have let them.
@@ -536,13 +543,31 @@ func (e *Engine[E]) insider() bool {
 func (e *Engine[E]) reserve() bool {
 	for {
 		a := e.added.Load()
-		if a-e.freed.Load() >= e.capacity {
+		if !e.roomFor(a, 1) {
 			return false
 		}
 		if e.added.CompareAndSwap(a, a+1) {
 			return true
 		}
 	}
+}
+
+// roomFor reports whether n more events fit in the engine's capacity when
+// added is a: whether a+n-freed <= capacity. It looks at freedSeen first
+// and reads freed only when that says no, so the answer is always
+// freed's.
+func (e *Engine[E]) roomFor(a, n uint64) bool {
+	seen := e.freedSeen.Load()
+	if a+n-seen <= e.capacity {
+		return true
+	}
+	f := e.freed.Load()
+	if f != seen {
+		// freed only grows; a racing producer may store an older value,
+		// which stays a lower bound.
+		e.freedSeen.Store(f)
+	}
+	return a+n-f <= e.capacity
 }
 
 func (e *Engine[E]) unregister(registered, parked bool) {

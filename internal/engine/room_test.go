@@ -68,3 +68,28 @@ func TestWaitingProducersSpinThenParkAndAllGetRoom(t *testing.T) {
 		t.Fatalf("%d producers still counted as waiting, %d as parked", w, s)
 	}
 }
+
+// TestRoomForAnswersByFreedNotItsCachedBound: the capacity check looks at
+// the producers' cached lower bound of freed first, but when that says
+// "full" it reads freed itself (and caches it): room given back is never
+// missed, and a full engine stays full.
+func TestRoomForAnswersByFreedNotItsCachedBound(t *testing.T) {
+	e := New[int](Config{Workers: 1, QueueSize: 4}, nil, NewLifecycle())
+	e.added.Store(4) // capacity 4, all taken
+	if e.roomFor(4, 1) {
+		t.Fatal("room for a fifth event in an engine of capacity 4 with nothing given back")
+	}
+	e.freed.Store(3) // three given back; the cached bound still says 0
+	if !e.roomFor(4, 1) {
+		t.Fatal("no room although 3 of 4 places were given back")
+	}
+	if got := e.freedSeen.Load(); got != 3 {
+		t.Fatalf("cached bound of freed = %d after a check that read freed; want 3", got)
+	}
+	if e.roomFor(7, 1) {
+		t.Fatal("room for an eighth event: 7 added, 3 given back, capacity 4")
+	}
+	if !e.roomFor(7, 0) {
+		t.Fatal("7 added, 3 given back: exactly at capacity, not above it")
+	}
+}
