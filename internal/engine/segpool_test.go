@@ -48,11 +48,11 @@ func TestSegPoolNeverHandsOutASegmentTwice(t *testing.T) {
 	if total != 0 {
 		t.Fatalf("%d segments still marked held", total)
 	}
-	if n := p.n.Load(); n < 16 {
+	if n := p.count(); n < 16 {
 		t.Fatalf("pool counts %d free segments, fewer than the 16 it was filled with", n)
 	}
 	p.trim()
-	if n := p.n.Load(); n != 16 {
+	if n := p.count(); n != 16 {
 		t.Fatalf("after trim the pool counts %d segments, want 16", n)
 	}
 	count := 0

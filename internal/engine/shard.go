@@ -66,17 +66,28 @@ type segment[E any] struct {
 // growth back once the engine is quiet.
 //
 // Producers take segments and workers give them back, usually on other
-// cores at the same time, so the two sides do not share a lock: a worker
-// pushes what it gives back on a lock-free stack (incoming; pushing only,
-// so no ABA), and a producer pops from the list it owns under mu, taking
-// the whole incoming stack in one swap when that list runs dry.
+// cores at the same time, so the two sides share neither a lock nor a
+// cache line: a worker pushes what it gives back on a lock-free stack
+// (incoming; pushing only, so no ABA), and a producer pops from the list
+// it owns under mu, taking the whole incoming stack in one swap when that
+// list runs dry. Each side counts on its own line (taken, given); the
+// segments on both lists are given minus taken.
 type segPool[E any] struct {
-	mu       sync.Mutex
-	free     *segment[E] // under mu
+	// The producers' line.
+	mu    sync.Mutex
+	free  *segment[E]  // under mu
+	taken atomic.Int64 // segments taken off the lists (by get, or dropped by trim)
+	keep  int64        // segments a trim leaves
+	_     [56]byte     // every producer field at least 64 bytes before every worker field
+	// The workers' line.
 	incoming atomic.Pointer[segment[E]]
-	n        atomic.Int64 // segments on both lists
-	keep     int64        // segments a trim leaves
+	given    atomic.Int64 // segments put on the lists (by fill or put)
+	_        [48]byte
 }
+
+// count returns how many segments the lists hold: exact when neither side
+// is at work, a snapshot otherwise.
+func (p *segPool[E]) count() int64 { return p.given.Load() - p.taken.Load() }
 
 // fill links count new segments into the free list.
 func (p *segPool[E]) fill(count int) {
@@ -87,7 +98,7 @@ func (p *segPool[E]) fill(count int) {
 		p.free = &segs[i]
 	}
 	p.mu.Unlock()
-	p.n.Add(int64(count))
+	p.given.Add(int64(count))
 	p.keep = int64(count)
 }
 
@@ -100,7 +111,7 @@ func (p *segPool[E]) get() *segment[E] {
 	}
 	if s != nil {
 		p.free, s.next = s.next, nil
-		p.n.Add(-1)
+		p.taken.Add(1)
 	}
 	p.mu.Unlock()
 	if s == nil {
@@ -126,7 +137,7 @@ func (p *segPool[E]) put(head, tail *segment[E], n int) {
 			break
 		}
 	}
-	p.n.Add(int64(n))
+	p.given.Add(int64(n))
 }
 
 // trim drops the free segments above keep.
@@ -139,16 +150,16 @@ func (p *segPool[E]) trim() {
 		}
 		t.next, p.free = p.free, in
 	}
-	for p.n.Load() > p.keep && p.free != nil {
+	for p.count() > p.keep && p.free != nil {
 		s := p.free
 		p.free, s.next = s.next, nil
-		p.n.Add(-1)
+		p.taken.Add(1)
 	}
 	p.mu.Unlock()
 }
 
 // over reports whether the free list holds more than a trim leaves.
-func (p *segPool[E]) over() bool { return p.n.Load() > p.keep }
+func (p *segPool[E]) over() bool { return p.count() > p.keep }
 
 // pushLocked appends it to the FIFO. s.mu must be held.
 func (s *shard[E]) pushLocked(it *Item[E]) {
