@@ -354,6 +354,7 @@ func measure(b *testing.B, w *workload, r *runner) {
 	runtime.GC()                          // the pre-allocated events are not garbage to the timed region
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpuStart, cpuOK := processCPU()
 	start := time.Now()
 	if err := w.drive(r.add); err != nil {
 		b.Fatal(err)
@@ -362,6 +363,7 @@ func measure(b *testing.B, w *workload, r *runner) {
 	defer cancel()
 	err := r.wait(ctx)
 	elapsed := time.Since(start)
+	cpuEnd, _ := processCPU()
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)
@@ -372,6 +374,13 @@ func measure(b *testing.B, w *workload, r *runner) {
 	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(w.inputs), "ns/event")
 	b.ReportMetric(float64(w.inputs)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(c2c, "c2c-ns")
+	if cpuOK {
+		// CPU time of every thread of the process (producers, workers,
+		// the collector) per input event: what the run cost, apart from
+		// how well it used the processors. Above ns/event, the run used
+		// more than one processor; equal, one.
+		b.ReportMetric(float64((cpuEnd-cpuStart).Nanoseconds())/float64(w.inputs), "cpu-ns/event")
+	}
 	if w.sc.ordered {
 		b.ReportMetric(float64(w.violations.Load()), "violations")
 	}

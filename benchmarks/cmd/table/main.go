@@ -1,10 +1,12 @@
 // Command table renders the output of this module's benchmarks as a
 // markdown table: one row per scenario and peer with the median ns/event,
-// allocs/op and events/s over the runs, ns/event relative to ours with
-// the p-value of a Mann-Whitney U test (the test benchstat uses; p < 0.05
-// counts as a difference, otherwise it is a tie), and the median of the
-// core-to-core round trip measured around each run (c2c-ns): the state of
-// the machine the row was measured in.
+// CPU time per event (cpu-ns/event: every thread of the process, so above
+// ns/event when a run kept more than one processor busy), allocs/op and
+// events/s over the runs, ns/event relative to ours with the p-value of a
+// Mann-Whitney U test (the test benchstat uses; p < 0.05 counts as a
+// difference, otherwise it is a tie), and the median of the core-to-core
+// round trip measured around each run (c2c-ns): the state of the machine
+// the row was measured in.
 //
 // It reads raw `go test -bench` output, the same file benchstat reads, from
 // the files named as arguments or from standard input:
@@ -159,9 +161,18 @@ func (r *results) read(in io.Reader) {
 	}
 }
 
+// medianOr returns the median of v for the table, or a dash when the runs
+// did not report it (older output, or a system that cannot measure it).
+func medianOr(v []float64) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	return num(median(v))
+}
+
 func (r *results) write(w io.Writer) {
-	fmt.Fprintln(w, "| scenario | peer | ns/event | allocs/op | events/s | ns/event vs ours | core↔core ns |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|---|--:|")
+	fmt.Fprintln(w, "| scenario | peer | ns/event | CPU ns/event | allocs/op | events/s | ns/event vs ours | core↔core ns |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|---|--:|")
 	few := map[int]bool{}
 	for _, s := range r.scenarios {
 		ours := r.cells[[2]string{s, base}]
@@ -173,7 +184,7 @@ func (r *results) write(w io.Writer) {
 				if why == "" {
 					why = "no results"
 				}
-				fmt.Fprintf(w, "| %s | %s | — | — | — | does not take part: %s | — |\n", s, p, escape(why))
+				fmt.Fprintf(w, "| %s | %s | — | — | — | — | does not take part: %s | — |\n", s, p, escape(why))
 				continue
 			}
 			if len(ns) < minRuns {
@@ -186,12 +197,9 @@ func (r *results) write(w io.Writer) {
 			if v := median(c.samples["violations"]); v > 0 {
 				vs += fmt.Sprintf("; %s order violations", num(v))
 			}
-			c2c := "—"
-			if rt := c.samples["c2c-ns"]; len(rt) > 0 {
-				c2c = num(median(rt))
-			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", s, p,
-				num(median(ns)), allocs(c.samples["allocs/op"]), rate(median(c.samples["events/s"])), vs, c2c)
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", s, p,
+				num(median(ns)), medianOr(c.samples["cpu-ns/event"]), allocs(c.samples["allocs/op"]),
+				rate(median(c.samples["events/s"])), vs, medianOr(c.samples["c2c-ns"]))
 		}
 	}
 	if len(few) > 0 {
