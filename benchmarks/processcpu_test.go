@@ -1,43 +1,67 @@
 package benchmarks
 
 import (
-	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestProcessCPUCountsEveryBusyThread: two goroutines that each spin for
-// a while add about twice that to the process's CPU time when two
-// processors run them, and a sleep adds next to nothing.
-func TestProcessCPUCountsEveryBusyThread(t *testing.T) {
-	before, ok := processCPU()
-	if !ok {
+// TestProcessCPUCountsEveryGoroutinesWork: a fixed amount of work done by
+// two goroutines adds about twice the CPU time that one goroutine doing it
+// adds, whichever threads run them, and a sleep adds next to nothing. CPU
+// time, unlike wall time, does not depend on what else the machine runs.
+func TestProcessCPUCountsEveryGoroutinesWork(t *testing.T) {
+	if _, ok := processCPU(); !ok {
 		t.Skip("the process's CPU time cannot be read on this system")
 	}
-	const spin = 50 * time.Millisecond
+	one := cpuUsedBy(func() { inGoroutines(1, busyWork) })
+	two := cpuUsedBy(func() { inGoroutines(2, busyWork) })
+	idle := cpuUsedBy(func() { time.Sleep(50 * time.Millisecond) })
+
+	if one <= 0 {
+		t.Fatalf("busy work used %v of CPU", one)
+	}
+	if two < one*3/2 {
+		t.Errorf("twice the work in two goroutines used %v of CPU, once in one %v: want about twice", two, one)
+	}
+	if idle >= one/2 {
+		t.Errorf("sleeping 50ms used %v of CPU, the busy work %v", idle, one)
+	}
+}
+
+// cpuUsedBy returns the CPU time the process used while f ran.
+func cpuUsedBy(f func()) time.Duration {
+	before, _ := processCPU()
+	f()
+	after, _ := processCPU()
+	return after - before
+}
+
+// inGoroutines runs f in n goroutines at once and waits for them.
+func inGoroutines(n int, f func()) {
 	done := make(chan struct{})
-	for range 2 {
+	for range n {
 		go func() {
-			defer func() { done <- struct{}{} }()
-			for start := time.Now(); time.Since(start) < spin; {
-			}
+			f()
+			done <- struct{}{}
 		}()
 	}
-	<-done
-	<-done
-	busy, _ := processCPU()
-	time.Sleep(spin)
-	idle, _ := processCPU()
+	for range n {
+		<-done
+	}
+}
 
-	// Each spinning goroutine ran for spin of wall time, so at least that
-	// much CPU was used, and with two processors nearly twice as much.
-	if used := busy - before; used < spin {
-		t.Fatalf("two goroutines spinning %v used %v of CPU, want at least %v", spin, used, spin)
+// busySink keeps busyWork's result alive.
+var busySink atomic.Uint64
+
+// busyWork is a fixed amount of computation: some tens of milliseconds of
+// one processor.
+func busyWork() {
+	x := uint64(88172645463325252)
+	for range 30_000_000 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
 	}
-	if used := busy - before; runtime.GOMAXPROCS(0) >= 2 && used <= spin+spin/2 {
-		t.Errorf("two goroutines spinning %v on two processors used %v of CPU, want over %v", spin, used, spin+spin/2)
-	}
-	if used := idle - busy; used >= spin/2 {
-		t.Errorf("sleeping %v used %v of CPU, want under %v", spin, used, spin/2)
-	}
+	busySink.Add(x)
 }
