@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Renders this module's benchmark output (raw `go test -bench` output over
 # >= 6 runs, the file benchstat reads) as a markdown table: scenario, peer,
-# ns/event, allocs/op, events/s, and ns/event relative to ours with a
-# Mann-Whitney p-value. Peers that cannot take part in a scenario are
-# listed with the reason their benchmark prints.
+# ns/event, CPU ns/event, allocs/op, events/s, ns/event relative to ours
+# with a Mann-Whitney p-value, and the core-to-core round trip; then a
+# second table by machine state. Peers that cannot take part in a scenario
+# are listed with the reason their benchmark prints.
 #
 #   cd benchmarks
 #   go test -run '^$' -bench . -benchmem -count 6 | tee new.txt
