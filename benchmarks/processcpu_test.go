@@ -1,6 +1,7 @@
 package benchmarks
 
 import (
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,16 +40,11 @@ func cpuUsedBy(f func()) time.Duration {
 
 // inGoroutines runs f in n goroutines at once and waits for them.
 func inGoroutines(n int, f func()) {
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	for range n {
-		go func() {
-			f()
-			done <- struct{}{}
-		}()
+		wg.Go(f)
 	}
-	for range n {
-		<-done
-	}
+	wg.Wait()
 }
 
 // busySink keeps busyWork's result alive.
