@@ -29,7 +29,8 @@ for _ in $(seq "$rounds"); do
 	done
 done
 for side in old new; do
-	# One processor: names without the -N suffix. Two: split by c2c-ns.
+	# One processor: names without the -N suffix. Two: split by c2c-ns at
+	# 250 ns, cmd/table's nearRoundTrip (change both together).
 	grep -v -E '^[^ 	]+-[0-9]+[ 	]' "$out/$side.txt" > "$out/$side.1cpu" || true
 	grep -E '^[^ 	]+-[0-9]+[ 	]' "$out/$side.txt" | awk -v dir="$out" -v side="$side" '{
 		c = 0
