@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +25,20 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 	var once sync.Once
 	release := func() { once.Do(func() { close(gate) }) }
 	t.Cleanup(release) // before the bus's Close, which runs later
+	user := func(uid string) *eventbus.UserContext {
+		return &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: uid}}
+	}
+	// The failing key must not share the blocked key's shard, or it would
+	// wait behind it (see ARCHITECTURE.md, The engine: shards, run queue,
+	// workers) instead of failing.
+	_, slowShard := eventbus.ShardOf(b, user("slow"))
+	flakyUID := "flaky"
+	for i := 0; ; i++ {
+		if _, s := eventbus.ShardOf(b, user(flakyUID)); s != slowShard {
+			break
+		}
+		flakyUID = fmt.Sprint("flaky-", i)
+	}
 	var failing sync.Mutex
 	fail := true
 	_, err := eventbus.Register(b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
@@ -34,7 +49,7 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 			default:
 			}
 			<-gate
-		case "flaky":
+		case flakyUID:
 			failing.Lock()
 			defer failing.Unlock()
 			if fail {
@@ -47,7 +62,7 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 	require.NoError(t, b.Start())
 
 	add := func(uid string) {
-		require.NoError(t, b.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend, Conn: &testConn{uid: uid}}))
+		require.NoError(t, b.AddEvent(context.Background(), user(uid)))
 	}
 	add("slow")
 	<-started
@@ -55,7 +70,7 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 	for range queued {
 		add("slow")
 	}
-	add("flaky")
+	add(flakyUID)
 
 	busy := make([]eventbus.ShardLoad, 0, 3)
 	parked := make([]eventbus.ParkedKey, 0, 3)
@@ -80,7 +95,7 @@ func TestKeysNamesTheBlockedKeyAndTheParkedOne(t *testing.T) {
 
 	require.Len(t, parked, 1)
 	p := parked[0]
-	require.Equal(t, "flaky", p.Event.(*eventbus.UserContext).Conn.UID())
+	require.Equal(t, flakyUID, p.Event.(*eventbus.UserContext).Conn.UID())
 	require.Equal(t, "store", p.Handler)
 	require.ErrorIs(t, p.Err, errFlaky)
 	require.GreaterOrEqual(t, p.Attempt, 2)

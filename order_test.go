@@ -170,7 +170,7 @@ func TestOrderPerKeyThroughChainAndFollowOns(t *testing.T) {
 // each pool: the handler of key A waits for the handler of key B to start,
 // and B's for A's, so both report before the attempt's deadline only if they
 // were inside their handlers at the same time. Two keys may share a shard (1
-// chance in 64 here); then the attempt times out and a new pair is tried. The
+// chance in 1 024 here, the default Shards); then the attempt times out and a new pair is tried. The
 // test fails if no pair overlaps.
 func TestOrderDifferentKeysRunInParallel(t *testing.T) {
 	type probe struct {

@@ -417,11 +417,11 @@ func TestRetryBackoffCountsFromFailureOfSlowAttempt(t *testing.T) {
 }
 
 func TestRetryParksKeyNotShard(t *testing.T) {
-	// One worker per pool: every key shares the shard. "slow" fails and waits
+	// One worker and one shard: every key shares the shard. "slow" fails and waits
 	// a 2s backoff; 100 events of "fast" added behind it are all handled long
 	// before that, while slow's later events wait for its retry.
 	const backoff = 2 * time.Second
-	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1}),
+	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, Shards: 1}),
 		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 2, InitialBackoff: backoff,
 			MaxBackoff: backoff, Jitter: -1}))
 

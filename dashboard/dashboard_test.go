@@ -57,7 +57,8 @@ func newFixture(t *testing.T, opts ...dashboard.Option) *fixture {
 	t.Cleanup(func() { _ = j.Close() })
 	f.j = j
 	bus, err := eventbus.New(eventbus.WithLogger(slog.New(slog.DiscardHandler)),
-		eventbus.WithJournal(j, eventbus.EventPushOffline))
+		eventbus.WithJournal(j, eventbus.EventPushOffline),
+		eventbus.WithUserPool(eventbus.PoolConfig{KeyFunc: fixtureKey}))
 	require.NoError(t, err)
 	f.bus = bus
 	t.Cleanup(func() {
@@ -155,6 +156,23 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// fixtureKey gives the fixture's users fixed ordering keys, each in a
+// shard of its own (a KeyFunc's keys are not seeded per bus): a user that
+// shared the blocked key's shard would wait behind it (see
+// ARCHITECTURE.md, The engine: shards, run queue, workers) instead of
+// being parked or dead-lettered.
+func fixtureKey(ev eventbus.Event) uint64 {
+	switch ev.(*eventbus.UserContext).Conn.UID() {
+	case "slow":
+		return 1
+	case "flaky":
+		return 2
+	case "bad":
+		return 3
+	}
+	return 4
 }
 
 // TestAPIShowsPoolsKeysAndDeadLetters drives traffic, a blocked key, a

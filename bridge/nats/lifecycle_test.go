@@ -91,7 +91,7 @@ func TestCloseWaitsForInFlight(t *testing.T) {
 	ctx := context.Background()
 	// The other events are handled before the held one is added: a key
 	// that happens to share the held key's shard would wait behind it
-	// (ARCHITECTURE.md, "The engine: shards, run queue, workers"), and
+	// (see ARCHITECTURE.md, The engine: shards, run queue, workers), and
 	// the test is about Close.
 	for i := 1; i <= 5; i++ {
 		require.NoError(t, n.bus.AddEvent(ctx, channelEvent("other", uint64(i))))
