@@ -21,6 +21,8 @@ fi
 old=$1 new=$2 rounds=$3 re=$4
 benchstat=$(command -v benchstat || echo "$(go env GOPATH)/bin/benchstat")
 out=$(mktemp -d)
+table=$out/table
+(cd "$(dirname "$0")" && go build -o "$table" ./cmd/table)
 for _ in $(seq "$rounds"); do
 	for side in old new; do
 		bin=$old
@@ -29,14 +31,11 @@ for _ in $(seq "$rounds"); do
 	done
 done
 for side in old new; do
-	# One processor: names without the -N suffix. Two: split by c2c-ns at
-	# 250 ns, cmd/table's nearRoundTrip (change both together).
-	grep -v -E '^[^ 	]+-[0-9]+[ 	]' "$out/$side.txt" > "$out/$side.1cpu" || true
-	grep -E '^[^ 	]+-[0-9]+[ 	]' "$out/$side.txt" | awk -v dir="$out" -v side="$side" '{
-		c = 0
-		for (i = 3; i < NF; i++) if ($(i+1) == "c2c-ns") c = $i
-		print > (dir "/" side "." (c < 250 ? "near" : "far"))
-	}'
+	# One processor, near, far: cmd/table's split (see its -split flag).
+	"$table" -split "$out/$side" "$out/$side.txt"
+	if [ -s "$out/$side.unsplit" ]; then
+		echo "note: $side has runs with two processors and no c2c-ns, left out: $out/$side.unsplit"
+	fi
 done
 for set in 1cpu near far; do
 	for unit in ns/event cpu-ns/event; do

@@ -16,10 +16,19 @@
 //
 // Benchmarks that a peer cannot take part in are listed with the reason
 // they print when they skip.
+//
+// With -split PREFIX it writes no table: it copies the result lines to
+// PREFIX.1cpu (runs with one processor), PREFIX.near and PREFIX.far (runs
+// with more, by their round trip), for benchstat to compare runs of like
+// machine state (benchmarks/ab.sh does that for two builds):
+//
+//	go run ./cmd/table -split /tmp/new new.txt
+//	benchstat /tmp/old.near /tmp/new.near
 package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -50,11 +59,20 @@ type results struct {
 }
 
 func main() {
+	splitTo := flag.String("split", "", "instead of a table, copy the result lines to `PREFIX`.1cpu, .near and .far (and .unsplit: runs with more than one processor but no c2c-ns) for benchstat")
+	flag.Parse()
+	if *splitTo != "" {
+		if err := splitFiles(*splitTo, flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "table:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	r := &results{peers: map[string][]string{}, cells: map[[2]string]*cell{}}
-	if len(os.Args) == 1 {
+	if flag.NArg() == 0 {
 		r.read(os.Stdin)
 	}
-	for _, name := range os.Args[1:] {
+	for _, name := range flag.Args() {
 		f, err := os.Open(name)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -70,6 +88,25 @@ func main() {
 	r.write(os.Stdout)
 }
 
+// splitFiles runs splitRuns over the named files, or standard input.
+func splitFiles(prefix string, names []string) error {
+	var in io.Reader = os.Stdin
+	if len(names) > 0 {
+		readers := make([]io.Reader, 0, len(names))
+		for _, name := range names {
+			f, err := os.Open(name)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			readers = append(readers, f)
+		}
+		in = io.MultiReader(readers...)
+	}
+	_, err := splitRuns(in, prefix)
+	return err
+}
+
 // split parses "BenchmarkOrder/peer=ants-2" into ("Order", "ants").
 func split(name string) (scenario, peer string, ok bool) {
 	name = strings.TrimPrefix(name, "Benchmark")
@@ -78,10 +115,8 @@ func split(name string) (scenario, peer string, ok bool) {
 		return "", "", false
 	}
 	scenario, peer = name[:i], name[i+len("/peer="):]
-	if j := strings.LastIndexByte(peer, '-'); j >= 0 {
-		if _, err := strconv.Atoi(peer[j+1:]); err == nil {
-			peer = peer[:j] // the GOMAXPROCS suffix
-		}
+	if procsOf(peer) != noSuffix {
+		peer = peer[:strings.LastIndexByte(peer, '-')]
 	}
 	return scenario, peer, true
 }
