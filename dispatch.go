@@ -156,7 +156,13 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	if u.Items[0].Track != nil {
 		u.Attempt += legacyAttempts(u)
 	}
-	v := engine.Verdict{Failed: true, Panicked: panicked, TimedOut: timedOut}
+	v := engine.Verdict{Failure: engine.RunFailed}
+	if panicked {
+		v.Failure |= engine.RunPanicked
+	}
+	if timedOut {
+		v.Failure |= engine.RunTimedOut
+	}
 	policy := p.retry
 	if h.retry != nil {
 		policy = h.retry.withDefaults()
@@ -183,7 +189,7 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 		return v
 	}
 	level := slog.LevelWarn
-	if v.Panicked {
+	if v.Panicked() {
 		level = slog.LevelError
 	}
 	attrs := []any{"pool", string(p.kind), "type", p.bus.TypeName(u.Event.Type()),
@@ -191,7 +197,7 @@ func (p *pool) failed(u *engine.Unit[Event], h *handlerEntry, err error, timedOu
 	if v.Outcome == engine.Retry {
 		attrs = append(attrs, "retry_in", v.Delay)
 	}
-	if v.Panicked && pe.Stack != nil {
+	if v.Panicked() && pe.Stack != nil {
 		attrs = append(attrs, "stack", string(pe.Stack))
 	}
 	p.bus.log.Log(context.Background(), level, "eventbus: handler failed", withSuppressed(attrs, suppressed)...)
@@ -266,7 +272,7 @@ func (p *pool) callFailed(wid int, u *engine.Unit[Event], err *PanicError) engin
 	}
 	ch, _ := u.Chain.(*chain)
 	if ch == nil || u.Index >= len(ch.handlers) {
-		return engine.Verdict{Outcome: engine.Dead, Err: err, Failed: true, Panicked: true}
+		return engine.Verdict{Outcome: engine.Dead, Err: err, Failure: engine.RunFailed | engine.RunPanicked}
 	}
 	return p.failed(u, &ch.handlers[u.Index], err, false)
 }

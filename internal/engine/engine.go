@@ -81,14 +81,35 @@ const (
 )
 
 // Verdict is a dispatcher's report on one run of a unit.
+//
+// It has four fields of 32 bytes in all, the most the compiler keeps in
+// registers: a larger Verdict is assembled in memory from the returned
+// registers with narrow stores and read back with wide loads, which
+// stall, on every run.
 type Verdict struct {
 	Outcome Outcome
+	Failure Failure       // kind of the failure that ended the run, if any; for counters
 	Delay   time.Duration // for Retry
 	Err     error         // for Dead
-
-	// Kind of the failure that ended the run, if any; used for counters.
-	Failed, Panicked, TimedOut bool
 }
+
+// Failure says how a run failed: a set of flags, zero when it did not.
+type Failure uint8
+
+const (
+	RunFailed   Failure = 1 << iota // a handler failed (set for every failure)
+	RunPanicked                     // it panicked
+	RunTimedOut                     // it overran its timeout
+)
+
+// Failed reports whether a handler failed in the run.
+func (v Verdict) Failed() bool { return v.Failure&RunFailed != 0 }
+
+// Panicked reports whether the failure was a panic.
+func (v Verdict) Panicked() bool { return v.Failure&RunPanicked != 0 }
+
+// TimedOut reports whether the failure was a handler's timeout.
+func (v Verdict) TimedOut() bool { return v.Failure&RunTimedOut != 0 }
 
 // Dispatcher runs units for an engine. All methods are called from worker
 // goroutines.

@@ -22,7 +22,7 @@ type modelDispatcher struct {
 
 func (d *modelDispatcher) Run(_ int, u *Unit[classEvent]) Verdict {
 	if d.rng.Float64() < d.fail {
-		return Verdict{Outcome: Retry, Failed: true}
+		return Verdict{Outcome: Retry, Failure: RunFailed}
 	}
 	ids := make([]int, len(u.Items))
 	for i := range u.Items {

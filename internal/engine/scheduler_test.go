@@ -49,7 +49,7 @@ func (d *schedDispatcher) Run(w int, u *Unit[modelItem]) Verdict {
 		time.Sleep(200 * time.Microsecond) // stands for a slow handler
 	}
 	if d.rngs[w].Float64() < d.failRate {
-		return Verdict{Outcome: Retry, Delay: time.Duration(d.rngs[w].IntN(300)) * time.Microsecond, Failed: true}
+		return Verdict{Outcome: Retry, Delay: time.Duration(d.rngs[w].IntN(300)) * time.Microsecond, Failure: RunFailed}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

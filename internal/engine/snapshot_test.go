@@ -37,7 +37,7 @@ func (d *inspectDispatcher) Run(w int, u *Unit[int]) Verdict {
 			u.Attempt++
 			u.Err = errInspect
 			d.once.Do(func() { close(d.failed) })
-			return Verdict{Outcome: Retry, Delay: 20 * time.Millisecond, Failed: true}
+			return Verdict{Outcome: Retry, Delay: 20 * time.Millisecond, Failure: RunFailed}
 		}
 	}
 	return d.countDispatcher.Run(w, u)

@@ -590,14 +590,14 @@ func (w *worker[E]) record(d int64, n uint64, maxd, now int64) {
 // count records the failure kind of a run, once per original event: a
 // failing batch of n events counts n failed attempts.
 func (w *worker[E]) count(v Verdict, n uint64) {
-	if !v.Failed {
+	if !v.Failed() {
 		return
 	}
 	w.pub.failed.Add(n)
-	if v.Panicked {
+	if v.Panicked() {
 		w.pub.panics.Add(n)
 	}
-	if v.TimedOut {
+	if v.TimedOut() {
 		w.pub.timeouts.Add(n)
 	}
 	if v.Outcome == Retry {
