@@ -196,6 +196,9 @@ type Engine[E any] struct {
 	// room back before its batch ends, when producers wait for room.
 	giveBackEvery int
 	capacity      uint64 // Workers × QueueSize
+	// gatherable: GOMAXPROCS was above one at New, so a worker's gathering
+	// pause lets a producer run meanwhile (see gatherPause).
+	gatherable bool
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check. Written once: it sits with
 	// the fields read on every run, away from the lines workers write.
@@ -278,6 +281,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
 	e.rq.init(cfg.Shards, cfg.Workers)
 	e.giveBackEvery = max(cfg.QueueSize/16, 1)
+	e.gatherable = runtime.GOMAXPROCS(0) > 1
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)

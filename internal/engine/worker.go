@@ -27,6 +27,10 @@ type worker[E any] struct {
 	rt     *retries[E]
 	sl     sleeper
 	rounds int // FIFO swaps taken from cur since it was taken
+	// gathering allows a gathering pause in cur (see gatherPause); a pause
+	// that gathered little clears it until the worker lets cur go.
+	gathering bool
+	pauses    atomic.Uint64 // gathering pauses made, for tests
 
 	// batch is the items in hand, taken from cur's FIFO: one (its first
 	// item), then each segment of the list in turn (seg, the one run; segs,
@@ -190,7 +194,7 @@ func (w *worker[E]) next() bool {
 	}
 	s := w.take()
 	if s != nil {
-		w.cur, w.rt, w.rounds = s, s.rt, 0
+		w.cur, w.rt, w.rounds, w.gathering = s, s.rt, 0, w.e.gatherable
 	}
 	return true
 }
@@ -759,6 +763,21 @@ func (w *worker[E]) refill() {
 	n := w.done
 	s.release(n)
 	w.done = 0
+	if w.gathering && w.rounds >= 2 && s.queued < gatherEnough && !w.e.rq.any() {
+		// cur streams (its FIFO had work at the last two takes) and the
+		// worker has caught up with its producer: let the FIFO fill
+		// rather than take a few items at a time from the lines the
+		// producer is writing (see gatherPause).
+		s.mu.Unlock()
+		w.free(n)
+		n = 0
+		w.pauses.Add(1)
+		spin(gatherPause)
+		s.mu.Lock()
+		if s.queued < gatherEnough/4 {
+			w.gathering = false // the producer is slow or done: no more pauses
+		}
+	}
 	if s.queued > 0 && (w.rounds == 0 || !w.e.rq.any()) {
 		taken := w.takeLocked(s)
 		w.rounds++
@@ -794,6 +813,30 @@ func (w *worker[E]) refill() {
 	}
 	if w.e.retired.Load() {
 		w.e.maybeQuit()
+	}
+}
+
+// A worker that streams one shard (it found work there at its last two
+// takes), has caught up with the shard's producer and has no other shard
+// waiting pauses for gatherPause before it takes again, so that it takes a
+// batch, not a few items from the segment the producer is appending to:
+// taking a few at a time moves the shard's lines between the two cores at
+// every take, and a worker that runs dry sleeps and must be woken. It
+// pauses while a pause lets at least gatherEnough/4 items in, and stops
+// pausing in that shard, until it lets the shard go, after the first one
+// that does not (the producer is slow or done), so a slow stream costs at
+// most one pause. With one processor a pause would only keep the producer
+// from running, so engines made then never pause (Engine.gatherable).
+const (
+	gatherEnough = 32
+	gatherPause  = 2000 // nanoseconds: about 30 adds of one producer
+)
+
+// spin waits about d nanoseconds on the clock alone: it reads no memory
+// that another core writes.
+func spin(d int64) {
+	start := nanotime()
+	for nanotime()-start < d {
 	}
 }
 

@@ -1,0 +1,139 @@
+package engine
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pauseDispatcher blocks the run of item 0 until release, after telling
+// entered; other items run at once, and the run of item then, if set,
+// calls its function. It records each key's items in the order they ran.
+type pauseDispatcher struct {
+	countDispatcher
+	entered chan struct{}
+	release chan struct{}
+	then    func(*Unit[int])
+	mu      sync.Mutex
+	ran     map[uint64][]int
+}
+
+func (d *pauseDispatcher) Run(wid int, u *Unit[int]) Verdict {
+	if u.Event == 0 {
+		d.entered <- struct{}{}
+		<-d.release
+	}
+	if d.then != nil {
+		d.then(u)
+	}
+	d.mu.Lock()
+	d.ran[u.Items[0].Key] = append(d.ran[u.Items[0].Key], u.Event)
+	d.mu.Unlock()
+	return d.countDispatcher.Run(wid, u)
+}
+
+func waitIdle(t *testing.T, life *Lifecycle, e *Engine[int]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := WaitIdle(ctx, life, nil, e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGatheringPauseStopsAfterOneThatGathersLittle: a worker that has
+// taken from a shard twice in a row and caught up with its producer
+// pauses before its next take; once a pause gathers little (the producer
+// is slow or done), it does not pause again in that shard, so a stream
+// that slows down costs one pause. Each burst here is one such stream:
+// its second take runs items 1 to 9, and item 9 adds item 10 (one item,
+// little, arrives by the pause), so a worker that kept pausing would
+// pause again after item 10. At least one pause in all (the first
+// burst's), at most one per burst.
+func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
+	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
+	life := NewLifecycle()
+	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
+	e.Start()
+	t.Cleanup(func() { drainAndStop(t, life, e) })
+	push := func(ev int) {
+		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
+			t.Errorf("push %d: %v", ev, res)
+		}
+	}
+	const bursts, follow = 5, 9
+	d.then = func(u *Unit[int]) {
+		if u.Event == follow {
+			push(follow + 1)
+		}
+	}
+	for range bursts {
+		push(0)
+		<-d.entered // the worker's first take holds item 0 alone
+		for i := 1; i <= follow; i++ {
+			push(i) // its second take: these nine
+		}
+		d.release <- struct{}{}
+		waitIdle(t, life, e)
+	}
+	pauses := e.workers[0].pauses.Load()
+	if !e.gatherable {
+		if pauses != 0 {
+			t.Fatalf("%d pauses with one processor", pauses)
+		}
+		return
+	}
+	if pauses < 1 || pauses > bursts {
+		t.Fatalf("%d pauses over %d bursts: want at least 1 and at most one per burst", pauses, bursts)
+	}
+}
+
+// TestGatheringPausesKeepEachKeysOrder hammers few shards from many
+// producers, each streaming its own keys, with fewer workers than
+// producers, so workers catch up, pause and take again while adds go on:
+// every item runs once, each key's in add order.
+func TestGatheringPausesKeepEachKeysOrder(t *testing.T) {
+	d := &pauseDispatcher{ran: map[uint64][]int{}}
+	life := NewLifecycle()
+	e := New[int](Config{Workers: 2, Shards: 4, QueueSize: 256}, d, life)
+	e.Start()
+	t.Cleanup(func() { drainAndStop(t, life, e) })
+	const producers, keysEach, perKey = 8, 3, 2000
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for i := 1; i <= perKey; i++ {
+				for k := range keysEach {
+					key := uint64(p*keysEach + k)
+					if res := e.Push(&Item[int]{Event: i, Key: key}, nil, context.Background()); res != Accepted {
+						t.Errorf("push key %d item %d: %v", key, i, res)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitIdle(t, life, e)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.ran) != producers*keysEach {
+		t.Fatalf("%d keys ran, want %d", len(d.ran), producers*keysEach)
+	}
+	for key, items := range d.ran {
+		if len(items) != perKey {
+			t.Fatalf("key %d: %d items ran, want %d", key, len(items), perKey)
+		}
+		for i, ev := range items {
+			if ev != i+1 {
+				t.Fatalf("key %d: item %d ran at position %d", key, ev, i+1)
+			}
+		}
+	}
+	var pauses uint64
+	for _, w := range e.workers {
+		pauses += w.pauses.Load()
+	}
+	t.Logf("%d gathering pauses", pauses)
+}
