@@ -199,6 +199,9 @@ type Engine[E any] struct {
 	// gatherable: GOMAXPROCS was above one at New, so a worker's gathering
 	// pause lets a producer run meanwhile (see gatherPause).
 	gatherable bool
+	// gatherPause is how long a gathering pause lasts, in nanoseconds:
+	// the constant, unless a test lengthens it before Start.
+	gatherPause int64
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check. Written once: it sits with
 	// the fields read on every run, away from the lines workers write.
@@ -281,7 +284,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
 	e.rq.init(cfg.Shards, cfg.Workers)
 	e.giveBackEvery = max(cfg.QueueSize/16, 1)
-	e.gatherable = runtime.GOMAXPROCS(0) > 1
+	e.gatherable, e.gatherPause = runtime.GOMAXPROCS(0) > 1, gatherPause
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)

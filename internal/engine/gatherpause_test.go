@@ -137,3 +137,41 @@ func TestGatheringPausesKeepEachKeysOrder(t *testing.T) {
 	}
 	t.Logf("%d gathering pauses", pauses)
 }
+
+// TestGatheringPauseIsNoRunsTime: the time a worker pauses is not counted
+// in the run times its Stats report. The pause is lengthened to 300 ms
+// here, far above any run of the test (the longest, item 0's, lasts while
+// the test adds nine items), so a pause counted in a run would show as a
+// Max above it.
+func TestGatheringPauseIsNoRunsTime(t *testing.T) {
+	const pause = 300 * time.Millisecond
+	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
+	life := NewLifecycle()
+	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
+	e.gatherPause = int64(pause)
+	e.Start()
+	t.Cleanup(func() { drainAndStop(t, life, e) })
+	push := func(ev int) {
+		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
+			t.Errorf("push %d: %v", ev, res)
+		}
+	}
+	d.then = func(u *Unit[int]) {
+		if u.Event == 9 {
+			push(10) // arrives for the pause to gather, after items 1 to 9
+		}
+	}
+	push(0)
+	<-d.entered
+	for i := 1; i <= 9; i++ {
+		push(i)
+	}
+	d.release <- struct{}{}
+	waitIdle(t, life, e)
+	if e.gatherable && e.workers[0].pauses.Load() == 0 {
+		t.Fatal("the worker never paused: the test did not exercise the pause")
+	}
+	if max := e.Snapshot().Max; max >= pause {
+		t.Fatalf("Max run time %v counts the %v pause", max, pause)
+	}
+}

@@ -772,7 +772,10 @@ func (w *worker[E]) refill() {
 		w.free(n)
 		n = 0
 		w.pauses.Add(1)
-		spin(gatherPause)
+		// The pause is no run's time: the stretch of runs timed ends
+		// before it and the next one starts after it.
+		w.endStretch()
+		w.last = spin(w.e.gatherPause)
 		s.mu.Lock()
 		if s.queued < gatherEnough/4 {
 			w.gathering = false // the producer is slow or done: no more pauses
@@ -829,15 +832,18 @@ func (w *worker[E]) refill() {
 // from running, so engines made then never pause (Engine.gatherable).
 const (
 	gatherEnough = 32
-	gatherPause  = 2000 // nanoseconds: about 30 adds of one producer
+	gatherPause  = 2000 // nanoseconds: about 30 adds of one producer (Engine.gatherPause)
 )
 
-// spin waits about d nanoseconds on the clock alone: it reads no memory
-// that another core writes.
-func spin(d int64) {
+// spin waits about d nanoseconds on the clock alone, reading no memory
+// that another core writes, and returns the clock's last reading.
+func spin(d int64) int64 {
 	start := nanotime()
-	for nanotime()-start < d {
+	now := start
+	for now-start < d {
+		now = nanotime()
 	}
+	return now
 }
 
 // free gives back the room of n finished events.
