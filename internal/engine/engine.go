@@ -196,12 +196,12 @@ type Engine[E any] struct {
 	// room back before its batch ends, when producers wait for room.
 	giveBackEvery int
 	capacity      uint64 // Workers × QueueSize
-	// gatherable: GOMAXPROCS was above one at New, so a worker's gathering
-	// pause lets a producer run meanwhile (see gatherPause).
-	gatherable bool
 	// gatherPause is how long a gathering pause lasts, in nanoseconds:
-	// the constant, unless a test lengthens it before Start.
+	// the constant, unless a test lengthens it before Start; onPause, nil
+	// but in tests, runs during each pause (after the wait).
 	gatherPause int64
+	onPause     func()
+	caughtUp    int32 // fewer items queued than this: a streaming worker caught up (see gatherPause)
 	// tracking is set once a tracked item was pushed, so that workers
 	// without one skip the completion check. Written once: it sits with
 	// the fields read on every run, away from the lines workers write.
@@ -284,7 +284,7 @@ func New[E any](cfg Config, d Dispatcher[E], life *Lifecycle) *Engine[E] {
 	e.segs.fill(min(cfg.Capacity/segItems+2*cfg.Workers, maxPrealloc))
 	e.rq.init(cfg.Shards, cfg.Workers)
 	e.giveBackEvery = max(cfg.QueueSize/16, 1)
-	e.gatherable, e.gatherPause = runtime.GOMAXPROCS(0) > 1, gatherPause
+	e.gatherPause, e.caughtUp = gatherPause, int32(min(gatherEnough, max(cfg.QueueSize/4, 1)))
 	e.workers = make([]*worker[E], cfg.Workers)
 	for i := range e.workers {
 		e.workers[i] = newWorker(e, i)

@@ -2,9 +2,11 @@ package engine
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // pauseDispatcher blocks the run of item 0 until release, after telling
@@ -47,10 +49,11 @@ func waitIdle(t *testing.T, life *Lifecycle, e *Engine[int]) {
 // pauses before its next take; once a pause gathers little (the producer
 // is slow or done), it does not pause again in that shard, so a stream
 // that slows down costs one pause. Each burst here is one such stream:
-// its second take runs items 1 to 9, and item 9 adds item 10 (one item,
-// little, arrives by the pause), so a worker that kept pausing would
-// pause again after item 10. At least one pause in all (the first
-// burst's), at most one per burst.
+// its second take runs items 1 to 9, and item 9 adds items 10 to 17,
+// queued before the pause, during which nothing arrives; a worker that
+// counted those as gathered, or kept pausing anyway, would pause again
+// after them. At least one pause in all (the first burst's), at most one
+// per burst.
 func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
 	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
 	life := NewLifecycle()
@@ -65,7 +68,9 @@ func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
 	const bursts, follow = 5, 9
 	d.then = func(u *Unit[int]) {
 		if u.Event == follow {
-			push(follow + 1)
+			for i := range gatherEnough / 4 {
+				push(follow + 1 + i)
+			}
 		}
 	}
 	for range bursts {
@@ -78,7 +83,7 @@ func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
 		waitIdle(t, life, e)
 	}
 	pauses := e.workers[0].pauses.Load()
-	if !e.gatherable {
+	if runtime.GOMAXPROCS(0) == 1 {
 		if pauses != 0 {
 			t.Fatalf("%d pauses with one processor", pauses)
 		}
@@ -168,10 +173,107 @@ func TestGatheringPauseIsNoRunsTime(t *testing.T) {
 	}
 	d.release <- struct{}{}
 	waitIdle(t, life, e)
-	if e.gatherable && e.workers[0].pauses.Load() == 0 {
+	if runtime.GOMAXPROCS(0) > 1 && e.workers[0].pauses.Load() == 0 {
 		t.Fatal("the worker never paused: the test did not exercise the pause")
 	}
 	if max := e.Snapshot().Max; max >= pause {
 		t.Fatalf("Max run time %v counts the %v pause", max, pause)
+	}
+}
+
+// TestGatheringPauseGoesOnWhilePausesGather: a pause during which enough
+// items arrive (here the test adds them from the pause itself) leaves the
+// worker pausing: it pauses again once it has run them, and stops after
+// that second pause, which gathers nothing.
+func TestGatheringPauseGoesOnWhilePausesGather(t *testing.T) {
+	want := uint64(2)
+	if runtime.GOMAXPROCS(0) == 1 {
+		want = 0 // the producer could not run during a pause
+	}
+	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
+	life := NewLifecycle()
+	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
+	push := func(ev int) {
+		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
+			t.Errorf("push %d: %v", ev, res)
+		}
+	}
+	calls := 0
+	e.onPause = func() { // on the worker's goroutine
+		calls++
+		if calls == 1 {
+			for i := range gatherEnough / 4 {
+				push(10 + i) // arrive during the first pause
+			}
+		}
+	}
+	e.Start()
+	t.Cleanup(func() { drainAndStop(t, life, e) })
+	push(0)
+	<-d.entered
+	for i := 1; i <= 9; i++ {
+		push(i)
+	}
+	d.release <- struct{}{}
+	waitIdle(t, life, e)
+	if got := e.workers[0].pauses.Load(); got != want {
+		t.Fatalf("%d pauses, want %d: one that gathered %d items, then one that gathered none", got, want, gatherEnough/4)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, ev := range d.ran[1] {
+		if ev != i {
+			t.Fatalf("item %d ran at position %d", ev, i)
+		}
+	}
+}
+
+// TestWantsPauseOnlyWhenTheWorkerCaughtUp checks the pause's conditions
+// one at a time: a worker whose producer waits for room is what the
+// producer waits for, and a small shard is full, not caught up, below
+// gatherEnough items.
+func TestWantsPauseOnlyWhenTheWorkerCaughtUp(t *testing.T) {
+	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 16}, &countDispatcher{}, NewLifecycle())
+	w, s := e.workers[0], &e.shards[0]
+	if e.caughtUp != 4 {
+		t.Fatalf("caughtUp %d with QueueSize 16, want a quarter: 4", e.caughtUp)
+	}
+	w.gathering, w.rounds, s.queued = true, 2, 3
+	if runtime.GOMAXPROCS(0) == 1 {
+		if w.wantsPause(s) {
+			t.Fatal("pauses with one processor, where the producer cannot run meanwhile")
+		}
+		return
+	}
+	if !w.wantsPause(s) {
+		t.Fatal("no pause: streaming, caught up, nothing else waiting")
+	}
+	for _, c := range []struct {
+		why  string
+		set  func()
+		undo func()
+	}{
+		{"a pause gathered little", func() { w.gathering = false }, func() { w.gathering = true }},
+		{"one take only", func() { w.rounds = 1 }, func() { w.rounds = 2 }},
+		{"a quarter of the room queued", func() { s.queued = 4 }, func() { s.queued = 3 }},
+		{"a producer waits for room", func() { e.spaceWaiters.Add(1) }, func() { e.spaceWaiters.Add(-1) }},
+	} {
+		c.set()
+		if w.wantsPause(s) {
+			t.Errorf("pauses although %s", c.why)
+		}
+		c.undo()
+	}
+	e.rq.mark(0)
+	if w.wantsPause(s) {
+		t.Error("pauses although another shard waits")
+	}
+}
+
+// TestVerdictFitsRegisters: a Verdict of more than 32 bytes is assembled
+// in memory on every run (see Verdict).
+func TestVerdictFitsRegisters(t *testing.T) {
+	if size := unsafe.Sizeof(Verdict{}); size > 32 {
+		t.Fatalf("Verdict is %d bytes, more than the 32 the compiler keeps in registers", size)
 	}
 }

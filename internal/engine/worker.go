@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -194,7 +195,7 @@ func (w *worker[E]) next() bool {
 	}
 	s := w.take()
 	if s != nil {
-		w.cur, w.rt, w.rounds, w.gathering = s, s.rt, 0, w.e.gatherable
+		w.cur, w.rt, w.rounds, w.gathering = s, s.rt, 0, true
 	}
 	return true
 }
@@ -763,11 +764,10 @@ func (w *worker[E]) refill() {
 	n := w.done
 	s.release(n)
 	w.done = 0
-	if w.gathering && w.rounds >= 2 && s.queued < gatherEnough && !w.e.rq.any() {
-		// cur streams (its FIFO had work at the last two takes) and the
-		// worker has caught up with its producer: let the FIFO fill
-		// rather than take a few items at a time from the lines the
-		// producer is writing (see gatherPause).
+	if w.wantsPause(s) {
+		// Let the FIFO fill rather than take a few items at a time from
+		// the lines the producer is writing (see gatherPause).
+		before := s.queued
 		s.mu.Unlock()
 		w.free(n)
 		n = 0
@@ -776,8 +776,11 @@ func (w *worker[E]) refill() {
 		// before it and the next one starts after it.
 		w.endStretch()
 		w.last = spin(w.e.gatherPause)
+		if h := w.e.onPause; h != nil {
+			h()
+		}
 		s.mu.Lock()
-		if s.queued < gatherEnough/4 {
+		if s.queued-before < gatherEnough/4 {
 			w.gathering = false // the producer is slow or done: no more pauses
 		}
 	}
@@ -820,20 +823,33 @@ func (w *worker[E]) refill() {
 }
 
 // A worker that streams one shard (it found work there at its last two
-// takes), has caught up with the shard's producer and has no other shard
-// waiting pauses for gatherPause before it takes again, so that it takes a
-// batch, not a few items from the segment the producer is appending to:
-// taking a few at a time moves the shard's lines between the two cores at
-// every take, and a worker that runs dry sleeps and must be woken. It
-// pauses while a pause lets at least gatherEnough/4 items in, and stops
-// pausing in that shard, until it lets the shard go, after the first one
-// that does not (the producer is slow or done), so a slow stream costs at
-// most one pause. With one processor a pause would only keep the producer
-// from running, so engines made then never pause (Engine.gatherable).
+// takes), has caught up with the shard's producer (fewer than
+// Engine.caughtUp items queued: gatherEnough, or a quarter of the shard's
+// room when that is less) and has no other shard waiting pauses for
+// gatherPause before it takes again, so that it takes a batch, not a few
+// items from the segment the producer is appending to: taking a few at a
+// time moves the shard's lines between the two cores at every take, and a
+// worker that runs dry sleeps and must be woken. It pauses while a pause
+// lets at least gatherEnough/4 items in, and stops pausing in that shard,
+// until it lets the shard go, after the first one that does not (the
+// producer is slow or done), so a slow stream costs at most one pause. It
+// never pauses while producers wait for room (then the worker is what
+// they wait for) or with one processor (the producer could not run
+// meanwhile).
 const (
 	gatherEnough = 32
 	gatherPause  = 2000 // nanoseconds: about 30 adds of one producer (Engine.gatherPause)
 )
+
+// wantsPause reports whether the worker, about to take from s again,
+// pauses first (see gatherPause): s streams (work found at its last two
+// takes), the worker caught up with its producer, no other shard waits, no
+// producer waits for room, and another processor can run the producer.
+// s.mu must be held.
+func (w *worker[E]) wantsPause(s *shard[E]) bool {
+	return w.gathering && w.rounds >= 2 && s.queued < w.e.caughtUp && !w.e.rq.any() &&
+		w.e.spaceWaiters.Load() == 0 && runtime.GOMAXPROCS(0) > 1
+}
 
 // spin waits about d nanoseconds on the clock alone, reading no memory
 // that another core writes, and returns the clock's last reading.
