@@ -44,6 +44,49 @@ func waitIdle(t *testing.T, life *Lifecycle, e *Engine[int]) {
 	}
 }
 
+// pauseRig is one worker over one shard with a pauseDispatcher: the
+// setting of the pause tests.
+type pauseRig struct {
+	t    *testing.T
+	d    *pauseDispatcher
+	life *Lifecycle
+	e    *Engine[int]
+}
+
+// newPauseRig starts a rig; setup, if not nil, runs before the engine
+// starts (to set its test fields).
+func newPauseRig(t *testing.T, setup func(*pauseRig)) *pauseRig {
+	r := &pauseRig{t: t, life: NewLifecycle(),
+		d: &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}}
+	r.e = New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, r.d, r.life)
+	if setup != nil {
+		setup(r)
+	}
+	r.e.Start()
+	t.Cleanup(func() { drainAndStop(t, r.life, r.e) })
+	return r
+}
+
+// push adds item ev of key 1.
+func (r *pauseRig) push(ev int) {
+	if res := r.e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
+		r.t.Errorf("push %d: %v", ev, res)
+	}
+}
+
+// stream makes the worker take twice from the shard, item 0 alone, then
+// items 1 to 9 (added while item 0 runs), and waits until the engine is
+// idle.
+func (r *pauseRig) stream() {
+	r.push(0)
+	<-r.d.entered
+	for i := 1; i <= 9; i++ {
+		r.push(i)
+	}
+	r.d.release <- struct{}{}
+	waitIdle(r.t, r.life, r.e)
+}
+
 // TestGatheringPauseStopsAfterOneThatGathersLittle: a worker that has
 // taken from a shard twice in a row and caught up with its producer
 // pauses before its next take; once a pause gathers little (the producer
@@ -55,34 +98,19 @@ func waitIdle(t *testing.T, life *Lifecycle, e *Engine[int]) {
 // after them. At least one pause in all (the first burst's), at most one
 // per burst.
 func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
-	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
-	push := func(ev int) {
-		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
-			t.Errorf("push %d: %v", ev, res)
-		}
-	}
-	const bursts, follow = 5, 9
-	d.then = func(u *Unit[int]) {
-		if u.Event == follow {
+	r := newPauseRig(t, nil)
+	const bursts = 5
+	r.d.then = func(u *Unit[int]) {
+		if u.Event == 9 {
 			for i := range gatherEnough / 4 {
-				push(follow + 1 + i)
+				r.push(10 + i)
 			}
 		}
 	}
 	for range bursts {
-		push(0)
-		<-d.entered // the worker's first take holds item 0 alone
-		for i := 1; i <= follow; i++ {
-			push(i) // its second take: these nine
-		}
-		d.release <- struct{}{}
-		waitIdle(t, life, e)
+		r.stream()
 	}
-	pauses := e.workers[0].pauses.Load()
+	pauses := r.e.workers[0].pauses.Load()
 	if runtime.GOMAXPROCS(0) == 1 {
 		if pauses != 0 {
 			t.Fatalf("%d pauses with one processor", pauses)
@@ -150,33 +178,17 @@ func TestGatheringPausesKeepEachKeysOrder(t *testing.T) {
 // Max above it.
 func TestGatheringPauseIsNoRunsTime(t *testing.T) {
 	const pause = 300 * time.Millisecond
-	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
-	e.gatherPause = int64(pause)
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
-	push := func(ev int) {
-		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
-			t.Errorf("push %d: %v", ev, res)
-		}
-	}
-	d.then = func(u *Unit[int]) {
+	r := newPauseRig(t, func(r *pauseRig) { r.e.gatherPause = int64(pause) })
+	r.d.then = func(u *Unit[int]) {
 		if u.Event == 9 {
-			push(10) // arrives for the pause to gather, after items 1 to 9
+			r.push(10) // arrives for the pause to gather, after items 1 to 9
 		}
 	}
-	push(0)
-	<-d.entered
-	for i := 1; i <= 9; i++ {
-		push(i)
-	}
-	d.release <- struct{}{}
-	waitIdle(t, life, e)
-	if runtime.GOMAXPROCS(0) > 1 && e.workers[0].pauses.Load() == 0 {
+	r.stream()
+	if runtime.GOMAXPROCS(0) > 1 && r.e.workers[0].pauses.Load() == 0 {
 		t.Fatal("the worker never paused: the test did not exercise the pause")
 	}
-	if max := e.Snapshot().Max; max >= pause {
+	if max := r.e.Snapshot().Max; max >= pause {
 		t.Fatalf("Max run time %v counts the %v pause", max, pause)
 	}
 }
@@ -190,38 +202,24 @@ func TestGatheringPauseGoesOnWhilePausesGather(t *testing.T) {
 	if runtime.GOMAXPROCS(0) == 1 {
 		want = 0 // the producer could not run during a pause
 	}
-	d := &pauseDispatcher{entered: make(chan struct{}), release: make(chan struct{}), ran: map[uint64][]int{}}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 64}, d, life)
-	push := func(ev int) {
-		if res := e.Push(&Item[int]{Event: ev, Key: 1}, nil, context.Background()); res != Accepted {
-			t.Errorf("push %d: %v", ev, res)
-		}
-	}
 	calls := 0
-	e.onPause = func() { // on the worker's goroutine
-		calls++
-		if calls == 1 {
-			for i := range gatherEnough / 4 {
-				push(10 + i) // arrive during the first pause
+	r := newPauseRig(t, func(r *pauseRig) {
+		r.e.onPause = func() { // on the worker's goroutine
+			calls++
+			if calls == 1 {
+				for i := range gatherEnough / 4 {
+					r.push(10 + i) // arrive during the first pause
+				}
 			}
 		}
-	}
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
-	push(0)
-	<-d.entered
-	for i := 1; i <= 9; i++ {
-		push(i)
-	}
-	d.release <- struct{}{}
-	waitIdle(t, life, e)
-	if got := e.workers[0].pauses.Load(); got != want {
+	})
+	r.stream()
+	if got := r.e.workers[0].pauses.Load(); got != want {
 		t.Fatalf("%d pauses, want %d: one that gathered %d items, then one that gathered none", got, want, gatherEnough/4)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, ev := range d.ran[1] {
+	r.d.mu.Lock()
+	defer r.d.mu.Unlock()
+	for i, ev := range r.d.ran[1] {
 		if ev != i {
 			t.Fatalf("item %d ran at position %d", ev, i)
 		}
