@@ -172,12 +172,12 @@ func TestGatheringPausesKeepEachKeysOrder(t *testing.T) {
 }
 
 // TestGatheringPauseIsNoRunsTime: the time a worker pauses is not counted
-// in the run times its Stats report. The pause is lengthened to 300 ms
+// in the run times its Stats report. The pause is lengthened to 1 s
 // here, far above any run of the test (the longest, item 0's, lasts while
 // the test adds nine items), so a pause counted in a run would show as a
 // Max above it.
 func TestGatheringPauseIsNoRunsTime(t *testing.T) {
-	const pause = 300 * time.Millisecond
+	const pause = time.Second
 	r := newPauseRig(t, func(r *pauseRig) { r.e.gatherPause = int64(pause) })
 	r.d.then = func(u *Unit[int]) {
 		if u.Event == 9 {
