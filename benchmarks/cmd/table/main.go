@@ -174,26 +174,45 @@ func (r *results) read(in io.Reader) {
 			continue
 		}
 		logged = ""
-		f := strings.Fields(line)
-		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
-			continue
-		}
-		s, p, ok := split(f[0])
+		name, metrics, ok := resultLine(line)
 		if !ok {
 			continue
 		}
-		if _, err := strconv.Atoi(f[1]); err != nil {
-			continue // not a result line
+		s, p, ok := split(name)
+		if !ok {
+			continue
 		}
 		c := r.cell(s, p)
-		for i := 2; i+1 < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				break
-			}
-			c.samples[f[i+1]] = append(c.samples[f[i+1]], v)
+		for _, m := range metrics {
+			c.samples[m.unit] = append(c.samples[m.unit], m.value)
 		}
 	}
+}
+
+// metric is one "value unit" pair of a result line.
+type metric struct {
+	value float64
+	unit  string
+}
+
+// resultLine parses a benchmark result line: "BenchmarkName N value unit
+// value unit ...". ok is false for any other line.
+func resultLine(line string) (name string, metrics []metric, ok bool) {
+	f := strings.Fields(line)
+	if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+		return "", nil, false
+	}
+	if _, err := strconv.Atoi(f[1]); err != nil {
+		return "", nil, false
+	}
+	for i := 2; i+1 < len(f); i += 2 {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			break
+		}
+		metrics = append(metrics, metric{v, f[i+1]})
+	}
+	return f[0], metrics, true
 }
 
 // medianOr returns the median of v for the table, or a dash when the runs

@@ -85,25 +85,18 @@ func splitRuns(in io.Reader, prefix string) (counts map[string]int, err error) {
 // stateOf says which of splitRuns' files a line goes to; false when it is
 // not a result line.
 func stateOf(line string) (suffix string, ok bool) {
-	f := strings.Fields(line)
-	if len(f) < 2 || !strings.HasPrefix(f[0], "Benchmark") {
+	name, metrics, ok := resultLine(line)
+	if !ok {
 		return "", false
 	}
-	if _, err := strconv.Atoi(f[1]); err != nil {
-		return "", false
-	}
-	if procsOf(f[0]) == noSuffix {
+	if procsOf(name) == noSuffix {
 		return oneCPU, true
 	}
-	for i := 2; i+1 < len(f); i += 2 {
-		if f[i+1] != "c2c-ns" {
+	for _, m := range metrics {
+		if m.unit != "c2c-ns" {
 			continue
 		}
-		rt, err := strconv.ParseFloat(f[i], 64)
-		if err != nil {
-			break
-		}
-		if rt < nearRoundTrip {
+		if m.value < nearRoundTrip {
 			return near, true
 		}
 		return far, true
