@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"sort"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -53,25 +54,34 @@ type callInfoKey struct{}
 // reused, so a context kept by a handler stays valid.
 //
 // Contexts are carved from per-worker blocks (ctxBlock), so that a dispatch
-// does not allocate, and hold no pointer: what they share (the pool, the
-// handlers called, the producers' values) is in their block's header. The
-// garbage collector then never scans them and filling one needs no write
-// barrier, which is most of what a handler context costs.
+// does not allocate, and are one 32-bit word each: what they share (the
+// pool, the handlers called, the producers' values, the event IDs) is in
+// their block. Handler contexts are most of what a bus allocates, so their
+// size sets how often the garbage collector runs: at 4 bytes a context, a
+// run of handlers costs the collector a quarter of what 16 bytes did.
 type callCtx struct {
-	eventID uint64
-	attempt int32
-	// word packs what finds the context's block and handler, and whether
-	// the handler returned: bit 0 is set (atomically) once the handler
-	// returns, bits 1-15 hold the index in the block's ctxs (to find the
-	// block), bits 16-31 the index in the block's handlers, which also
-	// gives the event type and the handler's position in its chain.
-	// Block memory starts zeroed, so a fresh context counts as running;
-	// one plain store fills the rest before the context is handed out;
-	// later reads are atomic. Packed, a context is 16 bytes: handler
-	// contexts are most of what a bus allocates, and the fewer bytes, the
-	// rarer the garbage collector's cycles.
+	// word packs the context: bit 0 is set (atomically) once the handler
+	// returns; the other bits are written once, with a plain store, before
+	// the context is handed out, and read atomically after (see the
+	// ctxWord constants).
 	word uint32
 }
+
+// The fields of callCtx.word. The attempt number is kept in the word when
+// it fits; 0 there means the block's exceptions hold it. ctxNext and
+// ctxExcepted tell how the event ID is found (see callCtx.call).
+const (
+	ctxReturned    = 1 << 0 // the handler returned
+	ctxNext        = 1 << 1 // event ID: the previous context's plus one (else the same)
+	ctxExcepted    = 1 << 2 // event ID and attempt: in the block's exceptions
+	ctxSlotShift   = 3      // bits 3-13: index in the block's ctxs
+	ctxSlotBits    = 11
+	ctxHandShift   = ctxSlotShift + ctxSlotBits // bits 14-21: index in the block's handlers
+	ctxHandBits    = 8
+	ctxAttShift    = ctxHandShift + ctxHandBits // bits 22-31: attempt, 1 to ctxMaxAttempt
+	ctxMaxAttempt  = 1<<(32-ctxAttShift) - 1
+	ctxMaxHandlers = 1 << ctxHandBits
+)
 
 // handlerRef is a handler as a block's contexts see it: the entry, the
 // event type it handles and its position in that type's chain. An
@@ -83,44 +93,76 @@ type handlerRef struct {
 	index int32
 }
 
-// ctxWord packs a context's slot and handler index (see callCtx.word).
-func ctxWord(slot, handler int) uint32 { return uint32(handler)<<16 | uint32(slot)<<1 }
-
-const ctxReturned = 1 // callCtx.word's bit: the handler returned
-
-// slot and handler read word atomically: markReturned may set its bit at
-// the same time (an atomic load is a plain load on amd64 and arm64).
-func (c *callCtx) slot() int    { return int(atomic.LoadUint32(&c.word)>>1) & 0x7fff }
-func (c *callCtx) handler() int { return int(atomic.LoadUint32(&c.word) >> 16) }
+// slot, handler and attempt read the word atomically: markReturned may set
+// its bit at the same time (an atomic load is a plain load on amd64 and
+// arm64).
+func (c *callCtx) slot() int {
+	return int(atomic.LoadUint32(&c.word)>>ctxSlotShift) & (1<<ctxSlotBits - 1)
+}
+func (c *callCtx) handler() int {
+	return int(atomic.LoadUint32(&c.word)>>ctxHandShift) & (ctxMaxHandlers - 1)
+}
 
 // markReturned records that the handler the context was made for returned.
 func (c *callCtx) markReturned() { atomic.OrUint32(&c.word, ctxReturned) }
 
+// ctxGroup is how many contexts of a block share one checkpoint (the event
+// ID of the group's first context) and one array of producers' values.
+const ctxGroup = 64
+
 // ctxBlock is a block of handler contexts carved by one worker of one pool.
 // Its only pointers are the header words, so the garbage collector scans a
-// few words of it whatever its size. A handler that keeps a context keeps
-// its whole block alive (8 KiB).
+// few hundred bytes of it and no context. A handler that keeps a context
+// keeps its whole block alive (8 KiB).
+//
+// Event IDs are not stored per context: most calls of a worker are the
+// next unit's (ID + 1) or the same unit's next handler (same ID), which a
+// bit of the word tells; each group of ctxGroup contexts starts from a
+// checkpoint, and an ID that is neither (a new block of IDs, a durable
+// event's own ID) or an attempt too large for the word is an exception,
+// kept in a list.
 //
 // The lists in the header are read by kept contexts of the block while the
-// worker extends them, so each is published through an atomic pointer.
+// worker extends them, so each is published through an atomic pointer or
+// count.
 type ctxBlock struct {
 	pool *pool
 	// handlers lists the handlers the block's contexts were made for, in
 	// the order of their first call; a new handler gets a new list (a
 	// block sees as many as the chains it runs have, usually a few).
 	handlers atomic.Pointer[[]handlerRef]
-	// values holds the producers' contexts, by slot; made the first time
-	// a context of the block has values (most producers pass Background).
-	values atomic.Pointer[[ctxBlockSize]context.Context]
-	ctxs   [ctxBlockSize]callCtx
+	// exceptions holds the contexts whose event ID or attempt the word
+	// does not give, in slot order: the first nexc entries of the array
+	// published last (it is replaced, never changed below nexc, as it
+	// grows).
+	exceptions atomic.Pointer[[]ctxException]
+	nexc       atomic.Int32
+	// values holds the producers' contexts of each group, by slot; made
+	// the first time a context of the group has values (most producers
+	// pass Background).
+	values [ctxGroups]atomic.Pointer[[ctxGroup]context.Context]
+	// marks holds the event ID of each group's first context.
+	marks [ctxGroups]uint64
+	ctxs  [ctxBlockSize]callCtx
 }
 
-// ctxBlockSize makes a ctxBlock (a 24-byte header and 16-byte contexts)
-// 8184 bytes, just under the allocator's 8 KiB size class: 511 contexts
-// would round the block up to the 9472-byte class and waste 13%.
-// TestCtxBlockFitsItsSizeClass checks it. It must stay below 1<<15, the
-// room callCtx.word has for a slot.
-const ctxBlockSize = 510
+// ctxException is the event ID and attempt of a context whose word does
+// not give them.
+type ctxException struct {
+	slot    int32
+	attempt int32
+	id      uint64
+}
+
+// ctxBlockSize makes a ctxBlock 8184 bytes: with the allocator's 8-byte
+// header of an object that holds pointers, exactly its 8 KiB size class
+// (TestCtxBlockFitsItsSizeClass checks it). The last group is two contexts
+// short for that header. It must stay below 1<<ctxSlotBits, the room
+// callCtx.word has for a slot.
+const (
+	ctxGroups    = 30
+	ctxBlockSize = ctxGroups*ctxGroup - 2
+)
 
 // block returns the block c was carved from. c lies in block.ctxs at
 // c.slot, so the block starts at a fixed distance before c, inside the
@@ -128,6 +170,36 @@ const ctxBlockSize = 510
 func (c *callCtx) block() *ctxBlock {
 	first := unsafe.Add(unsafe.Pointer(c), -c.slot()*int(unsafe.Sizeof(callCtx{})))
 	return (*ctxBlock)(unsafe.Add(first, -int(unsafe.Offsetof(ctxBlock{}.ctxs))))
+}
+
+// call returns the event ID and attempt number of the call c was made for.
+// The ID is the group's checkpoint or the last exception before c in its
+// group, plus one for each context after it that starts the next unit: a
+// walk of at most ctxGroup words, only when CallInfo is asked for.
+func (c *callCtx) call() (id uint64, attempt int) {
+	b, i := c.block(), c.slot()
+	w := atomic.LoadUint32(&c.word)
+	attempt = int(w >> ctxAttShift)
+	from := i &^ (ctxGroup - 1)
+	id = b.marks[from/ctxGroup]
+	if n := int(b.nexc.Load()); n > 0 {
+		exc := (*b.exceptions.Load())[:n]
+		// The last exception at or before i.
+		k := sort.Search(n, func(k int) bool { return int(exc[k].slot) > i }) - 1
+		if k >= 0 && int(exc[k].slot) >= from {
+			e := exc[k]
+			from, id = int(e.slot), e.id
+			if int(e.slot) == i && attempt == 0 {
+				attempt = int(e.attempt)
+			}
+		}
+	}
+	for j := from + 1; j <= i; j++ {
+		if atomic.LoadUint32(&b.ctxs[j].word)&ctxNext != 0 {
+			id++
+		}
+	}
+	return id, attempt
 }
 
 func (c *callCtx) pool() *pool { return c.block().pool }
@@ -141,8 +213,9 @@ func (c *callCtx) entry() *handlerEntry { return c.ref().entry }
 // values returns the producer's context the handler takes its values from,
 // or nil.
 func (c *callCtx) values() context.Context {
-	if vs := c.block().values.Load(); vs != nil {
-		return vs[c.slot()]
+	i := c.slot()
+	if vs := c.block().values[i/ctxGroup].Load(); vs != nil {
+		return vs[i%ctxGroup]
 	}
 	return nil
 }
@@ -156,8 +229,9 @@ func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
 	p, r := c.pool(), c.ref()
+	id, attempt := c.call()
 	return CallInfo{Pool: p.kind, Type: r.typ, TypeName: p.bus.typeNameLocked(r.typ), Handler: r.entry.name,
-		Index: int(r.index), Attempt: int(c.attempt), EventID: c.eventID}
+		Index: int(r.index), Attempt: attempt, EventID: id}
 }
 
 func (c *callCtx) bus() *Bus { return c.pool().bus }
@@ -227,53 +301,113 @@ func valuesOf(ctx context.Context, c *callCtx) context.Context {
 //
 // A worker writes its slab at every handler call, and the pool keeps its
 // workers' slabs side by side: the padding keeps each slab's fields
-// (56 bytes) at least a cache line away from the next slab's and from
+// (64 bytes) at least a cache line away from the next slab's and from
 // whatever the allocator puts before the first, so that workers on
 // different cores never write one line.
 type ctxSlab struct {
 	_     [64]byte
 	block *ctxBlock
-	n     int // contexts of block handed out
-	// the block's handler list as last published, and the index in it of
-	// the handler called last (chains of one handler never search)
-	handlers []handlerRef
-	last     uint32
-	lastH    *handlerEntry // handlers[last].entry; nil until a handler is found in this block
-	_        [8]byte
+	n     int32 // contexts of block handed out
+	// limit is where quick stops: the next group's first context (or the
+	// block's end), which nextSlow hands out.
+	limit int32
+	// last is the index in the block's handler list of the handler
+	// called last (chains of one handler never search); lastH is its
+	// entry, nil until a handler is found in this block.
+	last uint32
+	// hasValues tells that a context of the block holds a producer's
+	// context (see release).
+	hasValues bool
+	handlers  []handlerRef // the block's handler list as last published
+	lastH     *handlerEntry
+	lastID    uint64 // event ID of the context handed out last
 }
 
-// quick returns a fresh context for a call of p's handler h in the common
-// case (room in the block, the handler called last, no producer's values)
-// and nil otherwise (then nextSlow does it). It is small enough to be
-// inlined into the dispatch. h's type and position are those listed with
-// it (see handlerRef).
-func (s *ctxSlab) quick(h *handlerEntry, values context.Context) *callCtx {
-	if s.lastH != h || s.n >= ctxBlockSize || values != nil {
+// quick returns a fresh context for a call of p's handler h, for event id
+// and attempt, in the common case (room in the block, the handler called
+// last, not a group's first context, an ID the word tells) and nil
+// otherwise (then nextSlow does it). Calls with a producer's values go to
+// nextSlow. It is small enough to
+// be inlined into the dispatch. h's type and position are those listed
+// with it (see handlerRef).
+func (s *ctxSlab) quick(h *handlerEntry, id uint64, attempt int) *callCtx {
+	n, d := s.n, id-s.lastID
+	if n >= s.limit || s.lastH != h || d > 1 || uint(attempt-1) >= ctxMaxAttempt {
 		return nil
 	}
-	c := &s.block.ctxs[s.n]
-	c.word = ctxWord(s.n, int(s.last))
-	s.n++
+	c := &s.block.ctxs[n]
+	c.word = uint32(d)*ctxNext | uint32(n)<<ctxSlotShift | s.last<<ctxHandShift | uint32(attempt)<<ctxAttShift
+	s.n, s.lastID = n+1, id
 	return c
 }
 
-// nextSlow returns a fresh context for a call of p's handler h when quick
-// cannot: a new block is due, the handler changed or values, the
-// producer's context, is not nil.
-func (s *ctxSlab) nextSlow(p *pool, h handlerRef, values context.Context) *callCtx {
-	if s.block == nil || s.n == ctxBlockSize {
-		s.block, s.n, s.handlers, s.lastH = &ctxBlock{pool: p}, 0, nil, nil
+// nextSlow returns a fresh context for a call of p's handler h, for event
+// id and attempt, when quick cannot: a new block is due, the handler
+// changed, a group starts, the ID or attempt is an exception, or values,
+// the producer's context, is not nil.
+func (s *ctxSlab) nextSlow(p *pool, h handlerRef, id uint64, attempt int, values context.Context) *callCtx {
+	if s.block == nil || s.n >= ctxBlockSize {
+		s.newBlock(p)
 	}
-	c := &s.block.ctxs[s.n]
-	if s.lastH != h.entry {
+	if s.lastH != h.entry && !s.find(h) {
+		// The block's handler list is full.
+		s.newBlock(p)
 		s.find(h)
 	}
-	c.word = ctxWord(s.n, int(s.last))
-	s.n++
+	n := int(s.n)
+	w := uint32(n)<<ctxSlotShift | s.last<<ctxHandShift
+	fits := attempt >= 1 && attempt <= ctxMaxAttempt
+	if fits {
+		w |= uint32(attempt) << ctxAttShift
+	}
+	switch {
+	case n%ctxGroup == 0:
+		s.block.marks[n/ctxGroup] = id
+		if !fits {
+			s.except(n, id, attempt)
+			w |= ctxExcepted
+		}
+	case fits && id == s.lastID:
+	case fits && id == s.lastID+1:
+		w |= ctxNext
+	default:
+		s.except(n, id, attempt)
+		w |= ctxExcepted
+	}
+	c := &s.block.ctxs[n]
+	c.word = w
+	s.n, s.lastID = int32(n+1), id
+	s.limit = int32(min(n/ctxGroup*ctxGroup+ctxGroup, ctxBlockSize))
 	if values != nil {
-		s.setValues(c, values)
+		s.setValues(n, values)
 	}
 	return c
+}
+
+// newBlock starts a new block of contexts for p.
+func (s *ctxSlab) newBlock(p *pool) {
+	s.block, s.n, s.limit, s.handlers, s.lastH, s.hasValues = &ctxBlock{pool: p}, 0, 0, nil, nil, false
+}
+
+// except records the event ID and attempt of the context at slot n in the
+// block's exceptions. The list is published with its full length: entries
+// are written past the count readers see, then counted; a full list is
+// replaced by a copy twice as long.
+func (s *ctxSlab) except(n int, id uint64, attempt int) {
+	b := s.block
+	k := int(b.nexc.Load())
+	var list []ctxException
+	if p := b.exceptions.Load(); p != nil {
+		list = *p
+	}
+	if k == len(list) {
+		grown := make([]ctxException, max(4, 2*len(list)))
+		copy(grown, list)
+		list = grown
+		b.exceptions.Store(&grown)
+	}
+	list[k] = ctxException{slot: int32(n), attempt: int32(attempt), id: id}
+	b.nexc.Store(int32(k + 1))
 }
 
 // lastCtx returns the context handed out last (the current call's while a
@@ -286,19 +420,22 @@ func (s *ctxSlab) lastCtx() *callCtx {
 }
 
 // find points s.last at h in the block's handler list, adding it first if
-// it is not there. The list grows by copy, so kept contexts reading the
-// old one are not disturbed.
-func (s *ctxSlab) find(h handlerRef) {
-	s.lastH = h.entry
+// it is not there, and reports false when the list is full. The list grows
+// by copy, so kept contexts reading the old one are not disturbed.
+func (s *ctxSlab) find(h handlerRef) bool {
 	for i, e := range s.handlers {
 		if e == h {
-			s.last = uint32(i)
-			return
+			s.lastH, s.last = h.entry, uint32(i)
+			return true
 		}
+	}
+	if len(s.handlers) == ctxMaxHandlers {
+		return false
 	}
 	hs := append(s.handlers[:len(s.handlers):len(s.handlers)], h)
 	s.block.handlers.Store(&hs)
-	s.handlers, s.last = hs, uint32(len(hs)-1)
+	s.handlers, s.last, s.lastH = hs, uint32(len(hs)-1), h.entry
+	return true
 }
 
 // release drops the current block when it holds producers' values, so
@@ -306,16 +443,20 @@ func (s *ctxSlab) find(h handlerRef) {
 // handlers kept still reach their block; a block without values holds only
 // handler entries and is kept for the next event.
 func (s *ctxSlab) release() {
-	if s.block != nil && s.block.values.Load() != nil {
-		s.block, s.n, s.handlers, s.lastH = nil, 0, nil, nil
+	if s.block != nil && s.hasValues {
+		s.block, s.n, s.limit, s.handlers, s.lastH, s.hasValues = nil, 0, 0, nil, nil, false
 	}
 }
 
-func (s *ctxSlab) setValues(c *callCtx, values context.Context) {
-	vs := s.block.values.Load()
+// setValues keeps values, the producer's context, for the context at slot
+// n, in its group's array (made on the group's first values).
+func (s *ctxSlab) setValues(n int, values context.Context) {
+	g := &s.block.values[n/ctxGroup]
+	vs := g.Load()
 	if vs == nil {
-		vs = new([ctxBlockSize]context.Context)
-		s.block.values.Store(vs)
+		vs = new([ctxGroup]context.Context)
+		g.Store(vs)
 	}
-	vs[c.slot()] = values
+	vs[n%ctxGroup] = values
+	s.hasValues = true
 }

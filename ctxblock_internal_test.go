@@ -6,20 +6,20 @@ import (
 )
 
 // TestCtxBlockFitsItsSizeClass pins the layout ctxBlockSize was chosen for:
-// a block just under 8 KiB, so that the allocator's size classes waste
-// nothing, and pointer-free 16-byte contexts.
+// a block that, with the allocator's 8-byte header of an object holding
+// pointers, fills the 8 KiB size class, and pointer-free 4-byte contexts.
 func TestCtxBlockFitsItsSizeClass(t *testing.T) {
-	if got := unsafe.Sizeof(callCtx{}); got != 16 {
-		t.Errorf("callCtx is %d bytes, want 16: change ctxBlockSize to fit 8 KiB", got)
+	if got := unsafe.Sizeof(callCtx{}); got != 4 {
+		t.Errorf("callCtx is %d bytes, want 4: change ctxBlockSize to fit 8 KiB", got)
 	}
-	if got := unsafe.Sizeof(ctxBlock{}); got > 8192 || got+unsafe.Sizeof(callCtx{}) <= 8192 {
-		t.Errorf("ctxBlock is %d bytes, want the most contexts that fit in 8192", got)
+	if got := unsafe.Sizeof(ctxBlock{}); got != 8192-8 {
+		t.Errorf("ctxBlock is %d bytes, want 8184 (8 KiB less the allocator's header)", got)
 	}
 	if got := unsafe.Sizeof(ctxSlab{}); got != 128 {
 		t.Errorf("ctxSlab is %d bytes, want 128: its fields and padding keep workers' slabs a cache line apart", got)
 	}
-	if ctxBlockSize >= 1<<15 {
-		t.Errorf("ctxBlockSize %d does not fit callCtx.word's 15 slot bits", ctxBlockSize)
+	if ctxBlockSize >= 1<<ctxSlotBits || ctxBlockSize > ctxGroups*ctxGroup {
+		t.Errorf("ctxBlockSize %d does not fit callCtx.word's %d slot bits or %d groups", ctxBlockSize, ctxSlotBits, ctxGroups)
 	}
 }
 

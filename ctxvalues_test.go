@@ -132,7 +132,8 @@ func TestHandlerCtxFromBackgroundHasNoValues(t *testing.T) {
 // them from other goroutines while later events are handled: contexts of
 // one block are handed out while earlier ones are read, some with producer
 // values and some without. Each kept context must still report its own
-// call, its own producer's values, and no longer count as running.
+// call (the EventID the handler saw, the same for both handlers of an
+// event), its own producer's values, and no longer count as running.
 func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 	const events = 3000 // spans several context blocks
 	b := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 2}))
@@ -141,13 +142,15 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 		ev      *eventbus.UserContext
 		handler string
 		index   int
+		id      uint64 // the EventID the handler saw
 	}
 	keptCh := make(chan kept, 2*events)
 	// A chain of two: contexts of one block are made for both handlers,
 	// alternately.
 	for i, name := range []string{"keeper-a", "keeper-b"} {
 		mustRegister(t, b, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
-			keptCh <- kept{ctx, ev, name, i}
+			info, _ := eventbus.CallInfoFrom(ctx)
+			keptCh <- kept{ctx, ev, name, i, info.EventID}
 			return nil
 		}, eventbus.WithName(name))
 	}
@@ -164,12 +167,12 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 		}
 	}
 	var readers sync.WaitGroup
-	var ids sync.Map
+	var ids, idOf sync.Map // EventIDs seen; event -> its EventID
 	var bad atomic.Int64
 	check := func(k kept) {
 		info, ok := eventbus.CallInfoFrom(k.ctx)
 		if !ok || info.Handler != k.handler || info.Index != k.index || info.Pool != eventbus.PoolUser ||
-			info.Type != eventbus.EventOnSend || info.Attempt != 1 ||
+			info.Type != eventbus.EventOnSend || info.Attempt != 1 || info.EventID != k.id ||
 			k.ctx.Value(traceKey{}) != want[k.ev] {
 			bad.Add(1)
 		}
@@ -190,6 +193,9 @@ func TestKeptHandlerContextsStayTheirOwn(t *testing.T) {
 					if _, dup := ids.LoadOrStore(info.EventID, true); dup {
 						bad.Add(1)
 					}
+				}
+				if id, loaded := idOf.LoadOrStore(k.ev, k.id); loaded && id != k.id {
+					bad.Add(1) // the chain's handlers saw different EventIDs
 				}
 			}
 		})

@@ -63,11 +63,14 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 			u.Prior = priorAttempts(u, h) // h's first attempt in this life
 		}
 		// A fresh handler context per attempt (see callCtx).
-		c := slab.quick(h, first.Ctx)
-		if c == nil {
-			c = slab.nextSlow(p, handlerRef{h, typ, int32(u.Index)}, first.Ctx)
+		attempt := u.Attempt + u.Prior
+		var c *callCtx
+		if first.Ctx == nil {
+			c = slab.quick(h, u.ID, attempt)
 		}
-		c.eventID, c.attempt = u.ID, int32(u.Attempt+u.Prior)
+		if c == nil {
+			c = slab.nextSlow(p, handlerRef{h, typ, int32(u.Index)}, u.ID, attempt, first.Ctx)
+		}
 		var err error
 		timedOut := false
 		switch {
