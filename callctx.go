@@ -167,8 +167,11 @@ const (
 // block returns the block c was carved from. c lies in block.ctxs at
 // c.slot, so the block starts at a fixed distance before c, inside the
 // same allocation.
-func (c *callCtx) block() *ctxBlock {
-	first := unsafe.Add(unsafe.Pointer(c), -c.slot()*int(unsafe.Sizeof(callCtx{})))
+func (c *callCtx) block() *ctxBlock { return c.blockAt(c.slot()) }
+
+// blockAt is block for c's slot, already read.
+func (c *callCtx) blockAt(slot int) *ctxBlock {
+	first := unsafe.Add(unsafe.Pointer(c), -slot*int(unsafe.Sizeof(callCtx{})))
 	return (*ctxBlock)(unsafe.Add(first, -int(unsafe.Offsetof(ctxBlock{}.ctxs))))
 }
 
@@ -218,6 +221,25 @@ func (c *callCtx) values() context.Context {
 		return vs[i%ctxGroup]
 	}
 	return nil
+}
+
+// follow returns what an add to bus b with c itself as its context needs,
+// reading c's word once: the producer's context the event takes its
+// values from (c's), and c when the add is a follow-on of c's running
+// handler on b, nil when that handler returned or runs on another bus. It
+// is valuesOf and the checks that follow it in add, in one step.
+func (c *callCtx) follow(b *Bus) (*callCtx, context.Context) {
+	w := atomic.LoadUint32(&c.word)
+	i := int(w>>ctxSlotShift) & (1<<ctxSlotBits - 1)
+	blk := c.blockAt(i)
+	var values context.Context
+	if vs := blk.values[i/ctxGroup].Load(); vs != nil {
+		values = vs[i%ctxGroup]
+	}
+	if w&ctxReturned != 0 || blk.pool.bus != b {
+		return nil, values
+	}
+	return c, values
 }
 
 // running reports whether the handler the context was made for has not

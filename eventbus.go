@@ -307,6 +307,11 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 		ctx = background
 	case isBackground(ctx):
 	default:
+		if own, ok := ctx.(*callCtx); ok {
+			// A handler's own context, as follow-on adds pass it.
+			c, values = own.follow(b)
+			break
+		}
 		c = callOf(ctx)
 		values = valuesOf(ctx, c)
 		if c != nil && (c.bus() != b || !c.running()) {

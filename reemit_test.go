@@ -233,6 +233,54 @@ func TestAddFromReturnedHandlerIsOutsideAdd(t *testing.T) {
 		"an add whose handler returned before it reached the queue is an outside add: refused while closing")
 }
 
+// TestHandlerContextOnAnotherBusIsOutsideAdd: a handler of one bus that
+// adds to another bus with its context (itself, or one derived from it)
+// makes an outside add there, not a follow-on: a closing bus refuses it
+// with ErrClosed, as it refuses every outside add, where it would accept a
+// follow-on of its own running handler.
+func TestHandlerContextOnAnotherBusIsOutsideAdd(t *testing.T) {
+	type key struct{}
+	for name, derive := range map[string]func(context.Context) context.Context{
+		"own":     func(ctx context.Context) context.Context { return ctx },
+		"derived": func(ctx context.Context) context.Context { return context.WithValue(ctx, key{}, 1) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			other := newBus(t)
+			blocker := newHoldGate(t)
+			mustRegister(t, other, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				if ev.Frame == "blocker" {
+					blocker.hold(ctx)
+				}
+				return nil
+			})
+			mustStart(t, other)
+			require.NoError(t, other.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
+				Conn: &testConn{uid: "blocker"}, Frame: "blocker"}))
+			recvWithin(t, blocker.entered, 5*time.Second, "blocker start")
+			closed := make(chan error, 1)
+			go func() { closed <- other.Close(deadline(t, 10*time.Second)) }()
+			ctx := deadline(t, 5*time.Second)
+			for !errors.Is(other.TryAddEvent(userEvent(eventbus.EventOnSend, "probe")), eventbus.ErrClosed) {
+				require.NoError(t, ctx.Err(), "Close did not start refusing adds")
+				runtime.Gosched()
+			}
+
+			bus := newBus(t)
+			addErr := make(chan error, 1)
+			mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				addErr <- other.AddEvent(derive(ctx), userEvent(eventbus.EventOnSend, "from-another-bus"))
+				return nil
+			})
+			mustStart(t, bus)
+			require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "parent")))
+			err := recvWithin(t, addErr, 5*time.Second, "the add to the other bus")
+			blocker.open()
+			require.NoError(t, recvWithin(t, closed, 10*time.Second, "Close"))
+			assert.ErrorIs(t, err, eventbus.ErrClosed, "another bus's handler context made a follow-on add")
+		})
+	}
+}
+
 // TestFollowOnAddAllocatesNothing: AddEvent allocates nothing when
 // ctx is the context a handler was called with, with a HandlerTimeout too.
 func TestFollowOnAddAllocatesNothing(t *testing.T) {
