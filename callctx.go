@@ -62,23 +62,22 @@ type callInfoKey struct{}
 type callCtx struct {
 	// word packs the context: bit 0 is set (atomically) once the handler
 	// returns; the other bits are written once, with a plain store, before
-	// the context is handed out, and read atomically after (see the
-	// ctxWord constants).
+	// the context is handed out, and read atomically after (see ctxNext
+	// and the constants beside it).
 	word uint32
 }
 
 // The fields of callCtx.word. The attempt number is kept in the word when
-// it fits; 0 there means the block's exceptions hold it. ctxNext and
-// ctxExcepted tell how the event ID is found (see callCtx.call).
+// it fits; 0 there means the block's exceptions hold it. ctxNext tells how
+// the event ID follows from the previous context's (see callCtx.call).
 const (
 	ctxReturned    = 1 << 0 // the handler returned
 	ctxNext        = 1 << 1 // event ID: the previous context's plus one (else the same)
-	ctxExcepted    = 1 << 2 // event ID and attempt: in the block's exceptions
-	ctxSlotShift   = 3      // bits 3-13: index in the block's ctxs
+	ctxSlotShift   = 2      // bits 2-12: index in the block's ctxs
 	ctxSlotBits    = 11
-	ctxHandShift   = ctxSlotShift + ctxSlotBits // bits 14-21: index in the block's handlers
+	ctxHandShift   = ctxSlotShift + ctxSlotBits // bits 13-20: index in the block's handlers
 	ctxHandBits    = 8
-	ctxAttShift    = ctxHandShift + ctxHandBits // bits 22-31: attempt, 1 to ctxMaxAttempt
+	ctxAttShift    = ctxHandShift + ctxHandBits // bits 21-31: attempt, 1 to ctxMaxAttempt
 	ctxMaxAttempt  = 1<<(32-ctxAttShift) - 1
 	ctxMaxHandlers = 1 << ctxHandBits
 )
@@ -387,14 +386,12 @@ func (s *ctxSlab) nextSlow(p *pool, h handlerRef, id uint64, attempt int, values
 		s.block.marks[n/ctxGroup] = id
 		if !fits {
 			s.except(n, id, attempt)
-			w |= ctxExcepted
 		}
 	case fits && id == s.lastID:
 	case fits && id == s.lastID+1:
 		w |= ctxNext
 	default:
 		s.except(n, id, attempt)
-		w |= ctxExcepted
 	}
 	c := &s.block.ctxs[n]
 	c.word = w
