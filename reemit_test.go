@@ -213,7 +213,22 @@ func TestAddFromReturnedHandlerIsOutsideAdd(t *testing.T) {
 	// parent's goroutine started is still in progress.
 	require.NoError(t, bus.WaitIdle(deadline(t, 5*time.Second)))
 
-	// Keep Close draining with a blocked handler, then start it.
+	closed := closeBehindBlocker(t, bus, blocker)
+
+	releaseAdmit()
+	err = recvWithin(t, addErr, 5*time.Second, "late add to return")
+	blocker.open()
+	require.NoError(t, recvWithin(t, closed, 10*time.Second, "Close"))
+	assert.ErrorIs(t, err, eventbus.ErrClosed,
+		"an add whose handler returned before it reached the queue is an outside add: refused while closing")
+}
+
+// closeBehindBlocker adds an event whose handler (one that holds blocker
+// for Frame "blocker") keeps Close draining, starts Close once the handler
+// runs, and returns when bus refuses outside adds: the bus is closing.
+// Close's result comes on the channel returned.
+func closeBehindBlocker(t *testing.T, bus *eventbus.Bus, blocker *holdGate) <-chan error {
+	t.Helper()
 	require.NoError(t, bus.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
 		Conn: &testConn{uid: "blocker"}, Frame: "blocker"}))
 	recvWithin(t, blocker.entered, 5*time.Second, "blocker start")
@@ -224,13 +239,7 @@ func TestAddFromReturnedHandlerIsOutsideAdd(t *testing.T) {
 		require.NoError(t, ctx.Err(), "Close did not start refusing adds")
 		runtime.Gosched()
 	}
-
-	releaseAdmit()
-	err = recvWithin(t, addErr, 5*time.Second, "late add to return")
-	blocker.open()
-	require.NoError(t, recvWithin(t, closed, 10*time.Second, "Close"))
-	assert.ErrorIs(t, err, eventbus.ErrClosed,
-		"an add whose handler returned before it reached the queue is an outside add: refused while closing")
+	return closed
 }
 
 // TestHandlerContextOnAnotherBusIsOutsideAdd: a handler of one bus that
@@ -254,16 +263,7 @@ func TestHandlerContextOnAnotherBusIsOutsideAdd(t *testing.T) {
 				return nil
 			})
 			mustStart(t, other)
-			require.NoError(t, other.AddEvent(context.Background(), &eventbus.UserContext{EventType: eventbus.EventOnSend,
-				Conn: &testConn{uid: "blocker"}, Frame: "blocker"}))
-			recvWithin(t, blocker.entered, 5*time.Second, "blocker start")
-			closed := make(chan error, 1)
-			go func() { closed <- other.Close(deadline(t, 10*time.Second)) }()
-			ctx := deadline(t, 5*time.Second)
-			for !errors.Is(other.TryAddEvent(userEvent(eventbus.EventOnSend, "probe")), eventbus.ErrClosed) {
-				require.NoError(t, ctx.Err(), "Close did not start refusing adds")
-				runtime.Gosched()
-			}
+			closed := closeBehindBlocker(t, other, blocker)
 
 			bus := newBus(t)
 			addErr := make(chan error, 1)
