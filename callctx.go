@@ -92,9 +92,8 @@ type handlerRef struct {
 	index int32
 }
 
-// slot, handler and attempt read the word atomically: markReturned may set
-// its bit at the same time (an atomic load is a plain load on amd64 and
-// arm64).
+// slot and handler read the word atomically: markReturned may set its bit
+// at the same time (an atomic load is a plain load on amd64 and arm64).
 func (c *callCtx) slot() int {
 	return int(atomic.LoadUint32(&c.word)>>ctxSlotShift) & (1<<ctxSlotBits - 1)
 }
@@ -348,9 +347,8 @@ type ctxSlab struct {
 // and attempt, in the common case (room in the block, the handler called
 // last, not a group's first context, an ID the word tells) and nil
 // otherwise (then nextSlow does it). Calls with a producer's values go to
-// nextSlow. It is small enough to
-// be inlined into the dispatch. h's type and position are those listed
-// with it (see handlerRef).
+// nextSlow. It is small enough to be inlined into the dispatch. h's type
+// and position are those listed with it (see handlerRef).
 func (s *ctxSlab) quick(h *handlerEntry, id uint64, attempt int) *callCtx {
 	n, d := s.n, id-s.lastID
 	if n >= s.limit || s.lastH != h || d > 1 || uint(attempt-1) >= ctxMaxAttempt {
