@@ -111,7 +111,9 @@ const ctxGroup = 64
 // ctxBlock is a block of handler contexts carved by one worker of one pool.
 // Its only pointers are the header words, so the garbage collector scans a
 // few hundred bytes of it and no context. A handler that keeps a context
-// keeps its whole block alive (8 KiB).
+// keeps its whole block alive (8 KiB), and with it the producers' contexts
+// of the block's other calls (at most ctxBlockSize; a worker going idle
+// lets go of a block that holds any, see ctxSlab.release).
 //
 // Event IDs are not stored per context: most calls of a worker are the
 // next unit's (ID + 1) or the same unit's next handler (same ID), which a
