@@ -94,9 +94,10 @@ type handlerRef struct {
 
 // slot and handler read the word atomically: markReturned may set its bit
 // at the same time (an atomic load is a plain load on amd64 and arm64).
-func (c *callCtx) slot() int {
-	return int(atomic.LoadUint32(&c.word)>>ctxSlotShift) & (1<<ctxSlotBits - 1)
-}
+func (c *callCtx) slot() int { return slotOf(atomic.LoadUint32(&c.word)) }
+
+// slotOf is the slot a context word holds.
+func slotOf(w uint32) int { return int(w>>ctxSlotShift) & (1<<ctxSlotBits - 1) }
 func (c *callCtx) handler() int {
 	return int(atomic.LoadUint32(&c.word)>>ctxHandShift) & (ctxMaxHandlers - 1)
 }
@@ -180,8 +181,9 @@ func (c *callCtx) blockAt(slot int) *ctxBlock {
 // group, plus one for each context after it that starts the next unit: a
 // walk of at most ctxGroup words, only when CallInfo is asked for.
 func (c *callCtx) call() (id uint64, attempt int) {
-	b, i := c.block(), c.slot()
 	w := atomic.LoadUint32(&c.word)
+	i := slotOf(w)
+	b := c.blockAt(i)
 	attempt = int(w >> ctxAttShift)
 	from := i &^ (ctxGroup - 1)
 	id = b.marks[from/ctxGroup]
@@ -217,7 +219,13 @@ func (c *callCtx) entry() *handlerEntry { return c.ref().entry }
 // or nil.
 func (c *callCtx) values() context.Context {
 	i := c.slot()
-	if vs := c.block().values[i/ctxGroup].Load(); vs != nil {
+	return c.blockAt(i).valuesAt(i)
+}
+
+// valuesAt returns the producer's context kept for the context at slot i,
+// or nil.
+func (b *ctxBlock) valuesAt(i int) context.Context {
+	if vs := b.values[i/ctxGroup].Load(); vs != nil {
 		return vs[i%ctxGroup]
 	}
 	return nil
@@ -225,21 +233,30 @@ func (c *callCtx) values() context.Context {
 
 // follow returns what an add to bus b with c itself as its context needs,
 // reading c's word once: the producer's context the event takes its
-// values from (c's), and c when the add is a follow-on of c's running
-// handler on b, nil when that handler returned or runs on another bus. It
-// is valuesOf and the checks that follow it in add, in one step.
+// values from (c's), and c when the add is a follow-on of c's handler (see
+// runningOn), nil otherwise.
 func (c *callCtx) follow(b *Bus) (*callCtx, context.Context) {
 	w := atomic.LoadUint32(&c.word)
-	i := int(w>>ctxSlotShift) & (1<<ctxSlotBits - 1)
+	i := slotOf(w)
 	blk := c.blockAt(i)
-	var values context.Context
-	if vs := blk.values[i/ctxGroup].Load(); vs != nil {
-		values = vs[i%ctxGroup]
-	}
-	if w&ctxReturned != 0 || blk.pool.bus != b {
+	values := blk.valuesAt(i)
+	if !runningIn(w, blk, b) {
 		return nil, values
 	}
 	return c, values
+}
+
+// runningOn reports whether c's handler is a handler of bus b that has
+// not returned: an add with c (or a context derived from it) is then a
+// follow-on of that handler, and a wait on b from it could wait for ever.
+func (c *callCtx) runningOn(b *Bus) bool {
+	w := atomic.LoadUint32(&c.word)
+	return runningIn(w, c.blockAt(slotOf(w)), b)
+}
+
+// runningIn is runningOn for a context word w already read, in block blk.
+func runningIn(w uint32, blk *ctxBlock, b *Bus) bool {
+	return w&ctxReturned == 0 && blk.pool.bus == b
 }
 
 // running reports whether the handler the context was made for has not
@@ -295,18 +312,16 @@ func callOf(ctx context.Context) *callCtx {
 }
 
 // valuesOf returns what a handler context should take its values from for
-// an event added with ctx, where c is callOf(ctx): the same source for a
-// handler's own context (so chains of follow-on events stay flat), ctx
-// itself when it can never be cancelled (Background, or values on top of
-// it: no allocation), the values ctx adds over a handler's context copied
-// onto that context's source (never the handler's call machinery: its
-// timeout, its context block), and ctx without its cancellation otherwise.
+// an event added with ctx, where c is callOf(ctx), when ctx is not a
+// handler's own context (for that, see callCtx.follow: the same source, so
+// chains of follow-on events stay flat): ctx itself when it can never be
+// cancelled (Background, or values on top of it: no allocation), the
+// values ctx adds over a handler's context copied onto that context's
+// source (never the handler's call machinery: its timeout, its context
+// block), and ctx without its cancellation otherwise.
 func valuesOf(ctx context.Context, c *callCtx) context.Context {
 	if ctx == nil {
 		return nil
-	}
-	if c != nil && ctx == context.Context(c) {
-		return c.values()
 	}
 	if ctx.Done() == nil {
 		return ctx

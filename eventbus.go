@@ -314,7 +314,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 		}
 		c = callOf(ctx)
 		values = valuesOf(ctx, c)
-		if c != nil && (c.bus() != b || !c.running()) {
+		if c != nil && !c.runningOn(b) {
 			c = nil
 		}
 	}
@@ -466,7 +466,7 @@ func (b *Bus) WaitIdle(ctx context.Context) error {
 // inHandler reports whether the caller is a handler of this bus: by its
 // context, or by being one of the bus's worker goroutines.
 func (b *Bus) inHandler(ctx context.Context) bool {
-	if c := callOf(ctx); c != nil && c.bus() == b && c.running() {
+	if c := callOf(ctx); c != nil && c.runningOn(b) {
 		return true
 	}
 	id := goroutineID()
