@@ -63,7 +63,7 @@ type Bus struct {
 
 type typeInfo struct {
 	pool  Pool // "" when not defined
-	index int  // pool.index(), kept to route without comparing strings
+	index int  // pool.index() (-1 when not defined), kept to route without comparing strings
 	name  string
 }
 
@@ -111,6 +111,8 @@ func New(opts ...Option) (*Bus, error) {
 	for t := range b.types {
 		if et := EventType(t); et.builtin() {
 			b.types[t] = typeInfo{pool: rangePool(et), index: rangePool(et).index(), name: et.String()}
+		} else {
+			b.types[t].index = -1
 		}
 	}
 	b.life = engine.NewLifecycle()
@@ -296,9 +298,12 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 		}
 		return ErrNotStarted
 	}
-	p, t, err := b.route(ev)
-	if err != nil {
-		return err
+	p, t := b.routeQuick(ev)
+	if p == nil {
+		var err error
+		if p, t, err = b.route(ev); err != nil {
+			return err
+		}
 	}
 	var c *callCtx
 	var values context.Context // nil: no values, the common case
@@ -395,6 +400,37 @@ func isBackground(ctx context.Context) bool { return typeWord(ctx) == background
 // typeWord returns the first word of an interface value: its type.
 func typeWord(ctx context.Context) unsafe.Pointer {
 	return (*[2]unsafe.Pointer)(unsafe.Pointer(&ctx))[0]
+}
+
+// routeQuick is route's common case, small enough to inline: it returns
+// ev's pool and type when ev is a non-nil event of a type defined in that
+// pool, and a nil pool otherwise (route then says what is wrong).
+func (b *Bus) routeQuick(ev Event) (*pool, EventType) {
+	var t EventType
+	var want int
+	switch e := ev.(type) {
+	case *UserContext:
+		if e == nil {
+			return nil, 0
+		}
+		t = e.EventType
+	case *ChannelContext:
+		if e == nil {
+			return nil, 0
+		}
+		t, want = e.EventType, 1
+	case *PushContext:
+		if e == nil {
+			return nil, 0
+		}
+		t, want = e.EventType, 2
+	default:
+		return nil, 0
+	}
+	if b.types[t].index != want { // -1 when not defined
+		return nil, 0
+	}
+	return b.pools[want], t
 }
 
 // route finds the pool of ev and checks its type.
