@@ -168,6 +168,12 @@ func (s *shard[E]) pushLocked(it *Item[E]) {
 		s.queued = 1
 		return
 	}
+	s.pushSegment(it)
+}
+
+// pushSegment is pushLocked for a FIFO that holds its first item already:
+// it goes in the tail segment (kept apart so that pushLocked inlines).
+func (s *shard[E]) pushSegment(it *Item[E]) {
 	t := s.tail
 	if t == nil || t.n == segItems {
 		seg := s.e.segs.get()

@@ -306,7 +306,11 @@ func (w *worker[E]) step() {
 	w.starting(u)
 	v := w.e.d.Run(w.id, u)
 	w.running = nil
-	w.timeRun(u, v)
+	if w.midStretch(u, v) {
+		w.runs++ // timeRun's common case, without its call
+	} else {
+		w.timeRun(u, v)
+	}
 	if v.Outcome == Handled && !w.e.cfg.Observe && !w.e.tracking.Load() {
 		// The common case, without settle's detour.
 		n := len(u.Items)
@@ -548,6 +552,10 @@ const stretchRuns = 16
 // shard's FIFO, a retry, or a run that did not end Handled); a run starts
 // when the one before ended, so a busy worker reads the clock once a run.
 func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
+	if w.midStretch(u, v) {
+		w.runs++
+		return
+	}
 	if u.Took > 0 {
 		w.endStretch()
 		now := nanotime()
@@ -563,6 +571,14 @@ func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
 		(w.pos >= len(w.batch) && w.segs == nil) {
 		w.endStretch()
 	}
+}
+
+// midStretch reports whether the run that just ended (u, with verdict v)
+// leaves the current stretch open (see timeRun): the common case, which
+// only counts the run. Small enough to inline in step.
+func (w *worker[E]) midStretch(u *Unit[E], v Verdict) bool {
+	return u.Took == 0 && v.Outcome == Handled && w.runs < stretchRuns-1 && w.curPK == nil &&
+		(w.pos < len(w.batch) || w.segs != nil)
 }
 
 // endStretch records the stretch of runs timed since w.last, if any, and
