@@ -305,8 +305,14 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 			return err
 		}
 	}
+	// The item is filled as its parts are known, field by field: what is
+	// in it already is not kept in registers across the calls below, and
+	// a composite literal would be built aside and copied (the copy's wide
+	// loads stall on the narrow stores just made). Its Ctx is the
+	// producer's context for its values, nil (the common case) for none.
+	var it engine.Item[Event]
+	it.Event, it.Track, it.Tag = ev, track, uint8(t)
 	var c *callCtx
-	var values context.Context // nil: no values, the common case
 	switch {
 	case ctx == nil:
 		ctx = background
@@ -314,11 +320,11 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 	default:
 		if own, ok := ctx.(*callCtx); ok {
 			// A handler's own context, as follow-on adds pass it.
-			c, values = own.follow(b)
+			c, it.Ctx = own.follow(b)
 			break
 		}
 		c = callOf(ctx)
-		values = valuesOf(ctx, c)
+		it.Ctx = valuesOf(ctx, c)
 		if c != nil && !c.runningOn(b) {
 			c = nil
 		}
@@ -346,10 +352,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 			return err
 		}
 	}
-	// Field by field: a composite literal is built aside and copied, and
-	// the copy's wide loads stall on the narrow stores just made.
-	var it engine.Item[Event]
-	it.Event, it.Ctx, it.Key, it.Track, it.Tag = ev, values, key, track, uint8(t)
+	it.Key = key
 	if b.observer != nil {
 		it.Added = p.eng.Since()
 	}
