@@ -30,29 +30,28 @@ func (p observedPool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 // that holds the unit's shard. The chain is loaded on the first attempt and
 // kept for every retry.
 func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
-	// What every handler of the chain shares is derived once per unit.
-	typ := EventType(u.Items[0].Tag)
 	ch, _ := u.Chain.(*chain)
 	retry := ch != nil
 	if !retry {
 		if p.sub != nil {
 			ch = p.sub.chain.Load() // a subscriber's lane: its one handler
 		} else {
-			ch = p.bus.chains[typ].Load()
+			ch = p.bus.chains[u.Items[0].Tag].Load()
 		}
 		if ch == nil || len(ch.handlers) == 0 {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
 		}
 		u.Chain, u.Index, u.Attempt = ch, 0, 1
 	}
-	g := p.eng.Gate(wid)
-	slab, life := &p.slabs[wid], p.bus.life
-	first := &u.Items[0]
 	for u.Index < len(ch.handlers) {
+		// Derived again for each handler rather than kept across the
+		// handler's call: most chains have one handler, and a value kept
+		// across a call is saved and restored around it.
+		g, first := p.eng.Gate(wid), &u.Items[0]
 		// No handler call starts once Close has given up and returned:
 		// the gate is closed (Entered) only right before the call, and
 		// Close waits for open gates (see engine.Gate).
-		if !g.Enter(life) {
+		if !g.Enter(p.bus.life) {
 			return engine.Verdict{Outcome: givenUp(u), Err: closedErr(u.Err)}
 		}
 		h := &ch.handlers[u.Index]
@@ -65,11 +64,12 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 		// A fresh handler context per attempt (see callCtx).
 		attempt := u.Attempt + u.Prior
 		var c *callCtx
+		slab := &p.slabs[wid]
 		if first.Ctx == nil {
 			c = slab.quick(h, u.ID, attempt)
 		}
 		if c == nil {
-			c = slab.nextSlow(p, handlerRef{h, typ, int32(u.Index)}, u.ID, attempt, first.Ctx)
+			c = slab.nextSlow(p, handlerRef{h, EventType(first.Tag), int32(u.Index)}, u.ID, attempt, first.Ctx)
 		}
 		var err error
 		timedOut := false
