@@ -67,11 +67,15 @@ type callCtx struct {
 	word uint32
 }
 
+// engine.Running reads a parent's returned bit as the word's lowest: this
+// fails to compile if ctxReturned moves.
+var _ = [1]struct{}{}[ctxReturned-1]
+
 // The fields of callCtx.word. The attempt number is kept in the word when
 // it fits; 0 there means the block's exceptions hold it. ctxNext tells how
 // the event ID follows from the previous context's (see callCtx.call).
 const (
-	ctxReturned    = 1 << 0 // the handler returned
+	ctxReturned    = 1 << 0 // the handler returned; the engine reads it (engine.Parent is &word)
 	ctxNext        = 1 << 1 // event ID: the previous context's plus one (else the same)
 	ctxSlotShift   = 2      // bits 2-12: index in the block's ctxs
 	ctxSlotBits    = 11
@@ -262,9 +266,6 @@ func runningIn(w uint32, blk *ctxBlock, b *Bus) bool {
 // running reports whether the handler the context was made for has not
 // returned yet.
 func (c *callCtx) running() bool { return atomic.LoadUint32(&c.word)&ctxReturned == 0 }
-
-// Running implements engine.Parent.
-func (c *callCtx) Running() bool { return c.running() }
 
 func (c *callCtx) info() CallInfo {
 	p, r := c.pool(), c.ref()

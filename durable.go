@@ -145,7 +145,7 @@ func (b *Bus) addDurable(p *pool, ch *chain, it engine.Item[Event], parent engin
 		return engine.Accepted, err
 	}
 	*bp = data
-	follow := parent != nil && parent.Running()
+	follow := engine.Running(parent)
 	var appendErr error
 	rec := journal.Record{Type: uint8(it.Event.Type()), Key: it.Key, Payload: data}
 	res := b.fanOutWith(p, ch, it, parent, wait, func() (*engine.Tracker, error) {
@@ -249,10 +249,9 @@ func noteDead(it *engine.Item[Event], handler string, attempts int, err error) {
 }
 
 // alwaysRunning is the parent of replayed events: they go in whatever the
-// capacity, as follow-on events do (replay ignores QueueSize).
-type alwaysRunning struct{}
-
-func (alwaysRunning) Running() bool { return true }
+// capacity, as follow-on events do (replay ignores QueueSize). Its word's
+// returned bit is never set.
+var alwaysRunning engine.Parent = new(uint32)
 
 // replay queues every journaled event not yet acked, in append order. A
 // record the bus cannot take back (a type no longer durable here, data it
@@ -290,7 +289,7 @@ func (b *Bus) replay() error {
 		if b.observer != nil {
 			it.Added = p.eng.Since()
 		}
-		if res := b.fanOutWith(p, ch, it, alwaysRunning{}, nil, nil); res != engine.Accepted {
+		if res := b.fanOutWith(p, ch, it, alwaysRunning, nil, nil); res != engine.Accepted {
 			return fmt.Errorf("eventbus: journal replay of record %d: %v", rec.ID, res)
 		}
 		return nil

@@ -362,7 +362,7 @@ func (b *Bus) add(ctx context.Context, ev Event, wait bool, track *engine.Tracke
 	}
 	var parent engine.Parent
 	if c != nil {
-		parent = c
+		parent = &c.word
 	}
 	var res engine.PushResult
 	switch {

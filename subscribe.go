@@ -273,7 +273,7 @@ func (b *Bus) fanOutWith(p *pool, ch *chain, it engine.Item[Event], parent engin
 			// A handler of this pool (chain or subscriber) with a foreign
 			// ctx: a follow-on add in every engine, or it could wait for
 			// room only it can make.
-			parent, first = alwaysRunning{}, -1
+			parent, first = alwaysRunning, -1
 			continue
 		}
 		first = failed

@@ -7,10 +7,9 @@ import (
 	"testing"
 )
 
-// running is the parent of follow-on pushes in gateDispatcher.
-type running struct{}
-
-func (running) Running() bool { return true }
+// runningParent is the parent of follow-on pushes in gateDispatcher: a
+// handler that never returns.
+var runningParent Parent = new(uint32)
 
 // gateDispatcher commits to a "call" through the worker's gate, and
 // records whether it committed after the closer said it had returned.
@@ -34,7 +33,7 @@ func (d *gateDispatcher) Run(wid int, u *Unit[int]) Verdict {
 	}
 	d.committed.Add(1)
 	g.Entered()
-	d.e.Push(&Item[int]{Event: u.Event, Key: u.Key()}, running{}, nil)
+	d.e.Push(&Item[int]{Event: u.Event, Key: u.Key()}, runningParent, nil)
 	return Verdict{}
 }
 
