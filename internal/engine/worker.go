@@ -180,8 +180,15 @@ func (w *worker[E]) next() bool {
 		return false
 	}
 	if w.pos < len(w.batch) {
-		w.step()
-		return true
+		// The batch in hand, run after run without coming back here, until
+		// it ends or a run leaves callbacks due or finds the bus aborted
+		// (both seen above at the next call).
+		for {
+			w.step()
+			if w.pos >= len(w.batch) || w.cb.u != nil || w.e.life.aborted.Load() {
+				return true
+			}
+		}
 	}
 	if w.advance() {
 		return true
