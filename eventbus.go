@@ -405,32 +405,37 @@ func typeWord(ctx context.Context) unsafe.Pointer {
 	return (*[2]unsafe.Pointer)(unsafe.Pointer(&ctx))[0]
 }
 
+// typeOf returns ev's type and the index (in Bus.pools) of the pool its
+// concrete type belongs to; the index is noPool for a nil event, typed or
+// not.
+func typeOf(ev Event) (t EventType, want int) {
+	switch e := ev.(type) {
+	case *UserContext:
+		if e != nil {
+			return e.EventType, 0
+		}
+	case *ChannelContext:
+		if e != nil {
+			return e.EventType, 1
+		}
+	case *PushContext:
+		if e != nil {
+			return e.EventType, 2
+		}
+	}
+	return 0, noPool
+}
+
+// noPool is typeOf's pool index for a nil event: unlike every typeInfo
+// index (-1 for an undefined type), it matches none.
+const noPool = -2
+
 // routeQuick is route's common case, small enough to inline: it returns
 // ev's pool and type when ev is a non-nil event of a type defined in that
 // pool, and a nil pool otherwise (route then says what is wrong).
 func (b *Bus) routeQuick(ev Event) (*pool, EventType) {
-	var t EventType
-	var want int
-	switch e := ev.(type) {
-	case *UserContext:
-		if e == nil {
-			return nil, 0
-		}
-		t = e.EventType
-	case *ChannelContext:
-		if e == nil {
-			return nil, 0
-		}
-		t, want = e.EventType, 1
-	case *PushContext:
-		if e == nil {
-			return nil, 0
-		}
-		t, want = e.EventType, 2
-	default:
-		return nil, 0
-	}
-	if b.types[t].index != want { // -1 when not defined
+	t, want := typeOf(ev)
+	if b.types[t].index != want { // -1 when not defined, noPool for no event
 		return nil, 0
 	}
 	return b.pools[want], t
@@ -438,25 +443,8 @@ func (b *Bus) routeQuick(ev Event) (*pool, EventType) {
 
 // route finds the pool of ev and checks its type.
 func (b *Bus) route(ev Event) (*pool, EventType, error) {
-	var t EventType
-	var want int
-	switch e := ev.(type) {
-	case *UserContext:
-		if e == nil {
-			return nil, 0, ErrNilEvent
-		}
-		t, want = e.EventType, 0
-	case *ChannelContext:
-		if e == nil {
-			return nil, 0, ErrNilEvent
-		}
-		t, want = e.EventType, 1
-	case *PushContext:
-		if e == nil {
-			return nil, 0, ErrNilEvent
-		}
-		t, want = e.EventType, 2
-	default:
+	t, want := typeOf(ev)
+	if want == noPool {
 		return nil, 0, ErrNilEvent
 	}
 	info := &b.types[t]
