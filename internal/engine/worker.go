@@ -570,14 +570,12 @@ func (w *worker[E]) timeRun(u *Unit[E], v Verdict) {
 		w.record(int64(u.Took), 1, int64(u.Took), now)
 		return
 	}
+	// Not mid-stretch: this run ends the stretch (stretchRuns runs, a run
+	// that did not end Handled, a retry, or the end of the batch in hand,
+	// before its last event counts as finished: once the engine is idle,
+	// its Stats show every run).
 	w.runs++
-	// The end of the batch in hand ends the stretch too, before its last
-	// event counts as finished: once the engine is idle, its Stats show
-	// every run.
-	if w.runs >= stretchRuns || v.Outcome != Handled || w.curPK != nil ||
-		(w.pos >= len(w.batch) && w.segs == nil) {
-		w.endStretch()
-	}
+	w.endStretch()
 }
 
 // midStretch reports whether the run that just ended (u, with verdict v)
