@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/imbus/eventbus/internal/engine"
 )
 
 // CallInfo describes the handler call a context belongs to.
@@ -265,7 +267,7 @@ func runningIn(w uint32, blk *ctxBlock, b *Bus) bool {
 
 // running reports whether the handler the context was made for has not
 // returned yet.
-func (c *callCtx) running() bool { return atomic.LoadUint32(&c.word)&ctxReturned == 0 }
+func (c *callCtx) running() bool { return engine.Running(&c.word) }
 
 func (c *callCtx) info() CallInfo {
 	p, r := c.pool(), c.ref()
