@@ -557,11 +557,17 @@ func (e *Engine[E]) enqueueLocked(s *shard[E], it *Item[E]) {
 }
 
 // ready puts s, just scheduled, on the run queue, and wakes a worker if
-// none is looking for work while one sleeps.
+// none is looking for work while one sleeps. When none is looking, the
+// shard goes straight to a sleeping worker instead (runQueue.handOff):
+// the same wake, without the ring.
 func (e *Engine[E]) ready(s *shard[E]) {
-	e.rq.mark(int(s.idx))
-	if e.rq.wakeNeeded() {
-		e.rq.wakeOne()
+	q := &e.rq
+	if q.sleepers.Load() > 0 && q.looking.Load() <= 0 && q.handOff(int(s.idx)) {
+		return
+	}
+	q.mark(int(s.idx))
+	if q.wakeNeeded() {
+		q.wakeOne()
 	}
 }
 

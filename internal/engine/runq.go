@@ -22,7 +22,9 @@ import (
 // more shards wait than workers still look, it wakes one more. Every write that makes
 // work visible is followed by a read of the lookers, and every worker that
 // stops looking reads the ring after, so one of the two always sees the
-// other: while a worker sleeps, no queued shard is left unseen.
+// other: while a worker sleeps, no queued shard is left unseen. When no
+// worker looks, a producer gives its shard to a sleeper with the wake
+// instead of queueing it (handOff): the shard never enters the ring.
 type runQueue struct {
 	cells    []cell
 	mask     uint64
@@ -48,6 +50,10 @@ type cell struct {
 // sleeper is a worker's wake-up line.
 type sleeper struct {
 	wake chan struct{} // capacity 1
+	// shard is a shard handed to the worker with its wake (see handOff),
+	// or -1. The waker writes it before its send and the worker reads it
+	// after its receive.
+	shard int
 }
 
 func (q *runQueue) init(shards, workers int) {
@@ -124,6 +130,31 @@ func (q *runQueue) claim() int {
 			pos = q.head.Load()
 		}
 	}
+}
+
+// handOff gives shard i, scheduled and not in the ring, straight to a
+// sleeping worker, which runs it without looking at the ring: the
+// wake-up path from an add to an idle pool is one claim shorter. It
+// returns false when no worker sleeps. The woken worker does not count
+// as looking, as it has its shard; it wakes one more if shards wait (see
+// worker.woken).
+func (q *runQueue) handOff(i int) bool {
+	q.mu.Lock()
+	n := len(q.sleeping)
+	if n == 0 {
+		q.mu.Unlock()
+		return false
+	}
+	s := q.sleeping[n-1]
+	q.sleeping[n-1] = nil
+	q.sleeping = q.sleeping[:n-1]
+	q.sleepers.Add(-1)
+	q.mu.Unlock()
+	s.shard = i
+	// Never blocks: a worker taken off the list receives exactly one wake
+	// before it sleeps again, so its line is empty here.
+	s.wake <- struct{}{}
+	return true
 }
 
 // wakeOne wakes a sleeping worker, counted as looking from now on.

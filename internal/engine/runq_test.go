@@ -202,3 +202,51 @@ func TestSleepingWorkersExitOnStopAbortOrRetire(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleWorkersAreHandedShardsDirectly checks the wake-up path from an
+// add on an idle engine: with every worker asleep and none looking, each
+// add gives its shard to a sleeper with the wake, never through the ring
+// (whose tail does not move), and the woken worker runs it.
+func TestIdleWorkersAreHandedShardsDirectly(t *testing.T) {
+	const workers = 4
+	e, life, d := startEngine(t, workers, 8)
+	for round := range 20 {
+		waitAllAsleep(t, e, workers)
+		tail := e.rq.tail.Load()
+		// Two keys on two shards: the second add finds a sleeper too, as
+		// the worker handed the first shard does not count as looking.
+		k1, k2 := uint64(round), uint64(round)
+		for e.ShardIndex(k2) == e.ShardIndex(k1) {
+			k2 += 1000
+		}
+		for _, k := range []uint64{k1, k2} {
+			if e.Push(&Item[int]{Event: round, Key: k}, nil, context.Background()) != Accepted {
+				t.Fatal("push refused")
+			}
+		}
+		if got := e.rq.tail.Load(); got != tail {
+			t.Fatalf("round %d: %d shards went through the ring, want 0", round, got-tail)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := WaitIdle(ctx, life, nil, e)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: not idle: %v", round, err)
+		}
+		if got, want := d.n.Load(), int64(2*(round+1)); got != want {
+			t.Fatalf("round %d: ran %d, want %d", round, got, want)
+		}
+	}
+}
+
+// waitAllAsleep waits until n workers of e sleep with none looking.
+func waitAllAsleep(t *testing.T, e *Engine[int], n int32) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.rq.sleepers.Load() != n || e.rq.looking.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d workers asleep, %d looking", e.rq.sleepers.Load(), n, e.rq.looking.Load())
+		}
+		runtime.Gosched()
+	}
+}

@@ -115,7 +115,7 @@ func (p *published) settled() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
-	return &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1)}}
+	return &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1), shard: -1}}
 }
 
 // IsWorkerGoroutine reports whether the calling goroutine is one of the
@@ -257,8 +257,11 @@ func (w *worker[E]) take() *shard[E] {
 		// the flag is seen here or the wake reaches the worker.
 		if w.mustExit() {
 			if !q.unsleep(&w.sl) {
-				// Woken as well: hand the looking on.
-				<-w.sl.wake
+				// Woken as well: run the shard handed over, if any (its
+				// events are accepted), or hand the looking on.
+				if s := w.woken(); s != nil {
+					return s
+				}
 				q.found()
 			}
 			return nil
@@ -266,8 +269,26 @@ func (w *worker[E]) take() *shard[E] {
 		// One channel, not a select over the stop signals: a select's
 		// wake-up costs a few hundred nanoseconds more, on the path from
 		// an add to an idle bus to its handler.
-		<-w.sl.wake // counted as looking by the waker
+		if s := w.woken(); s != nil {
+			return s
+		}
+		// Counted as looking by the waker.
 	}
+}
+
+// woken waits for the worker's wake and returns the shard handed over
+// with it (runQueue.handOff), or nil for a plain wake, after which the
+// worker counts as looking. A worker handed a shard wakes one more if
+// other shards wait and no worker looks for them.
+func (w *worker[E]) woken() *shard[E] {
+	<-w.sl.wake
+	i := w.sl.shard
+	if i < 0 {
+		return nil
+	}
+	w.sl.shard = -1
+	w.e.rq.more()
+	return &w.e.shards[i]
 }
 
 // mustExit reports whether a worker with nothing to do exits rather than
