@@ -206,6 +206,9 @@ type Engine[E any] struct {
 	// without one skip the completion check. Written once: it sits with
 	// the fields read on every run, away from the lines workers write.
 	tracking atomic.Bool
+	// afterTrackedPush, nil but in tests, runs after a tracked item's
+	// shard is unlocked: a producer descheduled there.
+	afterTrackedPush func()
 
 	_     [64]byte
 	added atomic.Uint64 // accepted events; written by producers
@@ -542,14 +545,22 @@ const roomSpin = 50 * time.Microsecond
 // run queue if no worker holds it. It unlocks s.mu. it is a pointer so
 // that the item is copied once, into the FIFO.
 func (e *Engine[E]) enqueueLocked(s *shard[E], it *Item[E]) {
+	if it.Track != nil && !e.tracking.Load() {
+		// Set before the item is visible: a worker takes it under s.mu,
+		// after this producer's unlock, so it sees the flag and settles
+		// the item with its tracker. Set after the unlock, a producer
+		// descheduled in between let the worker count the item handled
+		// without telling its tracker.
+		e.tracking.Store(true)
+	}
 	s.pushLocked(it)
 	schedule := s.state == idle
 	if schedule {
 		s.state = scheduled
 	}
 	s.mu.Unlock()
-	if it.Track != nil && !e.tracking.Load() {
-		e.tracking.Store(true)
+	if it.Track != nil && e.afterTrackedPush != nil {
+		e.afterTrackedPush()
 	}
 	if schedule {
 		e.ready(s)
