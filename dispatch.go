@@ -92,6 +92,52 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	return engine.Verdict{Outcome: engine.Handled}
 }
 
+// RunPlain runs items one by one, each from the start of its chain, until
+// one does not end Handled (see engine.PlainRunner): the engine calls it
+// for a stretch of its batch that needs nothing of the worker between
+// runs.
+func (p *pool) RunPlain(wid int, u *engine.Unit[Event], items []engine.Item[Event], pl *engine.Plain) (int, engine.Verdict) {
+	plainCalls := p.cfg.HandlerTimeout == 0 && p.bus.observer == nil
+	g, slab, life := p.eng.Gate(wid), &p.slabs[wid], p.bus.life
+	for i := range items {
+		it := &items[i]
+		u.ID, u.Items, u.Event, u.Err = pl.Start(), items[i:i+1:i+1], it.Event, nil
+		var ch *chain
+		if p.sub != nil {
+			ch = p.sub.chain.Load()
+		} else {
+			ch = p.bus.chains[it.Tag].Load()
+		}
+		if !plainCalls || ch == nil || len(ch.handlers) != 1 {
+			u.Chain, u.Index, u.Attempt = nil, 0, 0
+			if v := p.Run(wid, u); v.Outcome != engine.Handled {
+				return i, v
+			}
+			continue
+		}
+		// Run's common case written out: one handler, its first attempt.
+		u.Chain, u.Index, u.Attempt = ch, 0, 1
+		if !g.Enter(life) {
+			return i, engine.Verdict{Outcome: engine.Dead, Err: ErrClosed}
+		}
+		h := &ch.handlers[0]
+		var c *callCtx
+		if it.Ctx == nil {
+			c = slab.quick(h, u.ID, 1)
+		}
+		if c == nil {
+			c = slab.nextSlow(p, handlerRef{h, EventType(it.Tag), 0}, u.ID, 1, it.Ctx)
+		}
+		g.Entered()
+		err := h.call(c, it.Event)
+		c.markReturned()
+		if err != nil {
+			return i, p.failed(u, h, err, false)
+		}
+	}
+	return len(items), engine.Verdict{Outcome: engine.Handled}
+}
+
 // invoke closes the gate g and calls the handler. The context stops
 // counting as a running handler's once it returns. It recovers nothing: a
 // panic unwinds to the worker, which recovers once for all its runs and

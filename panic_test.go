@@ -304,3 +304,119 @@ func TestPanicsAmidBatchesAndRetriesLoseNothing(t *testing.T) {
 	assert.EqualValues(t, always, st.DeadLettered)
 	atRest(t, "user", st)
 }
+
+// TestFailureAmidQueuedEventsEndsEachEventOnce fails one event in the
+// middle of a run of queued events that a worker takes together (a panic,
+// runtime.Goexit or an error, on its first attempt only): the events
+// before it are handled once and counted at once, the failed one is
+// retried and handled, the events after it run once, in order, and the
+// counters add up.
+func TestFailureAmidQueuedEventsEndsEachEventOnce(t *testing.T) {
+	for _, how := range []string{"panic", "goexit", "error"} {
+		t.Run(how, func(t *testing.T) {
+			const queueSize = 16
+			bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: queueSize}),
+				eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond, Jitter: -1}))
+			_, gateShard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, "gate"))
+			var uids []string
+			for i := 0; len(uids) < 8; i++ {
+				uid := fmt.Sprintf("k%d", i)
+				if _, s := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, uid)); s == gateShard {
+					uids = append(uids, uid)
+				}
+			}
+			// The last two keys check the shard's room at the end.
+			uids, holdUID, fillUID := uids[:6], uids[6], uids[7]
+			failing := uids[2]
+			gate, started := make(chan struct{}), make(chan struct{})
+			hold, holding := make(chan struct{}), make(chan struct{})
+			t.Cleanup(func() { close(hold) })
+			var mu sync.Mutex
+			var order []string
+			attempts := map[string]int{}
+			handledBeforeFailure := make(chan uint64, 1)
+			mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
+				uid := ev.Conn.UID()
+				switch uid {
+				case "gate":
+					close(started)
+					<-gate
+					return nil
+				case holdUID:
+					close(holding)
+					<-hold
+					return nil
+				case fillUID:
+					return nil
+				}
+				mu.Lock()
+				attempts[uid]++
+				a := attempts[uid]
+				mu.Unlock()
+				if uid == failing && a == 1 {
+					// The gate and the two events before are done and
+					// already counted.
+					handledBeforeFailure <- bus.Stats().User.Handled
+					switch how {
+					case "panic":
+						panic("first attempt")
+					case "goexit":
+						runtime.Goexit()
+					default:
+						return errors.New("first attempt")
+					}
+				}
+				mu.Lock()
+				order = append(order, uid)
+				mu.Unlock()
+				return nil
+			})
+			mustStart(t, bus)
+			require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, "gate")))
+			recvWithin(t, started, 5*time.Second, "the gate handler")
+			for _, uid := range uids {
+				require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, uid)))
+			}
+			close(gate)
+			assert.Equal(t, uint64(3), recvWithin(t, handledBeforeFailure, 5*time.Second, "the failing handler"))
+			idleWithin(t, bus, 10*time.Second)
+
+			mu.Lock()
+			defer mu.Unlock()
+			for _, uid := range uids {
+				want := 1
+				if uid == failing {
+					want = 2
+				}
+				assert.Equal(t, want, attempts[uid], "attempts of %s", uid)
+			}
+			// The failed event's key is parked for its retry; the other
+			// keys go on in add order.
+			var others []string
+			for _, uid := range order {
+				if uid != failing {
+					others = append(others, uid)
+				}
+			}
+			assert.Equal(t, append(append([]string{}, uids[:2]...), uids[3:]...), others)
+			assert.Len(t, order, len(uids))
+			st := bus.Stats().User
+			assert.Equal(t, uint64(len(uids)+1), st.Handled)
+			assert.Equal(t, uint64(1), st.Failed)
+			atRest(t, "user", st)
+
+			// Every event gave its room back: with one held, the shard
+			// takes queueSize-1 more.
+			mu.Unlock()
+			defer mu.Lock()
+			require.NoError(t, bus.AddEvent(context.Background(), userEvent(eventbus.EventOnSend, holdUID)))
+			recvWithin(t, holding, 5*time.Second, "the hold handler")
+			fill := userEvent(eventbus.EventOnSend, fillUID)
+			accepted := 0
+			for bus.TryAddEvent(fill) == nil {
+				accepted++
+			}
+			assert.Equal(t, queueSize-1, accepted, "room left in the shard")
+		})
+	}
+}

@@ -151,6 +151,22 @@ type Dispatcher[E any] interface {
 	Idle(worker int)
 }
 
+// PlainRunner is a Dispatcher that can run a stretch of plain items in
+// one call: items that need nothing of the worker between their runs (no
+// parked key, no tracker, no batching, no observer). One call instead of
+// one Run each spares every item the worker's step and the dispatcher's
+// per-call setup.
+type PlainRunner[E any] interface {
+	// RunPlain runs items in order, each as its own unit in u: its ID from
+	// p.Start (called once per item, before its first handler), the one
+	// item (Items a sub-slice of items), its chain from the start, as Run
+	// would run it. It stops at the first item that does not end Handled
+	// and returns how many did, and that item's verdict (u describes it);
+	// or len(items) and a Handled verdict. While a handler runs, u
+	// describes its item, for Panicked and Goexited.
+	RunPlain(wid int, u *Unit[E], items []Item[E], p *Plain) (int, Verdict)
+}
+
 // Config sizes an engine.
 type Config struct {
 	// Batching makes workers ask the dispatcher for BatchLimit; without it

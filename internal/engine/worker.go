@@ -47,9 +47,17 @@ type worker[E any] struct {
 	// only once gather merges something (anyTaken).
 	taken    []bool
 	anyTaken bool
-	seq      uint64    // last unit ID given; a new block starts at multiples of idBlock
+	ids      IDs       // unit IDs
 	group    []Item[E] // scratch for merged units
 	unit     Unit[E]   // scratch for the unit being run
+
+	// plain runs the batch's plain stretches (see runPlain): the
+	// dispatcher, when it is a PlainRunner and the engine neither batches
+	// nor observes; nil otherwise. plainFrom is the batch position the
+	// stretch being run starts at, -1 outside one.
+	plain     PlainRunner[E]
+	plainFrom int
+	pl        Plain
 
 	// running is the unit execute runs, and curPK and curKey its parked
 	// key when it is a parked unit: what the goroutine's deferred function
@@ -115,7 +123,12 @@ func (p *published) settled() uint64 {
 }
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
-	return &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1), shard: -1}}
+	w := &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1), shard: -1}, plainFrom: -1}
+	w.pl.ids, w.pl.handled = &w.ids, &w.pub.handled
+	if pr, ok := e.d.(PlainRunner[E]); ok && !e.cfg.Batching && !e.cfg.Observe {
+		w.plain = pr
+	}
+	return w
 }
 
 // IsWorkerGoroutine reports whether the calling goroutine is one of the
@@ -184,7 +197,11 @@ func (w *worker[E]) next() bool {
 		// it ends or a run leaves callbacks due or finds the bus aborted
 		// (both seen above at the next call).
 		for {
-			w.step()
+			if w.plain != nil && w.plainNext() {
+				w.runPlain()
+			} else {
+				w.step()
+			}
 			if w.pos >= len(w.batch) || w.cb.u != nil || w.e.life.aborted.Load() {
 				return true
 			}
@@ -307,7 +324,7 @@ func (w *worker[E]) step() {
 	}
 	if rt := w.rt; rt != nil && len(rt.parked) > 0 {
 		if pk, ok := rt.parked[it.Key]; ok {
-			pu := &Unit[E]{ID: w.newID(), Items: []Item[E]{*it}, Event: it.Event}
+			pu := &Unit[E]{ID: w.ids.Next(), Items: []Item[E]{*it}, Event: it.Event}
 			if t := it.Track; t != nil {
 				pu.ID, pu.Prior = w.trackedID(t, pu.ID), t.Prior
 			}
@@ -319,7 +336,7 @@ func (w *worker[E]) step() {
 	// Field by field: a whole-struct copy into heap memory goes through
 	// typedmemmove and is measurably slower here.
 	u := &w.unit
-	u.ID, u.Items, u.Event = w.newID(), w.batch[w.pos-1:w.pos:w.pos], it.Event
+	u.ID, u.Items, u.Event = w.ids.Next(), w.batch[w.pos-1:w.pos:w.pos], it.Event
 	u.Chain, u.Index, u.Attempt, u.Err, u.Took, u.Waited, u.Prior = nil, 0, 0, nil, 0, 0, 0
 	if t := it.Track; t != nil {
 		u.ID, u.Prior = w.trackedID(t, u.ID), t.Prior
@@ -343,16 +360,93 @@ func (w *worker[E]) step() {
 		// The common case, without settle's detour.
 		n := len(u.Items)
 		w.pub.handled.Add(uint64(n))
-		w.done += n
-		if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
-			w.giveBack()
-		}
+		w.handled(n)
 		if n > 1 {
 			clear(w.group)
 		}
 		return
 	}
 	w.ran(u, v)
+}
+
+// handled takes note of n events of the batch counted handled on the
+// common path (no callbacks due), and gives their room back early if
+// producers wait.
+func (w *worker[E]) handled(n int) {
+	w.done += n
+	if w.done >= w.e.giveBackEvery && w.e.spaceWaiters.Load() > 0 {
+		w.giveBack()
+	}
+}
+
+// plainNext reports whether the next item of the batch starts a plain
+// stretch: items that need nothing of the worker between their runs, as
+// no key of the shard is parked, no item is merged ahead or tracked (the
+// engine tracks nothing yet) and, by the worker's config, nothing is
+// batched or observed. The dispatcher then runs them in one call
+// (runPlain) instead of one step each.
+func (w *worker[E]) plainNext() bool {
+	return !w.anyTaken && (w.rt == nil || len(w.rt.parked) == 0) && !w.e.tracking.Load()
+}
+
+// runPlain runs the plain stretch at w.pos through the dispatcher's
+// RunPlain: up to the end of the batch, or of the stretch of runs timed
+// with one clock reading, or to the first item that does not end Handled,
+// which is then settled as step settles it. The stretch's runs are
+// counted as step counts them one by one.
+func (w *worker[E]) runPlain() {
+	start := w.pos
+	end := min(len(w.batch), start+max(stretchRuns-w.runs, 1))
+	u := &w.unit
+	u.Took, u.Waited, u.Prior = 0, 0, 0
+	w.curPK = nil
+	w.pl.started = 0
+	w.plainFrom = start
+	w.starting(u)
+	n, v := w.plain.RunPlain(w.id, u, w.batch[start:end], &w.pl)
+	w.running = nil
+	w.plainFrom = -1
+	if n == end-start {
+		// All handled (Plain.Start counted all but the last one): every
+		// run but the last one was mid-stretch; the last one is timed as
+		// step times it.
+		w.pub.handled.Add(1)
+		w.pos = end
+		w.runs += n - 1
+		if w.midStretch(u, v) {
+			w.runs++
+		} else {
+			w.timeRun(u, v)
+		}
+		w.handled(n)
+		return
+	}
+	// Items [start, start+n) handled (and counted by Plain.Start),
+	// mid-stretch; the next one ran and did not end Handled.
+	w.pos = start + n + 1
+	w.runs += n
+	w.timeRun(u, v)
+	if n > 0 {
+		w.handled(n)
+	}
+	w.ran(u, v)
+}
+
+// plainLeft accounts for a runPlain call that a handler's panic or Goexit
+// left: the items before the one whose handler panicked ended Handled
+// (and Plain.Start counted them). The caller then settles that one,
+// described by w.running.
+func (w *worker[E]) plainLeft() {
+	if w.plainFrom < 0 {
+		return
+	}
+	i := max(w.pl.started-1, 0) // the item running: the last one started
+	w.pos = w.plainFrom + i + 1
+	w.runs += i
+	w.plainFrom = -1
+	if i > 0 {
+		w.handled(i)
+	}
 }
 
 // ran settles u, the unit of the batch just run, with its verdict v, when
@@ -432,14 +526,39 @@ func (w *worker[E]) giveBack() {
 	w.free(n)
 }
 
-// newID returns a unit ID unique in the process, taken from the worker's
-// current block of IDs.
-func (w *worker[E]) newID() uint64 {
-	if w.seq%idBlock == 0 {
-		w.seq = (idBlocks.Add(1) - 1) * idBlock
+// IDs hands out a worker's unit IDs: unique in the process, taken from
+// the worker's current block of IDs.
+type IDs struct {
+	seq uint64 // last ID given; a new block starts at multiples of idBlock
+}
+
+// Next returns a new unit ID.
+func (ids *IDs) Next() uint64 {
+	if ids.seq%idBlock == 0 {
+		ids.seq = (idBlocks.Add(1) - 1) * idBlock
 	}
-	w.seq++
-	return w.seq
+	ids.seq++
+	return ids.seq
+}
+
+// Plain is the progress of a RunPlain call, kept by the worker and moved
+// on by the dispatcher: each item it starts ends the one before, Handled,
+// which Start counts at once, so that Stats and Unfinished stay exact
+// while a later item's handler runs.
+type Plain struct {
+	ids     *IDs
+	handled *atomic.Uint64 // the worker's published count
+	started int            // items started in this call
+}
+
+// Start begins the next item of the stretch, the one before it having
+// ended Handled, and returns the new item's unit ID.
+func (p *Plain) Start() uint64 {
+	if p.started > 0 {
+		p.handled.Add(1)
+	}
+	p.started++
+	return p.ids.Next()
 }
 
 // trackedID is the unit ID of a tracked item: its tracker's, if set.
@@ -532,6 +651,7 @@ func (w *worker[E]) starting(u *Unit[E]) {
 // panicked settles the unit whose run a panic left, as a failure of the
 // handler that panicked (see loop), and runs its callbacks.
 func (w *worker[E]) panicked(r any) {
+	w.plainLeft()
 	u := w.running
 	w.running = nil
 	v := w.e.d.Panicked(w.id, u, r)
@@ -549,6 +669,7 @@ func (w *worker[E]) panicked(r any) {
 // a failure of that handler; the goroutine that replaces this one runs its
 // callbacks first.
 func (w *worker[E]) goexited() {
+	w.plainLeft()
 	u := w.running
 	w.running = nil
 	w.last, w.runs = 0, 0
