@@ -296,14 +296,7 @@ func TestCloseErrorLeftCountsOnlyUnfinished(t *testing.T) {
 	started := make(chan string, 2)
 	var handled atomic.Int64
 	// Four fast keys and the stuck one, all on the gate's shard.
-	_, gateShard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, "gate"))
-	var same []string
-	for i := 0; len(same) < 5; i++ {
-		uid := fmt.Sprintf("key-%d", i)
-		if _, shard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, uid)); shard == gateShard {
-			same = append(same, uid)
-		}
-	}
+	same := uidsOnShardOf(bus, "gate", 5)
 	fast, stuckUID := same[:4], same[4]
 	mustRegister(t, bus, eventbus.EventOnSend, func(ctx context.Context, ev *eventbus.UserContext) error {
 		switch uid := ev.Conn.UID(); uid {

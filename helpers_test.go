@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
@@ -118,6 +119,21 @@ func mustRegister[C eventbus.EventContext](t testing.TB, b *eventbus.Bus, typ ev
 func mustStart(t testing.TB, b *eventbus.Bus) {
 	t.Helper()
 	require.NoError(t, b.Start())
+}
+
+// uidsOnShardOf returns n user IDs ("key-0", "key-1", ...) whose OnSend
+// events go to the same user-pool shard as uid's, so that one worker takes
+// them together with uid's.
+func uidsOnShardOf(b *eventbus.Bus, uid string, n int) []string {
+	_, want := eventbus.ShardOf(b, userEvent(eventbus.EventOnSend, uid))
+	var uids []string
+	for i := 0; len(uids) < n; i++ {
+		u := fmt.Sprintf("key-%d", i)
+		if _, s := eventbus.ShardOf(b, userEvent(eventbus.EventOnSend, u)); s == want {
+			uids = append(uids, u)
+		}
+	}
+	return uids
 }
 
 // idleWithin waits, at most d, for the bus to be idle.

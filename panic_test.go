@@ -317,15 +317,9 @@ func TestFailureAmidQueuedEventsEndsEachEventOnce(t *testing.T) {
 			const queueSize = 16
 			bus := newBus(t, eventbus.WithUserPool(eventbus.PoolConfig{Workers: 1, QueueSize: queueSize}),
 				eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond, Jitter: -1}))
-			_, gateShard := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, "gate"))
-			var uids []string
-			for i := 0; len(uids) < 8; i++ {
-				uid := fmt.Sprintf("k%d", i)
-				if _, s := eventbus.ShardOf(bus, userEvent(eventbus.EventOnSend, uid)); s == gateShard {
-					uids = append(uids, uid)
-				}
-			}
-			// The last two keys check the shard's room at the end.
+			// Keys on the gate's shard; the last two check the shard's
+			// room at the end.
+			uids := uidsOnShardOf(bus, "gate", 8)
 			uids, holdUID, fillUID := uids[:6], uids[6], uids[7]
 			failing := uids[2]
 			gate, started := make(chan struct{}), make(chan struct{})
