@@ -268,6 +268,46 @@ func TestWantsPauseOnlyWhenTheWorkerCaughtUp(t *testing.T) {
 	}
 }
 
+// TestGatheringPauseAimsAtATargetTake checks the pause's length: at the
+// rate items arrived since the last take, long enough for gatherTarget
+// items by the next take, within [gatherPause/2, 4×gatherPause]; so with
+// one producer's rate, a worker that ran its batch in half the time (and
+// found half as many items queued) pauses longer.
+func TestGatheringPauseAimsAtATargetTake(t *testing.T) {
+	const base = 4000
+	w := &worker[int]{e: &Engine[int]{gatherPause: base}}
+	pause := func(takenAt, now int64, queued int32) int64 {
+		w.takenAt, w.last = takenAt, now
+		return w.pauseFor(queued)
+	}
+	// One item per 100 ns: a slow worker's batch took 6 µs, a fast one's 3.
+	slow, fast := pause(1000, 7000, 60), pause(1000, 4000, 30)
+	if want := int64(6000 * (gatherTarget - 60) / 60); slow != want {
+		t.Errorf("slow worker pauses %d ns, want %d", slow, want)
+	}
+	if want := int64(3000 * (gatherTarget - 30) / 30); fast != want {
+		t.Errorf("fast worker pauses %d ns, want %d", fast, want)
+	}
+	if fast <= slow {
+		t.Errorf("the faster worker pauses %d ns, not longer than the slower one's %d", fast, slow)
+	}
+	for _, c := range []struct {
+		why          string
+		takenAt, now int64
+		queued       int32
+		want         int64
+	}{
+		{"no take timed yet", 0, 5000, 30, base},
+		{"nothing arrived", 1000, 4000, 0, base},
+		{"more than the target arrived", 1000, 4000, gatherTarget + 10, base / 2},
+		{"a trickle", 1000, 101000, 1, 4 * base},
+	} {
+		if got := pause(c.takenAt, c.now, c.queued); got != c.want {
+			t.Errorf("%s: pause %d ns, want %d", c.why, got, c.want)
+		}
+	}
+}
+
 // TestVerdictFitsRegisters: a Verdict of more than 32 bytes is assembled
 // in memory on every run (see Verdict).
 func TestVerdictFitsRegisters(t *testing.T) {

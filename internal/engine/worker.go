@@ -31,7 +31,11 @@ type worker[E any] struct {
 	// gathering allows a gathering pause in cur (see gatherPause); a pause
 	// that gathered little clears it until the worker lets cur go.
 	gathering bool
-	pauses    atomic.Uint64 // gathering pauses made, for tests
+	// takenAt is the clock's reading (w.last) when the worker last took
+	// from cur, 0 when not known: the producer's rate since then sizes the
+	// next gathering pause (see pauseFor).
+	takenAt int64
+	pauses  atomic.Uint64 // gathering pauses made, for tests
 
 	// batch is the items in hand, taken from cur's FIFO: one (its first
 	// item), then each segment of the list in turn (seg, the one run; segs,
@@ -938,7 +942,7 @@ func (w *worker[E]) refill() {
 		// The pause is no run's time: the stretch of runs timed ends
 		// before it and the next one starts after it.
 		w.endStretch()
-		w.last = spin(w.e.gatherPause)
+		w.last = spin(w.pauseFor(before))
 		if h := w.e.onPause; h != nil {
 			h()
 		}
@@ -949,6 +953,7 @@ func (w *worker[E]) refill() {
 	}
 	if s.queued > 0 && (w.rounds == 0 || !w.e.rq.any()) {
 		taken := w.takeLocked(s)
+		w.takenAt = w.last
 		w.rounds++
 		w.pub.taken.Add(uint64(taken))
 		s.mu.Unlock()
@@ -988,8 +993,9 @@ func (w *worker[E]) refill() {
 // A worker that streams one shard (it found work there at its last two
 // takes), has caught up with the shard's producer (fewer than
 // Engine.caughtUp items queued: gatherEnough, or a quarter of the shard's
-// room when that is less) and has no other shard waiting pauses for
-// gatherPause before it takes again, so that it takes a batch, not a few
+// room when that is less) and has no other shard waiting pauses before it
+// takes again (for about gatherTarget items at the rate they arrived since
+// its last take; see pauseFor), so that it takes a batch, not a few
 // items from the segment the producer is appending to: taking a few at a
 // time moves the shard's lines between the two cores at every take, and a
 // worker that runs dry sleeps and must be woken. It pauses while a pause
@@ -1001,8 +1007,24 @@ func (w *worker[E]) refill() {
 // meanwhile).
 const (
 	gatherEnough = 32
-	gatherPause  = 2000 // nanoseconds: about 30 adds of one producer (Engine.gatherPause)
+	gatherTarget = 128  // items a take aims at after a pause (see pauseFor)
+	gatherPause  = 4000 // nanoseconds: a pause's length when the producer's rate is not known (Engine.gatherPause)
 )
+
+// pauseFor returns how long to pause when queued items arrived since the
+// last take: long enough, at the rate they arrived, for about gatherTarget
+// items by the next take, within [gatherPause/2, 4×gatherPause]; a worker
+// that runs its batches faster pauses longer, so that its takes stay as
+// few. Engine.gatherPause when the rate is not known.
+func (w *worker[E]) pauseFor(queued int32) int64 {
+	base := w.e.gatherPause
+	since := w.last - w.takenAt
+	if queued <= 0 || w.takenAt == 0 || since <= 0 {
+		return base
+	}
+	q := int64(queued)
+	return min(max(since*(gatherTarget-q)/q, base/2), 4*base)
+}
 
 // wantsPause reports whether the worker, about to take from s again,
 // pauses first (see gatherPause): s streams (work found at its last two
