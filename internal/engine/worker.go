@@ -128,7 +128,7 @@ func (p *published) settled() uint64 {
 
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
 	w := &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1), shard: -1}, plainFrom: -1}
-	w.pl.ids, w.pl.handled = &w.ids, &w.pub.handled
+	w.pl = Plain{ids: &w.ids, handled: &w.pub.handled, waiters: &e.spaceWaiters, giveBack: w.plainGiveBack}
 	if pr, ok := e.d.(PlainRunner[E]); ok && !e.cfg.Batching && !e.cfg.Observe {
 		w.plain = pr
 	}
@@ -404,7 +404,7 @@ func (w *worker[E]) runPlain() {
 	u := &w.unit
 	u.Took, u.Waited, u.Prior = 0, 0, 0
 	w.curPK = nil
-	w.pl.started = 0
+	w.pl.started, w.pl.given = 0, 0
 	w.plainFrom = start
 	w.starting(u)
 	n, v := w.plain.RunPlain(w.id, u, w.batch[start:end], &w.pl)
@@ -413,8 +413,7 @@ func (w *worker[E]) runPlain() {
 	if n == end-start {
 		// All handled (Plain.Start counted all but the last one): every
 		// run but the last one was mid-stretch; the last one is timed as
-		// step times it.
-		w.pub.handled.Add(1)
+		// step times it, before it counts as handled (see timeRun).
 		w.pos = end
 		w.runs += n - 1
 		if w.midStretch(u, v) {
@@ -422,7 +421,8 @@ func (w *worker[E]) runPlain() {
 		} else {
 			w.timeRun(u, v)
 		}
-		w.handled(n)
+		w.pub.handled.Add(1)
+		w.handled(n - w.pl.given)
 		return
 	}
 	// Items [start, start+n) handled (and counted by Plain.Start),
@@ -430,10 +430,17 @@ func (w *worker[E]) runPlain() {
 	w.pos = start + n + 1
 	w.runs += n
 	w.timeRun(u, v)
-	if n > 0 {
-		w.handled(n)
-	}
+	w.done += n - w.pl.given
 	w.ran(u, v)
+}
+
+// plainGiveBack takes note of the items of the plain stretch that ended
+// so far and gives their room back if enough of them did, for producers
+// waiting for it: Plain.Start calls it then, between the runs of the
+// stretch, as step does between its runs.
+func (w *worker[E]) plainGiveBack() {
+	w.handled(w.pl.started - w.pl.given)
+	w.pl.given = w.pl.started
 }
 
 // plainLeft accounts for a runPlain call that a handler's panic or Goexit
@@ -447,10 +454,8 @@ func (w *worker[E]) plainLeft() {
 	i := max(w.pl.started-1, 0) // the item running: the last one started
 	w.pos = w.plainFrom + i + 1
 	w.runs += i
+	w.done += i - w.pl.given
 	w.plainFrom = -1
-	if i > 0 {
-		w.handled(i)
-	}
 }
 
 // ran settles u, the unit of the batch just run, with its verdict v, when
@@ -547,12 +552,16 @@ func (ids *IDs) Next() uint64 {
 
 // Plain is the progress of a RunPlain call, kept by the worker and moved
 // on by the dispatcher: each item it starts ends the one before, Handled,
-// which Start counts at once, so that Stats and Unfinished stay exact
-// while a later item's handler runs.
+// which Start counts at once, as step counts a run that ended: so that
+// Stats and Unfinished stay exact while a later item's handler runs, and
+// producers waiting for room get the finished items' room back.
 type Plain struct {
-	ids     *IDs
-	handled *atomic.Uint64 // the worker's published count
-	started int            // items started in this call
+	ids      *IDs
+	handled  *atomic.Uint64 // the worker's published count
+	waiters  *atomic.Int32  // the engine's producers waiting for room
+	giveBack func()         // takes note of the items ended; gives room back if enough did
+	started  int            // items started in this call
+	given    int            // items ended that giveBack took note of
 }
 
 // Start begins the next item of the stretch, the one before it having
@@ -560,6 +569,9 @@ type Plain struct {
 func (p *Plain) Start() uint64 {
 	if p.started > 0 {
 		p.handled.Add(1)
+		if p.waiters.Load() > 0 {
+			p.giveBack()
+		}
 	}
 	p.started++
 	return p.ids.Next()
