@@ -51,7 +51,7 @@ type worker[E any] struct {
 	// only once gather merges something (anyTaken).
 	taken    []bool
 	anyTaken bool
-	ids      IDs       // unit IDs
+	ids      idSource  // unit IDs
 	group    []Item[E] // scratch for merged units
 	unit     Unit[E]   // scratch for the unit being run
 
@@ -535,14 +535,14 @@ func (w *worker[E]) giveBack() {
 	w.free(n)
 }
 
-// IDs hands out a worker's unit IDs: unique in the process, taken from
-// the worker's current block of IDs.
-type IDs struct {
+// idSource hands out a worker's unit IDs: unique in the process, taken
+// from the worker's current block of IDs.
+type idSource struct {
 	seq uint64 // last ID given; a new block starts at multiples of idBlock
 }
 
 // Next returns a new unit ID.
-func (ids *IDs) Next() uint64 {
+func (ids *idSource) Next() uint64 {
 	if ids.seq%idBlock == 0 {
 		ids.seq = (idBlocks.Add(1) - 1) * idBlock
 	}
@@ -556,7 +556,7 @@ func (ids *IDs) Next() uint64 {
 // Stats and Unfinished stay exact while a later item's handler runs, and
 // producers waiting for room get the finished items' room back.
 type Plain struct {
-	ids      *IDs
+	ids      *idSource
 	handled  *atomic.Uint64 // the worker's published count
 	waiters  *atomic.Int32  // the engine's producers waiting for room
 	giveBack func()         // takes note of the items ended; gives room back if enough did
