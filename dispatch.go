@@ -33,11 +33,7 @@ func (p *pool) Run(wid int, u *engine.Unit[Event]) engine.Verdict {
 	ch, _ := u.Chain.(*chain)
 	retry := ch != nil
 	if !retry {
-		if p.sub != nil {
-			ch = p.sub.chain.Load() // a subscriber's lane: its one handler
-		} else {
-			ch = p.bus.chains[u.Items[0].Tag].Load()
-		}
+		ch = p.chainFor(u.Items[0].Tag)
 		if ch == nil || len(ch.handlers) == 0 {
 			return engine.Verdict{Outcome: engine.Dead, Err: ErrNoHandler}
 		}
@@ -102,12 +98,7 @@ func (p *pool) RunPlain(wid int, u *engine.Unit[Event], items []engine.Item[Even
 	for i := range items {
 		it := &items[i]
 		u.ID, u.Items, u.Event, u.Err = pl.Start(), items[i:i+1:i+1], it.Event, nil
-		var ch *chain
-		if p.sub != nil {
-			ch = p.sub.chain.Load()
-		} else {
-			ch = p.bus.chains[it.Tag].Load()
-		}
+		ch := p.chainFor(it.Tag)
 		if !plainCalls || ch == nil || len(ch.handlers) != 1 {
 			u.Chain, u.Index, u.Attempt = nil, 0, 0
 			if v := p.Run(wid, u); v.Outcome != engine.Handled {
@@ -121,6 +112,8 @@ func (p *pool) RunPlain(wid int, u *engine.Unit[Event], items []engine.Item[Even
 			return i, engine.Verdict{Outcome: engine.Dead, Err: ErrClosed}
 		}
 		h := &ch.handlers[0]
+		// The context as Run makes it, written out: a helper for both
+		// would not inline (quick and nextSlow together are too large).
 		var c *callCtx
 		if it.Ctx == nil {
 			c = slab.quick(h, u.ID, 1)
@@ -136,6 +129,15 @@ func (p *pool) RunPlain(wid int, u *engine.Unit[Event], items []engine.Item[Even
 		}
 	}
 	return len(items), engine.Verdict{Outcome: engine.Handled}
+}
+
+// chainFor returns the chain an item of type tag runs: on a subscriber's
+// lane its one handler, otherwise the type's chain.
+func (p *pool) chainFor(tag uint8) *chain {
+	if p.sub != nil {
+		return p.sub.chain.Load()
+	}
+	return p.bus.chains[tag].Load()
 }
 
 // invoke closes the gate g and calls the handler. The context stops

@@ -139,17 +139,10 @@ func (q *runQueue) claim() int {
 // as looking, as it has its shard; it wakes one more if shards wait (see
 // worker.woken).
 func (q *runQueue) handOff(i int) bool {
-	q.mu.Lock()
-	n := len(q.sleeping)
-	if n == 0 {
-		q.mu.Unlock()
+	s := q.popSleeper()
+	if s == nil {
 		return false
 	}
-	s := q.sleeping[n-1]
-	q.sleeping[n-1] = nil
-	q.sleeping = q.sleeping[:n-1]
-	q.sleepers.Add(-1)
-	q.mu.Unlock()
 	s.shard = i
 	// Never blocks: a worker taken off the list receives exactly one wake
 	// before it sleeps again, so its line is empty here.
@@ -160,22 +153,33 @@ func (q *runQueue) handOff(i int) bool {
 // wakeOne wakes a sleeping worker, counted as looking from now on.
 func (q *runQueue) wakeOne() {
 	q.looking.Add(1)
+	s := q.popSleeper()
+	if s == nil {
+		q.looking.Add(-1)
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// popSleeper takes the worker that went to sleep last off the sleeping
+// list, or returns nil when none sleeps. The caller then sends it its one
+// wake.
+func (q *runQueue) popSleeper() *sleeper {
 	q.mu.Lock()
 	n := len(q.sleeping)
 	if n == 0 {
 		q.mu.Unlock()
-		q.looking.Add(-1)
-		return
+		return nil
 	}
 	s := q.sleeping[n-1]
 	q.sleeping[n-1] = nil
 	q.sleeping = q.sleeping[:n-1]
 	q.sleepers.Add(-1)
 	q.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	return s
 }
 
 // wakeAll wakes every sleeping worker, each counted as looking, so that
