@@ -31,11 +31,18 @@ func (d *countDispatcher) Idle(int)                              {}
 
 func startEngine(tb testing.TB, shards, queue int) (*Engine[int], *Lifecycle, *countDispatcher) {
 	d := &countDispatcher{}
+	e, life := startWith(tb, Config{Workers: shards, Shards: shards, QueueSize: queue}, d)
+	return e, life, d
+}
+
+// startWith starts an engine of cfg with dispatcher d, drained and
+// stopped when the test ends.
+func startWith(tb testing.TB, cfg Config, d Dispatcher[int]) (*Engine[int], *Lifecycle) {
 	life := NewLifecycle()
-	e := New[int](Config{Workers: shards, Shards: shards, QueueSize: queue}, d, life)
+	e := New[int](cfg, d, life)
 	e.Start()
 	tb.Cleanup(func() { drainAndStop(tb, life, e) })
-	return e, life, d
+	return e, life
 }
 
 // drainAndStop closes an engine as the bus does when nothing is stuck:

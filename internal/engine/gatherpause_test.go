@@ -128,10 +128,7 @@ func TestGatheringPauseStopsAfterOneThatGathersLittle(t *testing.T) {
 // every item runs once, each key's in add order.
 func TestGatheringPausesKeepEachKeysOrder(t *testing.T) {
 	d := &pauseDispatcher{ran: map[uint64][]int{}}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 2, Shards: 4, QueueSize: 256}, d, life)
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
+	e, life := startWith(t, Config{Workers: 2, Shards: 4, QueueSize: 256}, d)
 	const producers, keysEach, perKey = 8, 3, 2000
 	var wg sync.WaitGroup
 	for p := range producers {

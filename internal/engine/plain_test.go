@@ -57,13 +57,10 @@ func TestWaitingProducersGetRoomDuringAPlainStretch(t *testing.T) {
 			}
 		}
 	}}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 16}, d, life)
+	e, _ := startWith(t, Config{Workers: 1, Shards: 1, QueueSize: 16}, d)
 	if e.workers[0].plain == nil {
 		t.Fatal("the worker runs no plain stretches")
 	}
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
 
 	push := func(ev int, wait context.Context) PushResult {
 		return e.Push(&Item[int]{Event: ev, Key: 1}, nil, wait)
@@ -110,11 +107,7 @@ func TestWaitingProducersGetRoomDuringAPlainStretch(t *testing.T) {
 // timed before its last item counts as finished: once the engine looks
 // idle, its latency histogram holds every run.
 func TestPlainStretchIsInStatsOnceIdle(t *testing.T) {
-	d := &plainDispatcher{}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 16}, d, life)
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
+	e, _ := startWith(t, Config{Workers: 1, Shards: 1, QueueSize: 16}, &plainDispatcher{})
 	w := e.workers[0]
 	recorded := func() uint64 {
 		var hist [histBuckets]uint64

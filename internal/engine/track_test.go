@@ -29,10 +29,7 @@ func (d *stallDispatcher) Run(wid int, u *Unit[int]) Verdict {
 // on the fast path.
 func TestTrackedItemIsReportedWhenItsProducerStallsAfterPushing(t *testing.T) {
 	d := &stallDispatcher{started: make(chan struct{}), release: make(chan struct{})}
-	life := NewLifecycle()
-	e := New[int](Config{Workers: 1, Shards: 1, QueueSize: 8}, d, life)
-	e.Start()
-	t.Cleanup(func() { drainAndStop(t, life, e) })
+	e, _ := startWith(t, Config{Workers: 1, Shards: 1, QueueSize: 8}, d)
 
 	// The worker holds the shard, blocked in the run of event 1, so the
 	// tracked item's push finds it held and only appends.
