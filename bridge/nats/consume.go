@@ -33,7 +33,8 @@ type partition struct {
 	done       chan struct{} // closed by the fetcher when it exits
 
 	// dirty: this node may leave events of the partition unacked (some
-	// were fetched and not delivered, or given up at a bus Close).
+	// were fetched and not delivered, given up at a bus Close, or sent to
+	// a pull request this node abandoned).
 	dirty atomic.Bool
 	// halted: stop handing events to the bus (the bus is closed or the
 	// fetcher is stopping hard); fetcher goroutine only.
@@ -48,12 +49,16 @@ type partition struct {
 	acks   ackQueue
 	ackMu  sync.Mutex
 
-	// lastDelivery is the consumer sequence of the last message fetched
-	// (0: none since the fetcher started or rewound); fetcher goroutine
-	// only. Every delivery, redeliveries included, takes the next consumer
-	// sequence, so a gap means a delivery never reached this node (sent to
-	// an inbox a cut connection abandoned) and would come back after later
-	// ones.
+	// lastDelivery is the consumer sequence of the last delivery this
+	// node received, or where the count stood when it began: the
+	// consumer's delivered sequence when prepare took the partition, 0
+	// after a rewind (a reset restarts the delivery sequence at 1: NATS
+	// ADR-60). Fetcher goroutine only (release reads it once the fetcher
+	// has exited). Every delivery, redeliveries and those to a pull request
+	// the fetcher abandoned included, takes the next consumer sequence, so
+	// a gap means a delivery never reached this node (sent to an inbox a
+	// cut connection or an ended fetch abandoned) and would come back
+	// after later ones.
 	lastDelivery uint64
 
 	// Careful redelivery after a takeover (fetcher goroutine only, set by
@@ -119,7 +124,18 @@ func (p *partition) inflightLen() int {
 // fetch is the partition's goroutine: it fetches batches in stream order
 // and hands each event to the bus, one at a time, in that order.
 func (p *partition) fetch() {
+	// abandoned: the last fetch ended before the server ended its pull
+	// request (an error, a status such as a shutdown notice, or the
+	// client's own timer), so the request may still be waiting on the
+	// server and take deliveries after this fetcher has gone: the
+	// partition is then handed back dirty. A later fetch the server ended
+	// shows that the request is gone (requests are served and expire in
+	// the order they came, and all have the same expiry).
+	abandoned := false
 	defer func() {
+		if abandoned {
+			p.dirty.Store(true)
+		}
 		close(p.done)
 		p.c.poke()
 	}()
@@ -175,15 +191,20 @@ func (p *partition) fetch() {
 			p.handle(m, meta, merr)
 		}
 		err = b.Error()
+		// A fetch ends with the server's "request expired" status, after
+		// every message of the request. When the client gave up first
+		// (slow server, cut connection) or a status ended it (a server
+		// shutting down answers "409 Server Shutdown" and keeps the
+		// request for a while), messages may have been sent, or may still
+		// be sent, to the abandoned inbox: they stay pending until AckWait
+		// and would come back after later ones. Rewind before fetching
+		// again; a delivery to that inbox after the rewind shows as a gap
+		// at the next one this node receives (see missedDelivery).
+		abandoned = err != nil || time.Since(started)-p.carefulWaited >= wait+900*time.Millisecond
 		if gap && err == nil {
 			err = errMissedDelivery
 		}
-		// A fetch ends with the server's "request expired" status, after
-		// every message of the request. When the client gave up first
-		// (slow server, cut connection), messages may have been sent to
-		// the abandoned inbox: they stay pending until AckWait and would
-		// come back after later ones. Rewind before fetching again.
-		if err != nil || time.Since(started)-p.carefulWaited >= wait+900*time.Millisecond {
+		if err != nil || abandoned {
 			if time.Now().After(p.validUntilTime()) {
 				p.halted = true // the lease may be another node's by now
 				p.dirty.Store(true)
@@ -216,7 +237,9 @@ func (p *partition) fetch() {
 
 // rewind resets the partition's consumer to its ack floor: every
 // unacked event comes again in stream order; those still in the bus are
-// recognised and dropped (see handle).
+// recognised and dropped (see handle). The next delivery is the
+// consumer's first again (sequence 1): one that is not was taken by a
+// pull request this node abandoned, and is rewound in turn.
 func (p *partition) rewind() error {
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
@@ -576,14 +599,30 @@ func Sequence(ctx context.Context) (uint64, bool) {
 // errMissedDelivery ends a fetch whose deliveries have a gap.
 var errMissedDelivery = errors.New("natsbridge: a delivery of the fetch never arrived")
 
-// missedDelivery reports whether the message of meta comes after a
-// delivery this node never received (its consumer sequence skips one),
-// and records it otherwise.
+// missedDelivery reports whether the message of meta is not the delivery
+// that follows the last one this node knows of (its consumer sequence
+// skips one or more, or goes back: the consumer was reset by someone
+// else, or a restarted server lost some of its state), and records it
+// otherwise. The first delivery after a rewind is checked too: a pull
+// request this node abandoned may still take deliveries after the
+// rewind, and those are exactly the ones to notice.
 func (p *partition) missedDelivery(meta *jetstream.MsgMetadata) bool {
 	c := meta.Sequence.Consumer
-	if p.lastDelivery != 0 && c != p.lastDelivery+1 {
+	if c != p.lastDelivery+1 {
 		return true
 	}
 	p.lastDelivery = c
 	return false
+}
+
+// receivedAll reports whether every delivery of the partition's consumer
+// reached this node: the consumer has delivered no further than the last
+// delivery the fetcher received. For release, once the fetcher has
+// exited.
+func (p *partition) receivedAll(ctx context.Context) (bool, error) {
+	info, err := p.cons.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	return info.Delivered.Consumer == p.lastDelivery, nil
 }

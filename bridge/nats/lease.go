@@ -31,7 +31,8 @@ import (
 //
 // The lease value says how its last owner left: "free" (everything it was
 // given is acked) or "dirty" (it may have left events unacked: it died,
-// lost its lease, or hit a deadline). A key that expired counts as dirty.
+// lost its lease, hit a deadline, or the consumer delivered events that
+// never reached it). A key that expired counts as dirty.
 // A node that takes a dirty partition whose consumer has unacked events
 // rewinds the consumer to its ack floor (ResetConsumer) before fetching,
 // so those events come again, in stream order, ahead of any later one.
@@ -502,6 +503,9 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 	}
 	p.cons = cons
 	p.ackAll = cons.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy
+	// Where the consumer's delivery count stands: the fetcher checks that
+	// each delivery it receives is the next one (see missedDelivery).
+	p.lastDelivery = cons.CachedInfo().Delivered.Consumer
 	if !dirty {
 		return nil
 	}
@@ -509,6 +513,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
+	p.lastDelivery = info.Delivered.Consumer
 	if info.NumAckPending == 0 {
 		return nil
 	}
@@ -527,6 +532,7 @@ func (c *coordinator) prepare(ctx context.Context, p *partition, dirty bool) err
 	if _, err := js.ResetConsumer(ctx, cfg.Stream, p.name); err != nil {
 		return fmt.Errorf("consumer %s: rewind to ack floor: %w", p.name, err)
 	}
+	p.lastDelivery = 0 // the next delivery is the first again
 	c.br.stats.resets.Add(1)
 	c.br.log.Info("natsbridge: partition taken over with unacked events: redelivering from the ack floor",
 		"partition", p.id, "unacked", info.NumAckPending, "from_seq", info.AckFloor.Stream+1)
@@ -546,6 +552,20 @@ func (c *coordinator) release(ctx context.Context, p *partition) {
 	p.flushAcks()
 	if err := c.br.js.Conn().FlushWithContext(octx); err != nil {
 		value = leaseDirty
+	}
+	// A delivery that never reached this node and was not followed by one
+	// that did (which would have shown the gap) is pending on the server:
+	// the next owner must rewind, or it would take the consumer's count
+	// as its start and handle later events first.
+	if value == leaseFree {
+		if all, err := p.receivedAll(octx); err != nil {
+			c.br.log.Warn("natsbridge: checking the partition's deliveries failed; handing it back dirty", "partition", p.id, "err", err)
+			value = leaseDirty
+		} else if !all {
+			c.br.log.Warn("natsbridge: the consumer delivered events this node never received; handing the partition back dirty",
+				"partition", p.id)
+			value = leaseDirty
+		}
 	}
 	if _, err := c.kv.Update(octx, p.key, []byte(value), p.rev); err != nil {
 		c.br.log.Warn("natsbridge: handing back partition failed (the lease expires)", "partition", p.id, "err", err)
