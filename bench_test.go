@@ -216,6 +216,31 @@ func BenchmarkDrainBatched(b *testing.B) {
 	reportHandled(b, drain(b, bus, h, gate, ev), handled)
 }
 
+// BenchmarkDrainBatchingPool is BenchmarkDrain for events of a type that
+// does not batch, in a channel pool where another type does (WithBatch):
+// they run as in a pool without batching, in plain stretches.
+func BenchmarkDrainBatchingPool(b *testing.B) {
+	bus := newBus(b, eventbus.WithBatch(eventbus.EventChannelStore, 64),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 1, QueueSize: drainRound + 1}))
+	handled := &new(paddedCounter).n
+	h := make(holder, 1)
+	gate := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2}
+	mustRegister(b, bus, eventbus.EventChannelDistribute, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		if ev == gate {
+			return h.hold(ctx)
+		}
+		handled.Add(int64(len(ev.Messages)))
+		return nil
+	})
+	mustRegister(b, bus, eventbus.EventChannelStore, func(ctx context.Context, ev *eventbus.ChannelContext) error {
+		return nil
+	})
+	mustStart(b, bus)
+	msg := []*eventbus.Message{{ChannelID: "g", ChannelType: 2, Payload: []byte("hi")}}
+	ev := &eventbus.ChannelContext{EventType: eventbus.EventChannelDistribute, ChannelID: "g", ChannelType: 2, Messages: msg}
+	reportHandled(b, drain(b, bus, h, gate, ev), handled)
+}
+
 // BenchmarkProducers measures add → handled with 1, 8 and 64 producer
 // goroutines, each adding events of its own 64 keys.
 func BenchmarkProducers(b *testing.B) {

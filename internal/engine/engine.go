@@ -153,7 +153,7 @@ type Dispatcher[E any] interface {
 
 // PlainRunner is a Dispatcher that can run a stretch of plain items in
 // one call: items that need nothing of the worker between their runs (no
-// parked key, no tracker, no batching, no observer). One call instead of
+// parked key, no tracker, no type that batches, no observer). One call instead of
 // one Run each spares every item the worker's step and the dispatcher's
 // per-call setup.
 type PlainRunner[E any] interface {

@@ -56,20 +56,61 @@ func (d *modelDispatcher) Merge(u *Unit[classEvent]) {
 	u.Event = classEvent{id: -1, class: u.Items[0].Event.class}
 }
 
+// plainModelDispatcher is modelDispatcher that runs plain stretches too,
+// item by item through Run, and records which items came that way.
+type plainModelDispatcher struct {
+	*modelDispatcher
+	plain []int // ids of the items run in plain stretches
+}
+
+func (d *plainModelDispatcher) RunPlain(wid int, u *Unit[classEvent], items []Item[classEvent], p *Plain) (int, Verdict) {
+	for i := range items {
+		u.ID, u.Items, u.Event = p.Start(), items[i:i+1:i+1], items[i].Event
+		d.plain = append(d.plain, items[i].Event.id)
+		if v := d.Run(wid, u); v.Outcome != Handled {
+			return i, v
+		}
+	}
+	return len(items), Verdict{Outcome: Handled}
+}
+
 // TestGatherModel drives a worker's step and runDue over random batches:
 // several keys, runs of one key, classes that merge or not, limits from 1
 // to 6, and in a third of the seeds 20% failed runs (parked, then retried).
 // Every item must run exactly once, units never mix keys or classes nor
 // exceed their limit, and each key's items run in the order they were added.
 func TestGatherModel(t *testing.T) {
+	runGatherModel(t, false)
+}
+
+// TestPlainStretchesStopAtBatchedTypes is TestGatherModel with a
+// dispatcher that runs plain stretches, driven as the worker's loop drives
+// them: items of a class that merges (limit above 1) must never run in a
+// plain stretch, every guarantee of the model must hold, and items of the
+// other classes must run in plain stretches.
+func TestPlainStretchesStopAtBatchedTypes(t *testing.T) {
+	runGatherModel(t, true)
+}
+
+func runGatherModel(t *testing.T, plain bool) {
+	plainRan := 0
 	for seed := range uint64(3000) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		d := &modelDispatcher{t: t, rng: rng, limits: [3]int{1 + rng.IntN(6), 1 + rng.IntN(6), 0}}
 		if seed%3 == 0 {
 			d.fail = 0.2
 		}
-		e := New[classEvent](Config{Batching: true, Shards: 1, QueueSize: 1 << 20}, d, NewLifecycle())
+		var pd *plainModelDispatcher
+		var disp Dispatcher[classEvent] = d
+		if plain {
+			pd = &plainModelDispatcher{modelDispatcher: d}
+			disp = pd
+		}
+		e := New[classEvent](Config{Batching: true, Shards: 1, QueueSize: 1 << 20}, disp, NewLifecycle())
 		w := e.workers[0]
+		if plain != (w.plain != nil) {
+			t.Fatalf("plain stretches: %v, want %v", w.plain != nil, plain)
+		}
 		w.cur = &e.shards[0]
 		var keys []uint64
 		var classes []int
@@ -90,7 +131,12 @@ func TestGatherModel(t *testing.T) {
 				w.batch = append(w.batch, Item[classEvent]{Event: classEvent{id, class}, Key: key})
 			}
 			for w.pos < len(w.batch) {
-				w.step()
+				// As next drives them.
+				if w.plain != nil && w.plainNext() {
+					w.runPlain()
+				} else {
+					w.step()
+				}
 			}
 			for w.cur.parkedKeys() > 0 {
 				w.runDue(time.Now().Add(time.Hour))
@@ -123,5 +169,16 @@ func TestGatherModel(t *testing.T) {
 				t.Fatalf("seed %d: item %d never ran", seed, id)
 			}
 		}
+		if pd != nil {
+			for _, id := range pd.plain {
+				if d.limits[classes[id]] > 1 {
+					t.Fatalf("seed %d: item %d of a class that merges (limit %d) ran in a plain stretch", seed, id, d.limits[classes[id]])
+				}
+			}
+			plainRan += len(pd.plain)
+		}
+	}
+	if plain && plainRan == 0 {
+		t.Fatal("no item ran in a plain stretch")
 	}
 }

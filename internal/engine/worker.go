@@ -129,7 +129,7 @@ func (p *published) settled() uint64 {
 func newWorker[E any](e *Engine[E], id int) *worker[E] {
 	w := &worker[E]{e: e, id: id, sl: sleeper{wake: make(chan struct{}, 1), shard: -1}, plainFrom: -1}
 	w.pl = Plain{ids: &w.ids, handled: &w.pub.handled, waiters: &e.spaceWaiters, giveBack: w.plainGiveBack}
-	if pr, ok := e.d.(PlainRunner[E]); ok && !e.cfg.Batching && !e.cfg.Observe {
+	if pr, ok := e.d.(PlainRunner[E]); ok && !e.cfg.Observe {
 		w.plain = pr
 	}
 	return w
@@ -386,11 +386,29 @@ func (w *worker[E]) handled(n int) {
 // plainNext reports whether the next item of the batch starts a plain
 // stretch: items that need nothing of the worker between their runs, as
 // no key of the shard is parked, no item is merged ahead or tracked (the
-// engine tracks nothing yet) and, by the worker's config, nothing is
-// batched or observed. The dispatcher then runs them in one call
-// (runPlain) instead of one step each.
+// engine tracks nothing yet), the item is of a type that is not batched
+// (BatchLimit at most 1) and, by the worker's config, nothing is
+// observed. The dispatcher then runs them in one call (runPlain) instead
+// of one step each.
 func (w *worker[E]) plainNext() bool {
-	return !w.anyTaken && (w.rt == nil || len(w.rt.parked) == 0) && !w.e.tracking.Load()
+	return !w.anyTaken && (w.rt == nil || len(w.rt.parked) == 0) && !w.e.tracking.Load() &&
+		(!w.e.cfg.Batching || w.e.d.BatchLimit(&w.batch[w.pos]) <= 1)
+}
+
+// plainEnd returns where the plain stretch that starts at start ends, at
+// most at end: before the first item that may merge with others (its
+// BatchLimit above 1), which step runs. Only a batching engine has such
+// items.
+func (w *worker[E]) plainEnd(start, end int) int {
+	if !w.e.cfg.Batching {
+		return end
+	}
+	for j := start + 1; j < end; j++ {
+		if w.e.d.BatchLimit(&w.batch[j]) > 1 {
+			return j
+		}
+	}
+	return end
 }
 
 // runPlain runs the plain stretch at w.pos through the dispatcher's
@@ -400,7 +418,7 @@ func (w *worker[E]) plainNext() bool {
 // counted as step counts them one by one.
 func (w *worker[E]) runPlain() {
 	start := w.pos
-	end := min(len(w.batch), start+max(stretchRuns-w.runs, 1))
+	end := w.plainEnd(start, min(len(w.batch), start+max(stretchRuns-w.runs, 1)))
 	u := &w.unit
 	u.Took, u.Waited, u.Prior = 0, 0, 0
 	w.curPK = nil
