@@ -96,3 +96,34 @@ func TestAckQueueDeadLetterNotHandedOver(t *testing.T) {
 	require.Equal(t, uint64(2), a.ackTo.(seqMsg).seq)
 	require.False(t, a.finish(2, nil), "a finish after its dead letter is ignored")
 }
+
+// TestAckQueueAcksOnlyDeliveriesOfTheCurrentEpoch: after a rewind (a new
+// epoch) a message delivered before it never carries an ack (the server
+// would misread its delivery sequence); the redelivery of an event in the
+// bus replaces it, and the redelivery of an event that finished before
+// its ack is acked with that redelivery.
+func TestAckQueueAcksOnlyDeliveriesOfTheCurrentEpoch(t *testing.T) {
+	var a ackQueue
+	var mu sync.Mutex
+	var out, outFresh []uint64
+	msg := func(s uint64) jetstream.Msg { return seqMsg{seq: s, mu: &mu, out: &out} }
+	fresh := func(s uint64) jetstream.Msg { return seqMsg{seq: s, mu: &mu, out: &outFresh} }
+	a.add(1, msg(1), false)
+	a.add(2, msg(2), false)
+	a.add(3, msg(3), false)
+	require.False(t, a.finish(2, nil), "2 finished behind 1")
+	a.epoch++ // rewind
+	require.True(t, a.finished(2))
+	require.False(t, a.finished(1))
+	require.False(t, a.redelivered(1, fresh(1)), "1 still in the bus: its entry takes the new message")
+	require.True(t, a.finish(1, nil), "1 and 2 finished")
+	require.True(t, a.ackTo == fresh(1), "1 is acked with its redelivery; 2 waits for its own")
+	require.Equal(t, uint64(2), a.finishedTo)
+	require.True(t, a.redelivered(2, fresh(2)), "the redelivery of 2 makes its ack due")
+	require.True(t, a.ackTo == fresh(2))
+	require.False(t, a.finish(3, nil), "3 was delivered before the rewind: no ack with its message")
+	require.Empty(t, a.q[a.head:])
+	require.True(t, a.redelivered(3, fresh(3)))
+	require.True(t, a.ackTo == fresh(3))
+	require.False(t, a.redelivered(2, fresh(2)), "acked already")
+}

@@ -66,7 +66,7 @@ type Stats struct {
 	Acked         uint64 // acks sent (handled, stopped or dead-lettered)
 	Naked         uint64 // naks sent (given up at a bus Close deadline)
 	DeadLettered  uint64 // events this node gave to the dead-letter sink (MaxDeliver, undecodable, no handler)
-	Duplicates    uint64 // redeliveries of events still in this node's bus, dropped
+	Duplicates    uint64 // redeliveries of events still in this node's bus (or, acked cumulatively, finished and not acked yet), dropped
 	Resets        uint64 // partitions taken over from a node that left events unacked (rewound to the ack floor)
 	Acquired      uint64 // partition leases taken
 	Released      uint64 // partition leases handed back

@@ -45,9 +45,13 @@ type partition struct {
 
 	// ackAll: the consumer acks cumulatively (see acks.go); acks is then
 	// its queue (guarded by mu), and ackMu is held while an ack is sent.
-	ackAll bool
-	acks   ackQueue
-	ackMu  sync.Mutex
+	// lastAck is the message of the last ack sent, unconfirmed until the
+	// server has confirmed that it processed it (guarded by ackMu).
+	ackAll      bool
+	acks        ackQueue
+	ackMu       sync.Mutex
+	lastAck     jetstream.Msg
+	unconfirmed bool
 
 	// lastDelivery is the consumer sequence of the last delivery this
 	// node received, or where the count stood when it began: the
@@ -244,7 +248,14 @@ func (p *partition) rewind() error {
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
 	br := p.c.br
-	p.flushAcks() // what finished is not delivered again
+	if p.ackAll {
+		// What finished is not delivered again, and no ack carrying a
+		// delivery made before the reset reaches the reset consumer
+		// (see acks.go).
+		if err := p.syncAcks(ctx, true); err != nil {
+			return fmt.Errorf("acks before the rewind: %w", err)
+		}
+	}
 	if _, err := br.js.ResetConsumer(ctx, br.cfg.Stream, p.name); err != nil {
 		return err
 	}
@@ -286,7 +297,24 @@ func (p *partition) handle(m jetstream.Msg, meta *jetstream.MsgMetadata, err err
 	t, ev, derr := p.decode(m)
 	p.mu.Lock()
 	_, dup := p.inflight[seq]
+	finished, flush := false, false
+	if p.ackAll {
+		// A redelivery of an event in the bus, or finished and not acked
+		// yet (the rewind that follows a consumer reset brings both
+		// back): its ack must carry this delivery (see acks.go).
+		finished = !dup && p.acks.finished(seq)
+		if dup || finished {
+			flush = p.acks.schedule(p.acks.redelivered(seq, m))
+		}
+	}
 	p.mu.Unlock()
+	if flush {
+		time.AfterFunc(ackDelay, p.flushAcks)
+	}
+	if finished {
+		br.stats.duplicates.Add(1) // handled once already: never again on this node
+		return
+	}
 	if dup {
 		// AckWait passed while the bus still has it: keep the one in the
 		// bus, count the delivery toward MaxDeliver.
@@ -617,12 +645,17 @@ func (p *partition) missedDelivery(meta *jetstream.MsgMetadata) bool {
 
 // receivedAll reports whether every delivery of the partition's consumer
 // reached this node: the consumer has delivered no further than the last
-// delivery the fetcher received. For release, once the fetcher has
-// exited.
+// delivery the fetcher received; on a consumer that acks cumulatively,
+// also that nothing delivered is left unacked (an event delivered before
+// a rewind whose redelivery never came, see acks.go). For release, once
+// the fetcher has exited and the acks have been confirmed.
 func (p *partition) receivedAll(ctx context.Context) (bool, error) {
 	info, err := p.cons.Info(ctx)
 	if err != nil {
 		return false, err
+	}
+	if p.ackAll && info.NumAckPending > 0 {
+		return false, nil
 	}
 	return info.Delivered.Consumer == p.lastDelivery, nil
 }

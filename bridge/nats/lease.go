@@ -548,8 +548,16 @@ func (c *coordinator) release(ctx context.Context, p *partition) {
 	octx, cancel := c.opCtx(ctx)
 	defer cancel()
 	// Acks are fire-and-forget: make sure the server has them before the
-	// next owner looks at the consumer.
-	p.flushAcks()
+	// next owner looks at the consumer (and, for cumulative acks, has
+	// processed them: a next owner that rewinds must not see one applied
+	// after its reset, see acks.go).
+	if p.ackAll {
+		if err := p.syncAcks(octx, false); err != nil {
+			value = leaseDirty
+		}
+	} else {
+		p.flushAcks()
+	}
 	if err := c.br.js.Conn().FlushWithContext(octx); err != nil {
 		value = leaseDirty
 	}
@@ -562,7 +570,7 @@ func (c *coordinator) release(ctx context.Context, p *partition) {
 			c.br.log.Warn("natsbridge: checking the partition's deliveries failed; handing it back dirty", "partition", p.id, "err", err)
 			value = leaseDirty
 		} else if !all {
-			c.br.log.Warn("natsbridge: the consumer delivered events this node never received; handing the partition back dirty",
+			c.br.log.Warn("natsbridge: the consumer delivered events this node never received or could not ack; handing the partition back dirty",
 				"partition", p.id)
 			value = leaseDirty
 		}
