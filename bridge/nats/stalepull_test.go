@@ -159,6 +159,20 @@ func staleConfig() natsbridge.Config {
 	return cfg
 }
 
+// loseAFirstEvent has the spy lose the first event of a fresh key to an
+// abandoned pull request (see loseFirstEvent), trying up to five keys, and
+// returns that key.
+func (s *pullSpy) loseAFirstEvent(t *testing.T, n *node) string {
+	t.Helper()
+	for attempt := 1; attempt <= 5; attempt++ {
+		if k := keyName(attempt); s.loseFirstEvent(t, n, k) {
+			return k
+		}
+	}
+	t.Fatal("5 times the pull request expired before the event was stored: the machine is too slow for the window")
+	return ""
+}
+
 // TestDeliveryToAbandonedFetchAfterRewindIsRewound: a fetch ended by the
 // server's shutdown notice is rewound, and the event the server then
 // delivers to the abandoned request is lost; the next event the bridge
@@ -170,15 +184,7 @@ func TestDeliveryToAbandonedFetchAfterRewindIsRewound(t *testing.T) {
 	got := make(chan *eventbus.ChannelContext, 64)
 	n := startNode(t, ts, "a", staleConfig(), handledRecorder(got))
 	spy := startPullSpy(t, ts)
-	key := ""
-	for attempt := 1; key == ""; attempt++ {
-		k := keyName(attempt)
-		if spy.loseFirstEvent(t, n, k) {
-			key = k
-		} else if attempt == 5 {
-			t.Fatal("5 times the pull request expired before the event was stored: the machine is too slow for the window")
-		}
-	}
+	key := spy.loseAFirstEvent(t, n)
 	require.NoError(t, n.bus.AddEvent(context.Background(), channelEvent(key, 2)))
 	requireFirstBeforeSecond(t, got, key)
 	n.close(t, 10*time.Second)
@@ -194,15 +200,7 @@ func TestHandBackAfterLostDeliveryIsDirty(t *testing.T) {
 	got := make(chan *eventbus.ChannelContext, 64)
 	a := startNode(t, ts, "a", staleConfig(), handledRecorder(got))
 	spy := startPullSpy(t, ts)
-	key := ""
-	for attempt := 1; key == ""; attempt++ {
-		k := keyName(attempt)
-		if spy.loseFirstEvent(t, a, k) {
-			key = k
-		} else if attempt == 5 {
-			t.Fatal("5 times the pull request expired before the event was stored: the machine is too slow for the window")
-		}
-	}
+	key := spy.loseAFirstEvent(t, a)
 	// Partition 0 hashes to b among {a, b} (rendezvous): a hands it over.
 	b := startNode(t, ts, "b", staleConfig(), handledRecorder(got))
 	waitUntil(t, 20*time.Second, "partition 0 handed over to b", func() bool {
