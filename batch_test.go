@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -313,4 +314,82 @@ func TestSinkGoexitDuringBatchDeadLetterLosesNone(t *testing.T) {
 	assert.Equal(t, int64(n), sink.n.Load(), "the sink got every original event")
 	assert.Equal(t, uint64(n), st.DeadLettered)
 	atRest(t, "channel", st)
+}
+
+// TestBatchingPoolKeepsEachChannelsOrderAcrossTypes hammers a channel pool
+// that batches one type (ChannelStore) while another (ChannelDistribute)
+// runs unmerged, from many producers at once: each channel's events, of
+// both types, interleaved at random, some failing once and retried, must
+// all be handled exactly once and in the order they were added, merged
+// batches included.
+func TestBatchingPoolKeepsEachChannelsOrderAcrossTypes(t *testing.T) {
+	const producers, channelsEach, perChannel = 8, 4, 150
+	b := newBus(t, eventbus.WithBatch(eventbus.EventChannelStore, 8),
+		eventbus.WithChannelPool(eventbus.PoolConfig{Workers: 4, Shards: 16}),
+		eventbus.WithRetry(eventbus.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, Jitter: -1}))
+	var mu sync.Mutex
+	seen := map[string][]uint64{}
+	var merged atomic.Int64
+	handle := func(failEvery uint64) eventbus.Handler[eventbus.ChannelContext] {
+		return func(ctx context.Context, ev *eventbus.ChannelContext) error {
+			info, _ := eventbus.CallInfoFrom(ctx)
+			for _, m := range ev.Messages {
+				if info.Attempt == 1 && m.MessageSeq%failEvery == 0 {
+					return fmt.Errorf("seq %d fails once", m.MessageSeq)
+				}
+			}
+			if len(ev.Messages) > 1 {
+				merged.Add(1)
+			}
+			mu.Lock()
+			for _, m := range ev.Messages {
+				seen[ev.ChannelID] = append(seen[ev.ChannelID], m.MessageSeq)
+			}
+			mu.Unlock()
+			return nil
+		}
+	}
+	mustRegister(t, b, eventbus.EventChannelStore, handle(17))
+	mustRegister(t, b, eventbus.EventChannelDistribute, handle(13))
+	mustStart(t, b)
+
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(p), 1))
+			next := make([]uint64, channelsEach)
+			for range channelsEach * perChannel {
+				c := rng.IntN(channelsEach)
+				for next[c] == perChannel {
+					c = (c + 1) % channelsEach
+				}
+				next[c]++
+				id := fmt.Sprintf("p%d-c%d", p, c)
+				typ := eventbus.EventChannelStore
+				if rng.IntN(3) == 0 {
+					typ = eventbus.EventChannelDistribute
+				}
+				msg := &eventbus.Message{ChannelID: id, ChannelType: 2, MessageSeq: next[c]}
+				ev := &eventbus.ChannelContext{EventType: typ, ChannelID: id, ChannelType: 2, Messages: []*eventbus.Message{msg}}
+				if err := b.AddEvent(context.Background(), ev); err != nil {
+					t.Errorf("add %s/%d: %v", id, next[c], err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	idleWithin(t, b, 30*time.Second)
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, producers*channelsEach)
+	for id, seqs := range seen {
+		require.Len(t, seqs, perChannel, "channel %s: every event handled once", id)
+		for i, s := range seqs {
+			require.Equal(t, uint64(i+1), s, "channel %s: handled out of order: %v", id, seqs)
+		}
+	}
+	t.Logf("merged calls: %d", merged.Load())
+	assert.Positive(t, merged.Load(), "some ChannelStore events were merged")
 }
