@@ -193,6 +193,14 @@ func (a *ackQueue) schedule(due bool) bool {
 	return true
 }
 
+// takeDue returns the message of the ack that is due (nil: none) and
+// clears it, with the scheduled flush: the caller sends it.
+func (a *ackQueue) takeDue() jetstream.Msg {
+	m := a.ackTo
+	a.ackTo, a.scheduled = nil, false
+	return m
+}
+
 // settle is finish for partition p: it schedules the coalesced ack.
 func (p *partition) settle(seq uint64, m jetstream.Msg) {
 	p.mu.Lock()
@@ -210,8 +218,7 @@ func (p *partition) flushAcks() {
 	p.ackMu.Lock()
 	defer p.ackMu.Unlock()
 	p.mu.Lock()
-	m := p.acks.ackTo
-	p.acks.ackTo, p.acks.scheduled = nil, false
+	m := p.acks.takeDue()
 	p.mu.Unlock()
 	if m == nil {
 		return
@@ -235,8 +242,7 @@ func (p *partition) syncAcks(ctx context.Context, rewind bool) error {
 	p.ackMu.Lock()
 	defer p.ackMu.Unlock()
 	p.mu.Lock()
-	m := p.acks.ackTo
-	p.acks.ackTo, p.acks.scheduled = nil, false
+	m := p.acks.takeDue()
 	if rewind {
 		p.acks.epoch++
 	}
