@@ -56,8 +56,8 @@ type worker[E any] struct {
 	unit     Unit[E]   // scratch for the unit being run
 
 	// plain runs the batch's plain stretches (see runPlain): the
-	// dispatcher, when it is a PlainRunner and the engine neither batches
-	// nor observes; nil otherwise. plainFrom is the batch position the
+	// dispatcher, when it is a PlainRunner and the engine does not
+	// observe; nil otherwise. plainFrom is the batch position the
 	// stretch being run starts at, -1 outside one.
 	plain     PlainRunner[E]
 	plainFrom int
